@@ -1,0 +1,380 @@
+"""The ``copml`` command: a thin skin that parses arguments, calls a service and renders.
+
+Heavy libraries (pandas, scikit-learn, MLflow) are imported inside the commands, so
+``copml --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from copml.project import Project
+
+app = typer.Typer(
+    name="copml",
+    help="Continuous Operations for Production ML: from copml.yaml to a model that keeps "
+    "earning its keep.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="The model registry: versions, lineage, champion.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+AtOpt = Annotated[
+    datetime | None,
+    typer.Option("--at", help="Treat this time (UTC) as now: for backfills and simulations."),
+]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fails_cleanly(func: F) -> F:
+    """Turn copml's own errors into a readable message and exit code 1, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from copml.errors import CopmlError
+
+        try:
+            return func(*args, **kwargs)
+        except CopmlError as exc:
+            from rich.markup import escape
+
+            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _project(path: Path) -> Project:
+    from copml.project import load_project
+
+    return load_project(path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _print_json(value: Any) -> None:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    sys.stdout.write(json.dumps(clean(value), indent=2, default=str) + "\n")
+
+
+@app.command()
+@_fails_cleanly
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")],
+    example: Annotated[str, typer.Option(help="Reference application: churn.")] = "churn",
+) -> None:
+    """Scaffold a project from a reference application."""
+    from copml.scaffold import init as scaffold
+
+    written = scaffold(directory, example)
+    console = _console()
+    for path in written:
+        console.print(f"  created {path}")
+    console.print(
+        f"[green]ready:[/] cd {directory} && copml validate && copml snapshot && copml train"
+    )
+
+
+@app.command()
+@_fails_cleanly
+def validate(
+    project: ProjectOpt = Path("."),
+    schema: Annotated[bool, typer.Option("--schema", help="Print the JSON Schema.")] = False,
+) -> None:
+    """Check copml.yaml; exit 1 naming the field and line of every problem."""
+    if schema:
+        from copml.spec import json_schema
+
+        _print_json(json_schema())
+        return
+    p = _project(project)
+    _console().print(
+        f"[green]valid:[/] {p.spec.project} — {len(p.spec.data.columns)} columns, "
+        f"{len(p.spec.kpis)} KPIs, {len(p.spec.policies)} policies"
+    )
+
+
+@app.command()
+@_fails_cleanly
+def snapshot(
+    source: Annotated[str | None, typer.Argument(help="File, folder or SQLAlchemy URL.")] = None,
+    project: ProjectOpt = Path("."),
+    by_reference: Annotated[
+        bool, typer.Option(help="Record a manifest of file hashes instead of copying the data.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate data against copml.yaml and freeze it; prints the snapshot id."""
+    from copml import snapshots
+    from copml.events import user_actor
+    from copml.store import open_store
+
+    p = _project(project)
+    p.ensure_home()
+    snap = snapshots.create(
+        open_store(p.db_url), p.spec.data, root=p.root, directory=p.snapshots_dir,
+        source=source, by_reference=by_reference, actor=user_actor(),
+    )  # fmt: skip
+    if as_json:
+        _print_json({"id": snap.id, "rows": snap.n_rows, "new": snap.created, "path": snap.path})
+        return
+    state = "frozen" if snap.created else "unchanged (same content as before)"
+    _console().print(f"snapshot [bold]{snap.id}[/] — {snap.n_rows} rows, {state}")
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--param")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+@app.command()
+@_fails_cleanly
+def train(
+    project: ProjectOpt = Path("."),
+    snapshot_id: Annotated[str | None, typer.Option("--snapshot", help="Snapshot id.")] = None,
+    param: Annotated[list[str], typer.Option(help="Override a parameter: key=value.")] = [],  # noqa: B006
+    seed: Annotated[int | None, typer.Option(help="Override the spec's seed.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run train() as a tracked MLflow run; prints run id and registered version."""
+    from copml.events import user_actor
+    from copml.train import train as run_training
+
+    p = _project(project)
+    params = _parse_params(param)
+    with _console(stderr=True).status("training…"):
+        result = run_training(p, snapshot_id=snapshot_id, params=params, seed=seed,
+                              actor=user_actor())  # fmt: skip
+    if as_json:
+        _print_json(result.__dict__)
+        return
+    console = _console()
+    console.print(f"run [bold]{result.run_id}[/] → model version [bold]{result.version}[/]")
+    shown = ("accuracy", "precision", "recall", "f1", "roc_auc")
+    console.print("holdout: " + ", ".join(f"{k} {_fmt(result.metrics[k])}" for k in shown))
+    if result.failures:
+        console.print("[yellow]misses the declared minimums:[/] " + "; ".join(result.failures))
+    if result.champion:
+        console.print(f"[green]version {result.version} is now champion[/]")
+
+
+@models_app.command("list")
+@_fails_cleanly
+def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Registered versions with their state and lineage."""
+    from copml import registry
+
+    p = _project(project)
+    found = registry.versions(p)
+    if as_json:
+        _print_json([{"version": v.version, "state": v.state, "run_id": v.run_id,
+                      "snapshot_id": v.snapshot_id} for v in found])  # fmt: skip
+        return
+    from rich.table import Table
+
+    table = Table("version", "state", "run", "snapshot", "commit")
+    for v in found:
+        table.add_row(v.version, v.state, v.run_id[:12], v.snapshot_id[:12],
+                      v.tags.get("copml.git_commit", "")[:10])  # fmt: skip
+    _console().print(table)
+
+
+@models_app.command("show")
+@_fails_cleanly
+def models_show(
+    version: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False
+) -> None:
+    """One version: lineage tags and holdout metrics."""
+    from copml import registry
+
+    p = _project(project)
+    mv = registry.get(p, version)
+    run = registry.client(p).get_run(mv.run_id)
+    info = {"version": mv.version, "state": mv.state, "run_id": mv.run_id, "source": mv.source,
+            "tags": mv.tags, "metrics": run.data.metrics}  # fmt: skip
+    if as_json:
+        _print_json(info)
+        return
+    console = _console()
+    for key, value in info.items():
+        if isinstance(value, dict):
+            console.print(f"[bold]{key}[/]")
+            for k, v in sorted(value.items()):
+                console.print(f"  {k}: {_fmt(v)}")
+        else:
+            console.print(f"[bold]{key}[/]: {value}")
+
+
+@app.command()
+@_fails_cleanly
+def score(
+    input_path: Annotated[str, typer.Argument(metavar="INPUT", help="CSV or Parquet file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write.")],
+    project: ProjectOpt = Path("."),
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a batch with the champion; every prediction is logged."""
+    from copml.events import user_actor
+    from copml.score import score as run_scoring
+
+    p = _project(project)
+    result = run_scoring(p, input_path, output, at=at, actor=user_actor(), progress=not as_json)
+    if as_json:
+        _print_json(result.__dict__)
+        return
+    _console().print(
+        f"scored {result.rows} rows with model version {result.model_version} "
+        f"({result.positives} positive) → {result.output}"
+    )
+
+
+@app.command()
+@_fails_cleanly
+def feedback(
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet: id or prediction_id, actual.")],
+    project: ProjectOpt = Path("."),
+    skip_unknown: Annotated[
+        bool, typer.Option(help="Load the known rows even if some ids are unknown.")
+    ] = False,
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load ground truth; loading the same file twice changes nothing."""
+    from copml.events import user_actor
+    from copml.feedback import load
+
+    p = _project(project)
+    result = load(p, file, at=at, skip_unknown=skip_unknown, actor=user_actor())
+    if as_json:
+        _print_json(result.__dict__)
+        return
+    message = (
+        f"{result.rows} rows: {result.loaded} loaded, {result.corrected} corrected, "
+        f"{result.unchanged} unchanged, {result.unknown} unknown"
+    )
+    if result.unknown:
+        message += f" (e.g. {', '.join(result.unknown_examples)})"
+    _console().print(message)
+
+
+def _window_table(window: Any) -> Any:
+    from rich.table import Table
+
+    table = Table("metric", "value", title=f"window {window.start:%Y-%m-%d} → {window.end:%Y-%m-%d}")
+    for key, value in window.metrics.items():
+        if not key.startswith("drift."):
+            table.add_row(key, _fmt(value))
+    return table
+
+
+@app.command()
+@_fails_cleanly
+def monitor(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """Compute and store the current metric window; print it."""
+    from copml.monitor.window import monitor as run_monitor
+
+    p = _project(project)
+    window = run_monitor(p, end=at)
+    if as_json:
+        _print_json(window.__dict__)
+        return
+    console = _console()
+    console.print(_window_table(window))
+    drifted = [f for f, d in window.drift.items() if d["drifted"]]
+    if drifted:
+        console.print(f"[yellow]drifted features:[/] {', '.join(drifted)}")
+
+
+@app.command()
+@_fails_cleanly
+def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Each declared requirement: met / not met / unknown, with its figure."""
+    from copml import registry
+    from copml.monitor.status import requirements
+    from copml.monitor.window import history
+
+    p = _project(project)
+    windows = history(p, limit=1)
+    latest = windows[-1] if windows else None
+    found = requirements(p.spec, latest)
+    champion = registry.champion(p)
+    if as_json:
+        _print_json({"project": p.spec.project, "champion": champion.version if champion else None,
+                     "window_end": latest.end if latest else None,
+                     "requirements": [r.__dict__ for r in found]})  # fmt: skip
+        return
+    from rich.table import Table
+
+    colour = {"met": "green", "not met": "red", "unknown": "yellow"}
+    title = f"{p.spec.project}: champion {champion.version if champion else 'none'}"
+    if latest:
+        title += f", window ending {latest.end:%Y-%m-%d}"
+    table = Table("requirement", "kind", "expected", "value", "state", title=title)
+    for r in found:
+        table.add_row(r.name, r.kind, r.expected, _fmt(r.value),
+                      f"[{colour[r.state]}]{r.state}[/]")  # fmt: skip
+    _console().print(table)
+
+
+@app.command()
+@_fails_cleanly
+def demo(
+    example: Annotated[str, typer.Argument(help="Reference application: churn.")] = "churn",
+    months: Annotated[int, typer.Option(min=2, max=60, help="Months to simulate.")] = 12,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Project folder to use.")] = None,
+    shift_month: Annotated[int, typer.Option(help="Month of the market shift (0: none).")] = 7,
+    seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 7,
+) -> None:
+    """The whole lifecycle on simulated time; ends with a table and an HTML report."""
+    if example != "churn":
+        from copml.errors import CopmlError
+
+        raise CopmlError(f"no demo {example!r} yet; available: churn")
+    from copml.demo import run_churn_demo
+
+    run_churn_demo(directory, months=months, shift_month=shift_month or None, seed=seed,
+                   console=_console())  # fmt: skip
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Monitoring: metric windows over predictions, ground truth, KPIs and drift; requirement status."""

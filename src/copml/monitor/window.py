@@ -1,0 +1,180 @@
+"""Compute and store one metric window: effectiveness, KPIs, drift and operations.
+
+The window is ``[end - effectiveness.window, end)`` over prediction time. Ground truth
+arrives later, so recomputing a window after feedback replaces its stored figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from sqlalchemy import Engine, delete, insert, select
+
+from copml import registry, snapshots
+from copml.errors import UserCodeError
+from copml.metrics import classification_metrics
+from copml.monitor.drift import drift_share, feature_drift
+from copml.project import Project
+from copml.store import feedback, metric_windows, open_store, predictions
+from copml.usercode import load_function
+
+
+@dataclass
+class Window:
+    start: datetime
+    end: datetime
+    model_version: str | None
+    n_predictions: int
+    n_labelled: int
+    metrics: dict[str, float]
+    drift: dict[str, dict[str, Any]]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def window_frame(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
+    """Predictions made in ``[start, end)`` with their ground truth (NaN when not known)."""
+    p, f = predictions.c, feedback.c
+    query = (
+        select(p.id, p.model_version, p.snapshot_id, p.row_index, p.label, p.score, p.review,
+               p.latency_ms, f.actual)  # fmt: skip
+        .select_from(predictions.outerjoin(feedback, f.prediction_id == p.id))
+        .where(p.created_at >= start, p.created_at < end)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    columns = ["prediction_id", "model_version", "snapshot_id", "row_index", "label", "score",
+               "review", "latency_ms", "actual"]  # fmt: skip
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame["actual"] = pd.to_numeric(frame["actual"], errors="coerce")
+    frame["latency_ms"] = pd.to_numeric(frame["latency_ms"], errors="coerce")
+    return frame
+
+
+def attach_inputs(engine: Engine, frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """Join each batch prediction's input features from its batch snapshot."""
+    parts = []
+    for snapshot_id, group in frame.groupby("snapshot_id", sort=False):
+        snap = snapshots.get(engine, str(snapshot_id))
+        assert snap is not None
+        columns = [c for c in features if c in snap.schema["columns"]]
+        table = pq.read_table(snap.path, columns=columns).to_pandas()
+        rows = table.iloc[group["row_index"].to_numpy(dtype=np.int64)].set_index(group.index)
+        parts.append(rows)
+    if not parts:
+        return frame.assign(**{c: pd.Series(dtype="float64") for c in features})
+    return frame.join(pd.concat(parts))
+
+
+def _kpis(project: Project, frame: pd.DataFrame) -> dict[str, float]:
+    values = {}
+    for name, kpi in project.spec.kpis.items():
+        func = load_function(project.root, kpi.function, f"KPI {name!r}")
+        try:
+            values[name] = float(func(frame.copy()))
+        except Exception as exc:
+            raise UserCodeError(f"KPI {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    return values
+
+
+def compute(project: Project, *, end: datetime | None = None) -> Window:
+    """Figures for the window ending at ``end`` (default now), without storing them."""
+    spec = project.spec
+    engine = open_store(project.db_url)
+    end = _utc(end or datetime.now(UTC))
+    start = _utc((pd.Timestamp(end) - spec.effectiveness.window.offset()).to_pydatetime())
+    frame = window_frame(engine, start, end)
+    features = spec.data.features
+    frame = attach_inputs(engine, frame, features) if len(frame) else frame
+    labelled = frame[frame["actual"].notna()]
+    metrics: dict[str, float] = dict.fromkeys(
+        ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "positive_rate"),
+        math.nan,
+    )
+    if len(labelled):
+        metrics.update(
+            classification_metrics(
+                labelled["actual"].to_numpy(), labelled["label"].to_numpy() == 1,
+                labelled["score"].to_numpy(),
+            )  # fmt: skip
+        )
+    metrics["predictions"] = float(len(frame))
+    metrics["labelled"] = float(len(labelled))
+    metrics["reviews"] = float(frame["review"].astype(bool).sum()) if len(frame) else 0.0
+    latency = frame["latency_ms"].dropna()
+    metrics["latency_p99_ms"] = float(np.percentile(latency, 99)) if len(latency) else math.nan
+    metrics["availability"] = math.nan  # measured by the serving process and probes
+    metrics["cost"] = math.nan  # compute and review costs come with operations
+    metrics.update(_kpis(project, frame) if len(frame) else dict.fromkeys(spec.kpis, math.nan))
+    version = frame["model_version"].mode().iloc[0] if len(frame) else None
+    drift: dict[str, dict[str, Any]] = {}
+    reference_version = registry.get(project, version) if version else registry.champion(project)
+    if len(frame) and reference_version is not None and reference_version.snapshot_id:
+        reference = snapshots.get(engine, reference_version.snapshot_id)
+        assert reference is not None
+        drift = feature_drift(
+            reference.profile, frame, features, spec.effectiveness.drift_psi
+        )
+    metrics["drift"] = drift_share(drift)
+    for feature, result in drift.items():
+        metrics[f"drift.{feature}"] = result["psi"]
+    return Window(start, end, version, len(frame), len(labelled), metrics, drift)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def store(project: Project, window: Window) -> None:
+    """Store the window, replacing an earlier computation of the same window."""
+    engine = open_store(project.db_url)
+    with engine.begin() as conn:
+        conn.execute(delete(metric_windows).where(metric_windows.c.window_end == window.end))
+        conn.execute(
+            insert(metric_windows).values(
+                window_start=window.start,
+                window_end=window.end,
+                computed_at=datetime.now(UTC),
+                model_version=window.model_version,
+                n_predictions=window.n_predictions,
+                n_labelled=window.n_labelled,
+                metrics=_json_safe(window.metrics),
+                drift=_json_safe(window.drift),
+            )
+        )
+
+
+def monitor(project: Project, *, end: datetime | None = None) -> Window:
+    """Compute the current window and store it."""
+    window = compute(project, end=end)
+    store(project, window)
+    return window
+
+
+def history(project: Project, limit: int = 120) -> list[Window]:
+    """Stored windows, oldest first."""
+    engine = open_store(project.db_url)
+    query = select(metric_windows).order_by(metric_windows.c.window_end.desc()).limit(limit)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for row in reversed(rows):
+        m = row._mapping
+        metrics = {k: (math.nan if v is None else v) for k, v in m["metrics"].items()}
+        out.append(
+            Window(_utc(m["window_start"]), _utc(m["window_end"]), m["model_version"],
+                   m["n_predictions"], m["n_labelled"], metrics, m["drift"])  # fmt: skip
+        )
+    return out

@@ -1,0 +1,170 @@
+"""The policy condition grammar, parsed by hand so a spec can never run code.
+
+Grammar (``for N windows`` binds to the comparison before it)::
+
+    expr       := and_expr ("or" and_expr)*
+    and_expr   := atom ("and" atom)*
+    atom       := "(" expr ")" | comparison
+    comparison := METRIC OP NUMBER ["for" INT ("window" | "windows")]
+    OP         := "<" | "<=" | ">" | ">=" | "==" | "!="
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?)"
+    r"|(?P<op><=|>=|==|!=|<|>)"
+    r"|(?P<paren>[()])"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*))"
+)
+_KEYWORDS = {"and", "or", "for", "window", "windows"}
+
+
+class PolicySyntaxError(ValueError):
+    """A condition that does not parse; ``column`` is 1-based within the condition text."""
+
+    def __init__(self, message: str, column: int) -> None:
+        super().__init__(f"{message} (column {column})")
+        self.column = column
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    op: str
+    value: float
+    windows: int = 1
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # "and" | "or"
+    left: Condition
+    right: Condition
+
+
+Condition = Comparison | BoolOp
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str
+    text: str
+    col: int
+
+
+def _tokenize(text: str) -> list[_Tok]:
+    tokens: list[_Tok] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            col = pos + len(text[pos:]) - len(text[pos:].lstrip()) + 1
+            raise PolicySyntaxError(f"unexpected character {text[col - 1]!r}", col)
+        kind = m.lastgroup or ""
+        start = m.start(kind)
+        tokens.append(_Tok(kind, m.group(kind), start + 1))
+        pos = m.end()
+    tokens.append(_Tok("end", "", len(text) + 1))
+    return tokens
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = _tokenize(text)
+        self.i = 0
+
+    def peek(self) -> _Tok:
+        return self.tokens[self.i]
+
+    def take(self) -> _Tok:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def is_word(self, word: str) -> bool:
+        tok = self.peek()
+        return tok.kind == "name" and tok.text.lower() == word
+
+    def expr(self) -> Condition:
+        node = self.and_expr()
+        while self.is_word("or"):
+            self.take()
+            node = BoolOp("or", node, self.and_expr())
+        return node
+
+    def and_expr(self) -> Condition:
+        node = self.atom()
+        while self.is_word("and"):
+            self.take()
+            node = BoolOp("and", node, self.atom())
+        return node
+
+    def atom(self) -> Condition:
+        tok = self.peek()
+        if tok.kind == "paren" and tok.text == "(":
+            self.take()
+            node = self.expr()
+            close = self.take()
+            if not (close.kind == "paren" and close.text == ")"):
+                raise PolicySyntaxError(f"expected ')' but found {_show(close)}", close.col)
+            return node
+        return self.comparison()
+
+    def comparison(self) -> Comparison:
+        name = self.take()
+        if name.kind != "name" or name.text.lower() in _KEYWORDS:
+            raise PolicySyntaxError(f"expected a metric name but found {_show(name)}", name.col)
+        op = self.take()
+        if op.kind != "op":
+            raise PolicySyntaxError(
+                f"expected a comparison (<, <=, >, >=, ==, !=) after {name.text!r} "
+                f"but found {_show(op)}",
+                op.col,
+            )
+        num = self.take()
+        if num.kind != "num":
+            raise PolicySyntaxError(f"expected a number but found {_show(num)}", num.col)
+        value = float(num.text.rstrip("%")) / (100 if num.text.endswith("%") else 1)
+        windows = 1
+        if self.is_word("for"):
+            self.take()
+            count = self.take()
+            if count.kind != "num" or not count.text.isdigit() or int(count.text) < 1:
+                raise PolicySyntaxError(
+                    f"expected a whole number of windows after 'for' but found {_show(count)}",
+                    count.col,
+                )
+            unit = self.take()
+            if not (unit.kind == "name" and unit.text.lower() in {"window", "windows"}):
+                raise PolicySyntaxError(f"expected 'windows' but found {_show(unit)}", unit.col)
+            windows = int(count.text)
+        return Comparison(name.text, op.text, value, windows)
+
+
+def _show(tok: _Tok) -> str:
+    return "the end of the condition" if tok.kind == "end" else repr(tok.text)
+
+
+def parse(text: str) -> Condition:
+    """Parse a condition such as ``accuracy <= 0.70 for 3 windows and churn_rate >= 0.10``."""
+    parser = _Parser(text)
+    if parser.peek().kind == "end":
+        raise PolicySyntaxError("the condition is empty", 1)
+    node = parser.expr()
+    rest = parser.peek()
+    if rest.kind != "end":
+        raise PolicySyntaxError(f"expected 'and', 'or' or the end but found {_show(rest)}", rest.col)
+    return node
+
+
+def metrics_of(condition: Condition) -> list[str]:
+    """The metric names a condition reads, in order of appearance."""
+    if isinstance(condition, Comparison):
+        return [condition.metric]
+    return metrics_of(condition.left) + metrics_of(condition.right)

@@ -1,0 +1,211 @@
+"""The only module that talks to the MLflow model registry.
+
+A registered model is named after the project. Versions carry their lineage as tags
+(snapshot, seed, commit, artifact sha256); the alias ``champion`` marks the version in
+production. Models are loaded from a local, sha256-verified copy, once per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import shutil
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from sqlalchemy import Engine
+
+from copml import events
+from copml.errors import CopmlError, NotFoundError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from copml.project import Project
+
+CHAMPION = "champion"
+TAG = "copml."
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered version as copml sees it."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    created_at_ms: int
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.tags.get(TAG + "snapshot_id", "")
+
+    @property
+    def artifact_sha256(self) -> str:
+        return self.tags.get(TAG + "artifact_sha256", "")
+
+    @property
+    def state(self) -> str:
+        if CHAMPION in self.aliases:
+            return CHAMPION
+        return self.tags.get(TAG + "state", "registered")
+
+
+@cache
+def _client_for(tracking_uri: str) -> MlflowClient:
+    import logging
+    import warnings
+
+    import mlflow
+
+    # copml reports what matters itself; MLflow's INFO chatter and its pickle advice
+    # (copml verifies every artifact's sha256 before loading) would bury it.
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"mlflow(\..*)?$")
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def client(project: Project) -> MlflowClient:
+    project.ensure_home()
+    return _client_for(project.tracking_uri)
+
+
+def experiment_id(project: Project) -> str:
+    """The project's MLflow experiment, created with artifacts under ``COPML_HOME``."""
+    c = client(project)
+    found = c.get_experiment_by_name(project.spec.project)
+    if found is not None:
+        return found.experiment_id
+    location = project.artifacts_uri if project.tracking_uri.startswith("sqlite") else None
+    return c.create_experiment(project.spec.project, artifact_location=location)
+
+
+def directory_sha256(path: Path) -> str:
+    """sha256 over every file's relative path and content, in sorted order."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as fh:
+            digest.update(hashlib.sha256(fh.read()).digest())
+    return digest.hexdigest()
+
+
+def _convert(mv: Any) -> ModelVersion:
+    return ModelVersion(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        source=mv.source,
+        tags=dict(mv.tags or {}),
+        aliases=tuple(getattr(mv, "aliases", []) or []),
+        created_at_ms=int(mv.creation_timestamp or 0),
+    )
+
+
+def register(project: Project, run_id: str, artifact_path: str, tags: dict[str, str]) -> ModelVersion:
+    """Register the run's model folder as a new version with its lineage tags."""
+    import mlflow
+
+    client(project)
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints its own confirmation
+        mv = mlflow.register_model(
+            f"runs:/{run_id}/{artifact_path}", project.spec.project, tags=tags
+        )
+    return get(project, str(mv.version))
+
+
+def get(project: Project, version: str) -> ModelVersion:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _convert(client(project).get_model_version(project.spec.project, str(version)))
+    except MlflowException:
+        raise NotFoundError(f"model {project.spec.project!r} has no version {version!r}") from None
+
+
+def versions(project: Project) -> list[ModelVersion]:
+    """Every version, newest first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(project).search_model_versions(f"name='{project.spec.project}'")
+    except MlflowException:
+        return []
+    return sorted((_convert(v) for v in found), key=lambda v: -int(v.version))
+
+
+def champion(project: Project) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client(project).get_model_version_by_alias(project.spec.project, CHAMPION)
+    except MlflowException:
+        return None
+    return _convert(mv)
+
+
+def set_tag(project: Project, version: str, key: str, value: str) -> None:
+    client(project).set_model_version_tag(project.spec.project, version, TAG + key, value)
+
+
+def promote(
+    project: Project, engine: Engine, version: str, *, actor: str, reason: str,
+    evidence: dict[str, Any] | None = None,
+) -> None:
+    """Move the ``champion`` alias to ``version`` and record who did it and why."""
+    previous = champion(project)
+    client(project).set_registered_model_alias(project.spec.project, CHAMPION, version)
+    with engine.begin() as conn:
+        events.record(
+            conn,
+            "model.promoted",
+            actor=actor,
+            subject=f"model:{project.spec.project}/{version}",
+            reason=reason,
+            evidence={"previous": previous.version if previous else None, **(evidence or {})},
+        )
+
+
+def local_copy(project: Project, mv: ModelVersion) -> Path:
+    """A verified local folder of the version's model; downloaded once, checked every time."""
+    target = project.models_dir / mv.version
+    if not target.exists():
+        tmp = target.with_suffix(".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if mv.source.startswith("file:"):
+            shutil.copytree(Path(url2pathname(urlparse(mv.source).path)), tmp)
+        else:
+            import mlflow
+
+            mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp))
+        tmp.rename(target)
+    actual = directory_sha256(target)
+    if actual != mv.artifact_sha256:
+        raise CopmlError(
+            f"model version {mv.version}: artifact sha256 {actual[:12]}… does not match the "
+            f"{mv.artifact_sha256[:12]}… recorded at registration; refusing to load it"
+        )
+    return target
+
+
+@cache
+def _load(path: str, sha256: str) -> Any:
+    import mlflow.sklearn
+
+    return mlflow.sklearn.load_model(path)
+
+
+def load(project: Project, mv: ModelVersion) -> Any:
+    """The fitted estimator of a version (checked against its sha256, cached per process)."""
+    return _load(str(local_copy(project, mv)), mv.artifact_sha256)

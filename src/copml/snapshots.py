@@ -1,0 +1,470 @@
+"""Validated, immutable, content-addressed data snapshots.
+
+A snapshot is the data exactly as a model saw it: read from a file or a query, checked
+against the spec's ``data`` section, converted to declared types, and frozen as Parquet
+named by the sha256 of its canonical Arrow content, so the same content always gets the
+same id. Large data can be frozen *by reference*: a manifest of file hashes instead of a
+copy, checked again on every read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import Engine, insert, select
+
+from copml import events, profiles
+from copml.errors import DataValidationError, NotFoundError
+from copml.spec import Column, Data
+from copml.store import snapshots as snapshots_table
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "category": pa.string(),
+    "integer": pa.int64(),
+    "float": pa.float64(),
+    "boolean": pa.bool_(),
+    "datetime": pa.timestamp("us", tz="UTC"),
+}
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+_MAX_EXAMPLES = 5
+
+
+@dataclass
+class Snapshot:
+    """A frozen data set as recorded in the store."""
+
+    id: str
+    kind: str
+    storage: str
+    source: str
+    path: str
+    n_rows: int
+    schema: dict[str, Any]
+    profile: dict[str, Any]
+    manifest: list[dict[str, Any]] | None = None
+    created_at: datetime | None = None
+    created: bool = field(default=False, compare=False)
+
+    def load(self) -> pd.DataFrame:
+        """The snapshot's rows with their declared types; refuses altered files."""
+        if self.storage == "reference":
+            for entry in self.manifest or []:
+                if _file_sha256(Path(entry["path"])) != entry["sha256"]:
+                    raise DataValidationError(
+                        f"snapshot {self.id[:12]}: {entry['path']} changed since it was frozen"
+                    )
+            frame = read_files([Path(e["path"]) for e in self.manifest or []])
+            return _coerce_all(frame, self.schema)
+        return pq.read_table(self.path).to_pandas()
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Every column as text, so type errors are reported by copml rather than guessed."""
+    import pyarrow.csv as pacsv
+
+    with path.open(newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), None)
+    if not header:
+        return pd.DataFrame()
+    table = pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            null_values=[""],
+            strings_can_be_null=True,
+        ),
+    )
+    return table.to_pandas()
+
+
+def read_files(paths: list[Path]) -> pd.DataFrame:
+    frames = []
+    for path in paths:
+        suffix = path.suffix.lower()
+        if suffix in (".parquet", ".pq"):
+            frames.append(pq.read_table(path).to_pandas())
+        elif suffix in (".csv", ".txt"):
+            frames.append(_read_csv(path))
+        else:
+            raise DataValidationError(f"{path}: unsupported format (use CSV or Parquet)")
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def source_files(source: str | Path, root: Path) -> list[Path]:
+    """The local files behind a source: one file, or every CSV/Parquet file in a folder."""
+    path = Path(source)
+    if not path.is_absolute():
+        path = root / path
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".parquet"))
+        if not files:
+            raise DataValidationError(f"{path}: folder has no CSV or Parquet files")
+        return files
+    if not path.exists():
+        raise DataValidationError(f"{path}: no such file")
+    return [path]
+
+
+def read_source(source: str, root: Path, query: str | None = None) -> pd.DataFrame:
+    """Read a file, a folder of files, or a SQLAlchemy URL with a query."""
+    if "://" in source:
+        from sqlalchemy import create_engine, text
+
+        if not query:
+            raise DataValidationError(f"{source}: a SQL source needs a query")
+        engine = create_engine(source)
+        try:
+            with engine.connect() as conn:
+                return pd.read_sql(text(query), conn)
+        finally:
+            engine.dispose()
+    return read_files(source_files(source, root))
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+@dataclass
+class _Report:
+    label: str  # "line" for CSV (header is line 1), "row" otherwise
+    offset: int
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, column: str, what: str, mask: np.ndarray, values: pd.Series) -> None:
+        idx = np.flatnonzero(mask)
+        if len(idx) == 0:
+            return
+        shown = ", ".join(
+            f"{self.label} {i + self.offset}: {values.iloc[i]!r}" for i in idx[:_MAX_EXAMPLES]
+        )
+        more = f" and {len(idx) - _MAX_EXAMPLES} more" if len(idx) > _MAX_EXAMPLES else ""
+        self.problems.append(f"{column}: {len(idx)} {what} ({shown}{more})")
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    return series.astype("string")
+
+
+def _coerce(name: str, raw: pd.Series, col: Column, report: _Report | None) -> pd.Series:
+    """Convert one column to its declared type, reporting every value that does not fit."""
+    series = raw
+    if col.na_values and (pd.api.types.is_string_dtype(series) or series.dtype == object):
+        series = series.mask(series.isin(col.na_values))
+    missing = series.isna().to_numpy()
+
+    def flag(what: str, mask: np.ndarray) -> None:
+        if report is not None:
+            report.add(name, what, mask, raw)
+
+    if col.type in ("integer", "float"):
+        numbers = pd.to_numeric(series, errors="coerce")
+        bad = (~missing) & numbers.isna().to_numpy()
+        flag(f"values are not {'numbers' if col.type == 'float' else 'integers'}", bad)
+        if col.type == "integer":
+            frac = (~missing) & ~bad & (numbers.fillna(0) % 1 != 0).to_numpy()
+            flag("values are not whole numbers", frac)
+        if col.min is not None:
+            flag(f"values are below the minimum {col.min}", (numbers < col.min).to_numpy())
+        if col.max is not None:
+            flag(f"values are above the maximum {col.max}", (numbers > col.max).to_numpy())
+        out = numbers.astype("float64")
+        if col.type == "integer":
+            out = out.round().astype("Int64" if col.nullable else "float64")
+            if not col.nullable and not missing.any() and not bad.any():
+                out = out.astype("int64")
+    elif col.type == "boolean":
+        if pd.api.types.is_bool_dtype(series):
+            out = series
+        else:
+            text = _as_text(series).str.strip().str.lower()
+            out = pd.Series(pd.NA, index=series.index, dtype="boolean")
+            out[text.isin(_TRUE).fillna(False).to_numpy()] = True
+            out[text.isin(_FALSE).fillna(False).to_numpy()] = False
+            flag("values are not true/false", (~missing) & out.isna().to_numpy())
+    elif col.type == "datetime":
+        out = pd.to_datetime(series, errors="coerce", utc=True)
+        flag("values are not dates", (~missing) & out.isna().to_numpy())
+    else:
+        out = _as_text(series)
+    if col.categories is not None:
+        allowed = {str(c) for c in col.categories}
+        as_text = out.astype("string") if col.type != "integer" else out.astype("Int64").astype(
+            "string"
+        )
+        unseen = (~missing) & ~as_text.isin(allowed).fillna(False).to_numpy()
+        if unseen.any() and report is not None:
+            values = sorted(set(as_text[unseen].astype(str)))[:_MAX_EXAMPLES]
+            report.add(
+                name,
+                f"values outside the declared categories (unseen: {', '.join(map(repr, values))})",
+                unseen,
+                raw,
+            )
+    if not col.nullable:
+        flag("missing values (the column is not nullable)", missing)
+    return out
+
+
+def _coerce_all(frame: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
+    columns = {name: Column.model_validate(spec) for name, spec in schema["columns"].items()}
+    return pd.DataFrame(
+        {name: _coerce(name, frame[name], col, None) for name, col in columns.items()}
+    )
+
+
+def validate(
+    frame: pd.DataFrame,
+    data: Data,
+    *,
+    require_target: bool = True,
+    line_numbers: bool = False,
+) -> pd.DataFrame:
+    """Check ``frame`` against the declared data section and return it with declared types.
+
+    Every violation is collected before raising, so one run shows the whole report.
+    """
+    report = _Report("line" if line_numbers else "row", 2 if line_numbers else 1)
+    if frame.shape[0] == 0:
+        raise DataValidationError("the data has no rows")
+    wanted = [c for c in data.columns if require_target or c != data.target]
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        report.problems.append(f"missing columns: {', '.join(missing)}")
+    present = [c for c in wanted if c in frame.columns]
+    typed = {name: _coerce(name, frame[name], data.columns[name], report) for name in present}
+    if data.id in frame.columns:
+        ids = frame[data.id]
+        dupes = ids.duplicated(keep=False).to_numpy() & ids.notna().to_numpy()
+        report.add(data.id, "rows share a duplicate id", dupes, ids)
+    if report.problems:
+        raise DataValidationError(
+            f"the data does not match copml.yaml ({len(report.problems)} problems):",
+            report.problems,
+        )
+    return pd.DataFrame(typed)
+
+
+# ------------------------------------------------------------------------------ freezing
+
+
+def _arrow_table(frame: pd.DataFrame, data: Data) -> pa.Table:
+    fields = [pa.field(c, _ARROW_TYPES[data.columns[c].type]) for c in frame.columns]
+    arrays = [pa.array(frame[c], type=f.type, from_pandas=True) for c, f in zip(frame, fields)]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def content_sha256(table: pa.Table) -> str:
+    """sha256 of the table's Arrow IPC stream in fixed-size batches: same content, same id."""
+    table = table.replace_schema_metadata(None).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1 << 16)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
+def _kinds(data: Data, columns: list[str]) -> dict[str, str]:
+    kinds = {}
+    for c in columns:
+        col = data.columns[c]
+        if c == data.id or c in data.pii:
+            kinds[c] = "identifier"
+        elif col.type in ("integer", "float") and col.categories is None:
+            kinds[c] = "numeric"
+        else:
+            kinds[c] = "categorical"
+    return kinds
+
+
+def _schema(data: Data, columns: list[str]) -> dict[str, Any]:
+    return {
+        "columns": {c: data.columns[c].model_dump(exclude_defaults=True) for c in columns},
+        "id": data.id,
+        "target": data.target if data.target in columns else None,
+        "positive": data.positive,
+    }
+
+
+def freeze(
+    engine: Engine,
+    frame: pd.DataFrame,
+    data: Data,
+    *,
+    directory: Path,
+    source: str,
+    kind: str,
+    manifest: list[dict[str, Any]] | None = None,
+    actor: str = "system",
+) -> Snapshot:
+    """Store a validated frame as a snapshot (idempotent: same content, same id)."""
+    table = _arrow_table(frame, data)
+    if manifest is None:
+        snapshot_id = content_sha256(table)
+        storage = "copy"
+        path = directory / f"{snapshot_id}.parquet"
+    else:
+        snapshot_id = hashlib.sha256(
+            json.dumps(manifest, sort_keys=True).encode()
+        ).hexdigest()
+        storage = "reference"
+        path = Path(manifest[0]["path"])
+    existing = get(engine, snapshot_id, missing_ok=True)
+    if existing is not None:
+        return existing
+    if storage == "copy" and not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written snapshot
+    columns = list(frame.columns)
+    snap = Snapshot(
+        id=snapshot_id,
+        kind=kind,
+        storage=storage,
+        source=source,
+        path=str(path),
+        n_rows=len(frame),
+        schema=_schema(data, columns),
+        profile=profiles.profile(frame, _kinds(data, columns)),
+        manifest=manifest,
+        created_at=datetime.now(UTC),
+        created=True,
+    )
+    if data.target in frame.columns:
+        positive = (frame[data.target].astype(str) == str(data.positive)).mean()
+        snap.profile["__target__"] = {"kind": "target", "positive_rate": float(positive)}
+    with engine.begin() as conn:
+        conn.execute(
+            insert(snapshots_table).values(
+                id=snap.id,
+                created_at=snap.created_at,
+                kind=kind,
+                storage=storage,
+                source=source,
+                path=snap.path,
+                n_rows=snap.n_rows,
+                n_bytes=path.stat().st_size if path.exists() else 0,
+                schema=snap.schema,
+                profile=snap.profile,
+                manifest=manifest,
+            )
+        )
+        events.record(
+            conn,
+            "snapshot.created",
+            actor=actor,
+            subject=f"snapshot:{snap.id}",
+            reason=f"{kind} data from {source}",
+            evidence={"rows": snap.n_rows, "storage": storage},
+        )
+    return snap
+
+
+def create(
+    engine: Engine,
+    data: Data,
+    *,
+    root: Path,
+    directory: Path,
+    source: str | None = None,
+    by_reference: bool = False,
+    actor: str = "system",
+) -> Snapshot:
+    """Read, validate and freeze the training data declared in the spec (or ``source``)."""
+    source = source or data.source
+    query = data.query if source == data.source else None
+    if by_reference:
+        if "://" in source:
+            raise DataValidationError("snapshots by reference support local files only")
+        files = source_files(source, root)
+        manifest = [
+            {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": _file_sha256(p)}
+            for p in files
+        ]
+        raw = read_files(files)
+    else:
+        manifest = None
+        raw = read_source(source, root, query)
+    is_csv = "://" not in source and source.lower().endswith(".csv")
+    frame = validate(raw, data, line_numbers=is_csv)
+    return freeze(
+        engine,
+        frame,
+        data,
+        directory=directory,
+        source=source,
+        kind="training",
+        manifest=manifest,
+        actor=actor,
+    )
+
+
+def _from_row(row: Any) -> Snapshot:
+    m = row._mapping
+    return Snapshot(
+        id=m["id"],
+        kind=m["kind"],
+        storage=m["storage"],
+        source=m["source"],
+        path=m["path"],
+        n_rows=m["n_rows"],
+        schema=m["schema"],
+        profile=m["profile"],
+        manifest=m["manifest"],
+        created_at=m["created_at"],
+    )
+
+
+def get(engine: Engine, snapshot_id: str, *, missing_ok: bool = False) -> Snapshot | None:
+    """A snapshot by id or by a unique prefix of at least 8 characters."""
+    with engine.connect() as conn:
+        query = select(snapshots_table)
+        if len(snapshot_id) == 64:
+            rows = conn.execute(query.where(snapshots_table.c.id == snapshot_id)).all()
+        elif len(snapshot_id) >= 8:
+            rows = conn.execute(query.where(snapshots_table.c.id.startswith(snapshot_id))).all()
+        else:
+            rows = []
+    if len(rows) == 1:
+        return _from_row(rows[0])
+    if missing_ok:
+        return None
+    raise NotFoundError(f"no snapshot {snapshot_id!r}" if not rows else "ambiguous snapshot id")
+
+
+def latest(engine: Engine, kind: str = "training") -> Snapshot:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(snapshots_table)
+            .where(snapshots_table.c.kind == kind)
+            .order_by(snapshots_table.c.created_at.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        raise NotFoundError("no training snapshot yet; run 'copml snapshot' first")
+    return _from_row(row)

@@ -1,0 +1,441 @@
+"""``copml.yaml``: the project's requirements as pydantic models, the single source of truth.
+
+Everything copml does is driven by a validated :class:`Spec`. Loading maps every pydantic
+error back to the field path and the line of the YAML file, so a wrong spec is a one-line fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    AfterValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from copml import policies
+from copml.errors import SpecError
+
+SPEC_FILE = "copml.yaml"
+
+STATISTICAL_METRICS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "roc_auc",
+    "positive_rate",
+)
+OPERATIONAL_METRICS = ("drift", "availability", "latency_p99_ms", "cost", "reviews")
+ACTIONS = (
+    "retrain",
+    "validate",
+    "approve",
+    "promote",
+    "redeploy",
+    "rollback",
+    "alert",
+    "review",
+    "reevaluate",
+    "retire",
+)
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week|month|year|window)s?\s*$", re.I)
+_DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Duration(_Model):
+    """A span such as ``1 month`` or ``400 days``; ``window`` counts monitoring windows."""
+
+    amount: int = Field(ge=1)
+    unit: Literal["minute", "hour", "day", "week", "month", "year", "window"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            m = _DURATION.match(value)
+            if not m:
+                raise ValueError(
+                    f"expected a duration such as '1 month' or '30 days', got {value!r}"
+                )
+            return {"amount": int(m.group(1)), "unit": m.group(2).lower()}
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.unit}{'s' if self.amount > 1 else ''}"
+
+    def offset(self) -> Any:
+        """A pandas DateOffset for calendar arithmetic (months have no fixed length)."""
+        import pandas as pd
+
+        if self.unit == "window":
+            raise ValueError("a window count has no calendar length")
+        return pd.DateOffset(**{f"{self.unit}s": self.amount})
+
+
+def _dotted(value: str) -> str:
+    if not _DOTTED.match(value):
+        raise ValueError(f"expected 'module:function' (e.g. churn:train), got {value!r}")
+    return value
+
+
+DottedPath = Annotated[str, AfterValidator(_dotted)]
+
+
+class Owners(_Model):
+    data_engineering: str
+    data_science: str
+    ml_ops: str
+    business: str | None = None
+
+
+ColumnType = Literal["string", "integer", "float", "boolean", "category", "datetime"]
+Scalar = str | int | float | bool
+
+
+class Column(_Model):
+    """One declared column: its type and what values are allowed."""
+
+    type: ColumnType
+    categories: list[Scalar] | None = None
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    na_values: list[str] = Field(
+        default_factory=list, description="strings read as missing, e.g. [' '] for blanks"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Column:
+        if self.categories is not None and self.type not in ("category", "string", "integer"):
+            raise ValueError(f"'categories' is not allowed for a {self.type} column")
+        if self.type == "category" and not self.categories:
+            raise ValueError("a category column needs its list of 'categories'")
+        if (self.min is not None or self.max is not None) and self.type not in (
+            "integer",
+            "float",
+        ):
+            raise ValueError("'min' and 'max' apply to integer and float columns only")
+        return self
+
+
+class Data(_Model):
+    """Where the training data comes from and what it must look like."""
+
+    source: str
+    query: str | None = Field(None, description="SQL query when source is a SQLAlchemy URL")
+    id: str
+    target: str
+    positive: Scalar
+    columns: dict[str, Column] = Field(min_length=1)
+    pii: list[str] = Field(default_factory=list)
+    sensitive: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> Data:
+        declared = set(self.columns)
+        for field in ("id", "target"):
+            name = getattr(self, field)
+            if name not in declared:
+                raise ValueError(f"{field} {name!r} is not one of the declared columns")
+        for field in ("pii", "sensitive"):
+            missing = [c for c in getattr(self, field) if c not in declared]
+            if missing:
+                raise ValueError(f"{field} names undeclared columns: {', '.join(missing)}")
+        if self.query and "://" not in self.source:
+            raise ValueError("'query' needs 'source' to be a SQLAlchemy URL")
+        return self
+
+    @property
+    def features(self) -> list[str]:
+        """Columns the model sees: everything declared except the id, the target and PII."""
+        return [c for c in self.columns if c not in (self.id, self.target, *self.pii)]
+
+
+class ModelConfig(_Model):
+    train: DottedPath = Field(description="'module:function' of def train(data, params, seed)")
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 42
+    task: Literal["binary"] = "binary"
+    threshold: float = Field(0.5, gt=0, lt=1)
+    holdout: float = Field(0.2, gt=0, lt=0.9, description="share of rows held out")
+
+
+class Serving(_Model):
+    mode: Literal["batch", "realtime"] = "batch"
+    schedule: str | None = Field(None, description="cron expression for batch scoring")
+    availability: float | None = Field(None, gt=0, le=1)
+    review_band: tuple[float, float] | None = None
+    score_precision: int | None = Field(None, ge=1, le=12)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"expected a cron expression with 5 fields, got {value!r}")
+        return value
+
+    @field_validator("review_band")
+    @classmethod
+    def _band(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] < value[1] <= 1:
+            raise ValueError("review_band must be [low, high] with 0 <= low < high <= 1")
+        return value
+
+
+class Kpi(_Model):
+    function: DottedPath = Field(
+        description="'module:function' of def kpi(window: DataFrame) -> float"
+    )
+    baseline: float | None = None
+    target: float | None = None
+    better: Literal["lower", "higher"] = "higher"
+
+
+class Threshold(_Model):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError("give 'min', 'max' or both")
+        return self
+
+    def met(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class Effectiveness(_Model):
+    """The monitoring window and the minimums the model must keep (e.g. ``accuracy: {min: 0.75}``)."""
+
+    window: Duration = Duration(amount=1, unit="month")
+    drift_psi: float = Field(0.2, gt=0, description="PSI above which a feature has drifted")
+    thresholds: dict[str, Threshold] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        known = {"window", "drift_psi", "thresholds"}
+        out = {k: v for k, v in value.items() if k in known}
+        thresholds = dict(out.get("thresholds") or {})
+        for key, item in value.items():
+            if key in known:
+                continue
+            if key not in STATISTICAL_METRICS:
+                raise ValueError(
+                    f"unknown effectiveness metric {key!r}; "
+                    f"expected one of {', '.join(STATISTICAL_METRICS)}"
+                )
+            thresholds[key] = item
+        out["thresholds"] = thresholds
+        return out
+
+    @field_validator("window")
+    @classmethod
+    def _calendar(cls, value: Duration) -> Duration:
+        if value.unit == "window":
+            raise ValueError("the window must be a calendar span such as '1 month'")
+        return value
+
+
+class Promotion(_Model):
+    metric: str = "roc_auc"
+    min_gain: float = 0.0
+    require_approval: bool = False
+
+    @field_validator("metric")
+    @classmethod
+    def _stat(cls, value: str) -> str:
+        if value not in STATISTICAL_METRICS:
+            raise ValueError(f"expected one of {', '.join(STATISTICAL_METRICS)}, got {value!r}")
+        return value
+
+
+class Policy(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w\-]*$")
+    when: str
+    do: list[Literal[ACTIONS]] = Field(min_length=1)  # type: ignore[valid-type]
+    cooldown: Duration | None = None
+
+    @field_validator("when")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            policies.parse(value)
+        except policies.PolicySyntaxError as exc:
+            raise ValueError(f"cannot parse condition {value!r}: {exc}") from None
+        return value
+
+    @property
+    def condition(self) -> policies.Condition:
+        return policies.parse(self.when)
+
+
+class Costs(_Model):
+    cpu_hour: float = Field(0.0, ge=0)
+    review: float = Field(0.0, ge=0)
+    monthly_fixed: float = Field(0.0, ge=0)
+    budget_per_window: float | None = Field(None, ge=0)
+
+
+class Alerts(_Model):
+    webhook: str | None = Field(None, pattern=r"^https?://")
+    email: list[str] = Field(default_factory=list)
+
+
+class Retention(_Model):
+    predictions: Duration = Duration(amount=400, unit="day")
+
+
+class Spec(_Model):
+    """The whole ``copml.yaml``."""
+
+    project: str = Field(pattern=r"^[a-z0-9][a-z0-9\-_]*$", max_length=64)
+    objective: str = Field(min_length=10)
+    owners: Owners
+    impact: Literal["low", "medium", "high"] = "low"
+    data: Data
+    model: ModelConfig
+    serving: Serving = Serving()
+    kpis: dict[str, Kpi] = Field(default_factory=dict)
+    effectiveness: Effectiveness = Effectiveness()
+    promotion: Promotion = Promotion()
+    policies: list[Policy] = Field(default_factory=list)
+    costs: Costs = Costs()
+    alerts: Alerts = Alerts()
+    retention: Retention = Retention()
+
+    @model_validator(mode="after")
+    def _policy_metrics(self) -> Spec:
+        known = self.metric_names()
+        for i, policy in enumerate(self.policies):
+            for metric in policies.metrics_of(policy.condition):
+                if metric not in known and not (
+                    metric.startswith("drift.") and metric[6:] in self.data.features
+                ):
+                    raise _PolicyMetricError(i, metric, sorted(known))
+        names = [p.name for p in self.policies]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"policy names must be unique: {', '.join(dupes)}")
+        return self
+
+    def metric_names(self) -> set[str]:
+        """Every metric a policy may read: statistical, operational and the declared KPIs."""
+        return set(STATISTICAL_METRICS) | set(OPERATIONAL_METRICS) | set(self.kpis)
+
+
+class _PolicyMetricError(ValueError):
+    def __init__(self, index: int, metric: str, known: list[str]) -> None:
+        super().__init__(
+            f"policies[{index}].when: unknown metric {metric!r}; expected one of "
+            f"{', '.join(known)} or drift.<feature>"
+        )
+        self.index = index
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``copml.yaml``, exported from the models (for editors and CI)."""
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "copml.yaml"
+    return schema
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+
+def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map every YAML node path (keys and list indexes) to its 1-based line."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, str(key.value))
+                walk(value, sub)
+                lines[sub] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _line_of(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+    # pydantic adds union/validator names (e.g. 'function-after[...]'); keep only real keys.
+    return tuple(p for p in loc if isinstance(p, int) or not str(p).endswith("]"))
+
+
+def parse_spec(text: str, filename: str = SPEC_FILE) -> Spec:
+    """Validate spec text; raise :class:`SpecError` naming every bad field with its line."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+        raise SpecError(f"{filename}: not valid YAML ({where}): {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{filename}: expected a mapping of settings at the top level")
+    lines = _line_index(text)
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as exc:
+        details = []
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, _PolicyMetricError):
+                loc = ("policies", cause.index, "when")
+                msg = str(cause).split(": ", 1)[1]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (not part of copml.yaml)"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
+                msg += f" (got {json.dumps(err['input'], default=str)[:60]})"
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+            path = path.lstrip(".") or "(top level)"
+            line = _line_of(lines, loc)
+            details.append(f"{path} (line {line}): {msg}" if line else f"{path}: {msg}")
+        raise SpecError(f"{filename} is invalid:", details) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate ``copml.yaml`` from a file or a project folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SPEC_FILE
+    if not path.exists():
+        raise SpecError(f"{path}: not found; run 'copml init DIR --example churn' to start one")
+    return parse_spec(path.read_text(encoding="utf-8"), str(path))

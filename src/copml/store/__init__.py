@@ -1,0 +1,24 @@
+"""copml's store: SQLite (WAL) by default, PostgreSQL through ``COPML_DB_URL``.
+
+The schema is owned by Alembic migrations; :func:`open_store` brings a database to the
+latest revision before anything reads or writes it.
+"""
+
+from __future__ import annotations
+
+from copml.store.database import HEAD_REVISION, bind_value, bulk_insert, open_store, upgrade
+from copml.store.schema import events, feedback, metadata, metric_windows, predictions, snapshots
+
+__all__ = [
+    "HEAD_REVISION",
+    "bind_value",
+    "bulk_insert",
+    "events",
+    "feedback",
+    "metadata",
+    "metric_windows",
+    "open_store",
+    "predictions",
+    "snapshots",
+    "upgrade",
+]

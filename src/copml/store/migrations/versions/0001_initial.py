@@ -1,0 +1,91 @@
+"""The first schema: snapshots, predictions, feedback, metric windows and events.
+
+Revision ID: 0001
+Revises:
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+TZ = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "snapshots",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("created_at", TZ, nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("storage", sa.String(16), nullable=False),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("path", sa.Text, nullable=False),
+        sa.Column("n_rows", sa.Integer, nullable=False),
+        sa.Column("n_bytes", sa.Integer, nullable=False),
+        sa.Column("schema", sa.JSON, nullable=False),
+        sa.Column("profile", sa.JSON, nullable=False),
+        sa.Column("manifest", sa.JSON, nullable=True),
+    )
+    op.create_table(
+        "predictions",
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("created_at", TZ, nullable=False),
+        sa.Column("model_name", sa.String(128), nullable=False),
+        sa.Column("model_version", sa.String(32), nullable=False),
+        sa.Column("entity_key", sa.String(32), nullable=True),
+        sa.Column("snapshot_id", sa.String(64), sa.ForeignKey("snapshots.id"), nullable=True),
+        sa.Column("row_index", sa.Integer, nullable=True),
+        sa.Column("input", sa.JSON, nullable=True),
+        sa.Column("input_hash", sa.String(64), nullable=True),
+        sa.Column("label", sa.SmallInteger, nullable=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("review", sa.Boolean, nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=True),
+        sa.Column("origin", sa.String(8), nullable=False),
+    )
+    op.create_index("ix_predictions_created_at", "predictions", ["created_at"])
+    op.create_index("ix_predictions_entity_key", "predictions", ["entity_key"])
+    op.create_table(
+        "feedback",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("prediction_id", sa.String(32), sa.ForeignKey("predictions.id"), nullable=False),
+        sa.Column("actual", sa.SmallInteger, nullable=False),
+        sa.Column("observed_at", TZ, nullable=False),
+        sa.Column("loaded_at", TZ, nullable=False),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.UniqueConstraint("prediction_id", name="uq_feedback_prediction"),
+    )
+    op.create_table(
+        "metric_windows",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("window_start", TZ, nullable=False),
+        sa.Column("window_end", TZ, nullable=False),
+        sa.Column("computed_at", TZ, nullable=False),
+        sa.Column("model_version", sa.String(32), nullable=True),
+        sa.Column("n_predictions", sa.Integer, nullable=False),
+        sa.Column("n_labelled", sa.Integer, nullable=False),
+        sa.Column("metrics", sa.JSON, nullable=False),
+        sa.Column("drift", sa.JSON, nullable=False),
+        sa.UniqueConstraint("window_end", name="uq_metric_windows_end"),
+    )
+    op.create_table(
+        "events",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", TZ, nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("subject", sa.String(256), nullable=True),
+        sa.Column("reason", sa.Text, nullable=True),
+        sa.Column("evidence", sa.JSON, nullable=True),
+    )
+    op.create_index("ix_events_kind", "events", ["kind"])
+    op.create_index("ix_events_subject", "events", ["subject"])
+
+
+def downgrade() -> None:
+    for table in ("events", "metric_windows", "feedback", "predictions", "snapshots"):
+        op.drop_table(table)
