@@ -60,25 +60,25 @@ class ModelVersion:
 
 
 @cache
-def _client_for(tracking_uri: str) -> MlflowClient:
+def _quiet_mlflow() -> None:
     import logging
     import warnings
-
-    import mlflow
 
     # copml reports what matters itself; MLflow's INFO chatter and its pickle advice
     # (copml verifies every artifact's sha256 before loading) would bury it.
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"mlflow(\..*)?$")
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
 
 def client(project: Project) -> MlflowClient:
+    """A client on the project's tracking store, also made the default for MLflow's fluent API."""
+    import mlflow
+
+    _quiet_mlflow()
     project.ensure_home()
-    return _client_for(project.tracking_uri)
+    mlflow.set_tracking_uri(project.tracking_uri)
+    mlflow.set_registry_uri(project.tracking_uri)
+    return mlflow.MlflowClient(tracking_uri=project.tracking_uri, registry_uri=project.tracking_uri)
 
 
 def experiment_id(project: Project) -> str:

@@ -79,6 +79,11 @@ class Duration(_Model):
     def __str__(self) -> str:
         return f"{self.amount} {self.unit}{'s' if self.amount > 1 else ''}"
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _core: Any, _handler: Any) -> dict[str, Any]:
+        # Written as text in copml.yaml, so that is what editors should expect.
+        return {"type": "string", "pattern": _DURATION.pattern, "examples": ["1 month", "400 days"]}
+
     def offset(self) -> Any:
         """A pandas DateOffset for calendar arithmetic (months have no fixed length)."""
         import pandas as pd
@@ -221,8 +226,17 @@ class Threshold(_Model):
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
 
+def _metric_keys_schema(schema: dict[str, Any]) -> None:
+    # In YAML the thresholds sit beside ``window`` (``accuracy: {min: 0.75}``).
+    threshold = schema["properties"]["thresholds"]["additionalProperties"]
+    for name in STATISTICAL_METRICS:
+        schema["properties"][name] = threshold
+
+
 class Effectiveness(_Model):
     """The monitoring window and the minimums the model must keep (e.g. ``accuracy: {min: 0.75}``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_metric_keys_schema)
 
     window: Duration = Duration(amount=1, unit="month")
     drift_psi: float = Field(0.2, gt=0, description="PSI above which a feature has drifted")

@@ -64,7 +64,7 @@ def open_store(url: str) -> Engine:
 
 def bind_value(engine: Engine | Connection, column: Column[Any], value: Any) -> Any:
     """``value`` as the driver expects it for ``column`` (e.g. SQLite's datetime text)."""
-    processor = column.type.bind_processor(engine.dialect)
+    processor = column.type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
     return processor(value) if processor else value
 
 
