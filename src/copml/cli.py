@@ -131,6 +131,7 @@ def validate(
 def snapshot(
     source: Annotated[str | None, typer.Argument(help="File, folder or SQLAlchemy URL.")] = None,
     project: ProjectOpt = Path("."),
+    query: Annotated[str | None, typer.Option(help="SQL query for a SQLAlchemy URL.")] = None,
     by_reference: Annotated[
         bool, typer.Option(help="Record a manifest of file hashes instead of copying the data.")
     ] = False,
@@ -145,7 +146,7 @@ def snapshot(
     p.ensure_home()
     snap = snapshots.create(
         open_store(p.db_url), p.spec.data, root=p.root, directory=p.snapshots_dir,
-        source=source, by_reference=by_reference, actor=user_actor(),
+        source=source, query=query, by_reference=by_reference, actor=user_actor(),
     )  # fmt: skip
     if as_json:
         _print_json({"id": snap.id, "rows": snap.n_rows, "new": snap.created, "path": snap.path})

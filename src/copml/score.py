@@ -117,7 +117,7 @@ def score(
         }
     )
     output = Path(output)
-    staged = output.with_name(f".{output.name}.staged")
+    staged = output.with_name(f".{output.stem}.staged{output.suffix}")
     _write_output(out, staged)
     when = at or datetime.now(UTC)
     stamp = bind_value(engine, predictions.c.created_at, when)
@@ -129,17 +129,21 @@ def score(
     )
     columns = ("id", "created_at", "model_name", "model_version", "entity_key", "snapshot_id",
                "row_index", "label", "score", "review", "origin")  # fmt: skip
-    with engine.begin() as conn:
-        bulk_insert(conn, predictions, columns, records)  # one transaction: all rows or none
-        events.record(
-            conn,
-            "batch.scored",
-            actor=actor,
-            subject=f"model:{spec.project}/{champion.version}",
-            reason=f"scored {source}",
-            evidence={"rows": len(frame), "snapshot_id": snap.id, "positives": int(positive.sum()),
-                      "output": str(output)},  # fmt: skip
-            at=when,
-        )
+    try:
+        with engine.begin() as conn:
+            bulk_insert(conn, predictions, columns, records)  # one transaction: all or none
+            events.record(
+                conn,
+                "batch.scored",
+                actor=actor,
+                subject=f"model:{spec.project}/{champion.version}",
+                reason=f"scored {source}",
+                evidence={"rows": len(frame), "snapshot_id": snap.id,
+                          "positives": int(positive.sum()), "output": str(output)},  # fmt: skip
+                at=when,
+            )
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
     os.replace(staged, output)
     return ScoreResult(len(frame), champion.version, snap.id, output, int(positive.sum()))

@@ -392,12 +392,13 @@ def create(
     root: Path,
     directory: Path,
     source: str | None = None,
+    query: str | None = None,
     by_reference: bool = False,
     actor: str = "system",
 ) -> Snapshot:
     """Read, validate and freeze the training data declared in the spec (or ``source``)."""
-    source = source or data.source
-    query = data.query if source == data.source else None
+    if source is None:
+        source, query = data.source, data.query
     if by_reference:
         if "://" in source:
             raise DataValidationError("snapshots by reference support local files only")

@@ -1,0 +1,100 @@
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
+
+from batches import month
+from copml.feedback import load
+from copml.monitor.drift import categorical_drift, drift_share, feature_drift, numeric_drift, psi
+from copml.monitor.status import requirements
+from copml.monitor.window import history, monitor
+from copml.profiles import profile
+from copml.project import Project
+from copml.score import score
+from copml.simulation import AFTER_SHIFT, Population, as_source_csv
+
+END = datetime(2026, 4, 1, tzinfo=UTC)
+
+
+def test_psi_is_zero_for_the_same_shares_and_grows_with_shift() -> None:
+    assert psi([0.2, 0.3, 0.5], [0.2, 0.3, 0.5]) == pytest.approx(0.0)
+    assert psi([0.2, 0.3, 0.5], [0.5, 0.3, 0.2]) > 0.2
+
+
+def test_numeric_and_categorical_drift() -> None:
+    rng = np.random.default_rng(0)
+    ref = profile(pd.DataFrame({"x": rng.normal(0, 1, 5000), "c": rng.choice(list("ab"), 5000)}),
+                  {"x": "numeric", "c": "categorical"})  # fmt: skip
+    same = numeric_drift(ref["x"], pd.Series(rng.normal(0, 1, 2000)))
+    moved = numeric_drift(ref["x"], pd.Series(rng.normal(1, 1, 2000)))
+    assert same["psi"] < 0.05 and same["p_value"] > 0.01
+    assert moved["psi"] > 0.2 and moved["p_value"] < 1e-6
+    shifted = categorical_drift(ref["c"], pd.Series(rng.choice(list("abz"), 2000, p=[.2, .2, .6])))
+    assert shifted["psi"] > 0.2 and shifted["p_value"] < 1e-6
+    frame = pd.DataFrame({"x": rng.normal(1, 1, 2000), "c": rng.choice(list("ab"), 2000)})
+    drift = feature_drift(ref, frame, ["x", "c"], 0.2)
+    assert drift["x"]["drifted"] and not drift["c"]["drifted"]
+    assert drift_share(drift) == 0.5
+
+
+def _month_with_truth(project: Project, tmp_path: Path, seed: int = 11) -> pd.DataFrame:
+    batch, outcome = month(tmp_path / f"m{seed}", seed=seed)
+    out = tmp_path / f"scores{seed}.csv"
+    score(project, batch, out, at=datetime(2026, 3, 1, 6, tzinfo=UTC))
+    truth = tmp_path / f"truth{seed}.csv"
+    outcome.to_csv(truth, index=False)
+    load(project, truth, at=datetime(2026, 3, 31, tzinfo=UTC))
+    return pd.read_csv(out).merge(outcome, on="customerID")
+
+
+def test_window_metrics_match_an_independent_computation(churn: Project, tmp_path: Path) -> None:
+    joined = _month_with_truth(churn, tmp_path)
+    window = monitor(churn, end=END)
+    actual = joined["Churn"].eq("Yes").astype(int)
+    predicted = joined["label"].eq("Yes").astype(int)
+    m = window.metrics
+    assert m["accuracy"] == pytest.approx(accuracy_score(actual, predicted))
+    assert m["recall"] == pytest.approx(recall_score(actual, predicted))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(actual, joined["score"]))
+    assert m["churn_rate"] == pytest.approx(actual.mean())  # the team's KPI function
+    assert (window.n_predictions, window.n_labelled, window.model_version) == (500, 500, "1")
+    assert window.start == datetime(2026, 3, 1, tzinfo=UTC)
+    assert m["drift"] < 0.2 and set(window.drift) == set(churn.spec.data.features)
+    stored = history(churn)
+    assert len(stored) == 1 and stored[0].metrics["accuracy"] == pytest.approx(m["accuracy"])
+    monitor(churn, end=END)  # recomputing replaces the window
+    assert len(history(churn)) == 1
+
+
+def test_market_shift_is_seen_as_drift(churn: Project, tmp_path: Path) -> None:
+    population = Population(seed=5, size=800)
+    batch = tmp_path / "shifted.csv"
+    as_source_csv(population.new_customers(800, AFTER_SHIFT)).to_csv(batch, index=False)
+    score(churn, batch, tmp_path / "out.csv", at=datetime(2026, 3, 2, tzinfo=UTC))
+    window = monitor(churn, end=END)
+    assert window.drift["tenure"]["drifted"]  # new customers only: tenure 0
+    assert window.metrics["drift.tenure"] > 0.2 and window.metrics["drift"] > 0
+    assert math.isnan(window.metrics["accuracy"])  # no ground truth yet: unknown
+
+
+def test_empty_window_is_unknown_not_failed(churn: Project) -> None:
+    window = monitor(churn, end=datetime(2020, 1, 1, tzinfo=UTC))
+    assert window.n_predictions == 0 and math.isnan(window.metrics["churn_rate"])
+    states = {r.name: r.state for r in requirements(churn.spec, window)}
+    assert set(states.values()) == {"unknown"}
+
+
+def test_status_met_not_met_unknown(churn: Project, tmp_path: Path) -> None:
+    _month_with_truth(churn, tmp_path)
+    window = monitor(churn, end=END)
+    found = {r.name: r for r in requirements(churn.spec, window)}
+    accuracy = found["accuracy"]
+    assert accuracy.state == ("met" if accuracy.value >= 0.75 else "not met")
+    rate = found["churn_rate"]
+    assert rate.expected == "<= 0.08" and rate.state == ("met" if rate.value <= 0.08 else "not met")
+    assert found["cost"].state == "unknown"  # no cost figures are recorded yet
+    assert requirements(churn.spec, None)[0].state == "unknown"
