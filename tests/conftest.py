@@ -39,8 +39,9 @@ def trained_churn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project.ensure_home()
     from copml.store import open_store
 
-    snapshots.create(open_store(project.db_url), project.spec.data, root=root,
-                     directory=project.snapshots_dir)  # fmt: skip
+    snapshots.create(
+        open_store(project.db_url), project.spec.data, root=root, directory=project.snapshots_dir
+    )
     result = train(project)
     assert result.champion, result.failures
     return root

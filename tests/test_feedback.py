@@ -68,7 +68,7 @@ def test_unknown_ids_refuse_the_file_unless_skipped(churn: Project, tmp_path: Pa
     extra = pd.DataFrame({"customerID": ["9999-NOONE", "9998-NOONE"], "Churn": ["Yes", "No"]})
     pd.concat([outcome, extra]).to_csv(path, index=False)
     n_events = _events(churn)
-    with pytest.raises(DataValidationError, match="2 of 502 rows name no known prediction"):
+    with pytest.raises(DataValidationError, match=r"2 of 502 rows name no known prediction"):
         load(churn, path)
     assert _stored(churn).empty and _events(churn) == n_events
     result = load(churn, path, skip_unknown=True)
@@ -80,18 +80,19 @@ def test_outcome_before_the_prediction_matches_nothing(churn: Project, tmp_path:
     _, outcome = _scored(churn)
     path = tmp_path / "truth.csv"
     outcome.assign(observed_at="2026-01-15T00:00:00Z").to_csv(path, index=False)
-    with pytest.raises(DataValidationError, match="500 of 500 rows name no known prediction"):
+    with pytest.raises(DataValidationError, match=r"500 of 500 rows name no known prediction"):
         load(churn, path)
 
 
 def test_bad_labels_and_columns(churn: Project, tmp_path: Path) -> None:
     scores, _ = _scored(churn)
     path = tmp_path / "truth.csv"
-    pd.DataFrame({"prediction_id": scores["prediction_id"][:3], "actual": ["Yes", "maybe", "No"]}
-                 ).to_csv(path, index=False)  # fmt: skip
-    with pytest.raises(DataValidationError, match="1 values are neither.*lines 3"):
+    pd.DataFrame(
+        {"prediction_id": scores["prediction_id"][:3], "actual": ["Yes", "maybe", "No"]}
+    ).to_csv(path, index=False)
+    with pytest.raises(DataValidationError, match=r"1 values are neither.*lines 3"):
         load(churn, path)
     pd.DataFrame({"who": ["a"], "actual": ["Yes"]}).to_csv(path, index=False)
-    with pytest.raises(DataValidationError, match="needs a 'prediction_id' or 'customerID'"):
+    with pytest.raises(DataValidationError, match=r"needs a 'prediction_id' or 'customerID'"):
         load(churn, path)
     assert _stored(churn).empty

@@ -27,13 +27,17 @@ def test_psi_is_zero_for_the_same_shares_and_grows_with_shift() -> None:
 
 def test_numeric_and_categorical_drift() -> None:
     rng = np.random.default_rng(0)
-    ref = profile(pd.DataFrame({"x": rng.normal(0, 1, 5000), "c": rng.choice(list("ab"), 5000)}),
-                  {"x": "numeric", "c": "categorical"})  # fmt: skip
+    ref = profile(
+        pd.DataFrame({"x": rng.normal(0, 1, 5000), "c": rng.choice(list("ab"), 5000)}),
+        {"x": "numeric", "c": "categorical"},
+    )
     same = numeric_drift(ref["x"], pd.Series(rng.normal(0, 1, 2000)))
     moved = numeric_drift(ref["x"], pd.Series(rng.normal(1, 1, 2000)))
     assert same["psi"] < 0.05 and same["p_value"] > 0.01
     assert moved["psi"] > 0.2 and moved["p_value"] < 1e-6
-    shifted = categorical_drift(ref["c"], pd.Series(rng.choice(list("abz"), 2000, p=[.2, .2, .6])))
+    shifted = categorical_drift(
+        ref["c"], pd.Series(rng.choice(list("abz"), 2000, p=[0.2, 0.2, 0.6]))
+    )
     assert shifted["psi"] > 0.2 and shifted["p_value"] < 1e-6
     frame = pd.DataFrame({"x": rng.normal(1, 1, 2000), "c": rng.choice(list("ab"), 2000)})
     drift = feature_drift(ref, frame, ["x", "c"], 0.2)

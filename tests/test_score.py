@@ -26,8 +26,13 @@ def test_every_row_scored_and_logged(churn: Project) -> None:
     result = score(churn, batch, out, at=datetime(2026, 2, 1, tzinfo=UTC))
     written = pd.read_csv(out)
     source = pd.read_csv(batch)
-    assert list(written.columns) == ["customerID", "label", "score", "model_version",
-                                     "prediction_id"]  # fmt: skip
+    assert list(written.columns) == [
+        "customerID",
+        "label",
+        "score",
+        "model_version",
+        "prediction_id",
+    ]
     assert len(written) == len(source) == result.rows == 500
     assert (written["customerID"] == source["customerID"]).all()
     assert set(written["label"]) <= {"Yes", "No"} and written["score"].between(0, 1).all()
@@ -36,7 +41,9 @@ def test_every_row_scored_and_logged(churn: Project) -> None:
     with open_store(churn.db_url).connect() as conn:
         stored = pd.DataFrame(conn.execute(select(predictions)).mappings().all())
     assert set(stored["id"]) == set(written["prediction_id"])
-    assert (stored["model_version"] == "1").all() and (stored["snapshot_id"] == result.snapshot_id).all()
+    assert (stored["model_version"] == "1").all() and (
+        stored["snapshot_id"] == result.snapshot_id
+    ).all()
     merged = written.merge(stored, left_on="prediction_id", right_on="id")
     assert (merged["score_x"] - merged["score_y"]).abs().max() < 1e-12
     assert (merged["row_index"] == merged.index).all() or merged["row_index"].is_unique
@@ -70,7 +77,7 @@ def test_pii_is_never_stored_in_clear(churn: Project) -> None:
 
 def test_score_before_any_model(fresh_churn: Project) -> None:
     batch, _ = month(fresh_churn.root / "in")
-    with pytest.raises(NotFoundError, match="no champion model yet"):
+    with pytest.raises(NotFoundError, match=r"no champion model yet"):
         score(fresh_churn, batch, fresh_churn.root / "out.csv")
     assert not (fresh_churn.root / "out.csv").exists()
     assert _count(fresh_churn, predictions) == 0 and _count(fresh_churn, events) == 0
@@ -82,7 +89,7 @@ def test_bad_batch_changes_nothing(churn: Project) -> None:
     frame.loc[7, "InternetService"] = "Satellite"
     frame.to_csv(batch, index=False)
     before = (_count(churn, predictions), _count(churn, snapshots_table), _count(churn, events))
-    with pytest.raises(DataValidationError, match="InternetService.*'Satellite'.*line 9"):
+    with pytest.raises(DataValidationError, match=r"InternetService.*'Satellite'.*line 9"):
         score(churn, batch, churn.root / "out.csv")
     after = (_count(churn, predictions), _count(churn, snapshots_table), _count(churn, events))
     assert before == after and not (churn.root / "out.csv").exists()
@@ -95,7 +102,7 @@ def test_tampered_artifact_is_refused(churn: Project) -> None:
     pkl.write_bytes(pkl.read_bytes() + b"\0")
     registry._load.cache_clear()
     batch, _ = month(churn.root / "in")
-    with pytest.raises(CopmlError, match="does not match .* recorded at registration"):
+    with pytest.raises(CopmlError, match=r"does not match .* recorded at registration"):
         score(churn, batch, churn.root / "out.csv")
     assert _count(churn, predictions) == 0
 

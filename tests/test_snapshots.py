@@ -17,8 +17,14 @@ def _store(project: Project) -> Engine:
 
 
 def _create(project: Project, source: str | None = None, **kw) -> snapshots.Snapshot:
-    return snapshots.create(_store(project), project.spec.data, root=project.root,
-                            directory=project.snapshots_dir, source=source, **kw)  # fmt: skip
+    return snapshots.create(
+        _store(project),
+        project.spec.data,
+        root=project.root,
+        directory=project.snapshots_dir,
+        source=source,
+        **kw,
+    )
 
 
 def _rows(engine: Engine, table) -> int:
@@ -84,8 +90,9 @@ def _refused(project: Project, frame: pd.DataFrame, *fragments: str) -> str:
 
 
 def test_missing_column(fresh_churn: Project) -> None:
-    _refused(fresh_churn, _customers(fresh_churn).drop(columns=["Contract"]),
-             "missing columns: Contract")  # fmt: skip
+    _refused(
+        fresh_churn, _customers(fresh_churn).drop(columns=["Contract"]), "missing columns: Contract"
+    )
 
 
 def test_wrong_type_names_lines(fresh_churn: Project) -> None:
@@ -98,8 +105,13 @@ def test_wrong_type_names_lines(fresh_churn: Project) -> None:
 def test_unseen_category(fresh_churn: Project) -> None:
     frame = _customers(fresh_churn)
     frame.loc[0, "Contract"] = "Three year"
-    _refused(fresh_churn, frame, "Contract: 1 values outside the declared categories",
-             "'Three year'", "line 2")  # fmt: skip
+    _refused(
+        fresh_churn,
+        frame,
+        "Contract: 1 values outside the declared categories",
+        "'Three year'",
+        "line 2",
+    )
 
 
 def test_duplicate_ids(fresh_churn: Project) -> None:
@@ -112,8 +124,12 @@ def test_nulls_and_range(fresh_churn: Project) -> None:
     frame = _customers(fresh_churn)
     frame.loc[0, "MonthlyCharges"] = ""
     frame.loc[1, "MonthlyCharges"] = "-5"
-    _refused(fresh_churn, frame, "MonthlyCharges: 1 missing values (the column is not nullable)",
-             "MonthlyCharges: 1 values are below the minimum 0.0")  # fmt: skip
+    _refused(
+        fresh_churn,
+        frame,
+        "MonthlyCharges: 1 missing values (the column is not nullable)",
+        "MonthlyCharges: 1 values are below the minimum 0.0",
+    )
 
 
 def test_every_violation_reported_at_once(fresh_churn: Project) -> None:
@@ -141,9 +157,13 @@ def test_sql_source(fresh_churn: Project, tmp_path: Path) -> None:
     frame.to_sql("customers", engine, index=False)
     engine.dispose()
     snap = snapshots.create(
-        _store(fresh_churn), fresh_churn.spec.data, root=fresh_churn.root,
-        directory=fresh_churn.snapshots_dir, source=url, query="SELECT * FROM customers",
-    )  # fmt: skip
+        _store(fresh_churn),
+        fresh_churn.spec.data,
+        root=fresh_churn.root,
+        directory=fresh_churn.snapshots_dir,
+        source=url,
+        query="SELECT * FROM customers",
+    )
     assert snap.id == _create(fresh_churn).id  # same rows from a file: same snapshot
     with pytest.raises(DataValidationError, match="needs a query"):
         _create(fresh_churn, url)
@@ -163,8 +183,9 @@ def test_by_reference_keeps_a_manifest_and_detects_changes(fresh_churn: Project)
 
 def test_snapshot_on_postgresql_store(fresh_churn: Project, engine: Engine) -> None:
     """The same snapshot on either backend (``engine`` is SQLite and PostgreSQL)."""
-    snap = snapshots.create(engine, fresh_churn.spec.data, root=fresh_churn.root,
-                            directory=fresh_churn.snapshots_dir)  # fmt: skip
+    snap = snapshots.create(
+        engine, fresh_churn.spec.data, root=fresh_churn.root, directory=fresh_churn.snapshots_dir
+    )
     stored = snapshots.get(engine, snap.id[:12])
     assert stored is not None and stored.profile == snap.profile and stored.n_rows == 6000
     assert snapshots.latest(engine).id == snap.id

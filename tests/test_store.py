@@ -23,9 +23,17 @@ def _snapshot_row(engine: Engine, snapshot_id: str = "a" * 64) -> None:
     with engine.begin() as conn:
         conn.execute(
             snapshots.insert().values(
-                id=snapshot_id, created_at=datetime.now(UTC), kind="batch", storage="copy",
-                source="x.csv", path="/nowhere", n_rows=2, n_bytes=0, schema={}, profile={},
-            )  # fmt: skip
+                id=snapshot_id,
+                created_at=datetime.now(UTC),
+                kind="batch",
+                storage="copy",
+                source="x.csv",
+                path="/nowhere",
+                n_rows=2,
+                n_bytes=0,
+                schema={},
+                profile={},
+            )
         )
 
 
@@ -62,8 +70,19 @@ def test_bulk_insert_round_trips_times_in_utc(engine: Engine) -> None:
         (f"p{i}", stamp, "m", "1", f"k{i}", "a" * 64, i, i % 2, 0.1 * i, review, "batch")
         for i in range(1000)
     ]
-    cols = ("id", "created_at", "model_name", "model_version", "entity_key", "snapshot_id",
-            "row_index", "label", "score", "review", "origin")  # fmt: skip
+    cols = (
+        "id",
+        "created_at",
+        "model_name",
+        "model_version",
+        "entity_key",
+        "snapshot_id",
+        "row_index",
+        "label",
+        "score",
+        "review",
+        "origin",
+    )
     with engine.begin() as conn:
         bulk_insert(conn, predictions, cols, rows)
     with engine.connect() as conn:
@@ -80,11 +99,22 @@ def test_a_failed_transaction_leaves_nothing(engine: Engine) -> None:
     _snapshot_row(engine)
     stamp = bind_value(engine, predictions.c.created_at, datetime.now(UTC))
     review = bind_value(engine, predictions.c.review, False)
-    cols = ("id", "created_at", "model_name", "model_version", "snapshot_id", "row_index",
-            "label", "score", "review", "origin")  # fmt: skip
+    cols = (
+        "id",
+        "created_at",
+        "model_name",
+        "model_version",
+        "snapshot_id",
+        "row_index",
+        "label",
+        "score",
+        "review",
+        "origin",
+    )
     with pytest.raises(RuntimeError), engine.begin() as conn:
-        bulk_insert(conn, predictions, cols,
-                    [("x1", stamp, "m", "1", "a" * 64, 0, 1, 0.9, review, "batch")])  # fmt: skip
+        bulk_insert(
+            conn, predictions, cols, [("x1", stamp, "m", "1", "a" * 64, 0, 1, 0.9, review, "batch")]
+        )
         events.record(conn, "batch.scored", actor="system")
         raise RuntimeError("crash mid-way")
     with engine.connect() as conn:
@@ -94,8 +124,14 @@ def test_a_failed_transaction_leaves_nothing(engine: Engine) -> None:
 
 def test_events_are_appended_with_evidence(engine: Engine) -> None:
     with engine.begin() as conn:
-        events.record(conn, "model.promoted", actor="user:ana", subject="model:x/1",
-                      reason="first", evidence={"auc": 0.9})  # fmt: skip
+        events.record(
+            conn,
+            "model.promoted",
+            actor="user:ana",
+            subject="model:x/1",
+            reason="first",
+            evidence={"auc": 0.9},
+        )
         events.record(conn, "model.promoted", actor="policy:p", subject="model:x/2", reason="b")
     found = events.history(engine, kind="model.promoted")
     assert [e["subject"] for e in found] == ["model:x/2", "model:x/1"]

@@ -69,8 +69,12 @@ def test_same_seed_same_model(churn: Project) -> None:
 
 def test_a_version_below_the_minimums_is_not_champion(fresh_churn: Project) -> None:
     fresh_churn.ensure_home()
-    snapshots.create(open_store(fresh_churn.db_url), fresh_churn.spec.data,
-                     root=fresh_churn.root, directory=fresh_churn.snapshots_dir)  # fmt: skip
+    snapshots.create(
+        open_store(fresh_churn.db_url),
+        fresh_churn.spec.data,
+        root=fresh_churn.root,
+        directory=fresh_churn.snapshots_dir,
+    )
     result = train(fresh_churn, params={"C": 1e-6})  # all but constant: misses the minimums
     assert not result.meets_minimums and result.failures and not result.champion
     assert registry.champion(fresh_churn) is None
@@ -89,17 +93,23 @@ def _state(project: Project) -> tuple[int, int]:
 def test_train_that_does_not_import(churn: Project) -> None:
     (churn.root / "churn.py").write_text("import not_a_real_module\n")
     before = _state(churn)
-    with pytest.raises(UserCodeError, match="cannot import train function 'churn:train'.*not_a_real"):
+    with pytest.raises(
+        UserCodeError, match=r"cannot import train function 'churn:train'.*not_a_real"
+    ):
         train(churn)
     assert _state(churn) == before
 
 
 def test_train_that_raises(churn: Project) -> None:
-    (churn.root / "broken.py").write_text("def train(data, params, seed):\n    raise ValueError('bad C')\n")
-    spec = churn.spec.model_copy(update={"model": churn.spec.model.model_copy(update={"train": "broken:train"})})
+    (churn.root / "broken.py").write_text(
+        "def train(data, params, seed):\n    raise ValueError('bad C')\n"
+    )
+    spec = churn.spec.model_copy(
+        update={"model": churn.spec.model.model_copy(update={"train": "broken:train"})}
+    )
     broken = Project(churn.root, spec)
     before = _state(broken)
-    with pytest.raises(UserCodeError, match="train\\(\\) failed: ValueError: bad C"):
+    with pytest.raises(UserCodeError, match=r"train\(\) failed: ValueError: bad C"):
         train(broken)
     assert _state(broken) == before
     runs = mlflow.search_runs(experiment_names=["telco-churn"], filter_string="status = 'FAILED'")
@@ -107,5 +117,5 @@ def test_train_that_raises(churn: Project) -> None:
 
 
 def test_train_without_snapshot(fresh_churn: Project) -> None:
-    with pytest.raises(NotFoundError, match="run 'copml snapshot' first"):
+    with pytest.raises(NotFoundError, match=r"run 'copml snapshot' first"):
         train(fresh_churn)

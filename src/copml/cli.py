@@ -28,7 +28,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="The model registry: versions, lineage, champion.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model registry: versions, lineage, champion.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.")]
@@ -145,9 +147,15 @@ def snapshot(
     p = _project(project)
     p.ensure_home()
     snap = snapshots.create(
-        open_store(p.db_url), p.spec.data, root=p.root, directory=p.snapshots_dir,
-        source=source, query=query, by_reference=by_reference, actor=user_actor(),
-    )  # fmt: skip
+        open_store(p.db_url),
+        p.spec.data,
+        root=p.root,
+        directory=p.snapshots_dir,
+        source=source,
+        query=query,
+        by_reference=by_reference,
+        actor=user_actor(),
+    )
     if as_json:
         _print_json({"id": snap.id, "rows": snap.n_rows, "new": snap.created, "path": snap.path})
         return
@@ -180,11 +188,12 @@ def train(
     from copml.events import user_actor
     from copml.train import train as run_training
 
-    p = _project(project)
     params = _parse_params(param)
+    p = _project(project)
     with _console(stderr=True).status("training…"):
-        result = run_training(p, snapshot_id=snapshot_id, params=params, seed=seed,
-                              actor=user_actor())  # fmt: skip
+        result = run_training(
+            p, snapshot_id=snapshot_id, params=params, seed=seed, actor=user_actor()
+        )
     if as_json:
         _print_json(result.__dict__)
         return
@@ -207,31 +216,49 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
     p = _project(project)
     found = registry.versions(p)
     if as_json:
-        _print_json([{"version": v.version, "state": v.state, "run_id": v.run_id,
-                      "snapshot_id": v.snapshot_id} for v in found])  # fmt: skip
+        _print_json(
+            [
+                {
+                    "version": v.version,
+                    "state": v.state,
+                    "run_id": v.run_id,
+                    "snapshot_id": v.snapshot_id,
+                }
+                for v in found
+            ]
+        )
         return
     from rich.table import Table
 
     table = Table("version", "state", "run", "snapshot", "commit")
     for v in found:
-        table.add_row(v.version, v.state, v.run_id[:12], v.snapshot_id[:12],
-                      v.tags.get("copml.git_commit", "")[:10])  # fmt: skip
+        table.add_row(
+            v.version,
+            v.state,
+            v.run_id[:12],
+            v.snapshot_id[:12],
+            v.tags.get("copml.git_commit", "")[:10],
+        )
     _console().print(table)
 
 
 @models_app.command("show")
 @_fails_cleanly
-def models_show(
-    version: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False
-) -> None:
+def models_show(version: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """One version: lineage tags and holdout metrics."""
     from copml import registry
 
     p = _project(project)
     mv = registry.get(p, version)
     run = registry.client(p).get_run(mv.run_id)
-    info = {"version": mv.version, "state": mv.state, "run_id": mv.run_id, "source": mv.source,
-            "tags": mv.tags, "metrics": run.data.metrics}  # fmt: skip
+    info = {
+        "version": mv.version,
+        "state": mv.state,
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "tags": mv.tags,
+        "metrics": run.data.metrics,
+    }
     if as_json:
         _print_json(info)
         return
@@ -301,7 +328,9 @@ def feedback(
 def _window_table(window: Any) -> Any:
     from rich.table import Table
 
-    table = Table("metric", "value", title=f"window {window.start:%Y-%m-%d} → {window.end:%Y-%m-%d}")
+    table = Table(
+        "metric", "value", title=f"window {window.start:%Y-%m-%d} → {window.end:%Y-%m-%d}"
+    )
     for key, value in window.metrics.items():
         if not key.startswith("drift."):
             table.add_row(key, _fmt(value))
@@ -340,9 +369,14 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     found = requirements(p.spec, latest)
     champion = registry.champion(p)
     if as_json:
-        _print_json({"project": p.spec.project, "champion": champion.version if champion else None,
-                     "window_end": latest.end if latest else None,
-                     "requirements": [r.__dict__ for r in found]})  # fmt: skip
+        _print_json(
+            {
+                "project": p.spec.project,
+                "champion": champion.version if champion else None,
+                "window_end": latest.end if latest else None,
+                "requirements": [r.__dict__ for r in found],
+            }
+        )
         return
     from rich.table import Table
 
@@ -352,8 +386,7 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
         title += f", window ending {latest.end:%Y-%m-%d}"
     table = Table("requirement", "kind", "expected", "value", "state", title=title)
     for r in found:
-        table.add_row(r.name, r.kind, r.expected, _fmt(r.value),
-                      f"[{colour[r.state]}]{r.state}[/]")  # fmt: skip
+        table.add_row(r.name, r.kind, r.expected, _fmt(r.value), f"[{colour[r.state]}]{r.state}[/]")
     _console().print(table)
 
 
@@ -373,8 +406,9 @@ def demo(
         raise CopmlError(f"no demo {example!r} yet; available: churn")
     from copml.demo import run_churn_demo
 
-    run_churn_demo(directory, months=months, shift_month=shift_month or None, seed=seed,
-                   console=_console())  # fmt: skip
+    run_churn_demo(
+        directory, months=months, shift_month=shift_month or None, seed=seed, console=_console()
+    )
 
 
 def main() -> None:

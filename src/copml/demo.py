@@ -70,8 +70,9 @@ def run_churn_demo(
     project.ensure_home()
     engine = open_store(project.db_url)
     console.print(f"[bold]copml demo churn[/] in {directory}")
-    snap = snapshots.create(engine, project.spec.data, root=project.root,
-                            directory=project.snapshots_dir, actor=ACTOR)  # fmt: skip
+    snap = snapshots.create(
+        engine, project.spec.data, root=project.root, directory=project.snapshots_dir, actor=ACTOR
+    )
     console.print(f"snapshot {snap.id[:12]}… of {snap.n_rows} labelled customers")
     result = train(project, actor=ACTOR)
     console.print(
@@ -80,7 +81,9 @@ def run_churn_demo(
         + (" → champion" if result.champion else "")
     )
     if not result.champion:
-        raise CopmlError("the first model missed the declared minimums: " + "; ".join(result.failures))
+        raise CopmlError(
+            "the first model missed the declared minimums: " + "; ".join(result.failures)
+        )
     population = Population(seed=seed + 1, shift_month=shift_month)
     rows: list[dict[str, Any]] = []
     batches, outcomes, outputs = (directory / d for d in ("batches", "outcomes", "outputs"))
@@ -93,15 +96,21 @@ def run_churn_demo(
             label = f"{begins:%Y-%m}"
             batch = batches / f"{label}.csv"
             as_source_csv(population.customers).to_csv(batch, index=False)
-            scored = score(project, batch, outputs / f"{label}.csv",
-                           at=begins + timedelta(hours=6), actor=ACTOR)  # fmt: skip
+            scored = score(
+                project,
+                batch,
+                outputs / f"{label}.csv",
+                at=begins + timedelta(hours=6),
+                actor=ACTOR,
+            )
             flagged = pd.read_csv(outputs / f"{label}.csv")["label"].eq("Yes").to_numpy()
             shifted = shift_month is not None and month >= shift_month
             outcome = population.close_month(flagged)
             outcome["observed_at"] = ends - timedelta(days=1)
             outcome.to_csv(outcomes / f"{label}.csv", index=False)
-            feedback.load(project, outcomes / f"{label}.csv", at=ends - timedelta(days=1),
-                          actor=ACTOR)  # fmt: skip
+            feedback.load(
+                project, outcomes / f"{label}.csv", at=ends - timedelta(days=1), actor=ACTOR
+            )
             window = monitor(project, end=ends)
             rows.append(_row(month, begins, window, scored.model_version, shifted))
             progress.advance(task)
@@ -112,8 +121,10 @@ def run_churn_demo(
     for row in rows:
         cells = []
         for key, value in row.items():
-            text = f"{value:.3f}" if isinstance(value, float) and not math.isnan(value) else (
-                "—" if isinstance(value, float) else str(value)
+            text = (
+                f"{value:.3f}"
+                if isinstance(value, float) and not math.isnan(value)
+                else ("—" if isinstance(value, float) else str(value))
             )
             if key in thresholds and isinstance(value, float) and not thresholds[key].met(value):
                 text = f"[red]{text}[/]"
@@ -122,22 +133,23 @@ def run_churn_demo(
     console.print(table)
     windows = history(project)
     status = requirements(project.spec, windows[-1] if windows else None)
-    console.print(
-        "last window: " + ", ".join(f"{r.name} {r.state}" for r in status)
-    )
+    console.print("last window: " + ", ".join(f"{r.name} {r.state}" for r in status))
     markers = [Marker(START, f"v{result.version} champion")]
     if shift_month is not None and shift_month < months:
         markers.append(Marker(_month(shift_month), "market shift"))
     report = write_report(
-        project, windows, directory / "report.html",
+        project,
+        windows,
+        directory / "report.html",
         title=f"copml demo: {project.spec.project}, {months} months",
-        markers=markers, rows=rows,
+        markers=markers,
+        rows=rows,
         notes=[
             f"Simulated {months} months of {population.size} active customers; the market "
             f"shifts in month {shift_month + 1 if shift_month is not None else 'never'}. "
             "Retention offers reach every customer the champion flags.",
         ],
-    )  # fmt: skip
+    )
     console.print(
         f"report: {report}\nMLflow UI: mlflow ui --backend-store-uri {project.tracking_uri}\n"
         f"done in {time.perf_counter() - began:.0f} s"

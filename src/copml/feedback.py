@@ -61,7 +61,9 @@ def _by_entity(engine: Engine, keys: pd.Series, observed: pd.Series) -> pd.Serie
         return pd.Series([None] * len(keys), index=keys.index, dtype="object")
     preds = pd.DataFrame(found, columns=["prediction_id", "key", "created_at"])
     preds["created_at"] = pd.to_datetime(preds["created_at"], utc=True)
-    rows = pd.DataFrame({"key": keys.to_numpy(), "observed": observed.to_numpy(), "row": keys.index})
+    rows = pd.DataFrame(
+        {"key": keys.to_numpy(), "observed": observed.to_numpy(), "row": keys.index}
+    )
     merged = rows.merge(preds, on="key", how="left")
     merged = merged[merged["created_at"].isna() | (merged["created_at"] <= merged["observed"])]
     latest = merged.sort_values("created_at").groupby("row")["prediction_id"].last()
@@ -121,8 +123,11 @@ def load(
             "Use --skip-unknown to load the rest.",
         )
     table = pd.DataFrame(
-        {"prediction_id": matched[~unknown].astype(str), "actual": actual[~unknown].astype(int),
-         "observed_at": observed[~unknown]}  # fmt: skip
+        {
+            "prediction_id": matched[~unknown].astype(str),
+            "actual": actual[~unknown].astype(int),
+            "observed_at": observed[~unknown],
+        }
     ).drop_duplicates("prediction_id", keep="last")
     existing: dict[str, int] = {}
     with engine.connect() as conn:
@@ -140,16 +145,24 @@ def load(
     loaded_at = bind_value(engine, feedback.c.loaded_at, now)
     source = str(Path(path).name)
     with engine.begin() as conn:
-        stamps = [bind_value(engine, feedback.c.observed_at, t.to_pydatetime())
-                  for t in new["observed_at"]]  # fmt: skip
+        stamps = [
+            bind_value(engine, feedback.c.observed_at, t.to_pydatetime())
+            for t in new["observed_at"]
+        ]
         bulk_insert(
             conn,
             feedback,
             ("prediction_id", "actual", "observed_at", "loaded_at", "source"),
-            zip(new["prediction_id"], new["actual"].tolist(), stamps,
-                [loaded_at] * len(new), [source] * len(new)),  # fmt: skip
+            zip(
+                new["prediction_id"],
+                new["actual"].tolist(),
+                stamps,
+                [loaded_at] * len(new),
+                [source] * len(new),
+                strict=True,
+            ),
         )
-        for pid, value in zip(changed["prediction_id"], changed["actual"].tolist()):
+        for pid, value in zip(changed["prediction_id"], changed["actual"].tolist(), strict=True):
             conn.execute(
                 update(feedback).where(feedback.c.prediction_id == pid).values(actual=value)
             )
@@ -160,8 +173,12 @@ def load(
                 actor=actor,
                 subject=f"feedback:{source}",
                 reason=f"ground truth from {path}",
-                evidence={"loaded": result.loaded, "corrected": result.corrected,
-                          "unchanged": result.unchanged, "unknown": result.unknown},  # fmt: skip
+                evidence={
+                    "loaded": result.loaded,
+                    "corrected": result.corrected,
+                    "unchanged": result.unchanged,
+                    "unknown": result.unknown,
+                },
                 at=now,
             )
     return result

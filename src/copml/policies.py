@@ -159,7 +159,9 @@ def parse(text: str) -> Condition:
     node = parser.expr()
     rest = parser.peek()
     if rest.kind != "end":
-        raise PolicySyntaxError(f"expected 'and', 'or' or the end but found {_show(rest)}", rest.col)
+        raise PolicySyntaxError(
+            f"expected 'and', 'or' or the end but found {_show(rest)}", rest.col
+        )
     return node
 
 

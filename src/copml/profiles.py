@@ -37,7 +37,7 @@ def _numeric(series: pd.Series) -> dict[str, Any]:
     edges = numeric_bins(values)
     return {
         "kind": "numeric",
-        "count": int(len(values)),
+        "count": len(values),
         "mean": float(values.mean()),
         "std": float(values.std()),
         "min": float(values.min()),
@@ -54,7 +54,7 @@ def _categorical(series: pd.Series) -> dict[str, Any]:
     return {
         "kind": "categorical",
         "count": int(counts.sum()),
-        "distinct": int(len(counts)),
+        "distinct": len(counts),
         "counts": {str(k): int(v) for k, v in kept.items()},
         "other": int(counts.iloc[_MAX_CATEGORIES:].sum()),
     }

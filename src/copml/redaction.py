@@ -19,7 +19,9 @@ def redact_series(values: pd.Series, key: bytes) -> pd.Series:
     """Keyed hash of every non-missing value (missing stays missing)."""
     k = key[:64]
     out = [
-        None if v is None or v is pd.NA else blake2b(str(v).encode(), key=k, digest_size=16).hexdigest()
+        None
+        if v is None or v is pd.NA
+        else blake2b(str(v).encode(), key=k, digest_size=16).hexdigest()
         for v in values.tolist()
     ]
     return pd.Series(out, index=values.index, dtype="string")

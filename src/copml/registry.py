@@ -8,6 +8,7 @@ production. Models are loaded from a local, sha256-verified copy, once per proce
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import shutil
@@ -113,7 +114,9 @@ def _convert(mv: Any) -> ModelVersion:
     )
 
 
-def register(project: Project, run_id: str, artifact_path: str, tags: dict[str, str]) -> ModelVersion:
+def register(
+    project: Project, run_id: str, artifact_path: str, tags: dict[str, str]
+) -> ModelVersion:
     """Register the run's model folder as a new version with its lineage tags."""
     import mlflow
 
@@ -142,7 +145,14 @@ def versions(project: Project) -> list[ModelVersion]:
         found = client(project).search_model_versions(f"name='{project.spec.project}'")
     except MlflowException:
         return []
-    return sorted((_convert(v) for v in found), key=lambda v: -int(v.version))
+    current = champion(project)  # search results do not carry aliases
+    out = []
+    for mv in found:
+        version = _convert(mv)
+        if current is not None and version.version == current.version:
+            version = dataclasses.replace(version, aliases=current.aliases)
+        out.append(version)
+    return sorted(out, key=lambda v: -int(v.version))
 
 
 def champion(project: Project) -> ModelVersion | None:
@@ -160,7 +170,12 @@ def set_tag(project: Project, version: str, key: str, value: str) -> None:
 
 
 def promote(
-    project: Project, engine: Engine, version: str, *, actor: str, reason: str,
+    project: Project,
+    engine: Engine,
+    version: str,
+    *,
+    actor: str,
+    reason: str,
     evidence: dict[str, Any] | None = None,
 ) -> None:
     """Move the ``champion`` alias to ``version`` and record who did it and why."""

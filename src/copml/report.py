@@ -41,16 +41,20 @@ def panels(project: Project) -> list[Panel]:
     spec = project.spec
     out = []
     for name, bound in spec.effectiveness.thresholds.items():
-        lines = tuple((f"{k} {v}", v) for k, v in (("min", bound.min), ("max", bound.max)) if v is not None)
+        lines = tuple(
+            (f"{k} {v}", v) for k, v in (("min", bound.min), ("max", bound.max)) if v is not None
+        )
         out.append(Panel(name, f"{name} (effectiveness)", lines))
     for name, kpi in spec.kpis.items():
         lines = tuple(
-            (f"{k} {v}", v) for k, v in (("target", kpi.target), ("baseline", kpi.baseline))
+            (f"{k} {v}", v)
+            for k, v in (("target", kpi.target), ("baseline", kpi.baseline))
             if v is not None
-        )  # fmt: skip
+        )
         out.append(Panel(name, f"{name} (KPI, {kpi.better} is better)", lines))
-    out.append(Panel("drift", "share of drifted features (PSI > "
-                     f"{spec.effectiveness.drift_psi})", ()))  # fmt: skip
+    out.append(
+        Panel("drift", f"share of drifted features (PSI > {spec.effectiveness.drift_psi})", ())
+    )
     return out
 
 
@@ -64,12 +68,20 @@ def _plot(panel: Panel, windows: list[Window], markers: list[Marker]) -> str:
     ys = [w.metrics.get(panel.metric, math.nan) for w in windows]
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
     ax.plot(xs, ys, marker="o", color="#1f4e79", label=panel.metric)
-    for (label, y), style in zip(panel.lines, ("--", ":")):
+    for (label, y), style in zip(panel.lines, ("--", ":"), strict=False):
         ax.axhline(y, color="#c0392b", linestyle=style, linewidth=1, label=label)
     for marker in markers:
         ax.axvline(marker.at, color="#7f8c8d", linestyle="-.", linewidth=0.8)
-        ax.annotate(marker.label, (marker.at, 1), xycoords=("data", "axes fraction"),
-                    rotation=90, va="top", ha="right", fontsize=7, color="#555")  # fmt: skip
+        ax.annotate(
+            marker.label,
+            (marker.at, 1),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="#555",
+        )
     ax.set_title(panel.title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -96,8 +108,10 @@ def write_report(
 
     markers = markers or []
     env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape())
-    env.filters["fmt"] = lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (
-        f"{v:.3f}" if isinstance(v, float) else str(v)
+    env.filters["fmt"] = lambda v: (
+        "—"
+        if v is None or (isinstance(v, float) and math.isnan(v))
+        else (f"{v:.3f}" if isinstance(v, float) else str(v))
     )
     html = env.get_template("report.html.j2").render(
         title=title,

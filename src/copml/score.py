@@ -100,9 +100,14 @@ def score(
     frame = frame.drop(columns=[data.target], errors="ignore")
     redacted = redact(frame, sorted({data.id, *data.pii}), project.pii_key)
     snap = snapshots.freeze(
-        engine, redacted, data, directory=project.snapshots_dir, source=source, kind="batch",
+        engine,
+        redacted,
+        data,
+        directory=project.snapshots_dir,
+        source=source,
+        kind="batch",
         actor=actor,
-    )  # fmt: skip
+    )
     scores = _predict(model, frame[data.features], progress)
     positive = scores >= spec.model.threshold
     ids = _prediction_ids(len(frame))
@@ -122,13 +127,26 @@ def score(
     when = at or datetime.now(UTC)
     stamp = bind_value(engine, predictions.c.created_at, when)
     review = bind_value(engine, predictions.c.review, False)
-    rows = zip(ids, redacted[data.id].tolist(), positive.astype(int).tolist(), scores.tolist())
+    rows = zip(
+        ids, redacted[data.id].tolist(), positive.astype(int).tolist(), scores.tolist(), strict=True
+    )
     records = (
         (pid, stamp, spec.project, champion.version, key, snap.id, i, lab, sc, review, "batch")
         for i, (pid, key, lab, sc) in enumerate(rows)
     )
-    columns = ("id", "created_at", "model_name", "model_version", "entity_key", "snapshot_id",
-               "row_index", "label", "score", "review", "origin")  # fmt: skip
+    columns = (
+        "id",
+        "created_at",
+        "model_name",
+        "model_version",
+        "entity_key",
+        "snapshot_id",
+        "row_index",
+        "label",
+        "score",
+        "review",
+        "origin",
+    )
     try:
         with engine.begin() as conn:
             bulk_insert(conn, predictions, columns, records)  # one transaction: all or none
@@ -138,8 +156,12 @@ def score(
                 actor=actor,
                 subject=f"model:{spec.project}/{champion.version}",
                 reason=f"scored {source}",
-                evidence={"rows": len(frame), "snapshot_id": snap.id,
-                          "positives": int(positive.sum()), "output": str(output)},  # fmt: skip
+                evidence={
+                    "rows": len(frame),
+                    "snapshot_id": snap.id,
+                    "positives": int(positive.sum()),
+                    "output": str(output),
+                },
                 at=when,
             )
     except BaseException:

@@ -15,12 +15,30 @@ import pandas as pd
 
 ADDONS = ["OnlineSecurity", "OnlineBackup", "DeviceProtection", "TechSupport"]
 STREAMING = ["StreamingTV", "StreamingMovies"]
-PAYMENT = ["Electronic check", "Mailed check", "Bank transfer (automatic)", "Credit card (automatic)"]
+PAYMENT = [
+    "Electronic check",
+    "Mailed check",
+    "Bank transfer (automatic)",
+    "Credit card (automatic)",
+]
 COLUMNS = [
-    "customerID", "gender", "SeniorCitizen", "Partner", "Dependents", "tenure", "PhoneService",
-    "MultipleLines", "InternetService", *ADDONS, *STREAMING, "Contract", "PaperlessBilling",
-    "PaymentMethod", "MonthlyCharges", "TotalCharges",
-]  # fmt: skip
+    "customerID",
+    "gender",
+    "SeniorCitizen",
+    "Partner",
+    "Dependents",
+    "tenure",
+    "PhoneService",
+    "MultipleLines",
+    "InternetService",
+    *ADDONS,
+    *STREAMING,
+    "Contract",
+    "PaperlessBilling",
+    "PaymentMethod",
+    "MonthlyCharges",
+    "TotalCharges",
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,7 @@ class Market:
     senior: float = 0.69
     support: float = -1.15
     charge_per_10: float = 0.28
+
 
 BEFORE_SHIFT = Market()
 # A competitor's fibre bundle: contracts stop protecting fibre customers and new sign-ups skew
@@ -103,9 +122,7 @@ class Population:
         )
         e = market.electronic_check_share
         payment = pick(PAYMENT, [e, (1 - e) / 3, (1 - e) / 3, (1 - e) / 3])
-        tenure = (
-            np.minimum(r.exponential(24, n), 72).astype(int) if existing else np.zeros(n, int)
-        )
+        tenure = np.minimum(r.exponential(24, n), 72).astype(int) if existing else np.zeros(n, int)
         frame = pd.DataFrame(
             {
                 "customerID": self._ids(n),

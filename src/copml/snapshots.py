@@ -214,8 +214,8 @@ def _coerce(name: str, raw: pd.Series, col: Column, report: _Report | None) -> p
         out = _as_text(series)
     if col.categories is not None:
         allowed = {str(c) for c in col.categories}
-        as_text = out.astype("string") if col.type != "integer" else out.astype("Int64").astype(
-            "string"
+        as_text = (
+            out.astype("string") if col.type != "integer" else out.astype("Int64").astype("string")
         )
         unseen = (~missing) & ~as_text.isin(allowed).fillna(False).to_numpy()
         if unseen.any() and report is not None:
@@ -275,7 +275,10 @@ def validate(
 
 def _arrow_table(frame: pd.DataFrame, data: Data) -> pa.Table:
     fields = [pa.field(c, _ARROW_TYPES[data.columns[c].type]) for c in frame.columns]
-    arrays = [pa.array(frame[c], type=f.type, from_pandas=True) for c, f in zip(frame, fields)]
+    arrays = [
+        pa.array(frame[c], type=f.type, from_pandas=True)
+        for c, f in zip(frame, fields, strict=True)
+    ]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -328,9 +331,7 @@ def freeze(
         storage = "copy"
         path = directory / f"{snapshot_id}.parquet"
     else:
-        snapshot_id = hashlib.sha256(
-            json.dumps(manifest, sort_keys=True).encode()
-        ).hexdigest()
+        snapshot_id = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
         storage = "reference"
         path = Path(manifest[0]["path"])
     existing = get(engine, snapshot_id, missing_ok=True)

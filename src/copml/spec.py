@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     AfterValidator,
+    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -234,7 +234,7 @@ def _metric_keys_schema(schema: dict[str, Any]) -> None:
 
 
 class Effectiveness(_Model):
-    """The monitoring window and the minimums the model must keep (e.g. ``accuracy: {min: 0.75}``)."""
+    """The monitoring window and the minimums to keep, e.g. ``accuracy: {min: 0.75}``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_metric_keys_schema)
 

@@ -58,10 +58,16 @@ def git_state(root: Path) -> tuple[str, bool]:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, check=True,
-        ).stdout.strip() != ""  # fmt: skip
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
     except (OSError, subprocess.CalledProcessError):
         return "none", True
     return commit, dirty
@@ -165,13 +171,21 @@ def train(
     with mlflow.start_run(experiment_id=exp_id) as run:
         mlflow.log_params({f"param.{k}": v for k, v in params.items()})
         mlflow.log_params(
-            {"seed": seed, "snapshot_id": snap.id, "holdout": spec.model.holdout,
-             "threshold": spec.model.threshold}  # fmt: skip
+            {
+                "seed": seed,
+                "snapshot_id": snap.id,
+                "holdout": spec.model.holdout,
+                "threshold": spec.model.threshold,
+            }
         )
         mlflow.set_tags(
-            {"copml.snapshot_id": snap.id, "copml.git_commit": commit,
-             "copml.git_dirty": str(dirty).lower(), "copml.actor": actor,
-             "copml.train": spec.model.train}  # fmt: skip
+            {
+                "copml.snapshot_id": snap.id,
+                "copml.git_commit": commit,
+                "copml.git_dirty": str(dirty).lower(),
+                "copml.actor": actor,
+                "copml.train": spec.model.train,
+            }
         )
         versions = package_versions()
         mlflow.log_dict(versions, "environment/packages.json")
@@ -187,10 +201,12 @@ def train(
         metrics = classification_metrics(actual, score >= spec.model.threshold, score)
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if not np.isnan(v)})
         mlflow.log_dict(
-            {"labels": [0, 1], "matrix": [[metrics["tn"], metrics["fp"]],
-                                          [metrics["fn"], metrics["tp"]]]},
+            {
+                "labels": [0, 1],
+                "matrix": [[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]],
+            },
             "holdout/confusion_matrix.json",
-        )  # fmt: skip
+        )
         mlflow.log_figure(_confusion_figure(metrics), "holdout/confusion_matrix.png")
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / MODEL_ARTIFACT
@@ -225,15 +241,24 @@ def train(
             actor=actor,
             subject=f"model:{spec.project}/{mv.version}",
             reason="meets the declared minimums" if not failures else "; ".join(failures),
-            evidence={"run_id": run.info.run_id, "snapshot_id": snap.id, "seed": seed,
-                      "holdout": {k: v for k, v in metrics.items() if not np.isnan(v)},
-                      "artifact_sha256": sha, "git_commit": commit, "git_dirty": dirty},
-        )  # fmt: skip
+            evidence={
+                "run_id": run.info.run_id,
+                "snapshot_id": snap.id,
+                "seed": seed,
+                "holdout": {k: v for k, v in metrics.items() if not np.isnan(v)},
+                "artifact_sha256": sha,
+                "git_commit": commit,
+                "git_dirty": dirty,
+            },
+        )
     if not failures and registry.champion(project) is None:
         registry.promote(
-            project, engine, mv.version, actor=actor,
+            project,
+            engine,
+            mv.version,
+            actor=actor,
             reason="first version that meets the declared minimums",
             evidence={"holdout": {k: metrics[k] for k in spec.effectiveness.thresholds}},
-        )  # fmt: skip
+        )
         result.champion = True
     return result

@@ -44,15 +44,33 @@ def window_frame(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame
     """Predictions made in ``[start, end)`` with their ground truth (NaN when not known)."""
     p, f = predictions.c, feedback.c
     query = (
-        select(p.id, p.model_version, p.snapshot_id, p.row_index, p.label, p.score, p.review,
-               p.latency_ms, f.actual)  # fmt: skip
+        select(
+            p.id,
+            p.model_version,
+            p.snapshot_id,
+            p.row_index,
+            p.label,
+            p.score,
+            p.review,
+            p.latency_ms,
+            f.actual,
+        )
         .select_from(predictions.outerjoin(feedback, f.prediction_id == p.id))
         .where(p.created_at >= start, p.created_at < end)
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    columns = ["prediction_id", "model_version", "snapshot_id", "row_index", "label", "score",
-               "review", "latency_ms", "actual"]  # fmt: skip
+    columns = [
+        "prediction_id",
+        "model_version",
+        "snapshot_id",
+        "row_index",
+        "label",
+        "score",
+        "review",
+        "latency_ms",
+        "actual",
+    ]
     frame = pd.DataFrame.from_records(rows, columns=columns)
     frame["actual"] = pd.to_numeric(frame["actual"], errors="coerce")
     frame["latency_ms"] = pd.to_numeric(frame["latency_ms"], errors="coerce")
@@ -102,9 +120,10 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     if len(labelled):
         metrics.update(
             classification_metrics(
-                labelled["actual"].to_numpy(), labelled["label"].to_numpy() == 1,
+                labelled["actual"].to_numpy(),
+                labelled["label"].to_numpy() == 1,
                 labelled["score"].to_numpy(),
-            )  # fmt: skip
+            )
         )
     metrics["predictions"] = float(len(frame))
     metrics["labelled"] = float(len(labelled))
@@ -120,9 +139,7 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     if len(frame) and reference_version is not None and reference_version.snapshot_id:
         reference = snapshots.get(engine, reference_version.snapshot_id)
         assert reference is not None
-        drift = feature_drift(
-            reference.profile, frame, features, spec.effectiveness.drift_psi
-        )
+        drift = feature_drift(reference.profile, frame, features, spec.effectiveness.drift_psi)
     metrics["drift"] = drift_share(drift)
     for feature, result in drift.items():
         metrics[f"drift.{feature}"] = result["psi"]
@@ -174,7 +191,14 @@ def history(project: Project, limit: int = 120) -> list[Window]:
         m = row._mapping
         metrics = {k: (math.nan if v is None else v) for k, v in m["metrics"].items()}
         out.append(
-            Window(_utc(m["window_start"]), _utc(m["window_end"]), m["model_version"],
-                   m["n_predictions"], m["n_labelled"], metrics, m["drift"])  # fmt: skip
+            Window(
+                _utc(m["window_start"]),
+                _utc(m["window_end"]),
+                m["model_version"],
+                m["n_predictions"],
+                m["n_labelled"],
+                metrics,
+                m["drift"],
+            )
         )
     return out

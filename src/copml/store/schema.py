@@ -29,6 +29,7 @@ from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
 
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every backend.
 
@@ -52,6 +53,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 snapshots = Table(
     "snapshots",

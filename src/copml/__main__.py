@@ -1,0 +1,5 @@
+"""``python -m copml`` runs the CLI."""
+
+from copml.cli import main
+
+main()
