@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from batches import month
+from copml import prediction_log
 from copml.errors import DataValidationError
 from copml.feedback import load
 from copml.project import Project
@@ -24,8 +25,19 @@ def _scored(project: Project) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _stored(project: Project) -> pd.DataFrame:
-    with open_store(project.db_url).connect() as conn:
-        return pd.DataFrame(conn.execute(select(feedback)).mappings().all())
+    """Every logged prediction that has ground truth, with its public id."""
+    engine = open_store(project.db_url)
+    frames = [
+        prediction_log.read(engine, b)
+        for b in prediction_log.batches_between(engine, None, datetime(2030, 1, 1, tzinfo=UTC))
+    ]
+    logged = pd.concat(frames) if frames else pd.DataFrame(columns=["seq", "prediction_id"])
+    with engine.connect() as conn:
+        truth = pd.DataFrame(
+            conn.execute(select(feedback)).mappings().all(),
+            columns=[c.name for c in feedback.columns],
+        )
+    return truth.merge(logged[["seq", "prediction_id"]], left_on="prediction_seq", right_on="seq")
 
 
 def _events(project: Project) -> int:

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from batches import month
-from copml import registry, snapshots
+from copml import prediction_log, registry, snapshots
 from copml.errors import CopmlError, DataValidationError, NotFoundError
 from copml.project import Project
 from copml.score import score
@@ -38,16 +38,24 @@ def test_every_row_scored_and_logged(churn: Project) -> None:
     assert set(written["label"]) <= {"Yes", "No"} and written["score"].between(0, 1).all()
     assert (written["label"].eq("Yes") == written["score"].ge(0.5)).all()
     assert written["prediction_id"].is_unique and (written["model_version"] == 1).all()
-    with open_store(churn.db_url).connect() as conn:
-        stored = pd.DataFrame(conn.execute(select(predictions)).mappings().all())
-    assert set(stored["id"]) == set(written["prediction_id"])
-    assert (stored["model_version"] == "1").all() and (
-        stored["snapshot_id"] == result.snapshot_id
-    ).all()
-    merged = written.merge(stored, left_on="prediction_id", right_on="id")
-    assert (merged["score_x"] - merged["score_y"]).abs().max() < 1e-12
-    assert (merged["row_index"] == merged.index).all() or merged["row_index"].is_unique
-    assert merged["created_at"].iloc[0] == datetime(2026, 2, 1, tzinfo=UTC)
+    engine = open_store(churn.db_url)
+    (batch,) = prediction_log.batches_between(engine, None, datetime(2030, 1, 1, tzinfo=UTC))
+    assert (batch.key, batch.model_version, batch.snapshot_id) == (
+        result.prediction_batch,
+        "1",
+        result.snapshot_id,
+    )
+    assert batch.created_at == datetime(2026, 2, 1, tzinfo=UTC) and batch.n_rows == 500
+    stored = prediction_log.read(engine, batch)
+    merged = written.merge(stored, on="prediction_id", validate="one_to_one")
+    assert len(merged) == 500 and (merged["score_x"] == merged["score_y"]).all()
+    assert (merged["label_y"] == merged["label_x"].eq("Yes")).all()
+    # each prediction points at its input row in the (redacted) batch snapshot
+    frozen = snapshots.get(engine, result.snapshot_id).load()  # type: ignore[union-attr]
+    row = frozen.iloc[merged["row_index"]].reset_index(drop=True)
+    assert (row["tenure"].to_numpy() == source["tenure"].to_numpy()).all()
+    seq = prediction_log.resolve(engine, [written["prediction_id"][7]]).tolist()
+    assert seq == [batch.first_seq + 7]
 
 
 def test_scores_match_the_registered_model(churn: Project) -> None:
@@ -65,11 +73,9 @@ def test_pii_is_never_stored_in_clear(churn: Project) -> None:
     batch, _ = month(churn.root / "in")
     result = score(churn, batch, churn.root / "out.csv")
     ids = set(pd.read_csv(batch)["customerID"])
-    with open_store(churn.db_url).connect() as conn:
-        keys = {r[0] for r in conn.execute(select(predictions.c.entity_key))}
-    assert keys and not keys & ids
     frozen = pq.read_table(snapshots.get(open_store(churn.db_url), result.snapshot_id).path)
-    assert not set(frozen.column("customerID").to_pylist()) & ids
+    keys = set(frozen.column("customerID").to_pylist())
+    assert len(keys) == 500 and not keys & ids  # keyed hashes, one per customer
     raw = (churn.home / "copml.db").read_bytes()
     assert not any(i.encode() in raw for i in list(ids)[:50])
     assert (churn.home / "secret.key").stat().st_mode & 0o077 == 0

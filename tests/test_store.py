@@ -2,16 +2,16 @@
 
 from datetime import UTC, datetime
 
+import numpy as np
+import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select, text
 
-from copml import events
+from copml import events, prediction_log
 from copml.store import (
     HEAD_REVISION,
-    bind_value,
-    bulk_insert,
     metadata,
     open_store,
     predictions,
@@ -39,7 +39,7 @@ def _snapshot_row(engine: Engine, snapshot_id: str = "a" * 64) -> None:
 
 def test_migrations_create_every_table(engine: Engine) -> None:
     tables = set(inspect(engine).get_table_names())
-    assert {"snapshots", "predictions", "feedback", "metric_windows", "events"} <= tables
+    assert {"snapshots", "batches", "predictions", "feedback", "metric_windows", "events"} <= tables
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == (
             HEAD_REVISION
@@ -61,64 +61,57 @@ def test_open_store_is_idempotent(db_url: str) -> None:
     second.dispose()
 
 
-def test_bulk_insert_round_trips_times_in_utc(engine: Engine) -> None:
+def _write(conn, n: int, when: datetime, key: str) -> prediction_log.Batch:
+    return prediction_log.write(
+        conn,
+        key=key,
+        created_at=when,
+        model_name="m",
+        model_version="1",
+        snapshot_id="a" * 64,
+        origin="batch",
+        label=np.arange(n) % 2,
+        score=np.linspace(0, 1, n),
+        review=np.arange(n) % 10 == 0,
+    )
+
+
+def test_prediction_batches_round_trip(engine: Engine) -> None:
     _snapshot_row(engine)
     when = datetime(2026, 3, 1, 6, 30, tzinfo=UTC)
-    stamp = bind_value(engine, predictions.c.created_at, when)
-    review = bind_value(engine, predictions.c.review, False)
-    rows = [
-        (f"p{i}", stamp, "m", "1", f"k{i}", "a" * 64, i, i % 2, 0.1 * i, review, "batch")
-        for i in range(1000)
-    ]
-    cols = (
-        "id",
-        "created_at",
-        "model_name",
-        "model_version",
-        "entity_key",
-        "snapshot_id",
-        "row_index",
-        "label",
-        "score",
-        "review",
-        "origin",
-    )
     with engine.begin() as conn:
-        bulk_insert(conn, predictions, cols, rows)
-    with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(predictions)).scalar() == 1000
-        got = conn.execute(select(predictions.c.created_at).limit(1)).scalar()
-        assert got.replace(tzinfo=UTC) == when
-        window = conn.execute(
-            select(func.count()).where(predictions.c.created_at >= when)
-        ).scalar()  # comparisons with aware datetimes work on both backends
-        assert window == 1000
+        first = _write(conn, 1000, when, "0" * 16)
+    with engine.begin() as conn:
+        second = _write(conn, 10, when.replace(microsecond=1), "1" * 16)
+    assert (first.first_seq, second.first_seq) == (1, 1001)  # contiguous ranges
+    found = prediction_log.batches_between(engine, when, datetime(2026, 4, 1, tzinfo=UTC))
+    assert [b.key for b in found] == ["0" * 16, "1" * 16]
+    assert found[0].created_at == when  # aware UTC out, whatever the backend
+    assert (
+        prediction_log.batches_between(engine, when.replace(microsecond=2), when.replace(second=59))
+        == []
+    )  # ``>=`` compares times, not text, on SQLite too
+    frame = prediction_log.read(engine, found[0])
+    assert len(frame) == 1000 and frame["score"].iloc[-1] == 1.0
+    assert frame["review"].sum() == 100 and frame["actual"].isna().all()
+    ids = [
+        frame["prediction_id"].iloc[3],
+        second.prediction_ids()[9],
+        "1" * 16 + "0000000a",
+        "nonsense",
+    ]
+    assert prediction_log.resolve(engine, ids).tolist() == [4, 1010, pd.NA, pd.NA]
 
 
 def test_a_failed_transaction_leaves_nothing(engine: Engine) -> None:
     _snapshot_row(engine)
-    stamp = bind_value(engine, predictions.c.created_at, datetime.now(UTC))
-    review = bind_value(engine, predictions.c.review, False)
-    cols = (
-        "id",
-        "created_at",
-        "model_name",
-        "model_version",
-        "snapshot_id",
-        "row_index",
-        "label",
-        "score",
-        "review",
-        "origin",
-    )
     with pytest.raises(RuntimeError), engine.begin() as conn:
-        bulk_insert(
-            conn, predictions, cols, [("x1", stamp, "m", "1", "a" * 64, 0, 1, 0.9, review, "batch")]
-        )
+        _write(conn, 100, datetime.now(UTC), "2" * 16)
         events.record(conn, "batch.scored", actor="system")
         raise RuntimeError("crash mid-way")
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(predictions)).scalar() == 0
+    assert prediction_log.batches_between(engine, None, datetime.now(UTC)) == []
     assert events.history(engine) == []
 
 

@@ -1,26 +1,27 @@
 """Ground truth arriving after the fact, joined to the predictions it judges.
 
-Rows name a ``prediction_id`` or the entity id (matched, through its keyed hash, to the
-latest prediction for that entity made before the outcome was observed). Loading is
+Rows name a ``prediction_id`` or the entity id. An entity is matched, through its keyed
+hash, to its latest prediction made before the outcome was observed. Loading is
 idempotent: the same file twice changes nothing; a changed outcome is a correction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from sqlalchemy import Engine, select, update
 
-from copml import events, snapshots
+from copml import events, prediction_log, snapshots
 from copml.errors import DataValidationError
 from copml.labels import encode_actual
 from copml.project import Project
 from copml.redaction import redact_series
-from copml.store import bind_value, bulk_insert, feedback, open_store, predictions
+from copml.store import bind_value, bulk_insert, feedback, open_store
 
 _CHUNK = 5000
 
@@ -35,39 +36,40 @@ class FeedbackResult:
     unknown_examples: list[str] = field(default_factory=list)
 
 
-def _chunks(values: list[str]) -> list[list[str]]:
-    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+def _by_entity(engine: Engine, id_column: str, keys: pd.Series, observed: pd.Series) -> pd.Series:
+    """Sequence number of the latest batch prediction per entity made before ``observed``.
+
+    Batch predictions keep the entity (as its keyed hash) in their input snapshot, so the
+    search reads one column per batch, newest first, and stops once every row is matched.
+    """
+    matched = pd.Series(pd.NA, index=keys.index, dtype="Int64")
+    remaining = pd.DataFrame({"key": keys, "observed": observed}).dropna(subset=["key"])
+    latest = observed.max().to_pydatetime() + timedelta(microseconds=1)
+    for batch in reversed(prediction_log.batches_between(engine, None, latest)):
+        if remaining.empty:
+            break
+        if batch.snapshot_id is None:
+            continue
+        snap = snapshots.get(engine, batch.snapshot_id)
+        assert snap is not None
+        ids = pq.read_table(snap.path, columns=[id_column]).column(0).to_pandas()
+        rows = pd.Series(np.arange(len(ids)), index=ids.to_numpy())
+        eligible = remaining[remaining["observed"] >= batch.created_at]
+        found = eligible["key"].map(rows).dropna()
+        matched.loc[found.index] = batch.first_seq + found.astype("int64")
+        remaining = remaining.drop(index=found.index)
+    return matched
 
 
-def _by_prediction_id(engine: Engine, ids: list[str]) -> set[str]:
-    found: set[str] = set()
+def _existing(engine: Engine, seqs: list[int]) -> dict[int, int]:
+    found: dict[int, int] = {}
     with engine.connect() as conn:
-        for part in _chunks(sorted(set(ids))):
-            rows = conn.execute(select(predictions.c.id).where(predictions.c.id.in_(part)))
-            found.update(r[0] for r in rows)
+        for i in range(0, len(seqs), _CHUNK):
+            query = select(feedback.c.prediction_seq, feedback.c.actual).where(
+                feedback.c.prediction_seq.in_(seqs[i : i + _CHUNK])
+            )
+            found.update((r[0], r[1]) for r in conn.execute(query))
     return found
-
-
-def _by_entity(engine: Engine, keys: pd.Series, observed: pd.Series) -> pd.Series:
-    """The latest prediction per entity made at or before its outcome was observed."""
-    found = []
-    with engine.connect() as conn:
-        for part in _chunks(sorted(set(keys.dropna()))):
-            query = select(
-                predictions.c.id, predictions.c.entity_key, predictions.c.created_at
-            ).where(predictions.c.entity_key.in_(part))
-            found.extend(conn.execute(query).all())
-    if not found:
-        return pd.Series([None] * len(keys), index=keys.index, dtype="object")
-    preds = pd.DataFrame(found, columns=["prediction_id", "key", "created_at"])
-    preds["created_at"] = pd.to_datetime(preds["created_at"], utc=True)
-    rows = pd.DataFrame(
-        {"key": keys.to_numpy(), "observed": observed.to_numpy(), "row": keys.index}
-    )
-    merged = rows.merge(preds, on="key", how="left")
-    merged = merged[merged["created_at"].isna() | (merged["created_at"] <= merged["observed"])]
-    latest = merged.sort_values("created_at").groupby("row")["prediction_id"].last()
-    return latest.reindex(keys.index)
 
 
 def load(
@@ -108,12 +110,11 @@ def load(
         )
     ids = frame[id_col].astype("string")
     if id_col == "prediction_id":
-        known = _by_prediction_id(engine, ids.dropna().tolist())
-        matched = ids.where(ids.isin(known))
+        seq = prediction_log.resolve(engine, ids.fillna("").tolist())
+        seq.index = frame.index
     else:
-        keys = redact_series(ids, project.pii_key)
-        matched = _by_entity(engine, keys, observed)
-    unknown = matched.isna().to_numpy()
+        seq = _by_entity(engine, data.id, redact_series(ids, project.pii_key), observed)
+    unknown = seq.isna().to_numpy()
     result = FeedbackResult(rows=len(frame), unknown=int(unknown.sum()))
     result.unknown_examples = ids[unknown].head(5).astype(str).tolist()
     if result.unknown and not skip_unknown:
@@ -122,21 +123,18 @@ def load(
             f"(e.g. {', '.join(result.unknown_examples)}); nothing was loaded. "
             "Use --skip-unknown to load the rest.",
         )
-    table = pd.DataFrame(
-        {
-            "prediction_id": matched[~unknown].astype(str),
-            "actual": actual[~unknown].astype(int),
-            "observed_at": observed[~unknown],
-        }
-    ).drop_duplicates("prediction_id", keep="last")
-    existing: dict[str, int] = {}
-    with engine.connect() as conn:
-        for part in _chunks(table["prediction_id"].tolist()):
-            query = select(feedback.c.prediction_id, feedback.c.actual).where(
-                feedback.c.prediction_id.in_(part)
-            )
-            existing.update((r[0], r[1]) for r in conn.execute(query))
-    before = table["prediction_id"].map(existing)
+    table = (
+        pd.DataFrame(
+            {
+                "seq": seq[~unknown].astype("int64"),
+                "actual": actual[~unknown].astype(int),
+                "observed_at": observed[~unknown],
+            }
+        )
+        .drop_duplicates("seq", keep="last")
+        .sort_values("seq")
+    )
+    before = table["seq"].map(_existing(engine, table["seq"].tolist()))
     new = table[before.isna()]
     changed = table[before.notna() & (before != table["actual"])]
     result.loaded = len(new)
@@ -144,17 +142,16 @@ def load(
     result.unchanged = len(table) - len(new) - len(changed)
     loaded_at = bind_value(engine, feedback.c.loaded_at, now)
     source = str(Path(path).name)
+    stamps = [
+        bind_value(engine, feedback.c.observed_at, t.to_pydatetime()) for t in new["observed_at"]
+    ]
     with engine.begin() as conn:
-        stamps = [
-            bind_value(engine, feedback.c.observed_at, t.to_pydatetime())
-            for t in new["observed_at"]
-        ]
         bulk_insert(
             conn,
             feedback,
-            ("prediction_id", "actual", "observed_at", "loaded_at", "source"),
+            ("prediction_seq", "actual", "observed_at", "loaded_at", "source"),
             zip(
-                new["prediction_id"],
+                new["seq"].tolist(),
                 new["actual"].tolist(),
                 stamps,
                 [loaded_at] * len(new),
@@ -162,9 +159,11 @@ def load(
                 strict=True,
             ),
         )
-        for pid, value in zip(changed["prediction_id"], changed["actual"].tolist(), strict=True):
+        for seq_value, value in zip(
+            changed["seq"].tolist(), changed["actual"].tolist(), strict=True
+        ):
             conn.execute(
-                update(feedback).where(feedback.c.prediction_id == pid).values(actual=value)
+                update(feedback).where(feedback.c.prediction_seq == seq_value).values(actual=value)
             )
         if result.loaded or result.corrected:
             events.record(

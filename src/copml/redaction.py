@@ -17,20 +17,21 @@ def keyed_hash(value: object, key: bytes) -> str:
 
 def redact_series(values: pd.Series, key: bytes) -> pd.Series:
     """Keyed hash of every non-missing value (missing stays missing)."""
-    k = key[:64]
-    out = [
-        None
-        if v is None or v is pd.NA
-        else blake2b(str(v).encode(), key=k, digest_size=16).hexdigest()
-        for v in values.tolist()
-    ]
-    return pd.Series(out, index=values.index, dtype="string")
+    keyed = blake2b(key=key[:64], digest_size=16).copy  # copying skips re-keying per value
+
+    def one(value: object) -> str | None:
+        if (
+            value is None or value is pd.NA or value != value
+        ):  # NaN is the only value unequal to itself
+            return None
+        h = keyed()
+        h.update(str(value).encode())
+        return h.hexdigest()
+
+    return pd.Series([one(v) for v in values.tolist()], index=values.index, dtype="string")
 
 
 def redact(frame: pd.DataFrame, columns: list[str], key: bytes) -> pd.DataFrame:
-    """A copy of ``frame`` with the named columns replaced by their keyed hashes."""
-    out = frame.copy()
-    for column in columns:
-        if column in out.columns:
-            out[column] = redact_series(out[column], key)
-    return out
+    """``frame`` with the named columns replaced by their keyed hashes (others shared)."""
+    replaced = {c: redact_series(frame[c], key) for c in columns if c in frame.columns}
+    return frame.assign(**replaced)

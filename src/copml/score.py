@@ -1,14 +1,15 @@
 """Batch scoring with the champion: every row predicted, frozen, logged and returned.
 
 The input is frozen as a *batch snapshot* (PII replaced by keyed hashes), so each
-prediction record points at (snapshot, row) instead of copying the row: logging a million
-predictions costs a narrow bulk insert, and the input of any decision can still be audited.
+prediction record points at (snapshot, row) instead of copying the row. Freezing runs
+beside the prediction, and writing the output beside the logging, so the audit trail
+costs little more than the scoring itself.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +18,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from copml import events, registry, snapshots
+from copml import events, prediction_log, registry, snapshots
 from copml.errors import NotFoundError
 from copml.labels import class_labels
 from copml.project import Project
 from copml.redaction import redact
-from copml.store import bind_value, bulk_insert, open_store, predictions
+from copml.store import open_store
 from copml.train import positive_scores
 
 CHUNK_ROWS = 200_000
@@ -33,14 +34,10 @@ class ScoreResult:
     rows: int
     model_version: str
     snapshot_id: str
+    prediction_batch: str
     output: Path
     positives: int
-
-
-def _prediction_ids(n: int) -> list[str]:
-    """Unique ids: a random 64-bit batch prefix and the row number, both in hex."""
-    prefix = secrets.token_hex(8)
-    return [f"{prefix}{i:08x}" for i in range(n)]
+    reviews: int
 
 
 def _predict(model: object, features: pd.DataFrame, progress: bool) -> np.ndarray:
@@ -57,19 +54,17 @@ def _predict(model: object, features: pd.DataFrame, progress: bool) -> np.ndarra
 
 
 def _write_output(frame: pd.DataFrame, output: Path) -> None:
-    """Write atomically, as CSV or Parquet by the file's suffix."""
+    """CSV or Parquet by the file's suffix."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     table = pa.Table.from_pandas(frame, preserve_index=False)
     if output.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        pq.write_table(table, tmp)
+        pq.write_table(table, output)
     else:
         import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, tmp)
-    os.replace(tmp, output)
+        pacsv.write_csv(table, output)
 
 
 def score(
@@ -81,7 +76,11 @@ def score(
     actor: str = "system",
     progress: bool = False,
 ) -> ScoreResult:
-    """Score ``source`` with the champion, log every prediction, write ``output``."""
+    """Score ``source`` with the champion, log every prediction, write ``output``.
+
+    All or nothing: the predictions and the event commit in one transaction, and the
+    output file appears (atomically renamed) only after that commit.
+    """
     spec = project.spec
     data = spec.data
     engine = open_store(project.db_url)
@@ -98,19 +97,27 @@ def score(
         raw, data, require_target=False, line_numbers=source.lower().endswith(".csv")
     )
     frame = frame.drop(columns=[data.target], errors="ignore")
-    redacted = redact(frame, sorted({data.id, *data.pii}), project.pii_key)
-    snap = snapshots.freeze(
-        engine,
-        redacted,
-        data,
-        directory=project.snapshots_dir,
-        source=source,
-        kind="batch",
-        actor=actor,
-    )
-    scores = _predict(model, frame[data.features], progress)
+
+    def freeze_input() -> snapshots.Snapshot:
+        redacted = redact(frame, sorted({data.id, *data.pii}), project.pii_key)
+        return snapshots.freeze(
+            engine,
+            redacted,
+            data,
+            directory=project.snapshots_dir,
+            source=source,
+            kind="batch",
+            actor=actor,
+        )
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        frozen = pool.submit(freeze_input)  # beside the prediction: pyarrow and BLAKE2 overlap it
+        scores = _predict(model, frame[data.features], progress)
+        snap = frozen.result()
     positive = scores >= spec.model.threshold
-    ids = _prediction_ids(len(frame))
+    band = spec.serving.review_band
+    review = (scores >= band[0]) & (scores < band[1]) if band else np.zeros(len(scores), bool)
+    key = prediction_log.new_key()
     negative_label, positive_label = class_labels(data)
     out = pd.DataFrame(
         {
@@ -118,38 +125,29 @@ def score(
             "label": np.where(positive, positive_label, negative_label),
             "score": scores,
             "model_version": champion.version,
-            "prediction_id": ids,
+            "prediction_id": [f"{key}{i:08x}" for i in range(len(frame))],
         }
     )
+    if band:
+        out["review"] = review
     output = Path(output)
     staged = output.with_name(f".{output.stem}.staged{output.suffix}")
-    _write_output(out, staged)
     when = at or datetime.now(UTC)
-    stamp = bind_value(engine, predictions.c.created_at, when)
-    review = bind_value(engine, predictions.c.review, False)
-    rows = zip(
-        ids, redacted[data.id].tolist(), positive.astype(int).tolist(), scores.tolist(), strict=True
-    )
-    records = (
-        (pid, stamp, spec.project, champion.version, key, snap.id, i, lab, sc, review, "batch")
-        for i, (pid, key, lab, sc) in enumerate(rows)
-    )
-    columns = (
-        "id",
-        "created_at",
-        "model_name",
-        "model_version",
-        "entity_key",
-        "snapshot_id",
-        "row_index",
-        "label",
-        "score",
-        "review",
-        "origin",
-    )
     try:
-        with engine.begin() as conn:
-            bulk_insert(conn, predictions, columns, records)  # one transaction: all or none
+        with ThreadPoolExecutor(max_workers=1) as pool, engine.begin() as conn:
+            written = pool.submit(_write_output, out, staged)
+            batch = prediction_log.write(
+                conn,
+                key=key,
+                created_at=when,
+                model_name=spec.project,
+                model_version=champion.version,
+                snapshot_id=snap.id,
+                origin="batch",
+                label=positive,
+                score=scores,
+                review=review,
+            )
             events.record(
                 conn,
                 "batch.scored",
@@ -159,13 +157,17 @@ def score(
                 evidence={
                     "rows": len(frame),
                     "snapshot_id": snap.id,
+                    "batch": batch.key,
                     "positives": int(positive.sum()),
                     "output": str(output),
                 },
                 at=when,
             )
+            written.result()  # a failed output write rolls the log back too
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
     os.replace(staged, output)
-    return ScoreResult(len(frame), champion.version, snap.id, output, int(positive.sum()))
+    return ScoreResult(
+        len(frame), champion.version, snap.id, key, output, int(positive.sum()), int(review.sum())
+    )

@@ -16,12 +16,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select
 
-from copml import registry, snapshots
+from copml import prediction_log, registry, snapshots
 from copml.errors import UserCodeError
 from copml.metrics import classification_metrics
 from copml.monitor.drift import drift_share, feature_drift
 from copml.project import Project
-from copml.store import feedback, metric_windows, open_store, predictions
+from copml.store import metric_windows, open_store
 from copml.usercode import load_function
 
 
@@ -40,56 +40,36 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def window_frame(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
-    """Predictions made in ``[start, end)`` with their ground truth (NaN when not known)."""
-    p, f = predictions.c, feedback.c
-    query = (
-        select(
-            p.id,
-            p.model_version,
-            p.snapshot_id,
-            p.row_index,
-            p.label,
-            p.score,
-            p.review,
-            p.latency_ms,
-            f.actual,
-        )
-        .select_from(predictions.outerjoin(feedback, f.prediction_id == p.id))
-        .where(p.created_at >= start, p.created_at < end)
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    columns = [
-        "prediction_id",
-        "model_version",
-        "snapshot_id",
-        "row_index",
-        "label",
-        "score",
-        "review",
-        "latency_ms",
-        "actual",
-    ]
-    frame = pd.DataFrame.from_records(rows, columns=columns)
-    frame["actual"] = pd.to_numeric(frame["actual"], errors="coerce")
-    frame["latency_ms"] = pd.to_numeric(frame["latency_ms"], errors="coerce")
-    return frame
-
-
-def attach_inputs(engine: Engine, frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """Join each batch prediction's input features from its batch snapshot."""
+def window_frame(
+    engine: Engine, start: datetime, end: datetime, features: list[str]
+) -> pd.DataFrame:
+    """Predictions made in ``[start, end)``, with their input features and ground truth."""
     parts = []
-    for snapshot_id, group in frame.groupby("snapshot_id", sort=False):
-        snap = snapshots.get(engine, str(snapshot_id))
-        assert snap is not None
-        columns = [c for c in features if c in snap.schema["columns"]]
-        table = pq.read_table(snap.path, columns=columns).to_pandas()
-        rows = table.iloc[group["row_index"].to_numpy(dtype=np.int64)].set_index(group.index)
-        parts.append(rows)
+    for batch in prediction_log.batches_between(engine, start, end):
+        frame = prediction_log.read(engine, batch)
+        frame["model_version"] = batch.model_version
+        frame["latency_ms"] = np.nan
+        if batch.snapshot_id is not None:
+            snap = snapshots.get(engine, batch.snapshot_id)
+            assert snap is not None
+            columns = [c for c in features if c in snap.schema["columns"]]
+            inputs = pq.read_table(snap.path, columns=columns).to_pandas()
+            rows = inputs.iloc[frame["row_index"].to_numpy(dtype=np.int64)]
+            frame = pd.concat([frame, rows.reset_index(drop=True)], axis=1)
+        parts.append(frame)
     if not parts:
-        return frame.assign(**{c: pd.Series(dtype="float64") for c in features})
-    return frame.join(pd.concat(parts))
+        columns = [
+            "seq",
+            "row_index",
+            "label",
+            "score",
+            "review",
+            "actual",
+            "model_version",
+            "latency_ms",
+        ]
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
+    return pd.concat(parts, ignore_index=True)
 
 
 def _kpis(project: Project, frame: pd.DataFrame) -> dict[str, float]:
@@ -109,9 +89,8 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     engine = open_store(project.db_url)
     end = _utc(end or datetime.now(UTC))
     start = _utc((pd.Timestamp(end) - spec.effectiveness.window.offset()).to_pydatetime())
-    frame = window_frame(engine, start, end)
     features = spec.data.features
-    frame = attach_inputs(engine, frame, features) if len(frame) else frame
+    frame = window_frame(engine, start, end, features)
     labelled = frame[frame["actual"].notna()]
     metrics: dict[str, float] = dict.fromkeys(
         ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "positive_rate"),

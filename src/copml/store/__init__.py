@@ -7,10 +7,19 @@ latest revision before anything reads or writes it.
 from __future__ import annotations
 
 from copml.store.database import HEAD_REVISION, bind_value, bulk_insert, open_store, upgrade
-from copml.store.schema import events, feedback, metadata, metric_windows, predictions, snapshots
+from copml.store.schema import (
+    batches,
+    events,
+    feedback,
+    metadata,
+    metric_windows,
+    predictions,
+    snapshots,
+)
 
 __all__ = [
     "HEAD_REVISION",
+    "batches",
     "bind_value",
     "bulk_insert",
     "events",

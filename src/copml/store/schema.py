@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -71,37 +72,48 @@ snapshots = Table(
     Column("manifest", JSON, nullable=True),
 )
 
-predictions = Table(
-    "predictions",
+# A sequence number that is SQLite's rowid (cheap appends) and a BIGINT elsewhere.
+Seq = BigInteger().with_variant(Integer(), "sqlite")
+
+batches = Table(
+    "batches",
     metadata,
-    Column("id", String(32), primary_key=True),
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(16), nullable=False, unique=True),  # public prefix of prediction ids
     Column("created_at", UTCDateTime(), nullable=False),
     Column("model_name", String(128), nullable=False),
     Column("model_version", String(32), nullable=False),
-    Column("entity_key", String(32), nullable=True),  # keyed hash of the entity id
     Column("snapshot_id", String(64), ForeignKey("snapshots.id"), nullable=True),
-    Column("row_index", Integer, nullable=True),
-    Column("input", JSON, nullable=True),  # redacted input when not in a snapshot
-    Column("input_hash", String(64), nullable=True),
+    Column("origin", String(8), nullable=False),  # batch | api
+    Column("first_seq", Seq, nullable=False),
+    Column("n_rows", Integer, nullable=False),
+    Index("ix_batches_created_at", "created_at"),
+)
+
+# One narrow row per prediction: what was decided. Who it was about and what the model saw
+# are in the batch's snapshot at ``row_index``; the prediction id is the batch key followed
+# by the row index in hex, so no per-row string key or secondary index is needed.
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=False),
+    Column("batch_id", Integer, ForeignKey("batches.id"), nullable=False),
+    Column("row_index", Integer, nullable=False),
     Column("label", SmallInteger, nullable=False),  # 1 = the declared positive class
     Column("score", Float, nullable=False),
-    Column("review", Boolean, nullable=False, default=False),
-    Column("latency_ms", Float, nullable=True),
-    Column("origin", String(8), nullable=False),  # batch | api
-    Index("ix_predictions_created_at", "created_at"),
-    Index("ix_predictions_entity_key", "entity_key"),
+    Column("review", Boolean, nullable=False),
 )
 
 feedback = Table(
     "feedback",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("prediction_id", String(32), ForeignKey("predictions.id"), nullable=False),
+    Column(
+        "prediction_seq", Seq, ForeignKey("predictions.seq"), primary_key=True, autoincrement=False
+    ),
     Column("actual", SmallInteger, nullable=False),  # 1 = the declared positive class
     Column("observed_at", UTCDateTime(), nullable=False),
     Column("loaded_at", UTCDateTime(), nullable=False),
     Column("source", Text, nullable=False),
-    UniqueConstraint("prediction_id", name="uq_feedback_prediction"),
 )
 
 metric_windows = Table(

@@ -1,4 +1,4 @@
-"""The first schema: snapshots, predictions, feedback, metric windows and events.
+"""The first schema: snapshots, batches of predictions, feedback, metric windows, events.
 
 Revision ID: 0001
 Revises:
@@ -13,6 +13,7 @@ branch_labels = None
 depends_on = None
 
 TZ = sa.DateTime(timezone=True)
+SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
@@ -31,33 +32,40 @@ def upgrade() -> None:
         sa.Column("manifest", sa.JSON, nullable=True),
     )
     op.create_table(
-        "predictions",
-        sa.Column("id", sa.String(32), primary_key=True),
+        "batches",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("key", sa.String(16), nullable=False, unique=True),
         sa.Column("created_at", TZ, nullable=False),
         sa.Column("model_name", sa.String(128), nullable=False),
         sa.Column("model_version", sa.String(32), nullable=False),
-        sa.Column("entity_key", sa.String(32), nullable=True),
         sa.Column("snapshot_id", sa.String(64), sa.ForeignKey("snapshots.id"), nullable=True),
-        sa.Column("row_index", sa.Integer, nullable=True),
-        sa.Column("input", sa.JSON, nullable=True),
-        sa.Column("input_hash", sa.String(64), nullable=True),
+        sa.Column("origin", sa.String(8), nullable=False),
+        sa.Column("first_seq", SEQ, nullable=False),
+        sa.Column("n_rows", sa.Integer, nullable=False),
+    )
+    op.create_index("ix_batches_created_at", "batches", ["created_at"])
+    op.create_table(
+        "predictions",
+        sa.Column("seq", SEQ, primary_key=True, autoincrement=False),
+        sa.Column("batch_id", sa.Integer, sa.ForeignKey("batches.id"), nullable=False),
+        sa.Column("row_index", sa.Integer, nullable=False),
         sa.Column("label", sa.SmallInteger, nullable=False),
         sa.Column("score", sa.Float, nullable=False),
         sa.Column("review", sa.Boolean, nullable=False),
-        sa.Column("latency_ms", sa.Float, nullable=True),
-        sa.Column("origin", sa.String(8), nullable=False),
     )
-    op.create_index("ix_predictions_created_at", "predictions", ["created_at"])
-    op.create_index("ix_predictions_entity_key", "predictions", ["entity_key"])
     op.create_table(
         "feedback",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("prediction_id", sa.String(32), sa.ForeignKey("predictions.id"), nullable=False),
+        sa.Column(
+            "prediction_seq",
+            SEQ,
+            sa.ForeignKey("predictions.seq"),
+            primary_key=True,
+            autoincrement=False,
+        ),
         sa.Column("actual", sa.SmallInteger, nullable=False),
         sa.Column("observed_at", TZ, nullable=False),
         sa.Column("loaded_at", TZ, nullable=False),
         sa.Column("source", sa.Text, nullable=False),
-        sa.UniqueConstraint("prediction_id", name="uq_feedback_prediction"),
     )
     op.create_table(
         "metric_windows",
@@ -87,5 +95,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("events", "metric_windows", "feedback", "predictions", "snapshots"):
+    for table in ("events", "metric_windows", "feedback", "predictions", "batches", "snapshots"):
         op.drop_table(table)
