@@ -61,28 +61,17 @@ def test_open_store_is_idempotent(db_url: str) -> None:
     second.dispose()
 
 
-def _write(conn, n: int, when: datetime, key: str) -> prediction_log.Batch:
-    return prediction_log.write(
-        conn,
-        key=key,
-        created_at=when,
-        model_name="m",
-        model_version="1",
-        snapshot_id="a" * 64,
-        origin="batch",
-        label=np.arange(n) % 2,
-        score=np.linspace(0, 1, n),
-        review=np.arange(n) % 10 == 0,
-    )
+def _write(engine: Engine, n: int, when: datetime, key: str, before_commit=None):
+    header = prediction_log.Header(key, when, "m", "1", "a" * 64, "batch")
+    label, score = np.arange(n) % 2, np.linspace(0, 1, n)
+    return prediction_log.write(engine, header, label, score, np.arange(n) % 10 == 0, before_commit)
 
 
 def test_prediction_batches_round_trip(engine: Engine) -> None:
     _snapshot_row(engine)
     when = datetime(2026, 3, 1, 6, 30, tzinfo=UTC)
-    with engine.begin() as conn:
-        first = _write(conn, 1000, when, "0" * 16)
-    with engine.begin() as conn:
-        second = _write(conn, 10, when.replace(microsecond=1), "1" * 16)
+    first = _write(engine, 1000, when, "0" * 16)
+    second = _write(engine, 10, when.replace(microsecond=1), "1" * 16)
     assert (first.first_seq, second.first_seq) == (1, 1001)  # contiguous ranges
     found = prediction_log.batches_between(engine, when, datetime(2026, 4, 1, tzinfo=UTC))
     assert [b.key for b in found] == ["0" * 16, "1" * 16]
@@ -103,12 +92,18 @@ def test_prediction_batches_round_trip(engine: Engine) -> None:
     assert prediction_log.resolve(engine, ids).tolist() == [4, 1010, pd.NA, pd.NA]
 
 
-def test_a_failed_transaction_leaves_nothing(engine: Engine) -> None:
+def test_a_failed_batch_leaves_nothing(engine: Engine) -> None:
     _snapshot_row(engine)
-    with pytest.raises(RuntimeError), engine.begin() as conn:
-        _write(conn, 100, datetime.now(UTC), "2" * 16)
+
+    def crash(conn) -> None:
         events.record(conn, "batch.scored", actor="system")
         raise RuntimeError("crash mid-way")
+
+    with pytest.raises(RuntimeError, match="crash mid-way"):
+        _write(engine, 100, datetime.now(UTC), "2" * 16, crash)
+    writer = prediction_log.BatchWriter(engine)  # a producer that fails before closing
+    writer.append(np.ones(5), np.ones(5), np.zeros(5, bool))
+    writer.abort()
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(predictions)).scalar() == 0
     assert prediction_log.batches_between(engine, None, datetime.now(UTC)) == []

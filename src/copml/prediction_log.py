@@ -9,9 +9,13 @@ predictions cost about as much as writing them to a file.
 
 from __future__ import annotations
 
+import queue
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,49 +62,131 @@ def _lock(conn: Connection) -> None:
         conn.execute(text("LOCK TABLE batches IN SHARE ROW EXCLUSIVE MODE"))
 
 
+@dataclass(frozen=True)
+class Header:
+    """What a batch says about all of its predictions."""
+
+    key: str
+    created_at: datetime
+    model_name: str
+    model_version: str
+    snapshot_id: str | None
+    origin: str
+
+
+class _Abort(Exception):
+    """Sent to the writer when the producer failed: roll everything back."""
+
+
+class BatchWriter:
+    """Writes one batch in one transaction from a background thread.
+
+    Rows are inserted as the producer appends them (so logging overlaps prediction); the
+    header, the caller's last statements (its event) and the commit come at :meth:`close`.
+    Nothing is visible until then, and a failure anywhere rolls the whole batch back.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="copml-log-writer", daemon=True)
+        self._result: Batch | BaseException | None = None
+        self._ended = False  # the producer has sent close or abort
+        self._thread.start()
+
+    def append(self, label: np.ndarray, score: np.ndarray, review: np.ndarray) -> None:
+        self._queue.put(("rows", (label, score, review)))
+
+    def close(
+        self, header: Header, before_commit: Callable[[Connection], None] | None = None
+    ) -> Batch:
+        """Run ``before_commit`` in the batch's transaction, write the header, commit."""
+        self._queue.put(("close", (header, before_commit)))
+        self._thread.join()
+        if isinstance(self._result, BaseException):
+            raise self._result
+        assert self._result is not None
+        return self._result
+
+    def abort(self) -> None:
+        """Roll back whatever was written (a no-op once the batch is closed)."""
+        if self._thread.is_alive():
+            self._queue.put(("abort", None))
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            with self._engine.begin() as conn:
+                self._result = self._write(conn)
+        except _Abort:
+            self._result = _Abort("aborted")
+        except BaseException as exc:  # handed to the producer by close()
+            self._result = exc
+            while not self._ended:  # drain so the producer never blocks on a full queue
+                kind, _ = self._queue.get()
+                self._ended = kind != "rows"
+
+    def _write(self, conn: Connection) -> Batch:
+        _lock(conn)
+        first = conn.execute(select(func.coalesce(func.max(predictions.c.seq), 0) + 1)).scalar_one()
+        review_value = {b: bind_value(conn, predictions.c.review, b) for b in (False, True)}
+        n = 0
+        while True:
+            kind, item = self._queue.get()
+            self._ended = kind != "rows"
+            if kind == "abort":
+                raise _Abort()
+            if kind == "close":
+                break
+            label, score, review = item
+            rows = zip(
+                range(first + n, first + n + len(score)),
+                label.astype(int).tolist(),
+                score.tolist(),
+                [review_value[bool(r)] for r in review.tolist()],
+                strict=True,
+            )
+            bulk_insert(conn, predictions, ("seq", "label", "score", "review"), rows)
+            n += len(score)
+        header, before_commit = item
+        if before_commit is not None:
+            before_commit(conn)  # e.g. the input snapshot the header refers to, and the event
+        batch_id = conn.execute(
+            insert(batches).values(
+                key=header.key,
+                created_at=header.created_at,
+                model_name=header.model_name,
+                model_version=header.model_version,
+                snapshot_id=header.snapshot_id,
+                origin=header.origin,
+                first_seq=first,
+                n_rows=n,
+            )
+        ).inserted_primary_key[0]
+        batch = Batch(
+            batch_id,
+            header.key,
+            header.created_at,
+            header.model_version,
+            header.snapshot_id,
+            first,
+            n,
+        )
+        return batch
+
+
 def write(
-    conn: Connection,
-    *,
-    key: str,
-    created_at: datetime,
-    model_name: str,
-    model_version: str,
-    snapshot_id: str | None,
-    origin: str,
+    engine: Engine,
+    header: Header,
     label: np.ndarray,
     score: np.ndarray,
     review: np.ndarray,
+    before_commit: Callable[[Connection], None] | None = None,
 ) -> Batch:
-    """Append a batch inside the caller's transaction (commit makes it durable)."""
-    _lock(conn)
-    first = conn.execute(select(func.coalesce(func.max(predictions.c.seq), 0) + 1)).scalar_one()
-    n = len(score)
-    batch_id = conn.execute(
-        insert(batches).values(
-            key=key,
-            created_at=created_at,
-            model_name=model_name,
-            model_version=model_version,
-            snapshot_id=snapshot_id,
-            origin=origin,
-            first_seq=first,
-            n_rows=n,
-        )
-    ).inserted_primary_key[0]
-    review_value = {b: bind_value(conn, predictions.c.review, b) for b in (False, True)}
-    rows = zip(
-        range(first, first + n),
-        [batch_id] * n,
-        range(n),
-        label.astype(int).tolist(),
-        score.tolist(),
-        [review_value[bool(r)] for r in review.tolist()],
-        strict=True,
-    )
-    bulk_insert(
-        conn, predictions, ("seq", "batch_id", "row_index", "label", "score", "review"), rows
-    )
-    return Batch(batch_id, key, created_at, model_version, snapshot_id, first, n)
+    """Append a whole batch at once (see :class:`BatchWriter` to stream it)."""
+    writer = BatchWriter(engine)
+    writer.append(label, score, review)
+    return writer.close(header, before_commit)
 
 
 def _batch(row: object) -> Batch:
@@ -146,16 +232,15 @@ def read(engine: Engine, batch: Batch) -> pd.DataFrame:
     """A batch's predictions with their ground truth (``actual`` NaN when not yet known)."""
     p, f = predictions.c, feedback.c
     query = (
-        select(p.seq, p.row_index, p.label, p.score, p.review, f.actual)
+        select(p.seq, p.label, p.score, p.review, f.actual)
         .select_from(predictions.outerjoin(feedback, f.prediction_seq == p.seq))
         .where(p.seq.between(batch.first_seq, batch.first_seq + batch.n_rows - 1))
         .order_by(p.seq)
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    frame = pd.DataFrame.from_records(
-        rows, columns=["seq", "row_index", "label", "score", "review", "actual"]
-    )
+    frame = pd.DataFrame.from_records(rows, columns=["seq", "label", "score", "review", "actual"])
+    frame.insert(1, "row_index", frame["seq"] - batch.first_seq)
     frame["actual"] = pd.to_numeric(frame["actual"], errors="coerce")
     frame["review"] = frame["review"].astype(bool)
     frame.insert(0, "prediction_id", [f"{batch.key}{i:08x}" for i in frame["row_index"]])

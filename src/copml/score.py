@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from sqlalchemy import Connection
 
 from copml import events, prediction_log, registry, snapshots
 from copml.errors import NotFoundError
@@ -40,7 +41,15 @@ class ScoreResult:
     reviews: int
 
 
-def _predict(model: object, features: pd.DataFrame, progress: bool) -> np.ndarray:
+def _predict(
+    model: object,
+    features: pd.DataFrame,
+    threshold: float,
+    band: tuple[float, float] | None,
+    log: prediction_log.BatchWriter,
+    progress: bool,
+) -> np.ndarray:
+    """Score in chunks, handing each chunk to the log writer as soon as it is decided."""
     chunks = range(0, len(features), CHUNK_ROWS)
     scores = np.empty(len(features), dtype=np.float64)
     if progress:
@@ -48,9 +57,17 @@ def _predict(model: object, features: pd.DataFrame, progress: bool) -> np.ndarra
 
         chunks = track(chunks, description="scoring", total=len(chunks), transient=True)
     for start in chunks:
-        part = features.iloc[start : start + CHUNK_ROWS]
-        scores[start : start + len(part)] = positive_scores(model, part)
+        part = positive_scores(model, features.iloc[start : start + CHUNK_ROWS])
+        scores[start : start + len(part)] = part
+        log.append(part >= threshold, part, _review(part, band))
     return scores
+
+
+def _review(scores: np.ndarray, band: tuple[float, float] | None) -> np.ndarray:
+    """Scores in the declared uncertainty band go to a human."""
+    if band is None:
+        return np.zeros(len(scores), dtype=bool)
+    return (scores >= band[0]) & (scores < band[1])
 
 
 def _write_output(frame: pd.DataFrame, output: Path) -> None:
@@ -100,71 +117,64 @@ def score(
 
     def freeze_input() -> snapshots.Snapshot:
         redacted = redact(frame, sorted({data.id, *data.pii}), project.pii_key)
-        return snapshots.freeze(
-            engine,
-            redacted,
-            data,
-            directory=project.snapshots_dir,
-            source=source,
-            kind="batch",
-            actor=actor,
+        return snapshots.prepare(
+            redacted, data, directory=project.snapshots_dir, source=source, kind="batch"
         )
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        frozen = pool.submit(freeze_input)  # beside the prediction: pyarrow and BLAKE2 overlap it
-        scores = _predict(model, frame[data.features], progress)
-        snap = frozen.result()
-    positive = scores >= spec.model.threshold
     band = spec.serving.review_band
-    review = (scores >= band[0]) & (scores < band[1]) if band else np.zeros(len(scores), bool)
     key = prediction_log.new_key()
-    negative_label, positive_label = class_labels(data)
-    out = pd.DataFrame(
-        {
-            data.id: frame[data.id].to_numpy(),
-            "label": np.where(positive, positive_label, negative_label),
-            "score": scores,
-            "model_version": champion.version,
-            "prediction_id": [f"{key}{i:08x}" for i in range(len(frame))],
-        }
-    )
-    if band:
-        out["review"] = review
     output = Path(output)
     staged = output.with_name(f".{output.stem}.staged{output.suffix}")
     when = at or datetime.now(UTC)
+    log = prediction_log.BatchWriter(engine)
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool, engine.begin() as conn:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            frozen = pool.submit(freeze_input)  # beside the prediction: pyarrow and BLAKE2
+            scores = _predict(
+                model, frame[data.features], spec.model.threshold, band, log, progress
+            )
+            positive = scores >= spec.model.threshold
+            review = _review(scores, band)
+            negative_label, positive_label = class_labels(data)
+            out = pd.DataFrame(
+                {
+                    data.id: frame[data.id].to_numpy(),
+                    "label": np.where(positive, positive_label, negative_label),
+                    "score": scores,
+                    "model_version": champion.version,
+                    "prediction_id": [f"{key}{i:08x}" for i in range(len(frame))],
+                }
+            )
+            if band:
+                out["review"] = review
             written = pool.submit(_write_output, out, staged)
-            batch = prediction_log.write(
-                conn,
-                key=key,
-                created_at=when,
-                model_name=spec.project,
-                model_version=champion.version,
-                snapshot_id=snap.id,
-                origin="batch",
-                label=positive,
-                score=scores,
-                review=review,
+            snap = frozen.result()
+
+            def finish(conn: Connection) -> None:
+                snapshots.record(conn, snap, actor=actor)  # the log's transaction holds the lock
+                events.record(
+                    conn,
+                    "batch.scored",
+                    actor=actor,
+                    subject=f"model:{spec.project}/{champion.version}",
+                    reason=f"scored {source}",
+                    evidence={
+                        "rows": len(frame),
+                        "snapshot_id": snap.id,
+                        "batch": key,
+                        "positives": int(positive.sum()),
+                        "output": str(output),
+                    },
+                    at=when,
+                )
+                written.result()  # a failed output write rolls the log back too
+
+            header = prediction_log.Header(
+                key, when, spec.project, champion.version, snap.id, "batch"
             )
-            events.record(
-                conn,
-                "batch.scored",
-                actor=actor,
-                subject=f"model:{spec.project}/{champion.version}",
-                reason=f"scored {source}",
-                evidence={
-                    "rows": len(frame),
-                    "snapshot_id": snap.id,
-                    "batch": batch.key,
-                    "positives": int(positive.sum()),
-                    "output": str(output),
-                },
-                at=when,
-            )
-            written.result()  # a failed output write rolls the log back too
+            log.close(header, finish)
     except BaseException:
+        log.abort()
         staged.unlink(missing_ok=True)
         raise
     os.replace(staged, output)

@@ -10,6 +10,7 @@ copy, checked again on every read.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from copml import events, profiles
 from copml.errors import DataValidationError, NotFoundError
@@ -68,7 +69,7 @@ class Snapshot:
                     )
             frame = read_files([Path(e["path"]) for e in self.manifest or []])
             return _coerce_all(frame, self.schema)
-        return pq.read_table(self.path).to_pandas()
+        return _read_parquet(self.path)
 
 
 # ------------------------------------------------------------------------------- reading
@@ -273,13 +274,43 @@ def validate(
 # ------------------------------------------------------------------------------ freezing
 
 
+def _categorical(values: pa.Array, categories: list[str]) -> pa.DictionaryArray:
+    """Dictionary-encode with the declared categories, in declared order, as the dictionary.
+
+    Canonical (same values, same bytes) and about ten times smaller than plain strings, so
+    hashing and writing a large snapshot stay cheap.
+    """
+    import pyarrow.compute as pc
+
+    declared = pa.array(categories, type=pa.string())
+    encoded = pc.dictionary_encode(values)
+    remap = pc.index_in(encoded.dictionary, value_set=declared)
+    indices = pc.take(remap, encoded.indices).cast(pa.int16())
+    return pa.DictionaryArray.from_arrays(indices, declared)
+
+
 def _arrow_table(frame: pd.DataFrame, data: Data) -> pa.Table:
-    fields = [pa.field(c, _ARROW_TYPES[data.columns[c].type]) for c in frame.columns]
-    arrays = [
-        pa.array(frame[c], type=f.type, from_pandas=True)
-        for c, f in zip(frame, fields, strict=True)
-    ]
+    arrays, fields = [], []
+    for name in frame.columns:
+        col = data.columns[name]
+        values = pa.array(frame[name], type=_ARROW_TYPES[col.type], from_pandas=True)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if col.type == "category" and col.categories:
+            values = _categorical(values, [str(c) for c in col.categories])
+        arrays.append(values)
+        fields.append(pa.field(name, values.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A frozen Parquet file as plain columns (categories come back as text, not Categorical)."""
+    table = pq.read_table(path, columns=columns)
+    plain = [
+        pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(plain)).to_pandas()
 
 
 def content_sha256(table: pa.Table) -> str:
@@ -313,8 +344,7 @@ def _schema(data: Data, columns: list[str]) -> dict[str, Any]:
     }
 
 
-def freeze(
-    engine: Engine,
+def prepare(
     frame: pd.DataFrame,
     data: Data,
     *,
@@ -322,9 +352,8 @@ def freeze(
     source: str,
     kind: str,
     manifest: list[dict[str, Any]] | None = None,
-    actor: str = "system",
 ) -> Snapshot:
-    """Store a validated frame as a snapshot (idempotent: same content, same id)."""
+    """Hash a validated frame and write its Parquet file; nothing touches the store yet."""
     table = _arrow_table(frame, data)
     if manifest is None:
         snapshot_id = content_sha256(table)
@@ -334,9 +363,6 @@ def freeze(
         snapshot_id = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
         storage = "reference"
         path = Path(manifest[0]["path"])
-    existing = get(engine, snapshot_id, missing_ok=True)
-    if existing is not None:
-        return existing
     if storage == "copy" and not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -351,39 +377,64 @@ def freeze(
         path=str(path),
         n_rows=len(frame),
         schema=_schema(data, columns),
-        profile=profiles.profile(frame, _kinds(data, columns)),
+        # Training data is the reference for drift; a batch is compared against it at
+        # monitoring time, so profiling every batch here would only slow scoring down.
+        profile=profiles.profile(frame, _kinds(data, columns)) if kind == "training" else {},
         manifest=manifest,
         created_at=datetime.now(UTC),
-        created=True,
     )
     if data.target in frame.columns:
         positive = (frame[data.target].astype(str) == str(data.positive)).mean()
         snap.profile["__target__"] = {"kind": "target", "positive_rate": float(positive)}
-    with engine.begin() as conn:
-        conn.execute(
-            insert(snapshots_table).values(
-                id=snap.id,
-                created_at=snap.created_at,
-                kind=kind,
-                storage=storage,
-                source=source,
-                path=snap.path,
-                n_rows=snap.n_rows,
-                n_bytes=path.stat().st_size if path.exists() else 0,
-                schema=snap.schema,
-                profile=snap.profile,
-                manifest=manifest,
-            )
-        )
-        events.record(
-            conn,
-            "snapshot.created",
-            actor=actor,
-            subject=f"snapshot:{snap.id}",
-            reason=f"{kind} data from {source}",
-            evidence={"rows": snap.n_rows, "storage": storage},
-        )
     return snap
+
+
+def record(conn: Connection, snap: Snapshot, *, actor: str = "system") -> Snapshot:
+    """Store a prepared snapshot in the caller's transaction; an existing id is kept as is."""
+    row = conn.execute(select(snapshots_table).where(snapshots_table.c.id == snap.id)).first()
+    if row is not None:
+        return _from_row(row)
+    conn.execute(
+        insert(snapshots_table).values(
+            id=snap.id,
+            created_at=snap.created_at,
+            kind=snap.kind,
+            storage=snap.storage,
+            source=snap.source,
+            path=snap.path,
+            n_rows=snap.n_rows,
+            n_bytes=Path(snap.path).stat().st_size if Path(snap.path).exists() else 0,
+            schema=snap.schema,
+            profile=snap.profile,
+            manifest=snap.manifest,
+        )
+    )
+    events.record(
+        conn,
+        "snapshot.created",
+        actor=actor,
+        subject=f"snapshot:{snap.id}",
+        reason=f"{snap.kind} data from {snap.source}",
+        evidence={"rows": snap.n_rows, "storage": snap.storage},
+    )
+    return dataclasses.replace(snap, created=True)
+
+
+def freeze(
+    engine: Engine,
+    frame: pd.DataFrame,
+    data: Data,
+    *,
+    directory: Path,
+    source: str,
+    kind: str,
+    manifest: list[dict[str, Any]] | None = None,
+    actor: str = "system",
+) -> Snapshot:
+    """Store a validated frame as a snapshot (idempotent: same content, same id)."""
+    snap = prepare(frame, data, directory=directory, source=source, kind=kind, manifest=manifest)
+    with engine.begin() as conn:
+        return record(conn, snap, actor=actor)
 
 
 def create(

@@ -90,15 +90,14 @@ batches = Table(
     Index("ix_batches_created_at", "created_at"),
 )
 
-# One narrow row per prediction: what was decided. Who it was about and what the model saw
-# are in the batch's snapshot at ``row_index``; the prediction id is the batch key followed
-# by the row index in hex, so no per-row string key or secondary index is needed.
+# One narrow row per prediction: what was decided. A batch owns the contiguous range
+# ``first_seq .. first_seq + n_rows - 1``; who each prediction was about and what the model
+# saw are in the batch's snapshot at row ``seq - first_seq``. The public prediction id is the
+# batch key followed by that row in hex, so no per-row string key or index is needed.
 predictions = Table(
     "predictions",
     metadata,
     Column("seq", Seq, primary_key=True, autoincrement=False),
-    Column("batch_id", Integer, ForeignKey("batches.id"), nullable=False),
-    Column("row_index", Integer, nullable=False),
     Column("label", SmallInteger, nullable=False),  # 1 = the declared positive class
     Column("score", Float, nullable=False),
     Column("review", Boolean, nullable=False),

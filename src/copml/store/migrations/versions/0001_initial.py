@@ -47,8 +47,6 @@ def upgrade() -> None:
     op.create_table(
         "predictions",
         sa.Column("seq", SEQ, primary_key=True, autoincrement=False),
-        sa.Column("batch_id", sa.Integer, sa.ForeignKey("batches.id"), nullable=False),
-        sa.Column("row_index", sa.Integer, nullable=False),
         sa.Column("label", sa.SmallInteger, nullable=False),
         sa.Column("score", sa.Float, nullable=False),
         sa.Column("review", sa.Boolean, nullable=False),
