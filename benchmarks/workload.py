@@ -21,7 +21,7 @@ from copml.train import train
 
 WORK = Path(__file__).parent / ".work"
 
-HGB_TRAIN = '''
+HGB_TRAIN = """
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
@@ -40,7 +40,7 @@ def train(data, params, seed):
     )
     model = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
     return Pipeline([("prepare", prepare), ("classify", model)]).fit(features, data["Churn"])
-'''
+"""
 
 
 @contextmanager

@@ -9,19 +9,17 @@ predictions cost about as much as writing them to a file.
 
 from __future__ import annotations
 
-import queue
 import secrets
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
-from copml.store import batches, bind_value, bulk_insert, feedback, predictions
+from copml.store import batches, bulk_insert, feedback, predictions
 
 KEY_HEX = 16
 ROW_HEX = 8
@@ -39,11 +37,24 @@ class Batch:
     n_rows: int
 
     def prediction_ids(self) -> list[str]:
-        return [f"{self.key}{i:08x}" for i in range(self.n_rows)]
+        return prediction_ids(self.key, self.n_rows).to_pylist()
 
 
 def new_key() -> str:
     return secrets.token_hex(KEY_HEX // 2)
+
+
+def prediction_ids(key: str, n: int) -> pa.Array:
+    """``key`` followed by each row number in 8 hex digits, built without a Python loop."""
+    rows = np.arange(n, dtype=np.uint32)
+    chars = np.empty((n, ID_LENGTH), dtype=np.uint8)
+    chars[:, :KEY_HEX] = np.frombuffer(key.encode(), dtype=np.uint8)
+    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    for i in range(ROW_HEX):
+        chars[:, KEY_HEX + i] = digits[(rows >> (4 * (ROW_HEX - 1 - i))) & 0xF]
+    return pa.array(chars.view(f"S{ID_LENGTH}").ravel(), type=pa.binary(ID_LENGTH)).cast(
+        pa.string()
+    )
 
 
 def split_id(prediction_id: str) -> tuple[str, int] | None:
@@ -74,83 +85,38 @@ class Header:
     origin: str
 
 
-class _Abort(Exception):
-    """Sent to the writer when the producer failed: roll everything back."""
+def write(
+    engine: Engine,
+    header: Header,
+    label: np.ndarray,
+    score: np.ndarray,
+    review: np.ndarray,
+    before_commit: Callable[[Connection], None] | None = None,
+) -> Batch:
+    """Append a batch in one transaction; nothing is visible until it commits.
 
-
-class BatchWriter:
-    """Writes one batch in one transaction from a background thread.
-
-    Rows are inserted as the producer appends them (so logging overlaps prediction); the
-    header, the caller's last statements (its event) and the commit come at :meth:`close`.
-    Nothing is visible until then, and a failure anywhere rolls the whole batch back.
+    ``before_commit`` runs inside the same transaction before the header is written (for
+    the input snapshot the header refers to, and the event), so a failure there, or
+    anywhere, rolls the whole batch back.
     """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=8)
-        self._thread = threading.Thread(target=self._run, name="copml-log-writer", daemon=True)
-        self._result: Batch | BaseException | None = None
-        self._ended = False  # the producer has sent close or abort
-        self._thread.start()
-
-    def append(self, label: np.ndarray, score: np.ndarray, review: np.ndarray) -> None:
-        self._queue.put(("rows", (label, score, review)))
-
-    def close(
-        self, header: Header, before_commit: Callable[[Connection], None] | None = None
-    ) -> Batch:
-        """Run ``before_commit`` in the batch's transaction, write the header, commit."""
-        self._queue.put(("close", (header, before_commit)))
-        self._thread.join()
-        if isinstance(self._result, BaseException):
-            raise self._result
-        assert self._result is not None
-        return self._result
-
-    def abort(self) -> None:
-        """Roll back whatever was written (a no-op once the batch is closed)."""
-        if self._thread.is_alive():
-            self._queue.put(("abort", None))
-            self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            with self._engine.begin() as conn:
-                self._result = self._write(conn)
-        except _Abort:
-            self._result = _Abort("aborted")
-        except BaseException as exc:  # handed to the producer by close()
-            self._result = exc
-            while not self._ended:  # drain so the producer never blocks on a full queue
-                kind, _ = self._queue.get()
-                self._ended = kind != "rows"
-
-    def _write(self, conn: Connection) -> Batch:
+    n = len(score)
+    with engine.begin() as conn:
         _lock(conn)
         first = conn.execute(select(func.coalesce(func.max(predictions.c.seq), 0) + 1)).scalar_one()
-        review_value = {b: bind_value(conn, predictions.c.review, b) for b in (False, True)}
-        n = 0
-        while True:
-            kind, item = self._queue.get()
-            self._ended = kind != "rows"
-            if kind == "abort":
-                raise _Abort()
-            if kind == "close":
-                break
-            label, score, review = item
+        label_ints = label.astype(np.int8).tolist()
+        if conn.dialect.name == "postgresql":  # COPY: explicit numbers, real booleans
+            columns = ("seq", "label", "score", "review")
             rows = zip(
-                range(first + n, first + n + len(score)),
-                label.astype(int).tolist(),
-                score.tolist(),
-                [review_value[bool(r)] for r in review.tolist()],
-                strict=True,
+                range(first, first + n), label_ints, score.tolist(), review.tolist(), strict=True
             )
-            bulk_insert(conn, predictions, ("seq", "label", "score", "review"), rows)
-            n += len(score)
-        header, before_commit = item
+        else:
+            # SQLite numbers the rows itself (rowid = max + 1, under our write lock), and
+            # binds exact ints far faster than bools: every parameter saved counts here.
+            columns = ("label", "score", "review")
+            rows = zip(label_ints, score.tolist(), review.astype(np.int8).tolist(), strict=True)
+        bulk_insert(conn, predictions, columns, rows)
         if before_commit is not None:
-            before_commit(conn)  # e.g. the input snapshot the header refers to, and the event
+            before_commit(conn)
         batch_id = conn.execute(
             insert(batches).values(
                 key=header.key,
@@ -163,30 +129,9 @@ class BatchWriter:
                 n_rows=n,
             )
         ).inserted_primary_key[0]
-        batch = Batch(
-            batch_id,
-            header.key,
-            header.created_at,
-            header.model_version,
-            header.snapshot_id,
-            first,
-            n,
-        )
-        return batch
-
-
-def write(
-    engine: Engine,
-    header: Header,
-    label: np.ndarray,
-    score: np.ndarray,
-    review: np.ndarray,
-    before_commit: Callable[[Connection], None] | None = None,
-) -> Batch:
-    """Append a whole batch at once (see :class:`BatchWriter` to stream it)."""
-    writer = BatchWriter(engine)
-    writer.append(label, score, review)
-    return writer.close(header, before_commit)
+    return Batch(
+        batch_id, header.key, header.created_at, header.model_version, header.snapshot_id, first, n
+    )
 
 
 def _batch(row: object) -> Batch:
@@ -243,5 +188,6 @@ def read(engine: Engine, batch: Batch) -> pd.DataFrame:
     frame.insert(1, "row_index", frame["seq"] - batch.first_seq)
     frame["actual"] = pd.to_numeric(frame["actual"], errors="coerce")
     frame["review"] = frame["review"].astype(bool)
-    frame.insert(0, "prediction_id", [f"{batch.key}{i:08x}" for i in frame["row_index"]])
+    ids = prediction_ids(batch.key, batch.n_rows).to_numpy(zero_copy_only=False)
+    frame.insert(0, "prediction_id", ids[frame["row_index"].to_numpy()])
     return frame

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from hashlib import blake2b
 
+import numpy as np
 import pandas as pd
 
 
@@ -18,17 +19,16 @@ def keyed_hash(value: object, key: bytes) -> str:
 def redact_series(values: pd.Series, key: bytes) -> pd.Series:
     """Keyed hash of every non-missing value (missing stays missing)."""
     keyed = blake2b(key=key[:64], digest_size=16).copy  # copying skips re-keying per value
-
-    def one(value: object) -> str | None:
-        if (
-            value is None or value is pd.NA or value != value
-        ):  # NaN is the only value unequal to itself
-            return None
+    present = values.notna().to_numpy()
+    hashes: list[str] = []
+    append = hashes.append
+    for value in values[present].tolist():
         h = keyed()
         h.update(str(value).encode())
-        return h.hexdigest()
-
-    return pd.Series([one(v) for v in values.tolist()], index=values.index, dtype="string")
+        append(h.hexdigest())
+    out = np.full(len(values), None, dtype=object)
+    out[present] = hashes
+    return pd.Series(out, index=values.index, dtype="string")
 
 
 def redact(frame: pd.DataFrame, columns: list[str], key: bytes) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from copml.redaction import redact
 from copml.store import open_store
 from copml.train import positive_scores
 
-CHUNK_ROWS = 200_000
+CHUNK_ROWS = 100_000
 
 
 @dataclass
@@ -41,15 +41,7 @@ class ScoreResult:
     reviews: int
 
 
-def _predict(
-    model: object,
-    features: pd.DataFrame,
-    threshold: float,
-    band: tuple[float, float] | None,
-    log: prediction_log.BatchWriter,
-    progress: bool,
-) -> np.ndarray:
-    """Score in chunks, handing each chunk to the log writer as soon as it is decided."""
+def _predict(model: object, features: pd.DataFrame, progress: bool) -> np.ndarray:
     chunks = range(0, len(features), CHUNK_ROWS)
     scores = np.empty(len(features), dtype=np.float64)
     if progress:
@@ -57,9 +49,8 @@ def _predict(
 
         chunks = track(chunks, description="scoring", total=len(chunks), transient=True)
     for start in chunks:
-        part = positive_scores(model, features.iloc[start : start + CHUNK_ROWS])
-        scores[start : start + len(part)] = part
-        log.append(part >= threshold, part, _review(part, band))
+        part = features.iloc[start : start + CHUNK_ROWS]
+        scores[start : start + len(part)] = positive_scores(model, part)
     return scores
 
 
@@ -70,10 +61,29 @@ def _review(scores: np.ndarray, band: tuple[float, float] | None) -> np.ndarray:
     return (scores >= band[0]) & (scores < band[1])
 
 
-def _write_output(frame: pd.DataFrame, output: Path) -> None:
-    """CSV or Parquet by the file's suffix."""
+def _write_output(
+    ids: pd.Series,
+    labels: tuple[object, object],
+    positive: np.ndarray,
+    scores: np.ndarray,
+    review: np.ndarray | None,
+    version: str,
+    key: str,
+    output: Path,
+) -> None:
+    """The scored file, as CSV or Parquet by its suffix (built in Arrow: no Python loops)."""
+    negative_label, positive_label = labels
+    columns = {
+        ids.name: pa.array(ids, from_pandas=True),
+        "label": pa.array(np.where(positive, positive_label, negative_label)),
+        "score": pa.array(scores),
+        "model_version": pa.array(np.full(len(scores), version)),
+        "prediction_id": prediction_log.prediction_ids(key, len(scores)),
+    }
+    if review is not None:
+        columns["review"] = pa.array(review)
+    table = pa.table(columns)
     output.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
     if output.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
@@ -115,66 +125,63 @@ def score(
     )
     frame = frame.drop(columns=[data.target], errors="ignore")
 
-    def freeze_input() -> snapshots.Snapshot:
-        redacted = redact(frame, sorted({data.id, *data.pii}), project.pii_key)
-        return snapshots.prepare(
-            redacted, data, directory=project.snapshots_dir, source=source, kind="batch"
-        )
-
+    # Hashing PII is pure Python: done here, it does not fight the prediction for the GIL;
+    # the rest of freezing (Arrow, sha256, Parquet) releases the GIL and runs beside it.
+    redacted = redact(frame, sorted({data.id, *data.pii}), project.pii_key)
     band = spec.serving.review_band
     key = prediction_log.new_key()
     output = Path(output)
     staged = output.with_name(f".{output.stem}.staged{output.suffix}")
     when = at or datetime.now(UTC)
-    log = prediction_log.BatchWriter(engine)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        frozen = pool.submit(
+            snapshots.prepare,
+            redacted,
+            data,
+            directory=project.snapshots_dir,
+            source=source,
+            kind="batch",
+        )
+        scores = _predict(model, frame[data.features], progress)
+        snap = frozen.result()
+    positive = scores >= spec.model.threshold
+    review = _review(scores, band)
+
+    def finish(conn: Connection) -> None:
+        snapshots.record(conn, snap, actor=actor)  # in the log's transaction: all or nothing
+        events.record(
+            conn,
+            "batch.scored",
+            actor=actor,
+            subject=f"model:{spec.project}/{champion.version}",
+            reason=f"scored {source}",
+            evidence={
+                "rows": len(frame),
+                "snapshot_id": snap.id,
+                "batch": key,
+                "positives": int(positive.sum()),
+                "output": str(output),
+            },
+            at=when,
+        )
+        written.result()  # a failed output write rolls the log back too
+
+    header = prediction_log.Header(key, when, spec.project, champion.version, snap.id, "batch")
     try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            frozen = pool.submit(freeze_input)  # beside the prediction: pyarrow and BLAKE2
-            scores = _predict(
-                model, frame[data.features], spec.model.threshold, band, log, progress
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            written = pool.submit(
+                _write_output,
+                frame[data.id],
+                class_labels(data),
+                positive,
+                scores,
+                review if band else None,
+                champion.version,
+                key,
+                staged,
             )
-            positive = scores >= spec.model.threshold
-            review = _review(scores, band)
-            negative_label, positive_label = class_labels(data)
-            out = pd.DataFrame(
-                {
-                    data.id: frame[data.id].to_numpy(),
-                    "label": np.where(positive, positive_label, negative_label),
-                    "score": scores,
-                    "model_version": champion.version,
-                    "prediction_id": [f"{key}{i:08x}" for i in range(len(frame))],
-                }
-            )
-            if band:
-                out["review"] = review
-            written = pool.submit(_write_output, out, staged)
-            snap = frozen.result()
-
-            def finish(conn: Connection) -> None:
-                snapshots.record(conn, snap, actor=actor)  # the log's transaction holds the lock
-                events.record(
-                    conn,
-                    "batch.scored",
-                    actor=actor,
-                    subject=f"model:{spec.project}/{champion.version}",
-                    reason=f"scored {source}",
-                    evidence={
-                        "rows": len(frame),
-                        "snapshot_id": snap.id,
-                        "batch": key,
-                        "positives": int(positive.sum()),
-                        "output": str(output),
-                    },
-                    at=when,
-                )
-                written.result()  # a failed output write rolls the log back too
-
-            header = prediction_log.Header(
-                key, when, spec.project, champion.version, snap.id, "batch"
-            )
-            log.close(header, finish)
+            prediction_log.write(engine, header, positive, scores, review, finish)
     except BaseException:
-        log.abort()
         staged.unlink(missing_ok=True)
         raise
     os.replace(staged, output)
