@@ -214,13 +214,13 @@ def _coerce(name: str, raw: pd.Series, col: Column, report: _Report | None) -> p
     else:
         out = _as_text(series)
     if col.categories is not None:
-        allowed = {str(c) for c in col.categories}
-        as_text = (
-            out.astype("string") if col.type != "integer" else out.astype("Int64").astype("string")
+        numeric = col.type in ("integer", "float")
+        allowed = (
+            [float(c) for c in col.categories] if numeric else [str(c) for c in col.categories]
         )
-        unseen = (~missing) & ~as_text.isin(allowed).fillna(False).to_numpy()
+        unseen = (~missing) & ~out.isin(allowed).fillna(False).to_numpy()
         if unseen.any() and report is not None:
-            values = sorted(set(as_text[unseen].astype(str)))[:_MAX_EXAMPLES]
+            values = sorted({str(v) for v in raw[unseen].tolist()})[:_MAX_EXAMPLES]
             report.add(
                 name,
                 f"values outside the declared categories (unseen: {', '.join(map(repr, values))})",
