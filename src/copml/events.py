@@ -56,3 +56,9 @@ def history(
         query = query.where(events.c.subject == subject)
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def latest(engine: Engine, kind: str, subject: str) -> dict[str, Any] | None:
+    """The newest event of ``kind`` about ``subject``, if any."""
+    found = history(engine, kind=kind, subject=subject, limit=1)
+    return found[0] if found else None

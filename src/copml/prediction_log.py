@@ -184,10 +184,14 @@ def read(engine: Engine, batch: Batch) -> pd.DataFrame:
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    frame = pd.DataFrame.from_records(rows, columns=["seq", "label", "score", "review", "actual"])
-    frame.insert(1, "row_index", frame["seq"] - batch.first_seq)
+    names = ["seq", "label", "score", "review", "actual"]
+    # Column-wise from tuples: pandas' record path looks every field up by name on
+    # SQLAlchemy rows, which costs seconds for a million of them.
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    frame = pd.DataFrame({n: np.asarray(c) for n, c in zip(names, columns, strict=True)})
     frame["actual"] = pd.to_numeric(frame["actual"], errors="coerce")
     frame["review"] = frame["review"].astype(bool)
+    frame.insert(1, "row_index", (frame["seq"] - batch.first_seq).astype("int64"))
     ids = prediction_ids(batch.key, batch.n_rows).to_numpy(zero_copy_only=False)
     frame.insert(0, "prediction_id", ids[frame["row_index"].to_numpy()])
     return frame

@@ -40,7 +40,8 @@ def numeric_drift(reference: dict[str, Any], values: pd.Series) -> dict[str, Any
 def categorical_drift(reference: dict[str, Any], values: pd.Series) -> dict[str, Any]:
     from scipy.stats import chi2_contingency
 
-    current = values.dropna().astype(str).value_counts()
+    current = values.value_counts(dropna=True)  # on Categorical columns this is cheap
+    current.index = current.index.astype(str)
     if current.sum() == 0 or reference.get("count", 0) == 0:
         return {"psi": math.nan, "p_value": math.nan, "test": "chi2"}
     categories = sorted(set(reference["counts"]) | set(current.index))

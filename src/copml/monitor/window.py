@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select
 
-from copml import prediction_log, registry, snapshots
+from copml import events, prediction_log, snapshots
 from copml.errors import UserCodeError
 from copml.metrics import classification_metrics
 from copml.monitor.drift import drift_share, feature_drift
@@ -114,9 +114,15 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     metrics.update(_kpis(project, frame) if len(frame) else dict.fromkeys(spec.kpis, math.nan))
     version = frame["model_version"].mode().iloc[0] if len(frame) else None
     drift: dict[str, dict[str, Any]] = {}
-    reference_version = registry.get(project, version) if version else registry.champion(project)
-    if len(frame) and reference_version is not None and reference_version.snapshot_id:
-        reference = snapshots.get(engine, reference_version.snapshot_id)
+    # The lineage recorded when the version was registered names its training snapshot,
+    # whose profile is the reference (no MLflow round trip needed).
+    registered = (
+        events.latest(engine, "model.registered", f"model:{spec.project}/{version}")
+        if version
+        else None
+    )
+    if registered is not None:
+        reference = snapshots.get(engine, registered["evidence"]["snapshot_id"])
         assert reference is not None
         drift = feature_drift(reference.profile, frame, features, spec.effectiveness.drift_psi)
     metrics["drift"] = drift_share(drift)
