@@ -64,7 +64,7 @@ def _plot(panel: Panel, windows: list[Window], markers: list[Marker]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [w.end for w in windows]
+    xs = [w.start for w in windows]  # a window is labelled by the period it covers
     ys = [w.metrics.get(panel.metric, math.nan) for w in windows]
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
     ax.plot(xs, ys, marker="o", color="#1f4e79", label=panel.metric)
