@@ -39,12 +39,12 @@ def _row(month: int, when: datetime, window: Any, version: str, shifted: bool) -
     m = window.metrics
     return {
         "month": f"{when:%Y-%m}" + (" *" if shifted else ""),
-        "model": version,
+        "version": version,
         "scored": int(m["predictions"]),
         "accuracy": m["accuracy"],
         "recall": m["recall"],
         "roc_auc": m["roc_auc"],
-        "churn_rate": m.get("churn_rate", math.nan),
+        "churn": m.get("churn_rate", math.nan),
         "drift": m["drift"],
     }
 
