@@ -102,3 +102,28 @@ def test_status_met_not_met_unknown(churn: Project, tmp_path: Path) -> None:
     assert rate.expected == "<= 0.08" and rate.state == ("met" if rate.value <= 0.08 else "not met")
     assert found["cost"].state == "unknown"  # no cost figures are recorded yet
     assert requirements(churn.spec, None)[0].state == "unknown"
+
+
+def test_the_loop_on_each_store(
+    churn: Project, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """score → feedback → monitor with the store on SQLite and on a real PostgreSQL."""
+    monkeypatch.setenv("COPML_DB_URL", db_url)
+    from copml import snapshots
+    from copml.store import open_store
+
+    engine = open_store(churn.db_url)
+    assert churn.db_url == db_url
+    # A new store that never saw the registration: the same data freezes to the same id,
+    # and the champion's lineage comes from the registry's tags, so drift still has its
+    # reference.
+    snapshots.create(engine, churn.spec.data, root=churn.root, directory=churn.snapshots_dir)
+    joined = _month_with_truth(churn, tmp_path)
+    window = monitor(churn, end=END)
+    actual = joined["Churn"].eq("Yes").astype(int)
+    assert window.n_labelled == 500
+    assert window.metrics["accuracy"] == pytest.approx(
+        accuracy_score(actual, joined["label"].eq("Yes"))
+    )
+    assert set(window.drift) == set(churn.spec.data.features)
+    assert history(churn)[-1].metrics["churn_rate"] == pytest.approx(actual.mean())

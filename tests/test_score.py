@@ -118,3 +118,19 @@ def test_output_is_written_only_after_commit(churn: Project, tmp_path: Path) -> 
     out = tmp_path / "scores.csv"
     score(churn, batch, out)
     assert out.exists() and not list(tmp_path.glob(".*staged*"))
+
+
+def test_a_failure_before_commit_leaves_the_store_as_it_was(churn: Project, tmp_path: Path) -> None:
+    """The output cannot be written (its folder is a file): nothing of the run remains."""
+    batch, _ = month(churn.root / "in")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    before = (_count(churn, predictions), _count(churn, snapshots_table), _count(churn, events))
+    with pytest.raises(OSError):
+        score(churn, batch, blocker / "scores.csv")
+    after = (_count(churn, predictions), _count(churn, snapshots_table), _count(churn, events))
+    assert after == before
+    engine = open_store(churn.db_url)
+    assert prediction_log.batches_between(engine, None, datetime(2030, 1, 1, tzinfo=UTC)) == []
+    # the next run is unaffected
+    assert score(churn, batch, tmp_path / "scores.csv").rows == 500

@@ -148,6 +148,8 @@ def test_empty_file(fresh_churn: Project) -> None:
     path.write_text("")
     with pytest.raises(DataValidationError, match="no rows"):
         _create(fresh_churn, str(path))
+    engine = _store(fresh_churn)
+    assert _rows(engine, snapshots_table) == 0 and _rows(engine, events) == 0
 
 
 def test_sql_source(fresh_churn: Project, tmp_path: Path) -> None:

@@ -420,23 +420,6 @@ def record(conn: Connection, snap: Snapshot, *, actor: str = "system") -> Snapsh
     return dataclasses.replace(snap, created=True)
 
 
-def freeze(
-    engine: Engine,
-    frame: pd.DataFrame,
-    data: Data,
-    *,
-    directory: Path,
-    source: str,
-    kind: str,
-    manifest: list[dict[str, Any]] | None = None,
-    actor: str = "system",
-) -> Snapshot:
-    """Store a validated frame as a snapshot (idempotent: same content, same id)."""
-    snap = prepare(frame, data, directory=directory, source=source, kind=kind, manifest=manifest)
-    with engine.begin() as conn:
-        return record(conn, snap, actor=actor)
-
-
 def create(
     engine: Engine,
     data: Data,
@@ -465,16 +448,11 @@ def create(
         raw = read_source(source, root, query)
     is_csv = "://" not in source and source.lower().endswith(".csv")
     frame = validate(raw, data, line_numbers=is_csv)
-    return freeze(
-        engine,
-        frame,
-        data,
-        directory=directory,
-        source=source,
-        kind="training",
-        manifest=manifest,
-        actor=actor,
+    snap = prepare(
+        frame, data, directory=directory, source=source, kind="training", manifest=manifest
     )
+    with engine.begin() as conn:
+        return record(conn, snap, actor=actor)
 
 
 def _from_row(row: Any) -> Snapshot:

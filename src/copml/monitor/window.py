@@ -83,6 +83,26 @@ def _kpis(project: Project, frame: pd.DataFrame) -> dict[str, float]:
     return values
 
 
+def _reference_snapshot(
+    project: Project, engine: Engine, version: str
+) -> snapshots.Snapshot | None:
+    """The training snapshot of ``version``: its profile is what drift is measured against.
+
+    The lineage event written at registration answers without an MLflow round trip; the
+    registry's tags answer when this store did not see the registration.
+    """
+    registered = events.latest(
+        engine, "model.registered", f"model:{project.spec.project}/{version}"
+    )
+    if registered is not None:
+        snapshot_id = registered["evidence"]["snapshot_id"]
+    else:
+        from copml import registry
+
+        snapshot_id = registry.get(project, version).snapshot_id
+    return snapshots.get(engine, snapshot_id, missing_ok=True) if snapshot_id else None
+
+
 def compute(project: Project, *, end: datetime | None = None) -> Window:
     """Figures for the window ending at ``end`` (default now), without storing them."""
     spec = project.spec
@@ -114,16 +134,8 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     metrics.update(_kpis(project, frame) if len(frame) else dict.fromkeys(spec.kpis, math.nan))
     version = frame["model_version"].mode().iloc[0] if len(frame) else None
     drift: dict[str, dict[str, Any]] = {}
-    # The lineage recorded when the version was registered names its training snapshot,
-    # whose profile is the reference (no MLflow round trip needed).
-    registered = (
-        events.latest(engine, "model.registered", f"model:{spec.project}/{version}")
-        if version
-        else None
-    )
-    if registered is not None:
-        reference = snapshots.get(engine, registered["evidence"]["snapshot_id"])
-        assert reference is not None
+    reference = _reference_snapshot(project, engine, version) if version else None
+    if reference is not None:
         drift = feature_drift(reference.profile, frame, features, spec.effectiveness.drift_psi)
     metrics["drift"] = drift_share(drift)
     for feature, result in drift.items():
