@@ -4,7 +4,9 @@ pandas + ``predict_proba`` in chunks on the same rows and the same fitted pipeli
 Target (issue 2): copml's wall time at most 1.5x the bare baseline. Both sides read the
 Parquet input and write a Parquet output; copml also validates the rows against the spec,
 freezes them as a redacted snapshot and logs every prediction. The two are run in turn,
-``REPEAT`` times, and the medians compared (this machine's timings vary by ~10 %).
+``REPEAT`` times, and the medians compared (this machine's timings vary by ~10 %). Each
+run scores a different batch, so copml always freezes a new snapshot (scoring the very same
+rows again would reuse the frozen file and flatter copml).
 
 Run: .venv/bin/python benchmarks/score.py [ROWS] [REPEAT]
 """
@@ -52,10 +54,10 @@ def copml(project: Project, source: Path) -> float:
 def main(rows: int, repeat: int) -> dict[str, float]:
     print(f"batch scoring benchmark: {rows:,} rows, {repeat} runs each, medians compared")
     project = hgb_project("score")
-    source = batch(WORK / f"batch-{rows}.parquet", rows)
+    sources = [batch(WORK / f"batch-{rows}-{i}.parquet", rows, seed=i + 1) for i in range(repeat)]
     model = registry.load(project, registry.champion(project))  # loaded once, as copml does
     bare_s, copml_s = [], []
-    for i in range(repeat):
+    for i, source in enumerate(sources):
         bare_s.append(bare(project, source, model))
         copml_s.append(copml(project, source))
         print(f"  run {i + 1}: bare {bare_s[-1]:.2f} s, copml {copml_s[-1]:.2f} s", flush=True)
