@@ -95,7 +95,7 @@ def test_prediction_batches_round_trip(engine: Engine) -> None:
 def test_a_failed_batch_leaves_nothing(engine: Engine) -> None:
     _snapshot_row(engine)
 
-    def crash(conn) -> None:
+    def crash(conn, first) -> None:
         events.record(conn, "batch.scored", actor="system")
         raise RuntimeError("crash mid-way")
 

@@ -32,6 +32,8 @@ models_app = typer.Typer(
     help="The model registry: versions, lineage, champion.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys for copml serve (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -409,6 +411,49 @@ def demo(
     run_churn_demo(
         directory, months=months, shift_month=shift_month or None, seed=seed, console=_console()
     )
+
+
+@keys_app.command("create")
+@_fails_cleanly
+def keys_create(
+    role: Annotated[str, typer.Option(help="viewer, scientist, operator, auditor or service.")],
+    name: Annotated[str | None, typer.Option(help="Who or what the key is for.")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Issue an API key; it is shown once and stored only as a scrypt hash."""
+    from copml import keys
+    from copml.events import user_actor
+    from copml.store import open_store
+
+    p = _project(project)
+    p.ensure_home()
+    sys.stdout.write(keys.create(open_store(p.db_url), role, name=name, actor=user_actor()) + "\n")
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@app.command()
+@_fails_cleanly
+def serve(
+    project: ProjectOpt = Path("."),
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    insecure: Annotated[
+        bool, typer.Option(help="No API keys (refused unless the host is loopback).")
+    ] = False,
+) -> None:
+    """Serve the champion as a REST API; every prediction is stored before it is answered."""
+    from copml.errors import CopmlError
+
+    if insecure and host not in _LOOPBACK:
+        raise CopmlError(f"--insecure is refused on {host}: only loopback may go without keys")
+    import uvicorn
+
+    from copml.serve.app import create_app
+
+    p = _project(project)
+    uvicorn.run(create_app(p, insecure=insecure), host=host, port=port, log_level="warning")
 
 
 def main() -> None:

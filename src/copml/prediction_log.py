@@ -9,17 +9,19 @@ predictions cost about as much as writing them to a file.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
-from copml.store import batches, bulk_insert, feedback, predictions
+from copml.store import batches, bulk_insert, feedback, prediction_inputs, predictions
 
 KEY_HEX = 16
 ROW_HEX = 8
@@ -91,13 +93,13 @@ def write(
     label: np.ndarray,
     score: np.ndarray,
     review: np.ndarray,
-    before_commit: Callable[[Connection], None] | None = None,
+    before_commit: Callable[[Connection, int], None] | None = None,
 ) -> Batch:
     """Append a batch in one transaction; nothing is visible until it commits.
 
-    ``before_commit`` runs inside the same transaction before the header is written (for
-    the input snapshot the header refers to, and the event), so a failure there, or
-    anywhere, rolls the whole batch back.
+    ``before_commit(conn, first_seq)`` runs inside the same transaction before the header
+    is written (for the input snapshot the header refers to, per-row inputs, the event),
+    so a failure there, or anywhere, rolls the whole batch back.
     """
     n = len(score)
     with engine.begin() as conn:
@@ -116,7 +118,7 @@ def write(
             rows = zip(label_ints, score.tolist(), review.astype(np.int8).tolist(), strict=True)
         bulk_insert(conn, predictions, columns, rows)
         if before_commit is not None:
-            before_commit(conn)
+            before_commit(conn, first)
         batch_id = conn.execute(
             insert(batches).values(
                 key=header.key,
@@ -195,3 +197,53 @@ def read(engine: Engine, batch: Batch) -> pd.DataFrame:
     ids = prediction_ids(batch.key, batch.n_rows).to_numpy(zero_copy_only=False)
     frame.insert(0, "prediction_id", ids[frame["row_index"].to_numpy()])
     return frame
+
+
+def record(engine: Engine, prediction_id: str) -> dict[str, Any] | None:
+    """One decision as stored: what was decided, by which version, when, on what input."""
+    part = split_id(prediction_id)
+    if part is None:
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(select(batches).where(batches.c.key == part[0])).first()
+        if row is None or part[1] >= row._mapping["n_rows"]:
+            return None
+        batch = _batch(row)
+        seq = batch.first_seq + part[1]
+        p, f, i = predictions.c, feedback.c, prediction_inputs.c
+        found = (
+            conn.execute(
+                select(p.label, p.score, p.review, f.actual, i.input, i.input_hash, i.latency_ms)
+                .select_from(
+                    predictions.outerjoin(feedback, f.prediction_seq == p.seq).outerjoin(
+                        prediction_inputs, i.seq == p.seq
+                    )
+                )
+                .where(p.seq == seq)
+            )
+            .one()
+            ._mapping
+        )
+    out: dict[str, Any] = {
+        "prediction_id": prediction_id,
+        "model_version": batch.model_version,
+        "created_at": batch.created_at.isoformat(),
+        "origin": row._mapping["origin"],
+        "label": found["label"],
+        "score": found["score"],
+        "review": bool(found["review"]),
+        "actual": found["actual"],
+        "input": found["input"],
+        "input_hash": found["input_hash"],
+        "latency_ms": found["latency_ms"],
+        "snapshot_id": batch.snapshot_id,
+        "snapshot_row": part[1] if batch.snapshot_id else None,
+    }
+    if out["input"] is None and batch.snapshot_id:
+        from copml import snapshots
+
+        snap = snapshots.get(engine, batch.snapshot_id)
+        assert snap is not None
+        frame = snap.load()
+        out["input"] = json.loads(frame.iloc[[part[1]]].to_json(orient="records"))[0]
+    return out

@@ -147,7 +147,7 @@ def score(
     positive = scores >= spec.model.threshold
     review = _review(scores, band)
 
-    def finish(conn: Connection) -> None:
+    def finish(conn: Connection, _first: int) -> None:
         snapshots.record(conn, snap, actor=actor)  # in the log's transaction: all or nothing
         events.record(
             conn,

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from copml.store.database import HEAD_REVISION, bind_value, bulk_insert, open_store, upgrade
 from copml.store.schema import (
+    api_keys,
     batches,
     events,
     feedback,
     metadata,
     metric_windows,
+    prediction_inputs,
     predictions,
     snapshots,
 )
 
 __all__ = [
     "HEAD_REVISION",
+    "api_keys",
     "batches",
     "bind_value",
     "bulk_insert",
@@ -27,6 +30,7 @@ __all__ = [
     "metadata",
     "metric_windows",
     "open_store",
+    "prediction_inputs",
     "predictions",
     "snapshots",
     "upgrade",

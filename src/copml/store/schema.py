@@ -143,3 +143,30 @@ events = Table(
     Index("ix_events_kind", "kind"),
     Index("ix_events_subject", "subject"),
 )
+
+# What a real-time request sent, per prediction (batch predictions read theirs from the
+# batch snapshot instead): the redacted input, its hash, the entity and the latency.
+prediction_inputs = Table(
+    "prediction_inputs",
+    metadata,
+    Column("seq", Seq, ForeignKey("predictions.seq"), primary_key=True, autoincrement=False),
+    Column("input", JSON, nullable=False),
+    Column("input_hash", String(64), nullable=False),
+    Column("entity_key", String(32), nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Index("ix_prediction_inputs_entity_key", "entity_key"),
+)
+
+# API keys, stored as scrypt hashes; ``prefix`` (the key's first characters) finds the row.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("prefix", String(12), nullable=False, unique=True),
+    Column("salt", String(32), nullable=False),
+    Column("hash", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("name", String(128), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+)

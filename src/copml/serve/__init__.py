@@ -1,0 +1,1 @@
+"""Real-time serving: ``copml serve`` answers predictions over HTTP and logs every one."""

@@ -1,0 +1,267 @@
+"""``copml serve`` as a real server process on loopback, with real keys and a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from batches import month
+from copml import keys, prediction_log
+from copml.project import Project, load_project
+from copml.store import open_store
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    project: Project
+    keys: dict[str, str]
+
+    def headers(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    """Poll /healthz until it answers (each try waits on the network, not on a timer)."""
+    for _ in range(600):
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                return
+        except httpx.TransportError:
+            with socket.socket() as probe:  # block until the port is at least bound
+                probe.settimeout(0.1)
+                probe.connect_ex(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    raise RuntimeError("server did not become healthy")
+
+
+def start(project: Project) -> Server:
+    project.ensure_home()
+    engine = open_store(project.db_url)
+    issued = {role: keys.create(engine, role) for role in ("service", "auditor", "viewer")}
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "copml",
+            "serve",
+            "--project",
+            str(project.root),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url, process)
+    return Server(url, process, project, issued)
+
+
+def _copy(trained: Path, folder: Path) -> Project:
+    root = folder / "churn"
+    shutil.copytree(trained, root)
+    return load_project(root)
+
+
+@pytest.fixture(scope="module")
+def server(trained_churn: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the tests that only talk to it."""
+    srv = start(_copy(trained_churn, tmp_path_factory.mktemp("serve")))
+    yield srv
+    srv.process.kill()
+    srv.process.wait()
+
+
+@pytest.fixture
+def own_server(churn: Project) -> Iterator[Server]:
+    """A server of the test's own, for tests that kill it."""
+    srv = start(churn)
+    yield srv
+    srv.process.kill()
+    srv.process.wait()
+
+
+def _instances(project: Project, n: int) -> list[dict[str, object]]:
+    batch, _ = month(project.root / "in", size=max(n, 10))
+    frame = pd.read_csv(batch, keep_default_na=False).head(n)
+    frame["TotalCharges"] = pd.to_numeric(frame["TotalCharges"], errors="coerce")
+    records = json.loads(frame.to_json(orient="records"))
+    return records
+
+
+def test_predict_is_stored_before_it_is_answered(server: Server) -> None:
+    instances = _instances(server.project, 3)
+    r = httpx.post(
+        f"{server.url}/v1/predict", json={"instances": instances}, headers=server.headers("service")
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == "1" and len(body["predictions"]) == 3
+    first = body["predictions"][0]
+    assert first["label"] in ("Yes", "No") and 0 <= first["score"] <= 1
+    engine = open_store(server.project.db_url)
+    stored = prediction_log.record(engine, first["prediction_id"])
+    assert stored is not None and stored["model_version"] == "1" and stored["origin"] == "api"
+    assert stored["score"] == first["score"]
+    assert stored["input"]["tenure"] == instances[0]["tenure"]
+    assert stored["input"]["customerID"] != instances[0]["customerID"]  # keyed hash, not clear
+    audit = httpx.get(
+        f"{server.url}/v1/predictions/{first['prediction_id']}", headers=server.headers("auditor")
+    )
+    assert audit.status_code == 200 and audit.json()["input_hash"] == stored["input_hash"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda i: i.update(tenure="twelve"), "tenure"),
+        (lambda i: i.pop("Contract"), "Contract"),
+        (lambda i: i.update(colour="blue"), "colour"),
+        (lambda i: i.update(Contract="Forever"), "Contract"),
+        (lambda i: i.update(MonthlyCharges=-1.0), "MonthlyCharges"),
+        (lambda i: i.update(MonthlyCharges=None), "MonthlyCharges"),
+    ],
+)
+def test_bad_instances_get_422_naming_the_field(server: Server, change, field: str) -> None:
+    instance = _instances(server.project, 1)[0]
+    change(instance)
+    r = httpx.post(
+        f"{server.url}/v1/predict",
+        json={"instances": [instance]},
+        headers=server.headers("service"),
+    )
+    assert r.status_code == 422, r.text
+    assert any(field in map(str, e["loc"]) for e in r.json()["detail"])
+
+
+def test_nan_and_infinity_are_refused(server: Server) -> None:
+    instance = _instances(server.project, 1)[0]
+    for bad in ("NaN", "Infinity"):
+        text = json.dumps({"instances": [instance]}).replace(
+            f'"MonthlyCharges": {json.dumps(instance["MonthlyCharges"])}',
+            f'"MonthlyCharges": {bad}',
+        )
+        r = httpx.post(
+            f"{server.url}/v1/predict",
+            content=text.encode(),
+            headers={**server.headers("service"), "content-type": "application/json"},
+        )
+        assert r.status_code == 422, (bad, r.text)
+        assert any("MonthlyCharges" in map(str, e["loc"]) for e in r.json()["detail"])
+
+
+def test_oversized_and_malformed_bodies(server: Server) -> None:
+    r = httpx.post(
+        f"{server.url}/v1/predict",
+        content=b"x" * (2 << 20),
+        headers={**server.headers("service"), "content-type": "application/json"},
+    )
+    assert r.status_code == 413
+    r = httpx.post(
+        f"{server.url}/v1/predict",
+        content=b"{not json",
+        headers={**server.headers("service"), "content-type": "application/json"},
+    )
+    assert r.status_code == 422
+    r = httpx.post(
+        f"{server.url}/v1/predict", json={"instances": []}, headers=server.headers("service")
+    )
+    assert r.status_code == 422
+
+
+def test_keys_and_roles(server: Server) -> None:
+    body = {"instances": _instances(server.project, 1)}
+    assert httpx.post(f"{server.url}/v1/predict", json=body).status_code == 401
+    bad = {"Authorization": "Bearer cpml_00000000_nope"}
+    assert httpx.post(f"{server.url}/v1/predict", json=body, headers=bad).status_code == 401
+    r = httpx.post(f"{server.url}/v1/predict", json=body, headers=server.headers("viewer"))
+    assert r.status_code == 403 and "viewer" in r.json()["detail"]
+    pid = httpx.post(
+        f"{server.url}/v1/predict", json=body, headers=server.headers("service")
+    ).json()["predictions"][0]["prediction_id"]
+    r = httpx.get(f"{server.url}/v1/predictions/{pid}", headers=server.headers("service"))
+    assert r.status_code == 403
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # no key needed
+    raw = (server.project.home / "copml.db").read_bytes() + (
+        server.project.home / "copml.db-wal"
+    ).read_bytes()
+    for key in server.keys.values():
+        assert key.split("_", 2)[2].encode() not in raw  # only scrypt hashes are stored
+
+
+def test_insecure_is_refused_off_loopback(churn: Project) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "copml",
+            "serve",
+            "--project",
+            str(churn.root),
+            "--host",
+            "0.0.0.0",
+            "--insecure",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "only loopback" in done.stderr
+
+
+async def _load(server: Server, n: int, concurrency: int) -> list[tuple[str, str]]:
+    instances = _instances(server.project, 50)
+    acked: list[tuple[str, str]] = []
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=server.headers("service"), limits=limits, timeout=30
+    ) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                r = await client.post("/v1/predict", json={"instances": [instances[i % 50]]})
+                if r.status_code == 200:
+                    body = r.json()
+                    acked.append((body["predictions"][0]["prediction_id"], body["model_version"]))
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return acked
+
+
+def test_kill_9_after_load_loses_no_acknowledged_prediction(own_server: Server) -> None:
+    server = own_server
+    acked = asyncio.run(_load(server, 2000, 16))
+    assert len(acked) == 2000
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    engine = open_store(server.project.db_url)
+    seqs = prediction_log.resolve(engine, [pid for pid, _ in acked])
+    assert seqs.notna().all()  # every acknowledged prediction survived the kill
+    for pid, version in acked[::97]:
+        assert prediction_log.record(engine, pid)["model_version"] == version  # type: ignore[index]
