@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 
 from batches import month
-from copml import keys, prediction_log
+from copml import events, keys, prediction_log
 from copml.project import Project, load_project
 from copml.store import open_store
 
@@ -265,3 +266,85 @@ def test_kill_9_after_load_loses_no_acknowledged_prediction(own_server: Server) 
     assert seqs.notna().all()  # every acknowledged prediction survived the kill
     for pid, version in acked[::97]:
         assert prediction_log.record(engine, pid)["model_version"] == version  # type: ignore[index]
+
+
+async def _load_during(server: Server, n: int, concurrency: int, action) -> list[tuple[str, str]]:
+    """``n`` requests at ``concurrency``; ``action`` runs (in a thread) once half are done."""
+    instances = _instances(server.project, 50)
+    acked: list[tuple[str, str]] = []
+    failed: list[int] = []
+    half = asyncio.Event()
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=server.headers("service"), timeout=60
+    ) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                r = await client.post("/v1/predict", json={"instances": [instances[i % 50]]})
+            if r.status_code != 200:
+                failed.append(r.status_code)
+                return
+            body = r.json()
+            acked.append((body["predictions"][0]["prediction_id"], body["model_version"]))
+            if len(acked) == n // 2:
+                half.set()
+
+        async def promote_midway() -> None:
+            await half.wait()
+            await asyncio.to_thread(action)
+
+        await asyncio.gather(promote_midway(), *(one(i) for i in range(n)))
+    assert failed == []
+    return acked
+
+
+def test_promotion_during_load_switches_once_without_failures(own_server: Server) -> None:
+    from copml import registry
+    from copml.train import train
+
+    server = own_server
+    candidate = train(server.project)  # version 2, registered beside champion 1
+    engine = open_store(server.project.db_url)
+
+    def promote_and_reload() -> None:
+        registry.promote(
+            server.project, engine, candidate.version, actor="user:test", reason="a better model"
+        )
+        r = httpx.post(
+            f"{server.url}/v1/admin/reload",
+            headers={"Authorization": f"Bearer {keys.create(engine, 'operator')}"},
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()["swapped"] and r.json()["model_version"] == "2"
+
+    acked = asyncio.run(_load_during(server, 2000, 16, promote_and_reload))
+    assert len(acked) == 2000
+    seqs = prediction_log.resolve(engine, [pid for pid, _ in acked]).tolist()
+    in_commit_order = [v for _, v in sorted(zip(seqs, (v for _, v in acked), strict=True))]
+    switches = sum(a != b for a, b in itertools.pairwise(in_commit_order))
+    assert in_commit_order[0] == "1" and in_commit_order[-1] == "2" and switches == 1
+    # the stored version of every prediction is the one its response named
+    for pid, version in acked[::50]:
+        assert prediction_log.record(engine, pid)["model_version"] == version  # type: ignore[index]
+    assert events.latest(engine, "serve.deployed", "model:telco-churn/2") is not None
+
+
+def test_reload_refuses_a_tampered_version(own_server: Server) -> None:
+    from copml import registry
+    from copml.train import train
+
+    server = own_server
+    candidate = train(server.project)
+    engine = open_store(server.project.db_url)
+    mv = registry.get(server.project, candidate.version)
+    pkl = registry.local_copy(server.project, mv) / "model.pkl"
+    pkl.write_bytes(pkl.read_bytes() + b"tampered")
+    registry.promote(server.project, engine, candidate.version, actor="user:test", reason="t")
+    operator = {"Authorization": f"Bearer {keys.create(engine, 'operator')}"}
+    r = httpx.post(f"{server.url}/v1/admin/reload", headers=operator, timeout=60)
+    assert r.status_code == 200
+    assert r.json()["swapped"] is False and "does not match" in r.json()["refused"]
+    body = {"instances": _instances(server.project, 1)}
+    answer = httpx.post(f"{server.url}/v1/predict", json=body, headers=server.headers("service"))
+    assert answer.status_code == 200 and answer.json()["model_version"] == "1"  # old one serves

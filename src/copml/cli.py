@@ -274,6 +274,24 @@ def models_show(version: str, project: ProjectOpt = Path("."), as_json: JsonOpt 
             console.print(f"[bold]{key}[/]: {value}")
 
 
+@models_app.command("promote")
+@_fails_cleanly
+def models_promote(
+    version: str,
+    reason: Annotated[str, typer.Option(help="Why: recorded with the promotion.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Make VERSION the champion (serving processes follow within their poll interval)."""
+    from copml import registry
+    from copml.events import user_actor
+    from copml.store import open_store
+
+    p = _project(project)
+    registry.get(p, version)  # a clear error for an unknown version
+    registry.promote(p, open_store(p.db_url), version, actor=user_actor(), reason=reason)
+    _console().print(f"version {version} is now champion")
+
+
 @app.command()
 @_fails_cleanly
 def score(
@@ -442,6 +460,9 @@ def serve(
     insecure: Annotated[
         bool, typer.Option(help="No API keys (refused unless the host is loopback).")
     ] = False,
+    poll: Annotated[
+        float, typer.Option(help="Seconds between checks of the registry's champion (0: never).")
+    ] = 5.0,
 ) -> None:
     """Serve the champion as a REST API; every prediction is stored before it is answered."""
     from copml.errors import CopmlError
@@ -453,7 +474,8 @@ def serve(
     from copml.serve.app import create_app
 
     p = _project(project)
-    uvicorn.run(create_app(p, insecure=insecure), host=host, port=port, log_level="warning")
+    app = create_app(p, insecure=insecure, poll_seconds=poll)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def main() -> None:

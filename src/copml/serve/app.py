@@ -5,11 +5,11 @@ through :class:`~copml.serve.batcher.MicroBatcher`); the request model is genera
 the champion's training snapshot, so bad bodies are refused with a 422 naming the field.
 """
 
+import asyncio
 import hashlib
 import json
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,19 +25,13 @@ from copml.labels import class_labels
 from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve.batcher import MicroBatcher
+from copml.serve.champion import ChampionSlot
 from copml.serve.requests import PredictResponse, instance_model, predict_request_model
 from copml.store import bulk_insert, open_store, prediction_inputs
 from copml.train import positive_scores
 
 MAX_BODY_BYTES = 1 << 20
 MAX_INSTANCES = 1000
-
-
-@dataclass(frozen=True)
-class Champion:
-    version: str
-    model: Any
-    features: list[str]
 
 
 class _BodyLimit:
@@ -77,7 +71,11 @@ def _too_large(limit: int) -> JSONResponse:
 
 
 def create_app(
-    project: Project, *, insecure: bool = False, max_body_bytes: int = MAX_BODY_BYTES
+    project: Project,
+    *,
+    insecure: bool = False,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    poll_seconds: float = 5.0,
 ) -> FastAPI:
     spec = project.spec
     data = spec.data
@@ -85,21 +83,17 @@ def create_app(
     verifier = keys.Verifier(engine)
     negative_label, positive_label = class_labels(data)
     band = spec.serving.review_band
-    state: dict[str, Champion | None] = {"champion": None}
-
+    slot = ChampionSlot(project, engine)
+    slot.refresh()
     mv = registry.champion(project)
-    if mv is None or not mv.snapshot_id:
-        schema = snapshots.latest(engine).schema  # serve the declared shape, refuse to predict
-    else:
-        model = registry.load(project, mv)
-        snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True)
-        schema = snap.schema if snap else snapshots.latest(engine).schema
-        state["champion"] = Champion(mv.version, model, data.features)
+    snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv else None
+    # The request model follows the champion's training data at start-up.
+    schema = snap.schema if snap else snapshots.latest(engine).schema
     Instance = instance_model(schema)
     PredictRequest = predict_request_model(Instance, MAX_INSTANCES)
 
     def process(group: list[Any]) -> list[list[dict[str, Any]]]:
-        champion = state["champion"]
+        champion = slot.current  # read once: this group finishes on this model
         assert champion is not None
         rows = [row for pending in group for row in pending.rows]
         frame = pd.DataFrame(rows, columns=[*champion.features, data.id])
@@ -157,10 +151,18 @@ def create_app(
 
     batcher = MicroBatcher(process)
 
+    async def follow_champion() -> None:
+        while True:
+            await asyncio.sleep(poll_seconds)
+            await asyncio.to_thread(slot.refresh)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         batcher.start()
+        poller = asyncio.create_task(follow_champion()) if poll_seconds > 0 else None
         yield
+        if poller is not None:
+            poller.cancel()
         await batcher.stop()
 
     app = FastAPI(
@@ -194,7 +196,7 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        champion = state["champion"]
+        champion = slot.current
         if champion is None:
             return JSONResponse({"status": "no champion loaded"}, 503)
         return JSONResponse({"status": "ready", "model_version": champion.version})
@@ -204,11 +206,21 @@ def create_app(
         body: PredictRequest,
         _key: Any = require("service"),  # type: ignore[valid-type]
     ) -> dict[str, Any]:
-        if state["champion"] is None:
+        if slot.current is None:
             raise HTTPException(503, "no champion model is loaded")
         rows = [instance.model_dump() for instance in body.instances]  # type: ignore[attr-defined]
         version, answers = await batcher.submit(rows)
         return {"model_version": version, "predictions": answers}
+
+    @app.post("/v1/admin/reload")
+    async def reload(key: Any = require("operator")) -> dict[str, Any]:
+        actor = f"key:{key.prefix}" if key else "system"
+        result = await asyncio.to_thread(slot.refresh, actor)
+        return {
+            "model_version": result.model_version,
+            "swapped": result.swapped,
+            "refused": result.refused,
+        }
 
     @app.get("/v1/predictions/{prediction_id}")
     async def prediction(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:

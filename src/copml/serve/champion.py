@@ -1,0 +1,81 @@
+"""The model a server answers with, and how it changes without dropping a request.
+
+A new champion is loaded beside the current one, its artifact checked against the sha256
+recorded at registration, warmed with its own input example, and only then swapped in by
+replacing one reference. A group already being scored keeps the model it started with; a
+version that fails any step is refused and the current one keeps serving.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from copml import events, registry
+from copml.project import Project
+from copml.train import positive_scores
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    model: Any
+    features: list[str]
+
+
+@dataclass(frozen=True)
+class Refresh:
+    model_version: str | None
+    swapped: bool
+    refused: str | None = None
+
+
+class ChampionSlot:
+    def __init__(self, project: Project, engine: Engine) -> None:
+        self._project = project
+        self._engine = engine
+        self._lock = threading.Lock()  # one load at a time; reads never wait
+        self.current: Champion | None = None
+
+    def _load(self, mv: registry.ModelVersion) -> Champion:
+        from mlflow.models import Model
+
+        path = registry.local_copy(self._project, mv)  # refuses a tampered artifact
+        model = registry.load(self._project, mv)
+        features = self._project.spec.data.features
+        example = Model.load(str(path)).load_input_example(str(path))
+        if example is not None:
+            positive_scores(model, example[features])  # warm: the first request pays nothing
+        return Champion(mv.version, model, features)
+
+    def refresh(self, actor: str = "system") -> Refresh:
+        """Follow the registry's ``champion`` alias; swap when it moved and the new one works."""
+        with self._lock:
+            mv = registry.champion(self._project)
+            current = self.current
+            if mv is None or (current is not None and current.version == mv.version):
+                return Refresh(current.version if current else None, False)
+            subject = f"model:{self._project.spec.project}/{mv.version}"
+            try:
+                loaded = self._load(mv)
+            except Exception as exc:  # whatever fails, the current model keeps serving
+                reason = f"{type(exc).__name__}: {exc}"
+                with self._engine.begin() as conn:
+                    events.record(
+                        conn, "serve.refused", actor=actor, subject=subject, reason=reason[:500]
+                    )
+                return Refresh(current.version if current else None, False, reason)
+            self.current = loaded
+            with self._engine.begin() as conn:
+                events.record(
+                    conn,
+                    "serve.deployed",
+                    actor=actor,
+                    subject=subject,
+                    reason="the registry's champion moved",
+                    evidence={"previous": current.version if current else None},
+                )
+            return Refresh(loaded.version, True)
