@@ -83,16 +83,25 @@ def start(project: Project) -> Server:
     return Server(url, process, project, issued)
 
 
-def _copy(trained: Path, folder: Path) -> Project:
+def _copy(trained: Path, folder: Path, serving: str | None = None) -> Project:
+    """A copy of the trained project, optionally with another ``serving`` section."""
     root = folder / "churn"
     shutil.copytree(trained, root)
+    if serving:
+        spec = root / "copml.yaml"
+        text = spec.read_text().replace('serving: {mode: batch, schedule: "0 6 1 * *"}', serving)
+        assert serving in text
+        spec.write_text(text)
     return load_project(root)
+
+
+REALTIME = "serving: {mode: realtime, availability: 0.999, review_band: [0.3, 0.7]}"
 
 
 @pytest.fixture(scope="module")
 def server(trained_churn: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the tests that only talk to it."""
-    srv = start(_copy(trained_churn, tmp_path_factory.mktemp("serve")))
+    srv = start(_copy(trained_churn, tmp_path_factory.mktemp("serve"), REALTIME))
     yield srv
     srv.process.kill()
     srv.process.wait()
@@ -348,3 +357,115 @@ def test_reload_refuses_a_tampered_version(own_server: Server) -> None:
     body = {"instances": _instances(server.project, 1)}
     answer = httpx.post(f"{server.url}/v1/predict", json=body, headers=server.headers("service"))
     assert answer.status_code == 200 and answer.json()["model_version"] == "1"  # old one serves
+
+
+def test_review_queue_and_resolution_as_feedback(server: Server) -> None:
+    instances = _instances(server.project, 40)
+    r = httpx.post(
+        f"{server.url}/v1/predict", json={"instances": instances}, headers=server.headers("service")
+    )
+    answers = r.json()["predictions"]
+    flagged = [a for a in answers if a["review"]]
+    assert flagged and all(0.3 <= a["score"] < 0.7 for a in flagged)
+    assert all(not (0.3 <= a["score"] < 0.7) for a in answers if not a["review"])
+    operator = {
+        "Authorization": f"Bearer {keys.create(open_store(server.project.db_url), 'operator')}"
+    }
+    queue = httpx.get(f"{server.url}/v1/reviews", params={"limit": 1000}, headers=operator).json()
+    queued = {item["prediction_id"] for item in queue["reviews"]}
+    assert {a["prediction_id"] for a in flagged} <= queued
+    assert (
+        httpx.get(f"{server.url}/v1/reviews", headers=server.headers("service")).status_code == 403
+    )
+    target = flagged[0]["prediction_id"]
+    done = httpx.post(f"{server.url}/v1/reviews/{target}", json={"label": "Yes"}, headers=operator)
+    assert done.status_code == 200
+    assert prediction_log.record(open_store(server.project.db_url), target)["actual"] == 1  # type: ignore[index]
+    again = httpx.post(f"{server.url}/v1/reviews/{target}", json={"label": "Yes"}, headers=operator)
+    assert again.status_code == 404  # resolved once
+    bad = httpx.post(
+        f"{server.url}/v1/reviews/{flagged[-1]['prediction_id']}",
+        json={"label": "maybe"},
+        headers=operator,
+    )
+    assert bad.status_code == 422 and "label" in str(bad.json()["detail"])
+
+
+def test_feedback_api_by_prediction_and_by_entity(server: Server) -> None:
+    instances = _instances(server.project, 2)
+    answers = httpx.post(
+        f"{server.url}/v1/predict", json={"instances": instances}, headers=server.headers("service")
+    ).json()["predictions"]
+    engine = open_store(server.project.db_url)
+    r = httpx.post(
+        f"{server.url}/v1/feedback",
+        headers=server.headers("service"),
+        json={"prediction_id": answers[0]["prediction_id"], "actual": "No"},
+    )
+    assert r.status_code == 200 and r.json()["status"] == "loaded"
+    r = httpx.post(
+        f"{server.url}/v1/feedback",
+        headers=server.headers("service"),
+        json={"prediction_id": answers[0]["prediction_id"], "actual": "No"},
+    )
+    assert r.json()["status"] == "unchanged"
+    r = httpx.post(
+        f"{server.url}/v1/feedback",
+        headers=server.headers("service"),
+        json={"id": instances[1]["customerID"], "actual": "Yes"},
+    )
+    assert r.status_code == 200
+    assert prediction_log.record(engine, answers[1]["prediction_id"])["actual"] == 1  # type: ignore[index]
+    r = httpx.post(
+        f"{server.url}/v1/feedback",
+        headers=server.headers("service"),
+        json={"id": "9999-NOONE", "actual": "Yes"},
+    )
+    assert r.status_code == 404
+    r = httpx.post(
+        f"{server.url}/v1/feedback",
+        headers=server.headers("service"),
+        json={"prediction_id": answers[0]["prediction_id"], "actual": "perhaps"},
+    )
+    assert r.status_code == 422 and "actual" in str(r.json()["detail"])
+
+
+def test_metrics_are_exported(server: Server) -> None:
+    httpx.post(
+        f"{server.url}/v1/predict",
+        json={"instances": _instances(server.project, 1)},
+        headers=server.headers("service"),
+    )
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'copml_requests_total{route="/v1/predict",status="200"}' in text
+    assert 'copml_predictions_total{label="0",model_version="1"}' in text or (
+        'copml_predictions_total{label="1",model_version="1"}' in text
+    )
+    assert "copml_request_latency_seconds_bucket" in text and "copml_reviews_total" in text
+    assert 'copml_model_loads_total{result="loaded"} 1.0' in text
+
+
+def test_rate_limit_and_score_precision(trained_churn: Path, tmp_path: Path) -> None:
+    project = _copy(
+        trained_churn,
+        tmp_path,
+        "serving: {mode: realtime, score_precision: 2, rate_limit: {per_second: 0.5, burst: 3}}",
+    )
+    srv = start(project)
+    try:
+        body = {"instances": _instances(project, 1)}
+        codes = [
+            httpx.post(f"{srv.url}/v1/predict", json=body, headers=srv.headers("service"))
+            for _ in range(5)
+        ]
+        assert [c.status_code for c in codes] == [200, 200, 200, 429, 429]
+        assert int(codes[3].headers["Retry-After"]) >= 1
+        score = codes[0].json()["predictions"][0]["score"]
+        assert score == round(score, 2)
+        stored = prediction_log.record(
+            open_store(project.db_url), codes[0].json()["predictions"][0]["prediction_id"]
+        )
+        assert stored is not None and round(stored["score"], 2) == score  # exact in the log
+    finally:
+        srv.process.kill()
+        srv.process.wait()

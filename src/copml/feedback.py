@@ -14,14 +14,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from copml import events, prediction_log, snapshots
 from copml.errors import DataValidationError
 from copml.labels import encode_actual
 from copml.project import Project
 from copml.redaction import redact_series
-from copml.store import bind_value, bulk_insert, feedback, open_store
+from copml.store import (
+    batches,
+    bind_value,
+    bulk_insert,
+    feedback,
+    open_store,
+    prediction_inputs,
+)
 
 _CHUNK = 5000
 
@@ -37,39 +44,112 @@ class FeedbackResult:
 
 
 def _by_entity(engine: Engine, id_column: str, keys: pd.Series, observed: pd.Series) -> pd.Series:
-    """Sequence number of the latest batch prediction per entity made before ``observed``.
+    """Sequence number of the latest prediction per entity made before ``observed``.
 
     Batch predictions keep the entity (as its keyed hash) in their input snapshot, so the
-    search reads one column per batch, newest first, and stops once every row is matched.
+    search reads one column per batch, newest first, until every row has a match; API
+    predictions keep it beside their input. The latest eligible candidate wins.
     """
-    matched = pd.Series(pd.NA, index=keys.index, dtype="Int64")
-    remaining = pd.DataFrame({"key": keys, "observed": observed}).dropna(subset=["key"])
+    rows = pd.DataFrame({"key": keys, "observed": observed}).dropna(subset=["key"])
+    candidates: list[pd.DataFrame] = []
+    unmatched = set(rows.index)
     latest = observed.max().to_pydatetime() + timedelta(microseconds=1)
     for batch in reversed(prediction_log.batches_between(engine, None, latest)):
-        if remaining.empty:
+        if not unmatched:
             break
         if batch.snapshot_id is None:
             continue
         snap = snapshots.get(engine, batch.snapshot_id)
         assert snap is not None
         ids = pq.read_table(snap.path, columns=[id_column]).column(0).to_pandas()
-        rows = pd.Series(np.arange(len(ids)), index=ids.to_numpy())
-        eligible = remaining[remaining["observed"] >= batch.created_at]
-        found = eligible["key"].map(rows).dropna()
-        matched.loc[found.index] = batch.first_seq + found.astype("int64")
-        remaining = remaining.drop(index=found.index)
-    return matched
-
-
-def _existing(engine: Engine, seqs: list[int]) -> dict[int, int]:
-    found: dict[int, int] = {}
-    with engine.connect() as conn:
-        for i in range(0, len(seqs), _CHUNK):
-            query = select(feedback.c.prediction_seq, feedback.c.actual).where(
-                feedback.c.prediction_seq.in_(seqs[i : i + _CHUNK])
+        position = pd.Series(np.arange(len(ids)), index=ids.to_numpy())
+        eligible = rows.loc[sorted(unmatched)]
+        eligible = eligible[eligible["observed"] >= batch.created_at]
+        found = eligible["key"].map(position).dropna()
+        candidates.append(
+            pd.DataFrame(
+                {
+                    "row": found.index,
+                    "seq": batch.first_seq + found.to_numpy(dtype="int64"),
+                    "created_at": batch.created_at,
+                }
             )
-            found.update((r[0], r[1]) for r in conn.execute(query))
+        )
+        unmatched -= set(found.index)
+    candidates.append(_api_candidates(engine, rows))
+    found = pd.concat(candidates, ignore_index=True)
+    found = found.merge(rows[["observed"]], left_on="row", right_index=True)
+    found = found[found["created_at"] <= found["observed"]]
+    best = found.sort_values(["created_at", "seq"]).groupby("row")["seq"].last()
+    return best.reindex(keys.index).astype("Int64")
+
+
+def _api_candidates(engine: Engine, rows: pd.DataFrame) -> pd.DataFrame:
+    i, b = prediction_inputs.c, batches.c
+    keys = sorted(set(rows["key"]))
+    found = []
+    with engine.connect() as conn:
+        for start in range(0, len(keys), _CHUNK):
+            query = (
+                select(i.seq, i.entity_key, b.created_at)
+                .select_from(
+                    prediction_inputs.join(
+                        batches, i.seq.between(b.first_seq, b.first_seq + b.n_rows - 1)
+                    )
+                )
+                .where(i.entity_key.in_(keys[start : start + _CHUNK]))
+            )
+            found.extend(tuple(r) for r in conn.execute(query))
+    api = pd.DataFrame(found, columns=["seq", "key", "created_at"])
+    matched = rows.reset_index(names="row").merge(api, on="key")
+    return matched[["row", "seq", "created_at"]]
+
+
+def _existing(conn: Connection, seqs: list[int]) -> dict[int, int]:
+    found: dict[int, int] = {}
+    for i in range(0, len(seqs), _CHUNK):
+        query = select(feedback.c.prediction_seq, feedback.c.actual).where(
+            feedback.c.prediction_seq.in_(seqs[i : i + _CHUNK])
+        )
+        found.update((r[0], r[1]) for r in conn.execute(query))
     return found
+
+
+def apply(
+    conn: Connection, outcomes: pd.DataFrame, *, source: str, at: datetime
+) -> tuple[int, int, int]:
+    """Store outcomes (``seq``, ``actual``, ``observed_at``) in the caller's transaction.
+
+    New outcomes are inserted, changed ones corrected, equal ones left alone; returns
+    (loaded, corrected, unchanged).
+    """
+    table = outcomes.drop_duplicates("seq", keep="last").sort_values("seq")
+    before = table["seq"].map(_existing(conn, table["seq"].tolist()))
+    new = table[before.isna()]
+    changed = table[before.notna() & (before != table["actual"])]
+    loaded_at = bind_value(conn, feedback.c.loaded_at, at)
+    stamps = [
+        bind_value(conn, feedback.c.observed_at, pd.Timestamp(t).to_pydatetime())
+        for t in new["observed_at"]
+    ]
+    bulk_insert(
+        conn,
+        feedback,
+        ("prediction_seq", "actual", "observed_at", "loaded_at", "source"),
+        zip(
+            new["seq"].tolist(),
+            new["actual"].tolist(),
+            stamps,
+            [loaded_at] * len(new),
+            [source] * len(new),
+            strict=True,
+        ),
+    )
+    for seq_value, value in zip(changed["seq"].tolist(), changed["actual"].tolist(), strict=True):
+        conn.execute(
+            update(feedback).where(feedback.c.prediction_seq == seq_value).values(actual=value)
+        )
+    return len(new), len(changed), len(table) - len(new) - len(changed)
 
 
 def load(
@@ -123,48 +203,17 @@ def load(
             f"(e.g. {', '.join(result.unknown_examples)}); nothing was loaded. "
             "Use --skip-unknown to load the rest.",
         )
-    table = (
-        pd.DataFrame(
-            {
-                "seq": seq[~unknown].astype("int64"),
-                "actual": actual[~unknown].astype(int),
-                "observed_at": observed[~unknown],
-            }
-        )
-        .drop_duplicates("seq", keep="last")
-        .sort_values("seq")
+    table = pd.DataFrame(
+        {
+            "seq": seq[~unknown].astype("int64"),
+            "actual": actual[~unknown].astype(int),
+            "observed_at": observed[~unknown],
+        }
     )
-    before = table["seq"].map(_existing(engine, table["seq"].tolist()))
-    new = table[before.isna()]
-    changed = table[before.notna() & (before != table["actual"])]
-    result.loaded = len(new)
-    result.corrected = len(changed)
-    result.unchanged = len(table) - len(new) - len(changed)
-    loaded_at = bind_value(engine, feedback.c.loaded_at, now)
     source = str(Path(path).name)
-    stamps = [
-        bind_value(engine, feedback.c.observed_at, t.to_pydatetime()) for t in new["observed_at"]
-    ]
     with engine.begin() as conn:
-        bulk_insert(
-            conn,
-            feedback,
-            ("prediction_seq", "actual", "observed_at", "loaded_at", "source"),
-            zip(
-                new["seq"].tolist(),
-                new["actual"].tolist(),
-                stamps,
-                [loaded_at] * len(new),
-                [source] * len(new),
-                strict=True,
-            ),
-        )
-        for seq_value, value in zip(
-            changed["seq"].tolist(), changed["actual"].tolist(), strict=True
-        ):
-            conn.execute(
-                update(feedback).where(feedback.c.prediction_seq == seq_value).values(actual=value)
-            )
+        counts = apply(conn, table, source=source, at=now)
+        result.loaded, result.corrected, result.unchanged = counts
         if result.loaded or result.corrected:
             events.record(
                 conn,

@@ -199,6 +199,17 @@ def read(engine: Engine, batch: Batch) -> pd.DataFrame:
     return frame
 
 
+def record_by_seq(engine: Engine, seq: int) -> dict[str, Any] | None:
+    """The record of the prediction with sequence number ``seq``."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(batches.c.key, batches.c.first_seq).where(
+                batches.c.first_seq <= seq, batches.c.first_seq + batches.c.n_rows > seq
+            )
+        ).first()
+    return None if row is None else record(engine, f"{row[0]}{seq - row[1]:08x}")
+
+
 def record(engine: Engine, prediction_id: str) -> dict[str, Any] | None:
     """One decision as stored: what was decided, by which version, when, on what input."""
     part = split_id(prediction_id)

@@ -181,12 +181,22 @@ class ModelConfig(_Model):
     holdout: float = Field(0.2, gt=0, lt=0.9, description="share of rows held out")
 
 
+class RateLimit(_Model):
+    """Per-API-key request rate of ``copml serve`` (a token bucket)."""
+
+    per_second: float = Field(1000.0, gt=0)
+    burst: int = Field(2000, ge=1)
+
+
 class Serving(_Model):
     mode: Literal["batch", "realtime"] = "batch"
     schedule: str | None = Field(None, description="cron expression for batch scoring")
     availability: float | None = Field(None, gt=0, le=1)
     review_band: tuple[float, float] | None = None
-    score_precision: int | None = Field(None, ge=1, le=12)
+    score_precision: int | None = Field(
+        None, ge=1, le=12, description="decimals of returned scores (against model extraction)"
+    )
+    rate_limit: RateLimit = RateLimit()
 
     @field_validator("schedule")
     @classmethod

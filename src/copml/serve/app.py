@@ -6,68 +6,46 @@ the champion's training snapshot, so bad bodies are refused with a 422 naming th
 """
 
 import asyncio
-import hashlib
-import json
-import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import Connection
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select, update
 
-from copml import keys, prediction_log, registry, snapshots
-from copml.labels import class_labels
+from copml import feedback, keys, prediction_log, registry, snapshots
+from copml.labels import encode_actual
 from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve.batcher import MicroBatcher
 from copml.serve.champion import ChampionSlot
+from copml.serve.limits import BodyLimit, RateLimiter
+from copml.serve.metrics import MetricsMiddleware, ServerMetrics
 from copml.serve.requests import PredictResponse, instance_model, predict_request_model
-from copml.store import bulk_insert, open_store, prediction_inputs
-from copml.train import positive_scores
+from copml.serve.scoring import GroupScorer
+from copml.store import heartbeats, open_store, prediction_inputs, reviews
 
 MAX_BODY_BYTES = 1 << 20
 MAX_INSTANCES = 1000
 
 
-class _BodyLimit:
-    """413 for bodies over the limit, by Content-Length or by counting a chunked body."""
+class FeedbackRequest(BaseModel):
+    """Ground truth for one prediction, named by its id or by the entity's id."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _too_large(self.limit)(scope, receive, send)
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await _too_large(self.limit)(scope, receive, send)
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str | None = Field(None, min_length=24, max_length=24)
+    id: str | None = Field(None, min_length=1, max_length=256)
+    actual: str | int | bool
+    observed_at: datetime | None = None
 
 
-class _TooLarge(Exception):
-    pass
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": f"request body over the limit of {limit} bytes"}, 413)
+class ReviewResolution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str | int | bool
 
 
 def create_app(
@@ -76,105 +54,72 @@ def create_app(
     insecure: bool = False,
     max_body_bytes: int = MAX_BODY_BYTES,
     poll_seconds: float = 5.0,
+    heartbeat_seconds: float = 10.0,
 ) -> FastAPI:
     spec = project.spec
     data = spec.data
     engine = open_store(project.db_url)
     verifier = keys.Verifier(engine)
-    negative_label, positive_label = class_labels(data)
-    band = spec.serving.review_band
+    metrics = ServerMetrics()
+    limiter = RateLimiter(spec.serving.rate_limit.per_second, spec.serving.rate_limit.burst)
     slot = ChampionSlot(project, engine)
-    slot.refresh()
+    first = slot.refresh()
+    metrics.model_loads.labels("loaded" if first.swapped else "none").inc()
     mv = registry.champion(project)
     snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv else None
     # The request model follows the champion's training data at start-up.
     schema = snap.schema if snap else snapshots.latest(engine).schema
     Instance = instance_model(schema)
     PredictRequest = predict_request_model(Instance, MAX_INSTANCES)
+    scorer = GroupScorer(project, engine, slot)
+    scorer.on_scored.append(metrics.scored)
+    batcher = MicroBatcher(scorer)
 
-    def process(group: list[Any]) -> list[list[dict[str, Any]]]:
-        champion = slot.current  # read once: this group finishes on this model
-        assert champion is not None
-        rows = [row for pending in group for row in pending.rows]
-        frame = pd.DataFrame(rows, columns=[*champion.features, data.id])
-        scores = positive_scores(champion.model, frame[champion.features])
-        positive = scores >= spec.model.threshold
-        review = (scores >= band[0]) & (scores < band[1]) if band else np.zeros(len(rows), bool)
-        done = time.perf_counter()
-        latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
-        key = prediction_log.new_key()
-        stored = [_redacted(row) for row in rows]
+    def refresh(actor: str = "system") -> Any:
+        result = slot.refresh(actor)
+        if result.swapped or result.refused:
+            metrics.model_loads.labels("loaded" if result.swapped else "refused").inc()
+        return result
 
-        def inputs(conn: Connection, first: int) -> None:
-            bulk_insert(
-                conn,
-                prediction_inputs,
-                ("seq", "input", "input_hash", "entity_key", "latency_ms"),
-                [
-                    (
-                        first + i,
-                        json.dumps(r),
-                        hashlib.sha256(json.dumps(r).encode()).hexdigest(),
-                        r.get(data.id),
-                        lat,
-                    )
-                    for i, (r, lat) in enumerate(zip(stored, latencies, strict=True))
-                ],
+    def beat() -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                heartbeats.insert().values(
+                    at=datetime.now(UTC), source="server", ok=slot.current is not None
+                )
             )
 
-        header = prediction_log.Header(
-            key, datetime.now(UTC), spec.project, champion.version, None, "api"
-        )
-        prediction_log.write(engine, header, positive, scores, review, inputs)
-        out, i = [], 0
-        for pending in group:
-            answers = []
-            for _ in pending.rows:
-                answers.append(
-                    {
-                        "prediction_id": f"{key}{i:08x}",
-                        "label": positive_label if positive[i] else negative_label,
-                        "score": float(scores[i]),
-                        "review": bool(review[i]),
-                    }
-                )
-                i += 1
-            out.append([champion.version, answers])
-        return out
-
-    def _redacted(row: dict[str, Any]) -> dict[str, Any]:
-        clear = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-        for column in {data.id, *data.pii}:
-            if clear.get(column) is not None:
-                clear[column] = keyed_hash(clear[column], project.pii_key)
-        return clear
-
-    batcher = MicroBatcher(process)
-
-    async def follow_champion() -> None:
+    async def every(seconds: float, job: Any) -> None:
         while True:
-            await asyncio.sleep(poll_seconds)
-            await asyncio.to_thread(slot.refresh)
+            await asyncio.sleep(seconds)
+            try:
+                await asyncio.to_thread(job)
+            except Exception:  # a failed check must never stop the server
+                continue
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         batcher.start()
-        poller = asyncio.create_task(follow_champion()) if poll_seconds > 0 else None
+        tasks = [
+            asyncio.create_task(every(s, job))
+            for s, job in ((poll_seconds, refresh), (heartbeat_seconds, beat))
+            if s > 0
+        ]
+        await asyncio.to_thread(beat)
         yield
-        if poller is not None:
-            poller.cancel()
+        for task in tasks:
+            task.cancel()
         await batcher.stop()
 
     app = FastAPI(
         title=f"copml: {spec.project}", version="1", lifespan=lifespan, description=spec.objective
     )
 
-    def require(*roles: str) -> Any:
+    def require(*roles: str, limited: bool = False) -> Any:
         async def check(request: Request) -> keys.Key | None:
             if insecure:
                 return None
-            header = request.headers.get("authorization", "")
-            scheme, _, presented = header.partition(" ")
+            scheme, _, presented = request.headers.get("authorization", "").partition(" ")
             key = verifier.verify(presented.strip()) if scheme.lower() == "bearer" else None
             if key is None:
                 raise HTTPException(
@@ -186,9 +131,18 @@ def create_app(
                 raise HTTPException(
                     403, f"role {key.role!r} may not do this; needs one of {', '.join(roles)}"
                 )
+            if limited and (wait := limiter.retry_after(key.prefix)):
+                raise HTTPException(
+                    429,
+                    f"rate limit of {limiter.rate:g} requests/s exceeded",
+                    headers={"Retry-After": str(wait)},
+                )
             return key
 
         return Depends(check)
+
+    def actor(key: keys.Key | None) -> str:
+        return f"key:{key.prefix}" if key else "system"
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -201,33 +155,142 @@ def create_app(
             return JSONResponse({"status": "no champion loaded"}, 503)
         return JSONResponse({"status": "ready", "model_version": champion.version})
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+
     @app.post("/v1/predict", response_model=PredictResponse)
     async def predict(
-        body: PredictRequest,
-        _key: Any = require("service"),  # type: ignore[valid-type]
+        body: PredictRequest, _key: Any = require("service", limited=True)
     ) -> dict[str, Any]:
         if slot.current is None:
             raise HTTPException(503, "no champion model is loaded")
-        rows = [instance.model_dump() for instance in body.instances]  # type: ignore[attr-defined]
+        rows = [instance.model_dump() for instance in body.instances]
         version, answers = await batcher.submit(rows)
         return {"model_version": version, "predictions": answers}
 
+    def _record_feedback(seq: int, actual: int, observed: datetime, source: str) -> str:
+        outcome = pd.DataFrame({"seq": [seq], "actual": [actual], "observed_at": [observed]})
+        with engine.begin() as conn:
+            loaded, corrected, _ = feedback.apply(
+                conn, outcome, source=source, at=datetime.now(UTC)
+            )
+        return "loaded" if loaded else "corrected" if corrected else "unchanged"
+
+    def _actual(value: object, field: str) -> int:
+        (code,) = encode_actual([value], data)
+        if code is None:
+            raise HTTPException(
+                422,
+                [
+                    {
+                        "loc": ["body", field],
+                        "type": "value_error",
+                        "msg": "neither the positive nor the negative label",
+                    }
+                ],
+            )
+        return code
+
+    def _latest_for_entity(entity: str) -> int | None:
+        hashed = keyed_hash(entity, project.pii_key)
+        with engine.connect() as conn:
+            return conn.execute(
+                select(prediction_inputs.c.seq)
+                .where(prediction_inputs.c.entity_key == hashed)
+                .order_by(prediction_inputs.c.seq.desc())
+                .limit(1)
+            ).scalar()
+
+    @app.post("/v1/feedback")
+    async def post_feedback(body: FeedbackRequest, key: Any = require("service")) -> dict[str, Any]:
+        if (body.prediction_id is None) == (body.id is None):
+            raise HTTPException(
+                422,
+                [
+                    {
+                        "loc": ["body", "prediction_id"],
+                        "type": "value_error",
+                        "msg": "give exactly one of prediction_id and id",
+                    }
+                ],
+            )
+        actual = _actual(body.actual, "actual")
+        if body.prediction_id is not None:
+            seq = prediction_log.resolve(engine, [body.prediction_id]).iloc[0]
+            seq = None if pd.isna(seq) else int(seq)
+        else:
+            seq = await asyncio.to_thread(_latest_for_entity, str(body.id))
+        if seq is None:
+            raise HTTPException(404, "no prediction matches this feedback")
+        observed = body.observed_at or datetime.now(UTC)
+        state = await asyncio.to_thread(_record_feedback, seq, actual, observed, actor(key))
+        return {"status": state}
+
+    @app.get("/v1/predictions/{prediction_id}")
+    async def prediction(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
+        record = await asyncio.to_thread(prediction_log.record, engine, prediction_id)
+        if record is None:
+            raise HTTPException(404, f"no prediction {prediction_id!r}")
+        return record
+
+    @app.get("/v1/reviews")
+    async def open_reviews(
+        limit: int = 100, _key: Any = require("operator")
+    ) -> dict[str, list[dict[str, Any]]]:
+        def read() -> list[dict[str, Any]]:
+            with engine.connect() as conn:
+                seqs = (
+                    conn.execute(
+                        select(reviews.c.seq)
+                        .where(reviews.c.resolved_at.is_(None))
+                        .order_by(reviews.c.seq)
+                        .limit(max(1, min(limit, 1000)))
+                    )
+                    .scalars()
+                    .all()
+                )
+            found = [prediction_log.record_by_seq(engine, s) for s in seqs]
+            return [r for r in found if r is not None]
+
+        return {"reviews": await asyncio.to_thread(read)}
+
+    @app.post("/v1/reviews/{prediction_id}")
+    async def resolve_review(
+        prediction_id: str, body: ReviewResolution, key: Any = require("operator")
+    ) -> dict[str, Any]:
+        seq = prediction_log.resolve(engine, [prediction_id]).iloc[0]
+        if pd.isna(seq):
+            raise HTTPException(404, f"no prediction {prediction_id!r}")
+        actual = _actual(body.label, "label")
+
+        def resolve() -> bool:
+            now = datetime.now(UTC)
+            with engine.begin() as conn:
+                done = conn.execute(
+                    update(reviews)
+                    .where(reviews.c.seq == int(seq), reviews.c.resolved_at.is_(None))
+                    .values(resolved_at=now, resolved_by=actor(key))
+                ).rowcount
+                if done:
+                    outcome = pd.DataFrame(
+                        {"seq": [int(seq)], "actual": [actual], "observed_at": [now]}
+                    )
+                    feedback.apply(conn, outcome, source=f"review:{actor(key)}", at=now)
+            return bool(done)
+
+        if not await asyncio.to_thread(resolve):
+            raise HTTPException(404, f"no open review for {prediction_id!r}")
+        return {"status": "resolved", "label": body.label}
+
     @app.post("/v1/admin/reload")
     async def reload(key: Any = require("operator")) -> dict[str, Any]:
-        actor = f"key:{key.prefix}" if key else "system"
-        result = await asyncio.to_thread(slot.refresh, actor)
+        result = await asyncio.to_thread(refresh, actor(key))
         return {
             "model_version": result.model_version,
             "swapped": result.swapped,
             "refused": result.refused,
         }
-
-    @app.get("/v1/predictions/{prediction_id}")
-    async def prediction(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
-        record = prediction_log.record(engine, prediction_id)
-        if record is None:
-            raise HTTPException(404, f"no prediction {prediction_id!r}")
-        return record
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -236,5 +299,6 @@ def create_app(
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": detail}, 422)
 
-    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -18,7 +18,7 @@ _MAX_GROUP_ROWS = 256
 
 
 @dataclass
-class _Pending:
+class Pending:
     rows: list[dict[str, Any]]
     started: float
     future: asyncio.Future[list[Any]] = field(repr=False)
@@ -27,9 +27,9 @@ class _Pending:
 class MicroBatcher:
     """Feeds groups of pending requests to ``process(groups) -> results per request``."""
 
-    def __init__(self, process: Callable[[list[_Pending]], list[list[Any]]]) -> None:
+    def __init__(self, process: Callable[[list[Pending]], list[list[Any]]]) -> None:
         self._process = process
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -41,7 +41,7 @@ class MicroBatcher:
 
     async def submit(self, rows: list[dict[str, Any]]) -> list[Any]:
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(rows, time.perf_counter(), future))
+        await self._queue.put(Pending(rows, time.perf_counter(), future))
         return await future
 
     async def _run(self) -> None:

@@ -12,10 +12,12 @@ from copml.store.schema import (
     batches,
     events,
     feedback,
+    heartbeats,
     metadata,
     metric_windows,
     prediction_inputs,
     predictions,
+    reviews,
     snapshots,
 )
 
@@ -27,11 +29,13 @@ __all__ = [
     "bulk_insert",
     "events",
     "feedback",
+    "heartbeats",
     "metadata",
     "metric_windows",
     "open_store",
     "prediction_inputs",
     "predictions",
+    "reviews",
     "snapshots",
     "upgrade",
 ]

@@ -170,3 +170,27 @@ api_keys = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
 )
+
+# The human-review queue: predictions whose score fell in the declared uncertainty band.
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("seq", Seq, ForeignKey("predictions.seq"), primary_key=True, autoincrement=False),
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("resolved_at", UTCDateTime(), nullable=True),
+    Column("resolved_by", String(128), nullable=True),
+    Index("ix_reviews_open", "resolved_at"),
+)
+
+# Liveness as seen from inside (the server's heartbeats) and outside (``copml probe``).
+heartbeats = Table(
+    "heartbeats",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("source", String(16), nullable=False),  # server | probe
+    Column("ok", Boolean, nullable=False),
+    Column("latency_ms", Float, nullable=True),
+    Column("detail", Text, nullable=True),
+    Index("ix_heartbeats_at", "at"),
+)

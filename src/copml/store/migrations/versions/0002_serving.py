@@ -1,4 +1,4 @@
-"""Real-time serving: per-prediction inputs of API requests, and hashed API keys.
+"""Real-time serving: inputs of API predictions, API keys, the review queue, heartbeats.
 
 Revision ID: 0002
 Revises: 0001
@@ -39,8 +39,30 @@ def upgrade() -> None:
         sa.Column("created_at", TZ, nullable=False),
         sa.Column("revoked_at", TZ, nullable=True),
     )
+    op.create_table(
+        "reviews",
+        sa.Column(
+            "seq", SEQ, sa.ForeignKey("predictions.seq"), primary_key=True, autoincrement=False
+        ),
+        sa.Column("opened_at", TZ, nullable=False),
+        sa.Column("resolved_at", TZ, nullable=True),
+        sa.Column("resolved_by", sa.String(128), nullable=True),
+    )
+    op.create_index("ix_reviews_open", "reviews", ["resolved_at"])
+    op.create_table(
+        "heartbeats",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", TZ, nullable=False),
+        sa.Column("source", sa.String(16), nullable=False),
+        sa.Column("ok", sa.Boolean, nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=True),
+        sa.Column("detail", sa.Text, nullable=True),
+    )
+    op.create_index("ix_heartbeats_at", "heartbeats", ["at"])
 
 
 def downgrade() -> None:
+    op.drop_table("heartbeats")
+    op.drop_table("reviews")
     op.drop_table("api_keys")
     op.drop_table("prediction_inputs")
