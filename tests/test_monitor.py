@@ -127,3 +127,21 @@ def test_the_loop_on_each_store(
     )
     assert set(window.drift) == set(churn.spec.data.features)
     assert history(churn)[-1].metrics["churn_rate"] == pytest.approx(actual.mean())
+
+
+def test_availability_from_heartbeat_gaps(engine) -> None:
+    from datetime import timedelta
+
+    from copml.monitor.window import availability
+    from copml.store import heartbeats
+
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    assert math.isnan(availability(engine, start, start + timedelta(hours=1)))
+    beats = [start + timedelta(seconds=10 * i) for i in range(100)]
+    beats = [b for b in beats if not timedelta(seconds=300) <= b - start < timedelta(seconds=400)]
+    with engine.begin() as conn:
+        for at in beats:
+            conn.execute(heartbeats.insert().values(at=at, source="server", ok=True, detail="10"))
+    up = availability(engine, start, start + timedelta(hours=1))
+    # 990 s covered by beats, one gap of 110 s of which 100 s count as down time
+    assert up == pytest.approx(1 - 100 / 990)

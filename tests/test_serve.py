@@ -469,3 +469,28 @@ def test_rate_limit_and_score_precision(trained_churn: Path, tmp_path: Path) -> 
     finally:
         srv.process.kill()
         srv.process.wait()
+
+
+def test_availability_and_latency_reach_monitoring(trained_churn: Path, tmp_path: Path) -> None:
+    from copml.monitor.probes import probe
+    from copml.monitor.status import requirements
+    from copml.monitor.window import monitor
+
+    project = _copy(trained_churn, tmp_path, REALTIME)
+    srv = start(project)
+    httpx.post(
+        f"{srv.url}/v1/predict",
+        json={"instances": _instances(project, 20)},
+        headers=srv.headers("service"),
+    )
+    assert probe(project, srv.url).ok and probe(project, srv.url).ok
+    srv.process.kill()
+    srv.process.wait()
+    down = probe(project, srv.url, timeout=2)
+    assert not down.ok and "unreachable" in down.detail
+    window = monitor(project)
+    assert window.metrics["availability"] == pytest.approx(2 / 3)
+    assert window.metrics["latency_p99_ms"] > 0 and window.n_predictions == 20
+    assert set(window.drift) == set(project.spec.data.features)  # API inputs feed drift too
+    state = {r.name: r.state for r in requirements(project.spec, window)}
+    assert state["availability"] == "not met"

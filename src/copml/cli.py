@@ -478,5 +478,23 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+@app.command()
+@_fails_cleanly
+def probe(
+    url: Annotated[str, typer.Argument(help="Base URL of a copml server.")],
+    project: ProjectOpt = Path("."),
+    timeout: Annotated[float, typer.Option(help="Seconds before the check counts as down.")] = 5.0,
+) -> None:
+    """Check a running server from outside (GET /readyz) and record the result."""
+    from copml.monitor.probes import probe as run_probe
+
+    p = _project(project)
+    result = run_probe(p, url, timeout=timeout)
+    state = "[green]up[/]" if result.ok else "[red]down[/]"
+    _console().print(f"{url}: {state} in {result.latency_ms:.0f} ms ({result.detail})")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()

@@ -37,6 +37,7 @@ class Batch:
     snapshot_id: str | None
     first_seq: int
     n_rows: int
+    origin: str = "batch"
 
     def prediction_ids(self) -> list[str]:
         return prediction_ids(self.key, self.n_rows).to_pylist()
@@ -132,7 +133,14 @@ def write(
             )
         ).inserted_primary_key[0]
     return Batch(
-        batch_id, header.key, header.created_at, header.model_version, header.snapshot_id, first, n
+        batch_id,
+        header.key,
+        header.created_at,
+        header.model_version,
+        header.snapshot_id,
+        first,
+        n,
+        header.origin,
     )
 
 
@@ -146,6 +154,7 @@ def _batch(row: object) -> Batch:
         m["snapshot_id"],
         m["first_seq"],
         m["n_rows"],
+        m["origin"],
     )
 
 
@@ -258,3 +267,19 @@ def record(engine: Engine, prediction_id: str) -> dict[str, Any] | None:
         frame = snap.load()
         out["input"] = json.loads(frame.iloc[[part[1]]].to_json(orient="records"))[0]
     return out
+
+
+def read_inputs(engine: Engine, batch: Batch) -> pd.DataFrame:
+    """The stored (redacted) inputs and latencies of an API batch, one row per prediction."""
+    i = prediction_inputs.c
+    query = (
+        select(i.seq, i.latency_ms, i.input)
+        .where(i.seq.between(batch.first_seq, batch.first_seq + batch.n_rows - 1))
+        .order_by(i.seq)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    inputs = pd.DataFrame([r[2] for r in rows])
+    inputs.insert(0, "latency_ms", [r[1] for r in rows])
+    inputs.insert(0, "seq", [r[0] for r in rows])
+    return inputs

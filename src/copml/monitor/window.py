@@ -6,6 +6,7 @@ arrives later, so recomputing a window after feedback replaces its stored figure
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from copml.errors import UserCodeError
 from copml.metrics import classification_metrics
 from copml.monitor.drift import drift_share, feature_drift
 from copml.project import Project
-from copml.store import metric_windows, open_store
+from copml.store import heartbeats, metric_windows, open_store
 from copml.usercode import load_function
 
 
@@ -56,6 +57,10 @@ def window_frame(
             inputs = pq.read_table(snap.path, columns=columns).to_pandas()
             rows = inputs.iloc[frame["row_index"].to_numpy(dtype=np.int64)]
             frame = pd.concat([frame, rows.reset_index(drop=True)], axis=1)
+        elif batch.origin == "api":
+            inputs = prediction_log.read_inputs(engine, batch)
+            keep = ["seq", "latency_ms", *(c for c in features if c in inputs.columns)]
+            frame = frame.drop(columns=["latency_ms"]).merge(inputs[keep], on="seq", how="left")
         parts.append(frame)
     if not parts:
         columns = [
@@ -70,6 +75,35 @@ def window_frame(
         ]
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
     return pd.concat(parts, ignore_index=True)
+
+
+def availability(engine: Engine, start: datetime, end: datetime) -> float:
+    """Share of the window the service was up.
+
+    Outside probes (``copml probe``) are the measure when there are any: the share that
+    succeeded. Otherwise the server's own heartbeats: a gap longer than two intervals
+    counts as down time. No record at all: unknown.
+    """
+    h = heartbeats.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(h.at, h.source, h.ok, h.detail).where(h.at >= start, h.at < end).order_by(h.at)
+        ).all()
+    probes = [r for r in rows if r.source == "probe"]
+    if probes:
+        return sum(r.ok for r in probes) / len(probes)
+    beats = [r for r in rows if r.source == "server"]
+    if len(beats) < 2:
+        return math.nan
+    interval = float(beats[0].detail or 10.0)
+    span = (beats[-1].at - beats[0].at).total_seconds()
+    down = sum(
+        max(0.0, (b.at - a.at).total_seconds() - interval)
+        for a, b in itertools.pairwise(beats)
+        if (b.at - a.at).total_seconds() > 2 * interval
+    )
+    down += sum(interval for b in beats if not b.ok)
+    return max(0.0, 1 - down / span) if span > 0 else math.nan
 
 
 def _kpis(project: Project, frame: pd.DataFrame) -> dict[str, float]:
@@ -129,7 +163,7 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     metrics["reviews"] = float(frame["review"].astype(bool).sum()) if len(frame) else 0.0
     latency = frame["latency_ms"].dropna()
     metrics["latency_p99_ms"] = float(np.percentile(latency, 99)) if len(latency) else math.nan
-    metrics["availability"] = math.nan  # measured by the serving process and probes
+    metrics["availability"] = availability(engine, start, end)
     metrics["cost"] = math.nan  # compute and review costs come with operations
     metrics.update(_kpis(project, frame) if len(frame) else dict.fromkeys(spec.kpis, math.nan))
     version = frame["model_version"].mode().iloc[0] if len(frame) else None

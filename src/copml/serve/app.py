@@ -85,7 +85,10 @@ def create_app(
         with engine.begin() as conn:
             conn.execute(
                 heartbeats.insert().values(
-                    at=datetime.now(UTC), source="server", ok=slot.current is not None
+                    at=datetime.now(UTC),
+                    source="server",
+                    ok=slot.current is not None,
+                    detail=str(heartbeat_seconds),  # the interval: gaps longer mean down time
                 )
             )
 
