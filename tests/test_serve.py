@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -35,6 +36,12 @@ class Server:
     def headers(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
+    def kill(self) -> None:
+        """SIGKILL to the server and every worker it started; no clean shutdown."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -57,7 +64,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server did not become healthy")
 
 
-def start(project: Project) -> Server:
+def start(project: Project, *extra: str) -> Server:
     project.ensure_home()
     engine = open_store(project.db_url)
     issued = {role: keys.create(engine, role) for role in ("service", "auditor", "viewer")}
@@ -73,10 +80,12 @@ def start(project: Project) -> Server:
             str(project.root),
             "--port",
             str(port),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
+        start_new_session=True,  # its own process group: workers die with it
     )
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url, process)
@@ -103,8 +112,7 @@ def server(trained_churn: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """One server for the tests that only talk to it."""
     srv = start(_copy(trained_churn, tmp_path_factory.mktemp("serve"), REALTIME))
     yield srv
-    srv.process.kill()
-    srv.process.wait()
+    srv.kill()
 
 
 @pytest.fixture
@@ -112,8 +120,7 @@ def own_server(churn: Project) -> Iterator[Server]:
     """A server of the test's own, for tests that kill it."""
     srv = start(churn)
     yield srv
-    srv.process.kill()
-    srv.process.wait()
+    srv.kill()
 
 
 def _instances(project: Project, n: int) -> list[dict[str, object]]:
@@ -264,12 +271,14 @@ async def _load(server: Server, n: int, concurrency: int) -> list[tuple[str, str
     return acked
 
 
-def test_kill_9_after_load_loses_no_acknowledged_prediction(own_server: Server) -> None:
-    server = own_server
-    acked = asyncio.run(_load(server, 2000, 16))
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_after_load_loses_no_acknowledged_prediction(churn: Project, workers: int) -> None:
+    server = start(churn, "--workers", str(workers))
+    try:
+        acked = asyncio.run(_load(server, 2000, 16))
+    finally:
+        server.kill()
     assert len(acked) == 2000
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait()
     engine = open_store(server.project.db_url)
     seqs = prediction_log.resolve(engine, [pid for pid, _ in acked])
     assert seqs.notna().all()  # every acknowledged prediction survived the kill
@@ -467,8 +476,7 @@ def test_rate_limit_and_score_precision(trained_churn: Path, tmp_path: Path) -> 
         )
         assert stored is not None and round(stored["score"], 2) == score  # exact in the log
     finally:
-        srv.process.kill()
-        srv.process.wait()
+        srv.kill()
 
 
 def test_availability_and_latency_reach_monitoring(trained_churn: Path, tmp_path: Path) -> None:
@@ -484,8 +492,7 @@ def test_availability_and_latency_reach_monitoring(trained_churn: Path, tmp_path
         headers=srv.headers("service"),
     )
     assert probe(project, srv.url).ok and probe(project, srv.url).ok
-    srv.process.kill()
-    srv.process.wait()
+    srv.kill()
     down = probe(project, srv.url, timeout=2)
     assert not down.ok and "unreachable" in down.detail
     window = monitor(project)

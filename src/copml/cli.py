@@ -463,19 +463,17 @@ def serve(
     poll: Annotated[
         float, typer.Option(help="Seconds between checks of the registry's champion (0: never).")
     ] = 5.0,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes.")] = 1,
 ) -> None:
     """Serve the champion as a REST API; every prediction is stored before it is answered."""
     from copml.errors import CopmlError
 
     if insecure and host not in _LOOPBACK:
         raise CopmlError(f"--insecure is refused on {host}: only loopback may go without keys")
-    import uvicorn
-
-    from copml.serve.app import create_app
+    from copml.serve import run
 
     p = _project(project)
-    app = create_app(p, insecure=insecure, poll_seconds=poll)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run(p.root, host, port, workers=workers, insecure=insecure, poll_seconds=poll)
 
 
 @app.command()

@@ -26,6 +26,7 @@ from copml.store import (
     bind_value,
     bulk_insert,
     feedback,
+    lock_for_writing,
     open_store,
     prediction_inputs,
 )
@@ -123,6 +124,7 @@ def apply(
     New outcomes are inserted, changed ones corrected, equal ones left alone; returns
     (loaded, corrected, unchanged).
     """
+    lock_for_writing(conn)  # read what is there, then write, with no one in between
     table = outcomes.drop_duplicates("seq", keep="last").sort_values("seq")
     before = table["seq"].map(_existing(conn, table["seq"].tolist()))
     new = table[before.isna()]

@@ -21,7 +21,14 @@ import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
-from copml.store import batches, bulk_insert, feedback, prediction_inputs, predictions
+from copml.store import (
+    batches,
+    bulk_insert,
+    feedback,
+    lock_for_writing,
+    prediction_inputs,
+    predictions,
+)
 
 KEY_HEX = 16
 ROW_HEX = 8
@@ -74,6 +81,8 @@ def _lock(conn: Connection) -> None:
     """Serialise writers so each batch gets a contiguous range of sequence numbers."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("LOCK TABLE batches IN SHARE ROW EXCLUSIVE MODE"))
+    else:
+        lock_for_writing(conn)
 
 
 @dataclass(frozen=True)

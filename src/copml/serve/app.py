@@ -27,7 +27,7 @@ from copml.serve.limits import BodyLimit, RateLimiter
 from copml.serve.metrics import MetricsMiddleware, ServerMetrics
 from copml.serve.requests import PredictResponse, instance_model, predict_request_model
 from copml.serve.scoring import GroupScorer
-from copml.store import heartbeats, open_store, prediction_inputs, reviews
+from copml.store import heartbeats, lock_for_writing, open_store, prediction_inputs, reviews
 
 MAX_BODY_BYTES = 1 << 20
 MAX_INSTANCES = 1000
@@ -270,6 +270,7 @@ def create_app(
         def resolve() -> bool:
             now = datetime.now(UTC)
             with engine.begin() as conn:
+                lock_for_writing(conn)
                 done = conn.execute(
                     update(reviews)
                     .where(reviews.c.seq == int(seq), reviews.c.resolved_at.is_(None))

@@ -6,7 +6,14 @@ latest revision before anything reads or writes it.
 
 from __future__ import annotations
 
-from copml.store.database import HEAD_REVISION, bind_value, bulk_insert, open_store, upgrade
+from copml.store.database import (
+    HEAD_REVISION,
+    bind_value,
+    bulk_insert,
+    lock_for_writing,
+    open_store,
+    upgrade,
+)
 from copml.store.schema import (
     api_keys,
     batches,
@@ -30,6 +37,7 @@ __all__ = [
     "events",
     "feedback",
     "heartbeats",
+    "lock_for_writing",
     "metadata",
     "metric_windows",
     "open_store",

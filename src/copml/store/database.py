@@ -58,8 +58,24 @@ def open_store(url: str) -> Engine:
     """An engine on a store at the latest schema; Alembic is imported only when needed."""
     engine = _engine(url)
     if _revision(engine) != HEAD_REVISION:
-        upgrade(engine)
+        try:
+            upgrade(engine)
+        except Exception:
+            # Another process (a second server worker) may have migrated it meanwhile.
+            if _revision(engine) != HEAD_REVISION:
+                raise
     return engine
+
+
+def lock_for_writing(conn: Connection) -> None:
+    """Take SQLite's write lock now, at the start of a read-then-write transaction.
+
+    In WAL mode a transaction that has read and then writes fails at once (no busy wait)
+    if another process committed in between; holding the write lock from the start makes
+    concurrent writers queue up instead. PostgreSQL needs nothing here.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = version_num WHERE 0")
 
 
 def bind_value(engine: Engine | Connection, column: Column[Any], value: Any) -> Any:
