@@ -501,3 +501,45 @@ def test_availability_and_latency_reach_monitoring(trained_churn: Path, tmp_path
     assert set(window.drift) == set(project.spec.data.features)  # API inputs feed drift too
     state = {r.name: r.state for r in requirements(project.spec, window)}
     assert state["availability"] == "not met"
+
+
+@pytest.mark.parametrize(
+    ("role", "paths"),
+    [
+        ("service", "^/v1/(predict|feedback)$"),
+        ("operator", "^/v1/(reviews|admin)"),
+        ("auditor", "^/v1/predictions/"),
+        ("viewer", "^/(healthz|readyz|metrics)$"),
+    ],
+)
+def test_fuzzing_the_openapi_schema_finds_no_server_error(
+    server: Server, role: str, paths: str, tmp_path: Path
+) -> None:
+    """schemathesis (from PyPI) generates requests from /openapi.json: no answer is a 5xx."""
+    engine = open_store(server.project.db_url)
+    key = server.keys.get(role) or keys.create(engine, role)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--include-path-regex",
+            paths,
+            "--header",
+            f"Authorization: Bearer {key}",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "passed" in done.stdout and "Server error" not in done.stdout
