@@ -38,7 +38,8 @@ def train(data, params, seed):
           categorical)],
         remainder="passthrough",
     )
-    model = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+    model = HistGradientBoostingClassifier(max_iter=int(params.get("max_iter", 100)),
+                                           random_state=seed)
     return Pipeline([("prepare", prepare), ("classify", model)]).fit(features, data["Churn"])
 """
 
@@ -51,8 +52,8 @@ def timed(label: str, results: dict[str, float]) -> Iterator[None]:
     print(f"  {label}: {results[label]:.2f} s", flush=True)
 
 
-def hgb_project(name: str) -> Project:
-    """A fresh project trained with the HGB pipeline, champion set."""
+def hgb_project(name: str, max_iter: int = 100) -> Project:
+    """A fresh project trained with the HGB pipeline (``max_iter`` trees), champion set."""
     root = WORK / name
     shutil.rmtree(root, ignore_errors=True)
     init(root, "churn")
@@ -63,7 +64,7 @@ def hgb_project(name: str) -> Project:
     project.ensure_home()
     engine = open_store(project.db_url)
     snapshots.create(engine, project.spec.data, root=root, directory=project.snapshots_dir)
-    result = train(project)
+    result = train(project, params={"max_iter": max_iter})
     assert result.champion, result.failures
     return project
 

@@ -1,0 +1,329 @@
+"""Real-time serving throughput and latency: copml serve against the usual alternatives.
+
+One script, one model (ColumnTransformer + HistGradientBoosting, 200 trees), one machine;
+each server is started in turn and loaded with ``wrk`` (Debian package ``wrk``) sending
+one-instance requests:
+
+- floor: a bare FastAPI + uvicorn app calling ``predict_proba`` per request, no logging;
+- copml serve, with the durable prediction log on (1 and 2 workers);
+- ``mlflow models serve --env-manager local``;
+- BentoML with adaptive batching, in its own virtualenv (``benchmarks/.work/bentoml-venv``;
+  skipped when absent: ``python3 -m venv benchmarks/.work/bentoml-venv && .../pip install
+  bentoml scikit-learn==<ours> pandas==<ours> numpy==<ours> cloudpickle==<ours> scipy==<ours>``).
+
+Targets (issue 3) at concurrency 16, one worker: copml >= 1.5x BentoML, >= 2x the floor and
+>= 2x MLflow in throughput; copml p99 <= the floor's p99; at concurrency 1 copml's p50
+within 2 ms of the floor's.
+
+Run: .venv/bin/python benchmarks/serve.py [SECONDS=10]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from workload import WORK, batch, hgb_project
+
+from copml import keys, registry
+from copml.store import open_store
+
+BENTO_VENV = WORK / "bentoml-venv"
+
+FLOOR_APP = """
+import cloudpickle, pandas as pd
+from fastapi import FastAPI, Request
+FEATURES = {features!r}
+with open({model!r}, "rb") as fh:
+    model = cloudpickle.load(fh)
+app = FastAPI()
+
+@app.get("/healthz")
+def healthz():
+    return {{"status": "ok"}}
+
+@app.post("/v1/predict")
+async def predict(request: Request):
+    body = await request.json()
+    frame = pd.DataFrame(body["instances"])[FEATURES]
+    return {{"scores": model.predict_proba(frame)[:, 1].tolist()}}
+"""
+
+BENTO_SERVICE = """
+import bentoml, cloudpickle, pandas as pd
+FEATURES = {features!r}
+
+@bentoml.service(workers=1)
+class Churn:
+    def __init__(self) -> None:
+        with open({model!r}, "rb") as fh:
+            self.model = cloudpickle.load(fh)
+
+    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=1000)
+    def predict(self, instances: list[dict]) -> list[float]:
+        frame = pd.DataFrame(instances)[FEATURES]
+        return self.model.predict_proba(frame)[:, 1].tolist()
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _path() -> str:
+    """PATH with this virtualenv's scripts first (``mlflow models serve`` execs uvicorn)."""
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ready(url: str, process: subprocess.Popen[bytes], limit_s: float = 180) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as answer:
+            if answer.status == 200:
+                return
+        time.sleep(0.2)  # a benchmark, not a test: polling a server that is starting up
+    raise RuntimeError(f"{url} not ready after {limit_s} s")
+
+
+def _ms(text: str) -> float:
+    found = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if found is None:
+        raise ValueError(f"cannot read a wrk latency from {text!r}")
+    value, unit = found.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def _wrk(url: str, body: str, headers: dict[str, str], concurrency: int, seconds: int) -> dict:
+    script = WORK / "wrk.lua"
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(body)}",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    threads = min(2, concurrency)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(concurrency),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": errors}
+
+
+def _run_server(
+    name: str,
+    command: list[str],
+    ready: str,
+    url: str,
+    body: str,
+    headers: dict[str, str],
+    seconds: int,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+) -> list[Result]:
+    print(f"- {name}", flush=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, **(env or {}), "PATH": _path()},
+    )
+    try:
+        _ready(ready, process)
+        _wrk(url, body, headers, 4, 2)  # warm up
+        results = []
+        for concurrency in (1, 16):
+            m = _wrk(url, body, headers, concurrency, seconds)
+            results.append(Result(name, concurrency, m["rps"], m["p50"], m["p99"], m["errors"]))
+            print(
+                f"    c={concurrency:2d}: {m['rps']:7.1f} req/s, p50 {m['p50']:6.2f} ms, "
+                f"p99 {m['p99']:7.2f} ms, errors {m['errors']}",
+                flush=True,
+            )
+        return results
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def main(seconds: int = 10) -> list[Result]:
+    if shutil.which("wrk") is None:
+        sys.exit("needs wrk: apt-get install -y wrk")
+    project = hgb_project("serve", max_iter=200)
+    mv = registry.champion(project)
+    assert mv is not None
+    model_pkl = str(registry.local_copy(project, mv) / "model.pkl")
+    features = project.spec.data.features
+    source = batch(WORK / "serve-batch.parquet", 100)
+    instance = json.loads(pd.read_parquet(source).head(1).to_json(orient="records"))[0]
+    one = json.dumps({"instances": [instance]})
+    (WORK / "floor_app.py").write_text(FLOOR_APP.format(features=features, model=model_pkl))
+    (WORK / "bento_service.py").write_text(BENTO_SERVICE.format(features=features, model=model_pkl))
+    service_key = keys.create(open_store(project.db_url), "service")
+    auth = {"Authorization": f"Bearer {service_key}"}
+    py = sys.executable
+    results: list[Result] = []
+    port = _port()
+    results += _run_server(
+        "floor: FastAPI + predict_proba per request",
+        [py, "-m", "uvicorn", "floor_app:app", "--port", str(port), "--log-level", "warning"],
+        f"http://127.0.0.1:{port}/healthz",
+        f"http://127.0.0.1:{port}/v1/predict",
+        one,
+        {},
+        seconds,
+        WORK,
+    )
+    for workers in (1, 2):
+        port = _port()
+        results += _run_server(
+            f"copml serve (durable log), {workers} worker{'s' if workers > 1 else ''}",
+            [
+                py,
+                "-m",
+                "copml",
+                "serve",
+                "--project",
+                str(project.root),
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            f"http://127.0.0.1:{port}/readyz",
+            f"http://127.0.0.1:{port}/v1/predict",
+            one,
+            auth,
+            seconds,
+            WORK,
+        )
+    port = _port()
+    mlflow_body = json.dumps({"dataframe_records": [instance]})
+    results += _run_server(
+        "mlflow models serve --env-manager local",
+        [
+            str(Path(py).with_name("mlflow")),
+            "models",
+            "serve",
+            "-m",
+            str(Path(model_pkl).parent),
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        f"http://127.0.0.1:{port}/ping",
+        f"http://127.0.0.1:{port}/invocations",
+        mlflow_body,
+        {},
+        seconds,
+        WORK,
+    )
+    bento = BENTO_VENV / "bin" / "bentoml"
+    if bento.exists():
+        port = _port()
+        results += _run_server(
+            "BentoML, adaptive batching",
+            [
+                str(bento),
+                "serve",
+                "bento_service:Churn",
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+            ],
+            f"http://127.0.0.1:{port}/readyz",
+            f"http://127.0.0.1:{port}/predict",
+            one,
+            {},
+            seconds,
+            WORK,
+        )
+    else:
+        print(f"- BentoML skipped: {BENTO_VENV} not found (see the docstring)")
+    _targets(results)
+    return results
+
+
+def _targets(results: list[Result]) -> None:
+    def get(prefix: str, c: int) -> Result | None:
+        return next((r for r in results if r.name.startswith(prefix) and r.concurrency == c), None)
+
+    copml16, copml1 = (
+        get("copml serve (durable log), 1 worker", 16),
+        get("copml serve (durable log), 1 worker", 1),
+    )
+    floor16, floor1 = get("floor", 16), get("floor", 1)
+    mlflow16, bento16 = get("mlflow", 16), get("BentoML", 16)
+    assert copml16 and copml1 and floor16 and floor1
+    print("targets at concurrency 16, one worker:")
+    for label, other, factor in (
+        ("floor", floor16, 2.0),
+        ("MLflow", mlflow16, 2.0),
+        ("BentoML", bento16, 1.5),
+    ):
+        if other is not None:
+            ratio = copml16.rps / other.rps
+            print(f"  throughput vs {label}: {ratio:.2f}x (target >= {factor}x)")
+    print(f"  p99: copml {copml16.p99_ms:.1f} ms vs floor {floor16.p99_ms:.1f} ms (target <=)")
+    print(
+        f"  concurrency 1 p50: copml {copml1.p50_ms:.2f} ms vs floor {floor1.p50_ms:.2f} ms "
+        "(target within 2 ms)"
+    )
+
+
+if __name__ == "__main__":
+    found = main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    print(json.dumps([r.__dict__ for r in found]))
