@@ -147,9 +147,17 @@ def _wrk(url: str, body: str, headers: dict[str, str], concurrency: int, seconds
         text=True,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
+
+    def field(pattern: str) -> str | None:
+        found = re.search(pattern, out, re.M)
+        return found.group(1) if found else None
+
+    rps = float(field(r"Requests/sec:\s+([\d.]+)") or "nan")
+    p50, p99 = (field(rf"^\s+{q}%\s+(\S+)$") for q in (50, 99))
+    if p50 is None or p99 is None:
+        print(out[-1500:])
+    p50 = _ms(p50) if p50 else float("nan")
+    p99 = _ms(p99) if p99 else float("nan")
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = int(bad.group(1)) if bad else 0
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
@@ -314,9 +322,13 @@ def _targets(results: list[Result]) -> None:
         ("MLflow", mlflow16, 2.0),
         ("BentoML", bento16, 1.5),
     ):
-        if other is not None:
+        if other is None:
+            continue
+        if other.rps > 0:
             ratio = copml16.rps / other.rps
             print(f"  throughput vs {label}: {ratio:.2f}x (target >= {factor}x)")
+        else:
+            print(f"  throughput vs {label}: {label} answered nothing within wrk's timeout")
     print(f"  p99: copml {copml16.p99_ms:.1f} ms vs floor {floor16.p99_ms:.1f} ms (target <=)")
     print(
         f"  concurrency 1 p50: copml {copml1.p50_ms:.2f} ms vs floor {floor1.p50_ms:.2f} ms "

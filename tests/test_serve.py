@@ -334,7 +334,8 @@ def test_promotion_during_load_switches_once_without_failures(own_server: Server
             headers={"Authorization": f"Bearer {keys.create(engine, 'operator')}"},
             timeout=60,
         )
-        assert r.status_code == 200 and r.json()["swapped"] and r.json()["model_version"] == "2"
+        # swapped now, or already by the server's own poll of the registry
+        assert r.status_code == 200 and r.json()["model_version"] == "2"
 
     acked = asyncio.run(_load_during(server, 2000, 16, promote_and_reload))
     assert len(acked) == 2000
