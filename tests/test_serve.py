@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -44,9 +45,20 @@ class Server:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port from a range of this xdist worker's own, so that parallel tests never
+    pick the same one between choosing it and their server binding it."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    start = 30000 + 2000 * worker + random.randrange(1000)
+    for port in range(start, start + 1000):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                continue  # something listens there
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
@@ -254,6 +266,7 @@ def test_insecure_is_refused_off_loopback(churn: Project) -> None:
 async def _load(server: Server, n: int, concurrency: int) -> list[tuple[str, str]]:
     instances = _instances(server.project, 50)
     acked: list[tuple[str, str]] = []
+    refused: list[str] = []
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(
         base_url=server.url, headers=server.headers("service"), limits=limits, timeout=30
@@ -266,8 +279,11 @@ async def _load(server: Server, n: int, concurrency: int) -> list[tuple[str, str
                 if r.status_code == 200:
                     body = r.json()
                     acked.append((body["predictions"][0]["prediction_id"], body["model_version"]))
+                else:
+                    refused.append(f"{r.status_code}: {r.text[:200]}")
 
         await asyncio.gather(*(one(i) for i in range(n)))
+    assert not refused, refused[:5]
     return acked
 
 

@@ -119,3 +119,18 @@ def test_train_that_raises(churn: Project) -> None:
 def test_train_without_snapshot(fresh_churn: Project) -> None:
     with pytest.raises(NotFoundError, match=r"run 'copml snapshot' first"):
         train(fresh_churn)
+
+
+def test_local_copies_made_at_once_by_several_loaders(churn: Project) -> None:
+    """Server workers starting together all fetch the model: every one gets a good copy."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    mv = registry.champion(churn)
+    assert mv is not None
+    shutil.rmtree(churn.models_dir, ignore_errors=True)
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: registry.local_copy(churn, mv), range(8)))
+    assert len(set(paths)) == 1
+    assert registry.directory_sha256(paths[0]) == mv.artifact_sha256
+    assert sorted(p.name for p in churn.models_dir.iterdir()) == [mv.version]  # no leftovers

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -196,15 +197,21 @@ def local_copy(project: Project, mv: ModelVersion) -> Path:
     """A verified local folder of the version's model; downloaded once, checked every time."""
     target = project.models_dir / mv.version
     if not target.exists():
-        tmp = target.with_suffix(".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if mv.source.startswith("file:"):
-            shutil.copytree(Path(url2pathname(urlparse(mv.source).path)), tmp)
-        else:
-            import mlflow
+        # A folder of this process's own, renamed into place: server workers starting
+        # together may all copy, and the first rename wins.
+        project.models_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=project.models_dir)) / "m"
+        try:
+            if mv.source.startswith("file:"):
+                shutil.copytree(Path(url2pathname(urlparse(mv.source).path)), tmp)
+            else:
+                import mlflow
 
-            mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp))
-        tmp.rename(target)
+                mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp))
+            with contextlib.suppress(OSError):  # another process renamed its copy first
+                tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
     actual = directory_sha256(target)
     if actual != mv.artifact_sha256:
         raise CopmlError(
