@@ -22,7 +22,7 @@ from copml import feedback, keys, prediction_log, registry, snapshots
 from copml.labels import encode_actual
 from copml.project import Project
 from copml.redaction import keyed_hash
-from copml.serve.batcher import MicroBatcher
+from copml.serve.batcher import MicroBatcher, Occupancy
 from copml.serve.champion import ChampionSlot
 from copml.serve.limits import BodyLimit, RateLimiter
 from copml.serve.metrics import MetricsMiddleware, ServerMetrics
@@ -311,6 +311,7 @@ def create_app(
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": detail}, 422)
 
+    app.add_middleware(Occupancy, batcher=batcher, path="/v1/predict")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

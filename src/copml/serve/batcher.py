@@ -33,6 +33,7 @@ class MicroBatcher:
         self._process = process
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._in_server = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="copml-micro-batcher")
@@ -40,6 +41,13 @@ class MicroBatcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+    def arrived(self) -> None:
+        """A request entered the server (its body is not parsed yet)."""
+        self._in_server += 1
+
+    def left(self) -> None:
+        self._in_server -= 1
 
     async def submit(self, rows: list[dict[str, Any]]) -> list[Any]:
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
@@ -55,7 +63,10 @@ class MicroBatcher:
         """
         group = [await self._queue.get()]
         rows = len(group[0].rows)
-        deadline = time.perf_counter() + _MAX_WAIT_S
+        # Alone, a request gains nothing from waiting: wait only when other requests are
+        # in the server (being received or answered) that may still join.
+        alone = self._in_server <= len(group) + self._queue.qsize()
+        deadline = time.perf_counter() + (0.0 if alone else _MAX_WAIT_S)
         while rows < _MAX_GROUP_ROWS:
             if self._queue.empty():
                 left = deadline - time.perf_counter()
@@ -84,3 +95,19 @@ class MicroBatcher:
             for pending, result in zip(group, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
+
+
+class Occupancy:
+    """ASGI middleware: tells the batcher how many prediction requests are in the server."""
+
+    def __init__(self, app: Any, batcher: MicroBatcher, path: str) -> None:
+        self.app, self.batcher, self.path = app, batcher, path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path:
+            return await self.app(scope, receive, send)
+        self.batcher.arrived()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.batcher.left()
