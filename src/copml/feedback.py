@@ -44,8 +44,11 @@ class FeedbackResult:
     unknown_examples: list[str] = field(default_factory=list)
 
 
-def _by_entity(engine: Engine, id_column: str, keys: pd.Series, observed: pd.Series) -> pd.Series:
-    """Sequence number of the latest prediction per entity made before ``observed``.
+def match_entities(
+    engine: Engine, id_column: str, keys: pd.Series, observed: pd.Series
+) -> pd.Series:
+    """Sequence number of the latest prediction per entity (by keyed hash) made before
+    ``observed``, for files and the API alike.
 
     Batch predictions keep the entity (as its keyed hash) in their input snapshot, so the
     search reads one column per batch, newest first, until every row has a match; API
@@ -195,7 +198,7 @@ def load(
         seq = prediction_log.resolve(engine, ids.fillna("").tolist())
         seq.index = frame.index
     else:
-        seq = _by_entity(engine, data.id, redact_series(ids, project.pii_key), observed)
+        seq = match_entities(engine, data.id, redact_series(ids, project.pii_key), observed)
     unknown = seq.isna().to_numpy()
     result = FeedbackResult(rows=len(frame), unknown=int(unknown.sum()))
     result.unknown_examples = ids[unknown].head(5).astype(str).tolist()

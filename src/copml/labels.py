@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from copml.spec import Data
 
 _BOOLEAN_TEXT = {"1": 1, "0": 0, "true": 1, "false": 0}
@@ -16,6 +18,17 @@ def class_labels(data: Data) -> tuple[object, object]:
     if column.type == "boolean":
         return (not data.positive), data.positive
     return (0 if str(data.positive) == "1" else "not " + str(data.positive)), data.positive
+
+
+def decide(
+    scores: np.ndarray, threshold: float, band: tuple[float, float] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positive, review): the decision at ``threshold``, and whether the score falls in
+    the declared uncertainty band that sends it to a human. One rule for batch and API."""
+    positive = scores >= threshold
+    if band is None:
+        return positive, np.zeros(len(scores), dtype=bool)
+    return positive, (scores >= band[0]) & (scores < band[1])
 
 
 def encode_actual(values: list[object], data: Data) -> list[int | None]:

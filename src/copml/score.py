@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 
 from copml import events, prediction_log, registry, snapshots
 from copml.errors import NotFoundError
-from copml.labels import class_labels
+from copml.labels import class_labels, decide
 from copml.project import Project
 from copml.redaction import redact
 from copml.store import open_store
@@ -52,13 +52,6 @@ def _predict(model: object, features: pd.DataFrame, progress: bool) -> np.ndarra
         part = features.iloc[start : start + CHUNK_ROWS]
         scores[start : start + len(part)] = positive_scores(model, part)
     return scores
-
-
-def _review(scores: np.ndarray, band: tuple[float, float] | None) -> np.ndarray:
-    """Scores in the declared uncertainty band go to a human."""
-    if band is None:
-        return np.zeros(len(scores), dtype=bool)
-    return (scores >= band[0]) & (scores < band[1])
 
 
 def _write_output(
@@ -144,8 +137,7 @@ def score(
         )
         scores = _predict(model, frame[data.features], progress)
         snap = frozen.result()
-    positive = scores >= spec.model.threshold
-    review = _review(scores, band)
+    positive, review = decide(scores, spec.model.threshold, band)
 
     def finish(conn: Connection, _first: int) -> None:
         snapshots.record(conn, snap, actor=actor)  # in the log's transaction: all or nothing

@@ -28,7 +28,7 @@ from copml.serve.limits import BodyLimit, RateLimiter
 from copml.serve.metrics import MetricsMiddleware, ServerMetrics
 from copml.serve.requests import PredictResponse, instance_model, predict_request_model
 from copml.serve.scoring import GroupScorer
-from copml.store import heartbeats, lock_for_writing, open_store, prediction_inputs, reviews
+from copml.store import heartbeats, lock_for_writing, open_store, reviews
 
 MAX_BODY_BYTES = 1 << 20
 MAX_INSTANCES = 1000
@@ -203,16 +203,6 @@ def create_app(
             )
         return code
 
-    def _latest_for_entity(entity: str) -> int | None:
-        hashed = keyed_hash(entity, project.pii_key)
-        with engine.connect() as conn:
-            return conn.execute(
-                select(prediction_inputs.c.seq)
-                .where(prediction_inputs.c.entity_key == hashed)
-                .order_by(prediction_inputs.c.seq.desc())
-                .limit(1)
-            ).scalar()
-
     @app.post("/v1/feedback")
     async def post_feedback(body: FeedbackRequest, key: Any = require("service")) -> dict[str, Any]:
         if (body.prediction_id is None) == (body.id is None):
@@ -227,14 +217,18 @@ def create_app(
                 ],
             )
         actual = _actual(body.actual, "actual")
-        if body.prediction_id is not None:
-            seq = prediction_log.resolve(engine, [body.prediction_id]).iloc[0]
-            seq = None if pd.isna(seq) else int(seq)
-        else:
-            seq = await asyncio.to_thread(_latest_for_entity, str(body.id))
-        if seq is None:
-            raise HTTPException(404, "no prediction matches this feedback")
         observed = body.observed_at or datetime.now(UTC)
+        observed = observed if observed.tzinfo else observed.replace(tzinfo=UTC)
+        if body.prediction_id is not None:
+            found = prediction_log.resolve(engine, [body.prediction_id])
+        else:  # the same matching as a feedback file: latest prediction before observed_at
+            keys = pd.Series([keyed_hash(body.id, project.pii_key)])
+            found = await asyncio.to_thread(
+                feedback.match_entities, engine, data.id, keys, pd.Series([pd.Timestamp(observed)])
+            )
+        if pd.isna(found.iloc[0]):
+            raise HTTPException(404, "no prediction matches this feedback")
+        seq = int(found.iloc[0])
         state = await asyncio.to_thread(_record_feedback, seq, actual, observed, actor(key))
         return {"status": state}
 

@@ -17,7 +17,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 
 from copml import prediction_log
-from copml.labels import class_labels
+from copml.labels import class_labels, decide
 from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve.batcher import Pending
@@ -51,9 +51,7 @@ class GroupScorer:
         rows = [row for pending in group for row in pending.rows]
         frame = pd.DataFrame(rows, columns=[*champion.features, data.id])
         scores = positive_scores(champion.model, frame[champion.features])
-        positive = scores >= spec.model.threshold
-        band = spec.serving.review_band
-        review = (scores >= band[0]) & (scores < band[1]) if band else np.zeros(len(rows), bool)
+        positive, review = decide(scores, spec.model.threshold, spec.serving.review_band)
         done = time.perf_counter()
         latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
         stored = [json.dumps(self._redacted(row)) for row in rows]
