@@ -166,10 +166,6 @@ def champion(project: Project) -> ModelVersion | None:
     return _convert(mv)
 
 
-def set_tag(project: Project, version: str, key: str, value: str) -> None:
-    client(project).set_model_version_tag(project.spec.project, version, TAG + key, value)
-
-
 def promote(
     project: Project,
     engine: Engine,
