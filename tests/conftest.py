@@ -70,12 +70,8 @@ def _pg_url() -> str | None:
     return url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A real, empty database of each kind: SQLite in a temp folder, a fresh PG schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'copml.db'}"
-        return
+def _pg_schema() -> Iterator[str]:
+    """A URL of a fresh schema on the test PostgreSQL server, dropped afterwards."""
     url = _pg_url()
     if not url:
         pytest.skip("PostgreSQL not available: set COPML_TEST_PG_URL (.ci/run does)")
@@ -88,6 +84,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A real, empty database of each kind: SQLite in a temp folder, a fresh PG schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'copml.db'}"
+    else:
+        yield from _pg_schema()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A real, empty PostgreSQL schema (skips without a server)."""
+    yield from _pg_schema()
 
 
 @pytest.fixture

@@ -76,12 +76,12 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server did not become healthy")
 
 
-def start(project: Project, *extra: str) -> Server:
+def start(project: Project, *extra: str, env: dict[str, str] | None = None) -> Server:
     project.ensure_home()
     engine = open_store(project.db_url)
     issued = {role: keys.create(engine, role) for role in ("service", "auditor", "viewer")}
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
     process = subprocess.Popen(
         [
             sys.executable,
@@ -96,7 +96,7 @@ def start(project: Project, *extra: str) -> Server:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env,
+        env={**inherited, **(env or {})},
         start_new_session=True,  # its own process group: workers die with it
     )
     url = f"http://127.0.0.1:{port}"
@@ -287,9 +287,8 @@ async def _load(server: Server, n: int, concurrency: int) -> list[tuple[str, str
     return acked
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_kill_9_after_load_loses_no_acknowledged_prediction(churn: Project, workers: int) -> None:
-    server = start(churn, "--workers", str(workers))
+def _killed_after_load(server: Server) -> None:
+    """2,000 requests at concurrency 16, ``kill -9``, then every acknowledged id is stored."""
     try:
         acked = asyncio.run(_load(server, 2000, 16))
     finally:
@@ -300,6 +299,23 @@ def test_kill_9_after_load_loses_no_acknowledged_prediction(churn: Project, work
     assert seqs.notna().all()  # every acknowledged prediction survived the kill
     for pid, version in acked[::97]:
         assert prediction_log.record(engine, pid)["model_version"] == version  # type: ignore[index]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_after_load_loses_no_acknowledged_prediction(churn: Project, workers: int) -> None:
+    _killed_after_load(start(churn, "--workers", str(workers)))
+
+
+def test_kill_9_with_two_workers_on_postgresql(
+    churn: Project, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on a real PostgreSQL store shared by two workers (group commit by COPY)."""
+    from copml import snapshots
+
+    monkeypatch.setenv("COPML_DB_URL", pg_url)
+    spec = churn.spec
+    snapshots.create(open_store(pg_url), spec.data, root=churn.root, directory=churn.snapshots_dir)
+    _killed_after_load(start(churn, "--workers", "2", env={"COPML_DB_URL": pg_url}))
 
 
 async def _load_during(server: Server, n: int, concurrency: int, action) -> list[tuple[str, str]]:
