@@ -153,7 +153,7 @@ def _wrk(url: str, body: str, headers: dict[str, str], concurrency: int, seconds
         return found.group(1) if found else None
 
     rps = float(field(r"Requests/sec:\s+([\d.]+)") or "nan")
-    p50, p99 = (field(rf"^\s+{q}%\s+(\S+)$") for q in (50, 99))
+    p50, p99 = (field(rf"^\s+{q}%\s+(\S+)\s*$") for q in (50, 99))
     if p50 is None or p99 is None:
         print(out[-1500:])
     p50 = _ms(p50) if p50 else float("nan")
