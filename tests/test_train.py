@@ -134,3 +134,28 @@ def test_local_copies_made_at_once_by_several_loaders(churn: Project) -> None:
     assert len(set(paths)) == 1
     assert registry.directory_sha256(paths[0]) == mv.artifact_sha256
     assert sorted(p.name for p in churn.models_dir.iterdir()) == [mv.version]  # no leftovers
+
+
+def test_each_project_keeps_its_own_registry_in_one_process(
+    fresh_churn: Project, tmp_path: Path
+) -> None:
+    """MLflow's URI setters export environment variables; a second project must not
+    inherit the first one's store through them (a test session, the dashboard)."""
+    import os
+
+    from copml.scaffold import init
+
+    assert registry.champion(fresh_churn) is None  # touches the first project's store
+    init(tmp_path / "second", "churn")
+    second = load_project(tmp_path / "second")
+    assert second.tracking_uri != fresh_churn.tracking_uri
+    snapshots.create(
+        open_store(second.db_url),
+        second.spec.data,
+        root=second.root,
+        directory=second.snapshots_dir,
+    )
+    assert train(second).champion
+    assert registry.champion(second) is not None
+    assert registry.versions(fresh_churn) == []
+    assert "MLFLOW_TRACKING_URI" not in os.environ

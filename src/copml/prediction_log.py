@@ -85,6 +85,11 @@ def _lock(conn: Connection) -> None:
         lock_for_writing(conn)
 
 
+# Built once: an API group commit writes a batch every few milliseconds.
+_NEXT_SEQ = select(func.coalesce(func.max(predictions.c.seq), 0) + 1)
+_INSERT_BATCH = insert(batches)
+
+
 @dataclass(frozen=True)
 class Header:
     """What a batch says about all of its predictions."""
@@ -114,7 +119,7 @@ def write(
     n = len(score)
     with engine.begin() as conn:
         _lock(conn)
-        first = conn.execute(select(func.coalesce(func.max(predictions.c.seq), 0) + 1)).scalar_one()
+        first = conn.execute(_NEXT_SEQ).scalar_one()
         label_ints = label.astype(np.int8).tolist()
         if conn.dialect.name == "postgresql":  # COPY: explicit numbers, real booleans
             columns = ("seq", "label", "score", "review")
@@ -130,16 +135,17 @@ def write(
         if before_commit is not None:
             before_commit(conn, first)
         batch_id = conn.execute(
-            insert(batches).values(
-                key=header.key,
-                created_at=header.created_at,
-                model_name=header.model_name,
-                model_version=header.model_version,
-                snapshot_id=header.snapshot_id,
-                origin=header.origin,
-                first_seq=first,
-                n_rows=n,
-            )
+            _INSERT_BATCH,
+            {
+                "key": header.key,
+                "created_at": header.created_at,
+                "model_name": header.model_name,
+                "model_version": header.model_version,
+                "snapshot_id": header.snapshot_id,
+                "origin": header.origin,
+                "first_seq": first,
+                "n_rows": n,
+            },
         ).inserted_primary_key[0]
     return Batch(
         batch_id,

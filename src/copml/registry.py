@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ class ModelVersion:
         return self.tags.get(TAG + "state", "registered")
 
 
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 @cache
 def _quiet_mlflow() -> None:
     import logging
@@ -78,8 +82,17 @@ def client(project: Project) -> MlflowClient:
 
     _quiet_mlflow()
     project.ensure_home()
+    # MLflow's setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which a
+    # Project reads as the user's choice: left there, the next project in this process
+    # (a test session, the dashboard) would silently use this one's store.
+    exported = {name: os.environ.get(name) for name in _URI_VARIABLES}
     mlflow.set_tracking_uri(project.tracking_uri)
     mlflow.set_registry_uri(project.tracking_uri)
+    for name, value in exported.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     return mlflow.MlflowClient(tracking_uri=project.tracking_uri, registry_uri=project.tracking_uri)
 
 
