@@ -320,9 +320,18 @@ class Costs(_Model):
     budget_per_window: float | None = Field(None, ge=0)
 
 
+class Smtp(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(25, ge=1, le=65535)
+    sender: str = "copml@localhost"
+
+
 class Alerts(_Model):
     webhook: str | None = Field(None, pattern=r"^https?://")
     email: list[str] = Field(default_factory=list)
+    smtp: Smtp = Smtp()
+    retries: int = Field(5, ge=0, le=20, description="webhook attempts after the first")
+    backoff_seconds: float = Field(1.0, ge=0, description="first retry delay; doubles each time")
 
 
 class Retention(_Model):
