@@ -4,8 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
+AIRFLOW_VERSION := 3.3.2
+AIRFLOW_VENV    := .airflow-venv
+AIRFLOW_STAMP   := $(AIRFLOW_VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install airflow-venv demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +18,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Apache Airflow in its own virtualenv (its pins clash with copml's), for tests/test_airflow.py.
+# Refresh the constraints: pip freeze a clean `pip install apache-airflow==$(AIRFLOW_VERSION)`.
+$(AIRFLOW_STAMP): ci/airflow-constraints.txt
+	rm -rf $(AIRFLOW_VENV)
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet apache-airflow==$(AIRFLOW_VERSION) \
+		--constraint ci/airflow-constraints.txt
+	touch $(AIRFLOW_STAMP)
+
+airflow-venv: $(AIRFLOW_STAMP)
+
 demo: $(STAMP)
 	rm -rf demo-churn
 	$(BIN)/copml demo churn --months 12 --dir demo-churn
@@ -23,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-test: lint
+test: lint $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=10
 
 bench: $(STAMP)

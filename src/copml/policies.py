@@ -11,7 +11,10 @@ Grammar (``for N windows`` binds to the comparison before it)::
 
 from __future__ import annotations
 
+import math
+import operator
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 _TOKEN = re.compile(
@@ -170,3 +173,75 @@ def metrics_of(condition: Condition) -> list[str]:
     if isinstance(condition, Comparison):
         return [condition.metric]
     return metrics_of(condition.left) + metrics_of(condition.right)
+
+
+def windows_needed(condition: Condition) -> int:
+    """How many of the latest windows the condition looks at."""
+    if isinstance(condition, Comparison):
+        return condition.windows
+    return max(windows_needed(condition.left), windows_needed(condition.right))
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+@dataclass
+class Verdict:
+    """Three-valued: ``True``, ``False`` or ``None`` (unknown: a figure is missing).
+
+    ``values`` holds, per metric, the figures of the windows that decided it (oldest
+    first, ``None`` where missing), so that each evaluation can be stored and audited.
+    """
+
+    outcome: bool | None
+    values: dict[str, list[float | None]]
+
+
+def _figure(window: Mapping[str, float], metric: str) -> float | None:
+    value = window.get(metric)
+    if value is None or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def _comparison(c: Comparison, windows: Sequence[Mapping[str, float]]) -> tuple[bool | None, list]:
+    recent = list(windows[-c.windows :])
+    figures = [_figure(w, c.metric) for w in recent]
+    checks = [None if f is None else _OPS[c.op](f, c.value) for f in figures]
+    if any(check is False for check in checks):
+        return False, figures
+    if len(recent) < c.windows or any(check is None for check in checks):
+        return None, figures  # not enough consecutive windows (yet), or a figure missing
+    return True, figures
+
+
+def evaluate(condition: Condition, windows: Sequence[Mapping[str, float]]) -> Verdict:
+    """Evaluate over metric windows, oldest first; a missing figure is unknown, never false.
+
+    ``and`` / ``or`` follow Kleene's logic: ``False and unknown`` is false, ``True or
+    unknown`` is true, anything else with an unknown is unknown.
+    """
+    values: dict[str, list[float | None]] = {}
+
+    def walk(node: Condition) -> bool | None:
+        if isinstance(node, Comparison):
+            outcome, figures = _comparison(node, windows)
+            values[node.metric] = figures
+            return outcome
+        left, right = walk(node.left), walk(node.right)
+        if node.op == "and":
+            if left is False or right is False:
+                return False
+            return None if left is None or right is None else True
+        if left is True or right is True:
+            return True
+        return None if left is None or right is None else False
+
+    return Verdict(walk(condition), values)

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,6 +188,8 @@ def promote(
     actor: str,
     reason: str,
     evidence: dict[str, Any] | None = None,
+    at: datetime | None = None,
+    kind: str = "model.promoted",
 ) -> None:
     """Move the ``champion`` alias to ``version`` and record who did it and why."""
     previous = champion(project)
@@ -194,12 +197,23 @@ def promote(
     with engine.begin() as conn:
         events.record(
             conn,
-            "model.promoted",
+            kind,
             actor=actor,
             subject=f"model:{project.spec.project}/{version}",
             reason=reason,
             evidence={"previous": previous.version if previous else None, **(evidence or {})},
+            at=at,
         )
+
+
+def set_state(project: Project, version: str, state: str) -> None:
+    """Record a lifecycle state (design §5) as the version's ``copml.state`` tag."""
+    client(project).set_model_version_tag(project.spec.project, version, TAG + "state", state)
+
+
+def demote(project: Project) -> None:
+    """Remove the ``champion`` alias: nothing is served until a version is promoted."""
+    client(project).delete_registered_model_alias(project.spec.project, CHAMPION)
 
 
 def local_copy(project: Project, mv: ModelVersion) -> Path:

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection
 
-from copml import events, prediction_log, registry, snapshots
+from copml import costs, events, prediction_log, registry, snapshots
 from copml.errors import NotFoundError
 from copml.labels import class_labels, decide
 from copml.project import Project
@@ -135,7 +135,8 @@ def score(
             source=source,
             kind="batch",
         )
-        scores = _predict(model, frame[data.features], progress)
+        with costs.metered(engine, "score", at=when, detail=source):
+            scores = _predict(model, frame[data.features], progress)
         snap = frozen.result()
     positive, review = decide(scores, spec.model.threshold, band)
 

@@ -313,6 +313,15 @@ class Policy(_Model):
         return policies.parse(self.when)
 
 
+class Retraining(_Model):
+    """What ``retrain`` learns from: the declared source plus labelled production data."""
+
+    include_production: bool = Field(
+        True, description="add predictions joined with their feedback to the training data"
+    )
+    lookback: Duration = Duration(amount=3, unit="month")
+
+
 class Costs(_Model):
     cpu_hour: float = Field(0.0, ge=0)
     review: float = Field(0.0, ge=0)
@@ -352,6 +361,7 @@ class Spec(_Model):
     effectiveness: Effectiveness = Effectiveness()
     promotion: Promotion = Promotion()
     policies: list[Policy] = Field(default_factory=list)
+    retraining: Retraining = Retraining()
     costs: Costs = Costs()
     alerts: Alerts = Alerts()
     retention: Retention = Retention()

@@ -13,6 +13,7 @@ import random
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import metadata, util
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from copml import events, registry, snapshots
+from copml import costs, events, registry, snapshots
 from copml.errors import CopmlError, UserCodeError
 from copml.metrics import classification_metrics
 from copml.project import Project
@@ -148,6 +149,8 @@ def train(
     params: dict[str, Any] | None = None,
     seed: int | None = None,
     actor: str = "system",
+    at: datetime | None = None,
+    run_tags: dict[str, str] | None = None,
 ) -> TrainResult:
     """Run the team's ``train`` as a tracked MLflow run and register the model."""
     spec = project.spec
@@ -185,6 +188,7 @@ def train(
                 "copml.git_dirty": str(dirty).lower(),
                 "copml.actor": actor,
                 "copml.train": spec.model.train,
+                **(run_tags or {}),
             }
         )
         versions = package_versions()
@@ -192,7 +196,8 @@ def train(
         seed_everything(seed)
         fit_part = frame.loc[~holdout].reset_index(drop=True)
         try:
-            model = train_fn(fit_part, dict(params), seed)
+            with costs.metered(engine, "train", at=at, detail=f"run {run.info.run_id}"):
+                model = train_fn(fit_part, dict(params), seed)
         except Exception as exc:
             raise UserCodeError(f"train() failed: {type(exc).__name__}: {exc}") from exc
         features = frame.loc[holdout, spec.data.features].reset_index(drop=True)
@@ -250,8 +255,11 @@ def train(
                 "git_commit": commit,
                 "git_dirty": dirty,
             },
+            at=at,
         )
-    if not failures and registry.champion(project) is None:
+    # The first good version serves at once, unless a person must approve promotions.
+    approval = spec.impact == "high" or spec.promotion.require_approval
+    if not failures and not approval and registry.champion(project) is None:
         registry.promote(
             project,
             engine,
@@ -259,6 +267,7 @@ def train(
             actor=actor,
             reason="first version that meets the declared minimums",
             evidence={"holdout": {k: metrics[k] for k in spec.effectiveness.thresholds}},
+            at=at,
         )
         result.champion = True
     return result

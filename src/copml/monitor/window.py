@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select
 
-from copml import events, prediction_log, snapshots
+from copml import costs, events, prediction_log, snapshots
 from copml.errors import UserCodeError
 from copml.metrics import classification_metrics
 from copml.monitor.drift import drift_share, feature_drift
@@ -164,7 +164,7 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     latency = frame["latency_ms"].dropna()
     metrics["latency_p99_ms"] = float(np.percentile(latency, 99)) if len(latency) else math.nan
     metrics["availability"] = availability(engine, start, end)
-    metrics["cost"] = math.nan  # compute and review costs come with operations
+    metrics["cost"], _ = costs.window_cost(engine, spec.costs, start, end, metrics["reviews"])
     metrics.update(_kpis(project, frame) if len(frame) else dict.fromkeys(spec.kpis, math.nan))
     version = frame["model_version"].mode().iloc[0] if len(frame) else None
     drift: dict[str, dict[str, Any]] = {}

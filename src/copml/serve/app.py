@@ -7,6 +7,7 @@ the champion's training snapshot, so bad bodies are refused with a 422 naming th
 
 import asyncio
 import json
+import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
-from copml import feedback, keys, prediction_log, registry, snapshots
+from copml import costs, feedback, keys, prediction_log, registry, snapshots
 from copml.labels import encode_actual
 from copml.project import Project
 from copml.redaction import keyed_hash
@@ -82,7 +83,11 @@ def create_app(
             metrics.model_loads.labels("loaded" if result.swapped else "refused").inc()
         return result
 
+    cpu_seen = [time.process_time()]
+
     def beat() -> None:
+        spent, cpu_seen[0] = time.process_time() - cpu_seen[0], time.process_time()
+        costs.record(engine, "serve", spent, detail="server process since the last heartbeat")
         with engine.begin() as conn:
             conn.execute(
                 heartbeats.insert().values(

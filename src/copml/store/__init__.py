@@ -15,6 +15,8 @@ from copml.store.database import (
     upgrade,
 )
 from copml.store.schema import (
+    actions,
+    alerts,
     api_keys,
     batches,
     events,
@@ -22,14 +24,18 @@ from copml.store.schema import (
     heartbeats,
     metadata,
     metric_windows,
+    policy_evaluations,
     prediction_inputs,
     predictions,
     reviews,
     snapshots,
+    usage,
 )
 
 __all__ = [
     "HEAD_REVISION",
+    "actions",
+    "alerts",
     "api_keys",
     "batches",
     "bind_value",
@@ -41,9 +47,11 @@ __all__ = [
     "metadata",
     "metric_windows",
     "open_store",
+    "policy_evaluations",
     "prediction_inputs",
     "predictions",
     "reviews",
     "snapshots",
     "upgrade",
+    "usage",
 ]

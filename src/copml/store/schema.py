@@ -194,3 +194,66 @@ heartbeats = Table(
     Column("detail", Text, nullable=True),
     Index("ix_heartbeats_at", "at"),
 )
+
+# Each policy evaluation, with the figures that decided it (design §4).
+policy_evaluations = Table(
+    "policy_evaluations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("policy", String(64), nullable=False),
+    Column("window_end", UTCDateTime(), nullable=False),
+    Column("evaluated_at", UTCDateTime(), nullable=False),
+    Column("outcome", String(8), nullable=False),  # true | false | unknown
+    Column("acted", Boolean, nullable=False),  # false while cooling down or suspended
+    Column("note", Text, nullable=True),
+    Column("values", JSON, nullable=False),
+    Index("ix_policy_evaluations_policy", "policy", "window_end"),
+)
+
+# Actions as persisted state machines: pending -> running -> succeeded | failed (design §8).
+actions = Table(
+    "actions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("policy", String(64), nullable=True),  # None when a person asked for it
+    Column("window_end", UTCDateTime(), nullable=True),
+    Column("state", String(12), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("owner", String(64), nullable=True),  # host:pid of the process running it
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("evidence", JSON, nullable=False),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    # One action of a kind per policy and window: evaluating twice never acts twice.
+    UniqueConstraint("policy", "window_end", "kind", "attempt", name="uq_actions_once"),
+    Index("ix_actions_state", "state"),
+)
+
+# Open and closed alerts: one per condition while it holds (de-duplication).
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(128), nullable=False),
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("closed_at", UTCDateTime(), nullable=True),
+    Column("title", Text, nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("deliveries", JSON, nullable=False),
+    Index("ix_alerts_key", "key", "closed_at"),
+)
+
+# Compute and human time spent, priced by the spec's ``costs`` per window.
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("kind", String(16), nullable=False),  # train | score | serve | operate
+    Column("cpu_seconds", Float, nullable=False),
+    Column("detail", Text, nullable=True),
+    Index("ix_usage_at", "at"),
+)

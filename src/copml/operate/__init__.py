@@ -1,0 +1,1 @@
+"""Continuous operations: policies, actions, alerts, scheduling."""

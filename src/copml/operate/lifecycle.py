@@ -1,0 +1,264 @@
+"""The lifecycle of a model version (design §5): gate, approve, promote, roll back, retire.
+
+Every transition is an event with actor, reason and evidence; the rules live here so the
+CLI, the policies and the dashboard cannot take a different path around them.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from copml import events, registry, snapshots
+from copml.errors import CopmlError
+from copml.metrics import classification_metrics
+from copml.project import Project
+from copml.store import open_store
+from copml.train import minimum_failures, positive_scores, split_holdout, training_frame
+
+
+def _subject(project: Project, version: str) -> str:
+    return f"model:{project.spec.project}/{version}"
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
+
+
+@dataclass
+class GateReport:
+    """The candidate against the minimums and the champion, on the same evaluation rows."""
+
+    candidate: str
+    champion: str | None
+    passed: bool
+    reasons: list[str]
+    metric: str
+    rows: int
+    snapshot_id: str
+    candidate_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+
+    def evidence(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gate(
+    project: Project, version: str, *, actor: str = "system", at: datetime | None = None
+) -> GateReport:
+    """Validate ``version``: it must meet the declared minimums and match or beat the
+    champion by the promotion metric (plus ``min_gain``) on the candidate's holdout rows,
+    which both models score. The report is stored as an event either way."""
+    spec = project.spec
+    engine = open_store(project.db_url)
+    candidate = registry.get(project, version)
+    current = registry.champion(project)
+    snap = snapshots.get(engine, candidate.snapshot_id)
+    assert snap is not None
+    frame = training_frame(project, snap)
+    seed = int(candidate.tags.get(registry.TAG + "seed", spec.model.seed))
+    holdout = split_holdout(frame, spec.data.target, spec.model.holdout, seed)
+    features = frame.loc[holdout, spec.data.features].reset_index(drop=True)
+    actual = frame.loc[holdout, spec.data.target].to_numpy()
+
+    def measure(mv: registry.ModelVersion) -> dict[str, float]:
+        scores = positive_scores(registry.load(project, mv), features)
+        return classification_metrics(actual, scores >= spec.model.threshold, scores)
+
+    mine = measure(candidate)
+    reasons = minimum_failures(project, mine)
+    theirs: dict[str, float] = {}
+    metric = spec.promotion.metric
+    if current is not None and current.version != candidate.version:
+        theirs = measure(current)
+        needed = theirs[metric] + spec.promotion.min_gain
+        if not mine[metric] >= needed:
+            reasons.append(
+                f"{metric} {mine[metric]:.4f} < champion v{current.version}'s "
+                f"{theirs[metric]:.4f} + min_gain {spec.promotion.min_gain:g}"
+            )
+    report = GateReport(
+        candidate=version,
+        champion=current.version if current else None,
+        passed=not reasons,
+        reasons=reasons,
+        metric=metric,
+        rows=int(holdout.sum()),
+        snapshot_id=snap.id,
+        candidate_metrics=_finite(mine),
+        champion_metrics=_finite(theirs),
+    )
+    registry.set_state(project, version, "validated" if report.passed else "refused")
+    with engine.begin() as conn:
+        events.record(
+            conn,
+            "model.validated" if report.passed else "model.refused",
+            actor=actor,
+            subject=_subject(project, version),
+            reason="passes the gate" if report.passed else "; ".join(reasons),
+            evidence=report.evidence(),
+            at=at,
+        )
+    return report
+
+
+def needs_approval(project: Project) -> bool:
+    return project.spec.impact == "high" or project.spec.promotion.require_approval
+
+
+def approve(
+    project: Project, version: str, *, actor: str, reason: str, at: datetime | None = None
+) -> None:
+    """Record a person's approval of ``version`` for promotion."""
+    if not actor.startswith("user:"):
+        raise CopmlError("approval is a human act: only a person (user:<name>) can approve")
+    if not reason.strip():
+        raise CopmlError("an approval needs a reason")
+    registry.get(project, version)  # exists, or NotFoundError
+    with open_store(project.db_url).begin() as conn:
+        events.record(
+            conn,
+            "model.approved",
+            actor=actor,
+            subject=_subject(project, version),
+            reason=reason,
+            at=at,
+        )
+
+
+def _latest(project: Project, kind: str, version: str) -> dict[str, Any] | None:
+    return events.latest(open_store(project.db_url), kind, _subject(project, version))
+
+
+def promotable(project: Project, version: str) -> list[str]:
+    """Why ``version`` may not be promoted now; empty when it may."""
+    why = []
+    validated = _latest(project, "model.validated", version)
+    refused = _latest(project, "model.refused", version)
+    if validated is None or (refused is not None and refused["id"] > validated["id"]):
+        why.append(f"v{version} has not passed the gate (copml models validate {version})")
+    if needs_approval(project) and _latest(project, "model.approved", version) is None:
+        why.append(
+            f"v{version} needs a recorded approval (impact: {project.spec.impact}"
+            f"{', require_approval' if project.spec.promotion.require_approval else ''}): "
+            f"copml models approve {version} --reason ..."
+        )
+    retired = _latest(project, "model.retired", version)
+    if retired is not None:
+        why.append(f"v{version} is retired")
+    return why
+
+
+def promote(
+    project: Project,
+    version: str,
+    *,
+    actor: str,
+    reason: str,
+    at: datetime | None = None,
+    force_gate: bool = False,
+) -> None:
+    """Make ``version`` the champion: only after the gate, and an approval where required."""
+    if force_gate:  # a person promoting by hand still goes through the gate
+        gate(project, version, actor=actor, at=at)
+    why = promotable(project, version)
+    if why:
+        raise CopmlError(f"cannot promote v{version}: " + "; ".join(why))
+    current = registry.champion(project)
+    if current is not None and current.version == version:
+        return
+    engine = open_store(project.db_url)
+    registry.promote(project, engine, version, actor=actor, reason=reason, at=at)
+    if current is not None:
+        registry.set_state(project, current.version, "archived")
+
+
+def rollback(project: Project, *, actor: str, reason: str, at: datetime | None = None) -> str:
+    """Move the champion back to the version it replaced; returns that version."""
+    current = registry.champion(project)
+    if current is None:
+        raise CopmlError("there is no champion to roll back")
+    promoted = _latest(project, "model.promoted", current.version)
+    previous = (promoted or {}).get("evidence", {}).get("previous")
+    if not previous:
+        raise CopmlError(
+            f"v{current.version} replaced no earlier champion: nothing to roll back to"
+        )
+    engine = open_store(project.db_url)
+    registry.promote(
+        project,
+        engine,
+        previous,
+        actor=actor,
+        reason=reason,
+        at=at,
+        kind="model.rolled_back",
+        evidence={"from": current.version},
+    )
+    registry.set_state(project, current.version, "rolled_back")
+    return str(previous)
+
+
+@dataclass
+class Retirement:
+    versions: list[str]
+    freed_bytes: int
+    kept: str
+
+
+def retire(
+    project: Project,
+    version: str | None = None,
+    *,
+    actor: str,
+    reason: str,
+    at: datetime | None = None,
+) -> Retirement:
+    """Retire one version, or the model (``version=None``: every version, nothing served).
+
+    The versions stay in the registry, archived, and their audit records stay in the
+    store for the declared retention; what is freed is the local model copies.
+    """
+    engine = open_store(project.db_url)
+    current = registry.champion(project)
+    chosen = [registry.get(project, version)] if version else registry.versions(project)
+    freed = 0
+    for mv in chosen:
+        if current is not None and mv.version == current.version:
+            registry.demote(project)
+        registry.set_state(project, mv.version, "retired")
+        local = project.models_dir / mv.version
+        if local.exists():
+            freed += sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+            shutil.rmtree(local, ignore_errors=True)
+    retention = project.spec.retention.predictions
+    kept = f"prediction records kept for {retention.amount} {retention.unit}(s)"
+    with engine.begin() as conn:
+        for mv in chosen:
+            events.record(
+                conn,
+                "model.retired",
+                actor=actor,
+                subject=_subject(project, mv.version),
+                reason=reason,
+                at=at,
+            )
+        if version is None:
+            events.record(
+                conn,
+                "project.retired",
+                actor=actor,
+                subject=f"project:{project.spec.project}",
+                reason=reason,
+                evidence={"versions": [mv.version for mv in chosen], "freed_bytes": freed},
+                at=at,
+            )
+    return Retirement([mv.version for mv in chosen], freed, kept)
+
+
+def is_retired(project: Project) -> bool:
+    engine = open_store(project.db_url)
+    return events.latest(engine, "project.retired", f"project:{project.spec.project}") is not None
