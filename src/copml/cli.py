@@ -281,15 +281,94 @@ def models_promote(
     reason: Annotated[str, typer.Option(help="Why: recorded with the promotion.")],
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Make VERSION the champion (serving processes follow within their poll interval)."""
-    from copml import registry
+    """Make VERSION the champion: it goes through the gate, and needs an approval first
+    where the spec says so (serving processes follow within their poll interval)."""
     from copml.events import user_actor
-    from copml.store import open_store
+    from copml.operate import lifecycle
 
     p = _project(project)
-    registry.get(p, version)  # a clear error for an unknown version
-    registry.promote(p, open_store(p.db_url), version, actor=user_actor(), reason=reason)
+    lifecycle.promote(p, version, actor=user_actor(), reason=reason, force_gate=True)
     _console().print(f"version {version} is now champion")
+
+
+@models_app.command("validate")
+@_fails_cleanly
+def models_validate(
+    version: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False
+) -> None:
+    """Gate VERSION: the declared minimums, and the champion on the same evaluation rows."""
+    from copml.events import user_actor
+    from copml.operate import lifecycle
+
+    report = lifecycle.gate(_project(project), version, actor=user_actor())
+    if as_json:
+        _print_json(report.evidence())
+    else:
+        console = _console()
+        verdict = "[green]passes[/]" if report.passed else "[red]refused[/]"
+        console.print(f"v{version} {verdict} the gate on {report.rows} rows")
+        for name, value in report.candidate_metrics.items():
+            theirs = report.champion_metrics.get(name)
+            other = f"  (champion v{report.champion}: {_fmt(theirs)})" if theirs is not None else ""
+            console.print(f"  {name:<14} {_fmt(value)}{other}")
+        for reason in report.reasons:
+            console.print(f"  [red]✗[/] {reason}")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@models_app.command("approve")
+@_fails_cleanly
+def models_approve(
+    version: str,
+    reason: Annotated[str, typer.Option(help="Why: recorded with the approval.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Record your approval of VERSION for promotion (required when impact is high)."""
+    from copml.events import user_actor
+    from copml.operate import lifecycle
+
+    lifecycle.approve(_project(project), version, actor=user_actor(), reason=reason)
+    _console().print(f"approval of version {version} recorded")
+
+
+@models_app.command("rollback")
+@_fails_cleanly
+def models_rollback(
+    reason: Annotated[str, typer.Option(help="Why: recorded with the roll-back.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Move the champion back to the version it replaced."""
+    from copml.events import user_actor
+    from copml.operate import lifecycle
+
+    version = lifecycle.rollback(_project(project), actor=user_actor(), reason=reason)
+    _console().print(f"rolled back: version {version} is champion again")
+
+
+@models_app.command("retire")
+@_fails_cleanly
+def models_retire(
+    version: Annotated[str | None, typer.Argument(help="One version; all when omitted.")] = None,
+    reason: Annotated[str, typer.Option(help="Why: recorded with the retirement.")] = "",
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Retire a version, or the model: stop serving and scheduling, archive, free copies."""
+    from copml.errors import CopmlError
+    from copml.events import user_actor
+    from copml.operate import lifecycle
+
+    if not reason.strip():
+        raise CopmlError("say why: --reason TEXT")
+    done = lifecycle.retire(_project(project), version, actor=user_actor(), reason=reason)
+    if as_json:
+        _print_json(done.__dict__)
+        return
+    _console().print(
+        f"retired version(s) {', '.join(done.versions) or 'none'}; freed "
+        f"{done.freed_bytes / 1e6:.1f} MB of local model copies; {done.kept}"
+    )
 
 
 @app.command()
@@ -429,6 +508,75 @@ def demo(
     run_churn_demo(
         directory, months=months, shift_month=shift_month or None, seed=seed, console=_console()
     )
+
+
+@app.command()
+@_fails_cleanly
+def operate(
+    project: ProjectOpt = Path("."),
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+    at: AtOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the spec's schedule and evaluate the policies; execute their actions."""
+    from copml.operate import runner, schedule
+
+    p = _project(project)
+    if not once:
+        schedule.run_forever(p, console=_console())
+        return
+    result = schedule.run_once(p, at=at)
+    if as_json:
+        _print_json(runner.summary(result))
+        return
+    console = _console()
+    for step in result.steps:
+        console.print(f"step {step}")
+    for action_id in result.recovered:
+        console.print(f"[yellow]recovered[/] interrupted action {action_id}")
+    for e in result.evaluations:
+        outcome = {True: "[red]holds[/]", False: "[green]does not hold[/]", None: "unknown"}
+        console.print(
+            f"policy {e.policy}: {outcome[e.outcome]}"
+            + (" → acting" if e.acted else f" ({e.note})" if e.note else "")
+        )
+    for a in result.actions:
+        colour = "green" if a["state"] == "succeeded" else "red"
+        console.print(
+            f"  action {a['id']} {a['kind']}: [{colour}]{a['state']}[/]"
+            + (f" — {a['error']}" if a.get("error") else "")
+        )
+
+
+@app.command()
+@_fails_cleanly
+def acknowledge(
+    reason: Annotated[str, typer.Option(help="What the owners decided.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Acknowledge the re-evaluation flag as an owner: automated retraining resumes."""
+    from copml.events import user_actor
+    from copml.operate import runner
+
+    runner.acknowledge(_project(project), actor=user_actor(), reason=reason)
+    _console().print("acknowledged: automated retraining may resume")
+
+
+export_app = typer.Typer(help="Export the pipeline to an orchestrator.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("airflow")
+@_fails_cleanly
+def export_airflow(
+    project: ProjectOpt = Path("."),
+    output: Annotated[Path, typer.Option("--output", "-o", help="DAG folder.")] = Path("dags"),
+) -> None:
+    """Write an Apache Airflow DAG that runs the same CLI steps on the spec's schedule."""
+    from copml.operate import airflow
+
+    path = airflow.export(_project(project), output)
+    _console().print(f"wrote {path}")
 
 
 @keys_app.command("create")

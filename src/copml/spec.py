@@ -188,9 +188,20 @@ class RateLimit(_Model):
     burst: int = Field(2000, ge=1)
 
 
+def _valid_cron(value: str) -> str:
+    from croniter import croniter
+
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"expected a cron expression with 5 fields, got {value!r}")
+    return value
+
+
 class Serving(_Model):
     mode: Literal["batch", "realtime"] = "batch"
     schedule: str | None = Field(None, description="cron expression for batch scoring")
+    input: str | None = Field(
+        None, description="what the scheduled batch run scores: a file or folder of files"
+    )
     availability: float | None = Field(None, gt=0, le=1)
     review_band: tuple[float, float] | None = None
     score_precision: int | None = Field(
@@ -201,9 +212,7 @@ class Serving(_Model):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError(f"expected a cron expression with 5 fields, got {value!r}")
-        return value
+        return None if value is None else _valid_cron(value)
 
     @field_validator("review_band")
     @classmethod
@@ -313,6 +322,17 @@ class Policy(_Model):
         return policies.parse(self.when)
 
 
+class Operations(_Model):
+    schedule: str = Field(
+        "0 * * * *", description="cron expression for monitoring and policy evaluation"
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return _valid_cron(value)
+
+
 class Retraining(_Model):
     """What ``retrain`` learns from: the declared source plus labelled production data."""
 
@@ -362,6 +382,7 @@ class Spec(_Model):
     promotion: Promotion = Promotion()
     policies: list[Policy] = Field(default_factory=list)
     retraining: Retraining = Retraining()
+    operations: Operations = Operations()
     costs: Costs = Costs()
     alerts: Alerts = Alerts()
     retention: Retention = Retention()

@@ -530,10 +530,22 @@ def execute_pending(project: Project, at: datetime) -> list[dict[str, Any]]:
                 select(actions).where(actions.c.state == "pending").order_by(actions.c.id)
             )
         ]
-    done = []
+    # A chain runs in its declared order, also when a retry was created after later steps.
+    first = {}
     for row in pending:
+        first.setdefault((row["policy"], row["window_end"]), row["id"])
+
+    def order(row: dict[str, Any]) -> tuple[int, int, int]:
+        chain = row["evidence"].get("chain", [])
+        step = chain.index(row["kind"]) if row["kind"] in chain else len(chain)
+        return first[(row["policy"], row["window_end"])], step, row["id"]
+
+    done = []
+    for row in sorted(pending, key=order):
         chain = _chain(engine, row)
-        earlier = [r for r in chain if r["id"] < row["id"] and r["kind"] != row["kind"]]
+        steps = row["evidence"].get("chain", [])
+        mine = steps.index(row["kind"]) if row["kind"] in steps else len(steps)
+        earlier = [r for r in chain if r["kind"] in steps[:mine]]
         broken = [
             r
             for r in earlier
