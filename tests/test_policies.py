@@ -1,5 +1,6 @@
 import pytest
 
+from copml import policies
 from copml.policies import BoolOp, Comparison, PolicySyntaxError, metrics_of, parse
 
 
@@ -41,3 +42,26 @@ def test_syntax_errors_name_the_column(text: str, column: int, fragment: str) ->
         parse(text)
     assert info.value.column == column
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("condition", "windows", "expected"),
+    [
+        ("accuracy < 0.75", [{"accuracy": 0.7}], True),
+        ("accuracy < 0.75", [{"accuracy": 0.8}], False),
+        ("accuracy < 0.75", [{}], None),  # missing: unknown, never silently false
+        ("accuracy < 0.75", [{"accuracy": float("nan")}], None),
+        ("accuracy < 0.75 for 3 windows", [{"accuracy": 0.7}] * 2, None),  # not enough yet
+        ("accuracy < 0.75 for 3 windows", [{"accuracy": 0.8}] + [{"accuracy": 0.7}] * 2, False),
+        ("accuracy < 0.75 for 2 windows", [{"accuracy": 0.8}] + [{"accuracy": 0.7}] * 2, True),
+        ("accuracy < 0.75 and churn_rate > 0.1", [{"accuracy": 0.8}], False),  # false and ?
+        ("accuracy < 0.75 and churn_rate > 0.1", [{"accuracy": 0.7}], None),
+        ("accuracy < 0.75 or churn_rate > 0.1", [{"accuracy": 0.7}], True),  # true or ?
+        ("accuracy < 0.75 or churn_rate > 0.1", [{"accuracy": 0.8}], None),
+        ("(drift > 0.3 or cost > 500) and accuracy < 0.9", [{"drift": 0.5, "accuracy": 0.8}], True),
+    ],
+)
+def test_evaluation_is_three_valued(condition: str, windows: list, expected: bool | None) -> None:
+    verdict = policies.evaluate(policies.parse(condition), windows)
+    assert verdict.outcome is expected
+    assert set(verdict.values) == set(policies.metrics_of(policies.parse(condition)))

@@ -497,6 +497,9 @@ def demo(
     directory: Annotated[Path | None, typer.Option("--dir", help="Project folder to use.")] = None,
     shift_month: Annotated[int, typer.Option(help="Month of the market shift (0: none).")] = 7,
     seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 7,
+    scenario: Annotated[
+        str, typer.Option(help="recoverable: retraining fixes the shift; persistent: it cannot.")
+    ] = "recoverable",
 ) -> None:
     """The whole lifecycle on simulated time; ends with a table and an HTML report."""
     if example != "churn":
@@ -506,7 +509,12 @@ def demo(
     from copml.demo import run_churn_demo
 
     run_churn_demo(
-        directory, months=months, shift_month=shift_month or None, seed=seed, console=_console()
+        directory,
+        months=months,
+        shift_month=shift_month or None,
+        seed=seed,
+        scenario=scenario,
+        console=_console(),
     )
 
 

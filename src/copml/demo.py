@@ -1,17 +1,23 @@
 """``copml demo churn``: the COPML loop on simulated months, using only the public services.
 
 init → snapshot → train, then for each month: score the active customers in batch, send
-retention offers to the ones flagged, reveal who churned, load that ground truth, and
-compute the month's metric window. A market shift at a chosen month makes the model decay.
+retention offers to the ones flagged, reveal who churned, load that ground truth, compute
+the month's metric window and let the spec's policies act (``copml operate``). A market
+shift makes the model decay: in the ``recoverable`` scenario a retrained, gated challenger
+brings it back; in the ``persistent`` one nothing can, the escalation policy alerts a
+(local) webhook and flags the project for re-evaluation.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 import time
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
@@ -19,11 +25,12 @@ from copml import feedback, snapshots
 from copml.errors import CopmlError
 from copml.monitor.status import requirements
 from copml.monitor.window import history, monitor
+from copml.operate.runner import operate_once, suspended
 from copml.project import load_project
 from copml.report import Marker, write_report
 from copml.scaffold import init
 from copml.score import score
-from copml.simulation import Population, as_source_csv
+from copml.simulation import SCENARIOS, Population, as_source_csv
 from copml.store import open_store
 from copml.train import train
 
@@ -35,7 +42,9 @@ def _month(offset: int) -> datetime:
     return (pd.Timestamp(START) + pd.DateOffset(months=offset)).to_pydatetime()
 
 
-def _row(month: int, when: datetime, window: Any, version: str, shifted: bool) -> dict[str, Any]:
+def _row(
+    month: int, when: datetime, window: Any, version: str, shifted: bool, acted: str
+) -> dict[str, Any]:
     m = window.metrics
     return {
         "month": f"{when:%Y-%m}" + (" *" if shifted else ""),
@@ -46,7 +55,55 @@ def _row(month: int, when: datetime, window: Any, version: str, shifted: bool) -
         "roc_auc": m["roc_auc"],
         "churn": m.get("churn_rate", math.nan),
         "drift": m["drift"],
+        "cost": m.get("cost", math.nan),
+        "actions": acted,
     }
+
+
+class _Hook(BaseHTTPRequestHandler):
+    """The demo's stand-in for the team's chat or paging webhook: records what arrives."""
+
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append(json.loads(body or b"{}"))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def _describe(result: Any) -> tuple[str, list[Marker]]:
+    """A table cell and report markers for what the policies did this month."""
+    parts, markers = [], []
+    for a in result.actions:
+        if a["state"] != "succeeded":
+            if not (a.get("error") or "").startswith("skipped"):
+                parts.append(f"{a['kind']} ✗")
+            if a["kind"] == "validate":
+                markers.append(Marker(result.at, "challenger refused"))
+            continue
+        got = a.get("result") or {}
+        if a["kind"] == "retrain":
+            parts.append(f"retrain→v{got['version']}")
+        elif a["kind"] == "promote":
+            parts.append(f"promote v{got['version']}")
+            markers.append(Marker(result.at, f"v{got['version']} promoted"))
+        elif a["kind"] == "alert":
+            parts.append("alert" + (" (open)" if got.get("deduplicated") else ""))
+            if not got.get("deduplicated"):
+                markers.append(Marker(result.at, "alert"))
+        elif a["kind"] == "reevaluate" and not got.get("already"):
+            parts.append("re-evaluate")
+            markers.append(Marker(result.at, "re-evaluation"))
+        elif a["kind"] not in ("redeploy", "reevaluate"):
+            parts.append(a["kind"])
+    suspended = [e for e in result.evaluations if "suspended" in (e.note or "")]
+    if suspended:
+        parts.append("retrain suspended")
+    return ", ".join(parts), markers
 
 
 def run_churn_demo(
@@ -55,6 +112,7 @@ def run_churn_demo(
     months: int = 12,
     shift_month: int | None = 7,
     seed: int = 7,
+    scenario: str = "recoverable",
     console: Any,
 ) -> Path:
     """Run the demo in ``directory`` (default ``./demo-churn``); returns the report path."""
@@ -65,7 +123,17 @@ def run_churn_demo(
     if directory.exists() and any(directory.iterdir()):
         raise CopmlError(f"{directory} is not empty; remove it or choose another --dir")
     began = time.perf_counter()
+    if scenario not in SCENARIOS:
+        raise CopmlError(f"no scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
     init(directory, "churn", seed=seed)
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), type("Hook", (_Hook,), {"received": []}))
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+    spec_file = directory / "copml.yaml"
+    spec_file.write_text(
+        spec_file.read_text() + f"\n# The demo's local webhook receiver stands in for the team's.\n"
+        f'alerts: {{webhook: "{url}", backoff_seconds: 0.1}}\n'
+    )
     project = load_project(directory)
     project.ensure_home()
     engine = open_store(project.db_url)
@@ -84,7 +152,8 @@ def run_churn_demo(
         raise CopmlError(
             "the first model missed the declared minimums: " + "; ".join(result.failures)
         )
-    population = Population(seed=seed + 1, shift_month=shift_month)
+    population = Population(seed=seed + 1, shift_month=shift_month, after=SCENARIOS[scenario])
+    markers = [Marker(START, f"v{result.version} champion")]
     rows: list[dict[str, Any]] = []
     batches, outcomes, outputs = (directory / d for d in ("batches", "outcomes", "outputs"))
     for folder in (batches, outcomes, outputs):
@@ -112,9 +181,13 @@ def run_churn_demo(
                 project, outcomes / f"{label}.csv", at=ends - timedelta(days=1), actor=ACTOR
             )
             window = monitor(project, end=ends)
-            rows.append(_row(month, begins, window, scored.model_version, shifted))
+            acted, happened = _describe(operate_once(project, at=ends))
+            markers += happened
+            rows.append(_row(month, begins, window, scored.model_version, shifted, acted))
             progress.advance(task)
-    table = Table(title="month by month (* after the market shift)")
+    hook.shutdown()
+    hook.server_close()
+    table = Table(title=f"month by month (* after the market shift; scenario {scenario})")
     for key in rows[0]:
         table.add_column(key, justify="left" if key == "month" else "right")
     thresholds = project.spec.effectiveness.thresholds
@@ -134,7 +207,15 @@ def run_churn_demo(
     windows = history(project)
     status = requirements(project.spec, windows[-1] if windows else None)
     console.print("last window: " + ", ".join(f"{r.name} {r.state}" for r in status))
-    markers = [Marker(START, f"v{result.version} champion")]
+    received = hook.RequestHandlerClass.received  # type: ignore[attr-defined]
+    if received:
+        console.print(
+            f"webhook received {len(received)} alert(s): "
+            + "; ".join(a.get("title", "?") for a in received)
+        )
+    flagged = suspended(open_store(project.db_url), project)
+    if flagged is not None:
+        console.print(f"[bold red]project flagged for re-evaluation[/]: {flagged['reason']}")
     if shift_month is not None and shift_month < months:
         markers.append(Marker(_month(shift_month), "market shift"))
     report = write_report(
@@ -146,8 +227,9 @@ def run_churn_demo(
         rows=rows,
         notes=[
             f"Simulated {months} months of {population.size} active customers; the market "
-            f"shifts in month {shift_month + 1 if shift_month is not None else 'never'}. "
-            "Retention offers reach every customer the champion flags.",
+            f"shifts in month {shift_month + 1 if shift_month is not None else 'never'} "
+            f"(scenario {scenario}). Retention offers reach every customer the champion flags; "
+            "the spec's policies run after each month's window.",
         ],
     )
     console.print(

@@ -75,6 +75,22 @@ AFTER_SHIFT = Market(
     tenure_per_year=-0.05,
 )
 
+# A shift no model can follow: who churns no longer depends on anything the data records
+# (a price war that pulls customers at random), and many more leave.
+UNPREDICTABLE = Market(
+    fiber_share=0.5,
+    intercept=-0.55,
+    month_to_month=0.0,
+    two_year=0.0,
+    fiber=0.0,
+    tenure_per_year=0.0,
+    electronic_check=0.0,
+    senior=0.0,
+    support=0.0,
+    charge_per_10=0.0,
+)
+SCENARIOS = {"recoverable": AFTER_SHIFT, "persistent": UNPREDICTABLE}
+
 
 @dataclass
 class Population:
@@ -84,6 +100,7 @@ class Population:
     size: int = 4000
     shift_month: int | None = 7
     offer_effect: float = 0.35  # relative drop in churn probability for a reached customer
+    after: Market = AFTER_SHIFT  # the market once it has shifted
     month: int = 0
     customers: pd.DataFrame = field(default_factory=pd.DataFrame)
     _next_id: int = 0
@@ -96,7 +113,7 @@ class Population:
     @property
     def market(self) -> Market:
         shifted = self.shift_month is not None and self.month >= self.shift_month
-        return AFTER_SHIFT if shifted else BEFORE_SHIFT
+        return self.after if shifted else BEFORE_SHIFT
 
     def _ids(self, n: int) -> list[str]:
         start = self._next_id

@@ -339,6 +339,9 @@ class Retraining(_Model):
     include_production: bool = Field(
         True, description="add predictions joined with their feedback to the training data"
     )
+    include_source: bool = Field(
+        True, description="keep the declared source (false: learn from recent production only)"
+    )
     lookback: Duration = Duration(amount=3, unit="month")
 
 

@@ -65,15 +65,20 @@ def retrain(
         if spec.retraining.include_production
         else pd.DataFrame(columns=list(spec.data.columns))
     )
-    combined = pd.concat([source, production], ignore_index=True) if len(production) else source
+    # Recent production alone when the spec says so (a shifted world); the source when
+    # there is no labelled production data yet.
+    parts = [source] if spec.retraining.include_source or production.empty else []
+    combined = pd.concat([*parts, production], ignore_index=True)
+    source_rows = len(source) if parts else 0
     snap = snapshots.prepare(
         combined,
         spec.data,
         directory=project.snapshots_dir,
-        source=f"{spec.data.source} + {len(production)} labelled production rows",
+        source=f"{spec.data.source if parts else 'no source'} + {len(production)} labelled "
+        "production rows",
         kind="training",
     )
     with engine.begin() as conn:
         snap = snapshots.record(conn, snap, actor=actor)
     result = train(project, snapshot_id=snap.id, actor=actor, at=at, run_tags=run_tags)
-    return Retrained(snap.id, len(source), len(production), result)
+    return Retrained(snap.id, source_rows, len(production), result)

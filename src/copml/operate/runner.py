@@ -487,6 +487,8 @@ def _run_one(project: Project, row: dict[str, Any], at: datetime) -> dict[str, A
             at,
         )
     if kind == "reevaluate":
+        if (flag := suspended(open_store(project.db_url), project)) is not None:
+            return {"flagged": True, "already": True, "since": str(flag["at"])}
         owners = project.spec.owners
         emails = [
             e
@@ -554,11 +556,10 @@ def execute_pending(project: Project, at: datetime) -> list[dict[str, Any]]:
             and not any(x["kind"] == r["kind"] and x["id"] > r["id"] for x in chain)
         ]
         if broken and row["kind"] not in _ALWAYS:
+            skipped = f"skipped: {broken[0]['kind']} failed"
             if _claim(engine, row["id"], at):
-                _finish(
-                    engine, row["id"], "failed", at, error=f"skipped: {broken[0]['kind']} failed"
-                )
-            done.append({**row, "state": "failed"})
+                _finish(engine, row["id"], "failed", at, error=skipped)
+            done.append({**row, "state": "failed", "error": skipped})
             continue
         if not _claim(engine, row["id"], at):
             continue  # another process took it
