@@ -390,3 +390,55 @@ policies:
         filter_string=f"tags.`copml.action` = '{first[0]['id']}'",
     )
     assert [r.info.status for r in runs] == ["FAILED"]  # the killed run is closed, not left
+
+
+def test_a_retired_model_stops_answering_in_servers(churn: Project) -> None:
+    from copml.serve.champion import ChampionSlot
+
+    engine = open_store(churn.db_url)
+    slot = ChampionSlot(churn, engine)
+    assert slot.refresh().model_version == "1"
+    assert slot.refresh().swapped is False  # nothing changed: nothing happens
+    lifecycle.retire(churn, actor="user:owner", reason="discontinued")
+    assert slot.refresh().model_version is None and slot.current is None
+    assert _kinds(churn, "serve.stopped")[0]["reason"] == "the model was retired"
+
+
+def test_operate_once_runs_the_batch_the_window_and_the_policies(
+    churn: Project, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from batches import month
+    from copml.cli import app
+
+    batch, _ = month(churn.root / "incoming")
+    project = _spec(
+        churn,
+        """
+policies:
+  - name: watch-drift
+    when: drift > 0.5
+    do: [alert]
+""",
+    )
+    spec = project.root / "copml.yaml"
+    spec.write_text(
+        spec.read_text().replace(
+            'serving: {mode: batch, schedule: "0 6 1 * *"}',
+            f'serving: {{mode: batch, schedule: "0 6 1 * *", input: incoming/{batch.name}}}',
+        )
+    )
+    summaries = []
+    for at in ("2026-03-02", "2026-04-02"):  # a month apart, as the schedule would run
+        result = CliRunner().invoke(
+            app, ["operate", "--once", "--project", str(project.root), "--at", at, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        summaries.append(json.loads(result.output))
+    assert all(s["steps"][0].startswith("scored 500 rows") for s in summaries)
+    # The window ending at a run covers the month before it: empty at first (unknown),
+    # then the first batch, from the same market as the training data (no drift).
+    assert [s["evaluations"][0]["outcome"] for s in summaries] == [None, False]
+    assert summaries[1]["evaluations"][0]["values"]["drift"] == [0.0]
+    assert len(list((project.home / "scores").glob("*.csv"))) == 2

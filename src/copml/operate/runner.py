@@ -632,6 +632,7 @@ def summary(result: Pass) -> dict[str, Any]:
         json.dumps(
             {
                 "at": result.at.isoformat(),
+                "steps": getattr(result, "steps", []),
                 "recovered": result.recovered,
                 "evaluations": [
                     {

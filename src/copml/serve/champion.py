@@ -40,6 +40,14 @@ class ChampionSlot:
         self._lock = threading.Lock()  # one load at a time; reads never wait
         self.current: Champion | None = None
 
+    def _subject(self, version: str) -> str:
+        return f"model:{self._project.spec.project}/{version}"
+
+    def _retired(self, version: str) -> bool:
+        """Only a recorded retirement unloads a model: a registry that does not answer
+        (also ``None`` from ``champion()``) must never stop the service."""
+        return events.latest(self._engine, "model.retired", self._subject(version)) is not None
+
     def _load(self, mv: registry.ModelVersion) -> Champion:
         from mlflow.models import Model
 
@@ -56,6 +64,17 @@ class ChampionSlot:
         with self._lock:
             mv = registry.champion(self._project)
             current = self.current
+            if mv is None and current is not None and self._retired(current.version):
+                self.current = None  # a retired model stops answering (readyz turns 503)
+                with self._engine.begin() as conn:
+                    events.record(
+                        conn,
+                        "serve.stopped",
+                        actor=actor,
+                        subject=self._subject(current.version),
+                        reason="the model was retired",
+                    )
+                return Refresh(None, True)
             if mv is None or (current is not None and current.version == mv.version):
                 return Refresh(current.version if current else None, False)
             subject = f"model:{self._project.spec.project}/{mv.version}"
