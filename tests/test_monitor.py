@@ -89,6 +89,9 @@ def test_empty_window_is_unknown_not_failed(churn: Project) -> None:
     window = monitor(churn, end=datetime(2020, 1, 1, tzinfo=UTC))
     assert window.n_predictions == 0 and math.isnan(window.metrics["churn_rate"])
     states = {r.name: r.state for r in requirements(churn.spec, window)}
+    # Nothing was scored: every effectiveness figure and KPI is unknown; only the cost is
+    # known (the declared fixed cost of a month, under the budget).
+    assert states.pop("cost") == "met"
     assert set(states.values()) == {"unknown"}
 
 
@@ -100,7 +103,11 @@ def test_status_met_not_met_unknown(churn: Project, tmp_path: Path) -> None:
     assert accuracy.state == ("met" if accuracy.value >= 0.75 else "not met")
     rate = found["churn_rate"]
     assert rate.expected == "<= 0.08" and rate.state == ("met" if rate.value <= 0.08 else "not met")
-    assert found["cost"].state == "unknown"  # no cost figures are recorded yet
+    # The fixed cost of the month (200 a month, the window is March: 31 days), the
+    # scoring's CPU time at 0.05 an hour and 4.00 per review (none in batch without a band).
+    cost = found["cost"]
+    fixed = 200 * 31 / (365.25 / 12)
+    assert fixed < cost.value < fixed + 0.05 and cost.state == "met"
     assert requirements(churn.spec, None)[0].state == "unknown"
 
 
