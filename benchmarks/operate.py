@@ -106,9 +106,7 @@ def main(rows: int) -> dict[str, float]:
         capture_output=True,
     )
     cli = time.perf_counter() - start
-    print(
-        f"  copml operate --once (CLI, fresh process, recomputes the 1M-row window): {cli:.2f} s"
-    )
+    print(f"  copml operate --once (CLI, fresh process, recomputes the 1M-row window): {cli:.2f} s")
     return {"rows": rows, "windows": 24, "evaluation_s": evaluation, "operate_cli_s": cli}
 
 
