@@ -158,6 +158,15 @@ def snapshot(
         by_reference=by_reference,
         actor=user_actor(),
     )
+    from copml import lineage
+
+    lineage.emit(
+        p,
+        "snapshot",
+        run_id=snap.id,
+        inputs=[lineage.file_dataset(source or p.spec.data.source)],
+        outputs=[lineage.snapshot_dataset(p, snap)],
+    )
     if as_json:
         _print_json({"id": snap.id, "rows": snap.n_rows, "new": snap.created, "path": snap.path})
         return
@@ -246,12 +255,28 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
 
 @models_app.command("show")
 @_fails_cleanly
-def models_show(version: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """One version: lineage tags and holdout metrics."""
+def models_show(
+    version: str,
+    project: ProjectOpt = Path("."),
+    card: Annotated[
+        bool, typer.Option("--card", help="Write the model card (Markdown and HTML).")
+    ] = False,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the card.")] = Path(
+        "."
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """One version: lineage tags and holdout metrics; --card writes its model card."""
     from copml import registry
 
     p = _project(project)
     mv = registry.get(p, version)
+    if card:
+        from copml.model_card import write_card
+
+        markdown, html = write_card(p, version, output)
+        _console().print(f"model card: {markdown} and {html}")
+        return
     run = registry.client(p).get_run(mv.run_id)
     info = {
         "version": mv.version,
@@ -585,6 +610,146 @@ def export_airflow(
 
     path = airflow.export(_project(project), output)
     _console().print(f"wrote {path}")
+
+
+@app.command()
+@_fails_cleanly
+def audit(
+    prediction_id: str,
+    project: ProjectOpt = Path("."),
+    replay: Annotated[
+        bool, typer.Option("--replay", help="Re-score the stored input with the archived model.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole record of one decision; --replay checks it is reproduced exactly."""
+    from copml import audit as auditing
+
+    p = _project(project)
+    found = auditing.record(p, prediction_id)
+    replayed = auditing.replay(p, prediction_id) if replay else None
+    if as_json:
+        _print_json({**found, **({"replay": replayed.__dict__} if replayed else {})})
+    else:
+        console = _console()
+        console.print(
+            f"[bold]{prediction_id}[/] {found['created_at']} v{found['model_version']} "
+            f"(champion then: v{found['champion_at_the_time']}) → label {found['label']}, "
+            f"score {found['score']:.6f}" + (", sent to review" if found["review"] else "")
+        )
+        console.print(f"input: {json.dumps(found['input'], default=str)}")
+        lineage = found["lineage"]
+        console.print(
+            f"run {lineage['run_id']}, snapshot {lineage['training_snapshot']['id'][:12]}, "
+            f"commit {lineage['git_commit']}{' (dirty)' if lineage['git_dirty'] else ''}, "
+            f"params {lineage['params']}, seed {lineage['seed']}"
+        )
+        explained = found.get("explanation", {})
+        if "values" in explained:
+            top = sorted(explained["values"].items(), key=lambda kv: -abs(kv[1]))[:5]
+            console.print(
+                "explanation (log-odds): base "
+                f"{explained['base_value']:+.3f} "
+                + " ".join(f"{k} {v:+.3f}" for k, v in top)
+                + f" … = {explained['output']:+.3f}"
+            )
+        for ev in found["events"]:
+            console.print(f"  {ev['at']} {ev['kind']} by {ev['actor']}: {ev['reason'] or ''}")
+        if replayed:
+            verdict = "[green]identical[/]" if replayed.identical else "[red]DIFFERENT[/]"
+            console.print(
+                f"replay with v{replayed.model_version}: {replayed.replayed_score!r} vs stored "
+                f"{replayed.stored_score!r}: {verdict}"
+            )
+    if replayed and not replayed.identical:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_fails_cleanly
+def explain(
+    prediction_id: str,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Why the model decided as it did for one prediction (SHAP, in log-odds)."""
+    from copml.explain import explain_prediction
+
+    found = explain_prediction(_project(project), prediction_id)
+    if as_json:
+        _print_json(found.__dict__)
+        return
+    console = _console()
+    console.print(
+        f"v{found.model_version}: score {found.score:.4f} = log-odds {found.output:+.3f} = "
+        f"base {found.base_value:+.3f} plus"
+    )
+    for name, value in found.top(len(found.values)):
+        bar = "█" * min(40, int(abs(value) * 20))
+        colour = "red" if value > 0 else "green"
+        console.print(f"  {name:<18} {value:+.3f} [{colour}]{bar}[/]  ({found.input.get(name)})")
+
+
+@app.command()
+@_fails_cleanly
+def reproduce(version: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Retrain VERSION from its recorded snapshot, params, seed and code; compare (exit 1 if not
+    identical within 1e-9)."""
+    from copml.events import user_actor
+    from copml.reproduce import reproduce as run
+
+    result = run(_project(project), version, actor=user_actor())
+    if as_json:
+        _print_json(result.__dict__)
+    else:
+        console = _console()
+        for warning in result.warnings:
+            console.print(f"[yellow]warning:[/] {warning}")
+        console.print(
+            f"v{version} retrained from {result.code}: largest prediction difference "
+            f"{result.max_prediction_difference:.3g} over {result.rows} rows"
+        )
+        for name, diff in result.metric_differences.items():
+            console.print(
+                f"  [red]{name}[/]: recorded {diff['recorded']!r}, now {diff['reproduced']!r}"
+            )
+        console.print("[green]reproduced[/]" if result.reproduced else "[red]NOT reproduced[/]")
+    if not result.reproduced:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_fails_cleanly
+def purge(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete prediction records past the declared retention (versions on hold are kept)."""
+    from copml.events import user_actor
+    from copml.retention import purge as run
+
+    done = run(_project(project), actor=user_actor(), at=at)
+    if as_json:
+        _print_json(done.__dict__)
+        return
+    _console().print(
+        f"purged {done.predictions} predictions in {done.batches} batches and {done.snapshots} "
+        f"input snapshots older than {done.cutoff:%Y-%m-%d} ({done.freed_bytes / 1e6:.1f} MB); "
+        f"kept {done.kept_on_hold} on audit hold"
+    )
+
+
+@models_app.command("hold")
+@_fails_cleanly
+def models_hold(
+    version: str,
+    reason: Annotated[str, typer.Option(help="Why: e.g. the audit or the case it serves.")],
+    release: Annotated[bool, typer.Option("--release", help="End the hold.")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Keep VERSION's prediction records past their retention (an audit hold), or release."""
+    from copml.events import user_actor
+    from copml.retention import hold
+
+    hold(_project(project), version, actor=user_actor(), reason=reason, release=release)
+    _console().print(f"version {version}: audit hold {'released' if release else 'set'}")
 
 
 @keys_app.command("create")

@@ -279,8 +279,7 @@ def record(engine: Engine, prediction_id: str) -> dict[str, Any] | None:
 
         snap = snapshots.get(engine, batch.snapshot_id)
         assert snap is not None
-        frame = snap.load()
-        out["input"] = json.loads(frame.iloc[[part[1]]].to_json(orient="records"))[0]
+        out["input"] = json.loads(snap.row(part[1]).to_json(orient="records"))[0]
     return out
 
 

@@ -104,10 +104,11 @@ def write_report(
     notes: list[str] | None = None,
 ) -> Path:
     """Render the report to ``path`` and return it."""
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from jinja2 import Environment, FileSystemLoader
 
     markers = markers or []
-    env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape())
+    # Autoescape always: select_autoescape() would not match a '.html.j2' template name.
+    env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=True)
     env.filters["fmt"] = lambda v: (
         "—"
         if v is None or (isinstance(v, float) and math.isnan(v))

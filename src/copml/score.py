@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection
 
-from copml import costs, events, prediction_log, registry, snapshots
+from copml import costs, events, lineage, prediction_log, registry, snapshots
 from copml.errors import NotFoundError
 from copml.labels import class_labels, decide
 from copml.project import Project
@@ -178,6 +178,14 @@ def score(
         staged.unlink(missing_ok=True)
         raise
     os.replace(staged, output)
+    lineage.emit(
+        project,
+        "score",
+        run_id=key,
+        inputs=[lineage.file_dataset(source), lineage.model_dataset(project, champion.version)],
+        outputs=[lineage.snapshot_dataset(project, snap), lineage.file_dataset(output)],
+        at=when,
+    )
     return ScoreResult(
         len(frame), champion.version, snap.id, key, output, int(positive.sum()), int(review.sum())
     )

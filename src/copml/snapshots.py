@@ -71,6 +71,25 @@ class Snapshot:
             return _coerce_all(frame, self.schema)
         return _read_parquet(self.path)
 
+    def row(self, index: int) -> pd.DataFrame:
+        """Row ``index`` alone, as a one-row frame with declared types: reads one row group,
+        so an audit of one decision never loads a million-row batch."""
+        if self.storage == "reference":
+            return self.load().iloc[[index]].reset_index(drop=True)
+        parquet = pq.ParquetFile(self.path)
+        start = 0
+        for group in range(parquet.num_row_groups):
+            size = parquet.metadata.row_group(group).num_rows
+            if index < start + size:
+                table = parquet.read_row_group(group).slice(index - start, 1)
+                plain = [
+                    pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                    for f in table.schema
+                ]
+                return table.cast(pa.schema(plain)).to_pandas()
+            start += size
+        raise IndexError(f"snapshot {self.id[:12]} has {self.n_rows} rows, not {index + 1}")
+
 
 # ------------------------------------------------------------------------------- reading
 

@@ -406,8 +406,14 @@ class Spec(_Model):
         return self
 
     def metric_names(self) -> set[str]:
-        """Every metric a policy may read: statistical, operational and the declared KPIs."""
-        return set(STATISTICAL_METRICS) | set(OPERATIONAL_METRICS) | set(self.kpis)
+        """Every metric a policy may read: statistical, operational, the declared KPIs and
+        the fairness differences of the ``sensitive`` columns."""
+        fairness = {
+            f"{name}.{column}"
+            for name in ("demographic_parity_difference", "equalized_odds_difference")
+            for column in self.data.sensitive
+        }
+        return set(STATISTICAL_METRICS) | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness
 
 
 class _PolicyMetricError(ValueError):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from copml import costs, events, registry, snapshots
+from copml import costs, events, lineage, registry, snapshots
 from copml.errors import CopmlError, UserCodeError
 from copml.metrics import classification_metrics
 from copml.project import Project
@@ -142,6 +142,31 @@ def _confusion_figure(metrics: dict[str, float]) -> Any:
     return fig
 
 
+def _log_importance(
+    model: Any, fit: pd.DataFrame, holdout: pd.DataFrame, features: list[str], seed: int
+) -> None:
+    """Global SHAP importance on the holdout, as a JSON artifact and a plot. A model SHAP
+    cannot explain still trains: the run says why there is no explanation."""
+    import mlflow
+
+    from copml import explain
+
+    try:
+        importance = explain.global_importance(
+            model,
+            fit.sample(min(explain.BACKGROUND_ROWS, len(fit)), random_state=seed),
+            holdout.head(explain.IMPORTANCE_ROWS),
+            features,
+        )
+    except Exception as exc:
+        mlflow.set_tag("copml.explanation", f"unavailable: {type(exc).__name__}: {exc}"[:250])
+        return
+    mlflow.log_dict(importance, f"{explain.ARTIFACT_DIR}/importance.json")
+    figure = explain.importance_figure(importance, "global importance (holdout)")
+    mlflow.log_figure(figure, f"{explain.ARTIFACT_DIR}/importance.png")
+    mlflow.set_tag("copml.explanation", "shap")
+
+
 def train(
     project: Project,
     *,
@@ -213,6 +238,7 @@ def train(
             "holdout/confusion_matrix.json",
         )
         mlflow.log_figure(_confusion_figure(metrics), "holdout/confusion_matrix.png")
+        _log_importance(model, fit_part[spec.data.features], features, spec.data.features, seed)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / MODEL_ARTIFACT
             example = features.head(5)
@@ -239,6 +265,14 @@ def train(
         }
         mv = registry.register(project, run.info.run_id, MODEL_ARTIFACT, tags)
     result = TrainResult(run.info.run_id, mv.version, snap.id, metrics, not failures, failures)
+    lineage.emit(
+        project,
+        "train",
+        run_id=run.info.run_id,
+        inputs=[lineage.snapshot_dataset(project, snap)],
+        outputs=[lineage.model_dataset(project, mv.version)],
+        at=at,
+    )
     with engine.begin() as conn:
         events.record(
             conn,

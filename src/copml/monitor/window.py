@@ -21,6 +21,7 @@ from copml import costs, events, prediction_log, snapshots
 from copml.errors import UserCodeError
 from copml.metrics import classification_metrics
 from copml.monitor.drift import drift_share, feature_drift
+from copml.monitor.fairness import fairness
 from copml.project import Project
 from copml.store import heartbeats, metric_windows, open_store
 from copml.usercode import load_function
@@ -166,6 +167,8 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     metrics["availability"] = availability(engine, start, end)
     metrics["cost"], _ = costs.window_cost(engine, spec.costs, start, end, metrics["reviews"])
     metrics.update(_kpis(project, frame) if len(frame) else dict.fromkeys(spec.kpis, math.nan))
+    if spec.data.sensitive:
+        metrics.update(fairness(frame, spec.data.sensitive)[0])
     version = frame["model_version"].mode().iloc[0] if len(frame) else None
     drift: dict[str, dict[str, Any]] = {}
     reference = _reference_snapshot(project, engine, version) if version else None

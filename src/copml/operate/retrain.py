@@ -11,7 +11,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from copml import snapshots
+from copml import lineage, snapshots
 from copml.labels import class_labels
 from copml.monitor.window import window_frame
 from copml.project import Project
@@ -80,5 +80,13 @@ def retrain(
     )
     with engine.begin() as conn:
         snap = snapshots.record(conn, snap, actor=actor)
+    lineage.emit(
+        project,
+        "snapshot",
+        run_id=snap.id,
+        inputs=[lineage.file_dataset(spec.data.source)],
+        outputs=[lineage.snapshot_dataset(project, snap)],
+        at=at,
+    )
     result = train(project, snapshot_id=snap.id, actor=actor, at=at, run_tags=run_tags)
     return Retrained(snap.id, source_rows, len(production), result)

@@ -19,7 +19,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
-from copml import costs, feedback, keys, prediction_log, registry, snapshots
+from copml import audit, costs, feedback, keys, prediction_log, registry, snapshots
+from copml.errors import NotFoundError
+from copml.explain import explain_prediction
 from copml.labels import encode_actual
 from copml.project import Project
 from copml.redaction import keyed_hash
@@ -239,10 +241,26 @@ def create_app(
 
     @app.get("/v1/predictions/{prediction_id}")
     async def prediction(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
-        record = await asyncio.to_thread(prediction_log.record, engine, prediction_id)
-        if record is None:
+        """The whole decision record: input (PII redacted), version, champion then,
+        lineage, explanation and every event about that version."""
+        if prediction_log.split_id(prediction_id) is None:
             raise HTTPException(404, f"no prediction {prediction_id!r}")
-        return record
+        try:
+            record = await asyncio.to_thread(audit.record, project, prediction_id)
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return json.loads(json.dumps(record, default=str))
+
+    @app.get("/v1/predictions/{prediction_id}/explanation")
+    async def explanation(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
+        """Why: SHAP values per feature in log-odds; base + values = the model's output."""
+        if prediction_log.split_id(prediction_id) is None:
+            raise HTTPException(404, f"no prediction {prediction_id!r}")
+        try:
+            found = await asyncio.to_thread(explain_prediction, project, prediction_id)
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return {"space": "log-odds", **found.__dict__}
 
     @app.get("/v1/reviews")
     async def open_reviews(

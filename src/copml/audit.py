@@ -1,0 +1,129 @@
+"""The whole record of one decision, and its replay (GDPR Art. 22 in a minute).
+
+What was decided, on which input (PII redacted), by which version, which version was
+champion at that moment, the MLflow run, the training snapshot, code commit, params and
+seed, the explanation, and every event that touched that version. ``replay`` loads the
+archived version (its artifact sha256 checked) and re-scores the stored input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import or_, select
+
+from copml import events, prediction_log, registry, snapshots
+from copml.errors import NotFoundError
+from copml.project import Project
+from copml.store import events as events_table
+from copml.store import open_store
+
+
+def _champion_at(project: Project, at: datetime) -> str | None:
+    """The version the ``champion`` alias pointed to at ``at``, from the event log."""
+    engine = open_store(project.db_url)
+    e = events_table.c
+    query = (
+        select(e.subject, e.kind)
+        .where(
+            or_(
+                e.kind == "model.promoted", e.kind == "model.rolled_back", e.kind == "model.retired"
+            ),
+            e.at <= at,
+        )
+        .order_by(e.at.desc(), e.id.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    if row is None or row.kind == "model.retired":
+        return None
+    return str(row.subject).rsplit("/", 1)[1]
+
+
+def record(project: Project, prediction_id: str, *, explanation: bool = True) -> dict[str, Any]:
+    """The full decision record of ``prediction_id``."""
+    engine = open_store(project.db_url)
+    found = prediction_log.record(engine, prediction_id)
+    if found is None:
+        raise NotFoundError(f"no prediction {prediction_id!r}")
+    version = found["model_version"]
+    mv = registry.get(project, version)
+    snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True)
+    created = datetime.fromisoformat(found["created_at"])
+    subject = f"model:{project.spec.project}/{version}"
+    lineage = {
+        "run_id": mv.run_id,
+        "training_snapshot": {
+            "id": mv.snapshot_id,
+            "sha256": mv.snapshot_id if snap is None or snap.storage == "copy" else snap.id,
+            "rows": snap.n_rows if snap else None,
+            "source": snap.source if snap else None,
+        },
+        "git_commit": mv.tags.get(registry.TAG + "git_commit"),
+        "git_dirty": mv.tags.get(registry.TAG + "git_dirty") == "true",
+        "params": mv.tags.get(registry.TAG + "params"),
+        "seed": mv.tags.get(registry.TAG + "seed"),
+        "artifact_sha256": mv.artifact_sha256,
+    }
+    out: dict[str, Any] = {
+        **found,
+        "champion_at_the_time": _champion_at(project, created),
+        "lineage": lineage,
+        "events": [
+            {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in ev.items()}
+            for ev in reversed(events.history(engine, subject=subject, limit=1000))
+        ],
+    }
+    if explanation:
+        from copml.explain import explain_prediction
+
+        try:
+            explained = explain_prediction(project, prediction_id)
+            out["explanation"] = {
+                "space": "log-odds",
+                "base_value": explained.base_value,
+                "output": explained.output,
+                "values": explained.values,
+            }
+        except Exception as exc:  # an audit record is still an audit record
+            out["explanation"] = {"unavailable": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+@dataclass
+class Replay:
+    prediction_id: str
+    model_version: str
+    stored_score: float
+    replayed_score: float
+    identical: bool
+
+
+def replay(project: Project, prediction_id: str) -> Replay:
+    """Re-score the stored input with the archived version; identical or not."""
+    from copml.explain import prediction_frame
+    from copml.train import positive_scores
+
+    engine = open_store(project.db_url)
+    found = prediction_log.record(engine, prediction_id)
+    if found is None:
+        raise NotFoundError(f"no prediction {prediction_id!r}")
+    mv = registry.get(project, found["model_version"])
+    model = registry.load(project, mv)  # local copy checked against the recorded sha256
+    score = float(positive_scores(model, prediction_frame(project, found))[0])
+    stored = float(found["score"])
+    same = bool(np.float64(score) == np.float64(stored))
+    with engine.begin() as conn:
+        events.record(
+            conn,
+            "prediction.replayed",
+            actor=events.user_actor(),
+            subject=f"prediction:{prediction_id}",
+            reason="identical" if same else "DIFFERENT",
+            evidence={"version": mv.version, "stored": stored, "replayed": score},
+        )
+    return Replay(prediction_id, mv.version, stored, score, same)

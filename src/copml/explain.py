@@ -1,0 +1,207 @@
+"""SHAP explanations: global importance per version, local per prediction (design §1, §7).
+
+A scikit-learn ``Pipeline`` whose last step is a linear model or a tree ensemble is
+explained exactly in its own output space (log-odds) with ``shap.LinearExplainer`` or
+``shap.TreeExplainer`` on the transformed features; the values of the columns derived from
+one input feature (e.g. its one-hot columns) are summed back to that feature, so people
+read "Contract", not "categorical__Contract_Month-to-month". SHAP's additivity holds:
+base value + the values = the model's log-odds for that row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from copml import prediction_log, registry, snapshots
+from copml.errors import CopmlError, NotFoundError
+from copml.project import Project
+from copml.store import open_store
+
+BACKGROUND_ROWS = 200
+IMPORTANCE_ROWS = 1000
+ARTIFACT_DIR = "explain"
+
+
+@dataclass
+class Explanation:
+    """One prediction's explanation, in log-odds: ``base + sum(values) == output``."""
+
+    prediction_id: str | None
+    model_version: str
+    base_value: float
+    output: float
+    score: float
+    values: dict[str, float]
+    input: dict[str, Any]
+
+    def top(self, n: int = 5) -> list[tuple[str, float]]:
+        return sorted(self.values.items(), key=lambda kv: -abs(kv[1]))[:n]
+
+
+def _parts(model: Any) -> tuple[Any, Any]:
+    """(preprocessing, final estimator) of a pipeline, or (None, model)."""
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(model, Pipeline) and len(model.steps) > 1:
+        return model[:-1], model.steps[-1][1]
+    return None, model
+
+
+def _groups(prepare: Any, features: list[str], n_out: int) -> list[str]:
+    """For each transformed column, the input feature it comes from."""
+    if prepare is None:
+        return list(features)
+    try:
+        names = [str(n) for n in prepare.get_feature_names_out()]
+    except Exception:  # a transformer that cannot name its output
+        names = []
+    if len(names) != n_out:
+        raise CopmlError("cannot map the model's transformed columns back to its features")
+    by_length = sorted(features, key=len, reverse=True)
+    out = []
+    for name in names:
+        bare = name.split("__", 1)[1] if "__" in name else name
+        found = next((f for f in by_length if bare == f or bare.startswith(f + "_")), None)
+        if found is None:
+            raise CopmlError(f"cannot tell which feature the column {name!r} comes from")
+        out.append(found)
+    return out
+
+
+class _Explainer:
+    """A fitted explainer for one model, with its feature grouping."""
+
+    def __init__(self, model: Any, background: pd.DataFrame, features: list[str]) -> None:
+        import shap
+
+        self.features = features
+        self.prepare, self.estimator = _parts(model)
+        transformed = self._transform(background)
+        kind = type(self.estimator).__name__
+        if hasattr(self.estimator, "coef_"):
+            self.explainer = shap.LinearExplainer(self.estimator, transformed)
+        elif "Forest" in kind or "Boost" in kind or "Tree" in kind:
+            self.explainer = shap.TreeExplainer(self.estimator)
+        else:
+            raise CopmlError(f"no SHAP explainer for a {kind}: linear models and trees only")
+        self.groups = _groups(self.prepare, features, transformed.shape[1])
+
+    def _transform(self, frame: pd.DataFrame) -> np.ndarray:
+        data = self.prepare.transform(frame[self.features]) if self.prepare else frame
+        if hasattr(data, "toarray"):
+            data = data.toarray()
+        return np.asarray(data, dtype=np.float64)
+
+    def explain(self, frame: pd.DataFrame) -> tuple[np.ndarray, float, pd.DataFrame]:
+        """(per-row values grouped by feature, base value, the rows' log-odds)."""
+        values = np.asarray(self.explainer.shap_values(self._transform(frame)))
+        if values.ndim == 3:  # one slice per class: keep the positive class
+            values = values[..., -1]
+        base = np.asarray(self.explainer.expected_value, dtype=np.float64).ravel()[-1]
+        grouped = pd.DataFrame(values).T.groupby(np.array(self.groups), sort=False).sum().T
+        grouped = grouped.reindex(columns=self.features, fill_value=0.0)
+        return grouped.to_numpy(), float(base), grouped
+
+
+@cache
+def _explainer(project_root: str, version: str) -> _Explainer:
+    from copml.project import load_project
+    from copml.train import split_holdout, training_frame
+
+    project = load_project(project_root)
+    mv = registry.get(project, version)
+    model = registry.load(project, mv)
+    snap = snapshots.get(open_store(project.db_url), mv.snapshot_id)
+    if snap is None:
+        raise NotFoundError(f"the training snapshot of v{version} is not in this store")
+    frame = training_frame(project, snap)
+    spec = project.spec
+    seed = int(mv.tags.get(registry.TAG + "seed", spec.model.seed))
+    fit_rows = ~split_holdout(frame, spec.data.target, spec.model.holdout, seed)
+    background = frame.loc[fit_rows, spec.data.features].sample(
+        min(BACKGROUND_ROWS, int(fit_rows.sum())), random_state=seed
+    )
+    return _Explainer(model, background, spec.data.features)
+
+
+def explainer(project: Project, version: str) -> _Explainer:
+    return _explainer(str(project.root), version)
+
+
+def global_importance(
+    model: Any, background: pd.DataFrame, rows: pd.DataFrame, features: list[str]
+) -> dict[str, float]:
+    """Mean |SHAP| per feature over ``rows``, largest first."""
+    values, _, _ = _Explainer(model, background, features).explain(rows)
+    mean = np.abs(values).mean(axis=0)
+    return dict(sorted(zip(features, map(float, mean), strict=True), key=lambda kv: -kv[1]))
+
+
+def importance_figure(importance: dict[str, float], title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = list(importance.items())[:15][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1.2))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#1f4e79")
+    ax.set_xlabel("mean |SHAP value| (log-odds)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _cache_path(project: Project, prediction_id: str) -> Path:
+    return project.home / "explanations" / f"{prediction_id}.json"
+
+
+def prediction_frame(project: Project, record: dict[str, Any]) -> pd.DataFrame:
+    """The stored input of a decision as the model saw it: one row, declared types."""
+    features = project.spec.data.features
+    if record["snapshot_id"] is not None:
+        snap = snapshots.get(open_store(project.db_url), record["snapshot_id"])
+        assert snap is not None
+        return snap.row(record["snapshot_row"])[features]
+    stored = record["input"] or {}
+    return pd.DataFrame({c: [stored.get(c)] for c in features})
+
+
+def explain_prediction(project: Project, prediction_id: str) -> Explanation:
+    """The local explanation of one stored decision (computed once, then cached)."""
+    cached = _cache_path(project, prediction_id)
+    if cached.exists():
+        return Explanation(**json.loads(cached.read_text()))
+    record = prediction_log.record(open_store(project.db_url), prediction_id)
+    if record is None:
+        raise NotFoundError(f"no prediction {prediction_id!r}")
+    version = record["model_version"]
+    frame = prediction_frame(project, record)
+    values, base, _ = explainer(project, version).explain(frame)
+    row = values[0]
+    found = Explanation(
+        prediction_id=prediction_id,
+        model_version=version,
+        base_value=base,
+        output=float(base + row.sum()),
+        score=float(record["score"]),
+        values={f: float(v) for f, v in zip(project.spec.data.features, row, strict=True)},
+        input=json.loads(frame.to_json(orient="records"))[0],
+    )
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(asdict(found)))
+    return found
+
+
+def logit(p: float) -> float:
+    """Log-odds of a probability: what an explanation's values add up to."""
+    p = min(max(p, 1e-15), 1 - 1e-15)
+    return math.log(p / (1 - p))

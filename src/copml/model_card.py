@@ -1,0 +1,713 @@
+"""A model card per registered version, as Markdown and as self-contained HTML.
+
+Everything on the card is read from where copml records it (the spec, the registry's
+lineage tags, the MLflow run, the snapshot, the event log and the stored metric windows),
+never typed by hand, so a reviewer or an auditor reads facts rather than claims. The HTML
+inlines its style and images, so it opens offline and can be attached to a ticket.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from copml import events, registry, snapshots
+from copml.monitor import window as windows_module
+from copml.project import Project
+from copml.spec import STATISTICAL_METRICS, Threshold
+from copml.store import open_store
+
+_TEMPLATES = Path(__file__).parent / "templates"
+HTML_TEMPLATE = "model_card.html.j2"
+NOT_MEASURED = "not measured yet"
+PRODUCTION_WINDOWS = 6
+TOP_FEATURES = 10
+_WINDOW_SCAN = 5000  # windows are recomputed often; look back far enough to find a version's
+_EVENT_LIMIT = 1000
+_IMPORTANCE_PNG = "importance.png"
+_IMPORTANCE_JSON = "importance.json"
+_EXPLAIN_DIR = "explain"
+
+
+def fmt(value: Any) -> str:
+    """How every figure is written on the card: 4 decimals, a dash for missing or unknown."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float | int):
+        return f"{float(value):.4f}"
+    return str(value)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(value: datetime | None) -> str:
+    return "—" if value is None else _utc(value).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _bound(threshold: Threshold) -> str:
+    parts = []
+    if threshold.min is not None:
+        parts.append(f"≥ {threshold.min:g}")
+    if threshold.max is not None:
+        parts.append(f"≤ {threshold.max:g}")
+    return " and ".join(parts)
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _state(threshold: Threshold, value: Any) -> str:
+    number = _finite(value)
+    if number is None:
+        return "unknown"
+    return "met" if threshold.met(number) else "not met"
+
+
+def _safe_source(source: str) -> str:
+    """A source as shown on the card: a database URL loses its password."""
+    if "://" not in source:
+        return source
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(source).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: show the scheme only
+        return source.split("://", 1)[0] + "://…"
+
+
+@dataclass
+class ThresholdRow:
+    """One declared threshold against a measured value."""
+
+    metric: str
+    expected: str
+    value: float | None
+    state: str
+
+
+@dataclass
+class Gate:
+    """The latest gate report: the candidate against the minimums and the champion."""
+
+    kind: str
+    at: str
+    passed: bool
+    reasons: list[str]
+    metric: str
+    champion: str | None
+    rows: int | None
+    metrics: list[tuple[str, float | None, float | None]]  # (name, candidate, champion)
+
+
+@dataclass
+class WindowRow:
+    """A production window served by this version, with its key figures."""
+
+    start: str
+    end: str
+    n_predictions: int
+    n_labelled: int
+    values: dict[str, float | None]
+
+
+@dataclass
+class Fairness:
+    """One sensitive column in the latest window of this version."""
+
+    column: str
+    measured: bool
+    dp: float | None = None
+    eo: float | None = None
+    groups: list[tuple[str, float | None, float | None]] = field(default_factory=list)
+
+
+@dataclass
+class Explanation:
+    """The global SHAP importance logged at training, or why there is none."""
+
+    available: bool
+    png_base64: str | None = None
+    importance: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def top(self) -> list[tuple[str, float]]:
+        return list(self.importance.items())[:TOP_FEATURES]
+
+
+@dataclass
+class ModelCard:
+    """Everything the card shows, gathered from the real records of one version."""
+
+    project: str
+    version: str
+    state: str
+    created: str
+    run_id: str
+    artifact_sha256: str
+    git_commit: str
+    git_dirty: bool
+    params: dict[str, Any]
+    seed: str
+    objective: str
+    impact: str
+    impact_note: str
+    owners: dict[str, str]
+    target: str
+    positive: str
+    threshold: float
+    review_band: tuple[float, float] | None
+    snapshot_id: str
+    snapshot_found: bool
+    source: str
+    n_rows: int | None
+    positive_rate: float | None
+    snapshot_created: str
+    features: list[str]
+    pii: list[str]
+    sensitive: list[str]
+    holdout: list[ThresholdRow]
+    holdout_other: dict[str, float]
+    gate: Gate | None
+    window_metrics: list[str]
+    windows: list[WindowRow]
+    fairness_window: str | None
+    fairness: list[Fairness]
+    explanation: Explanation
+    limitations: list[str]
+    history: list[dict[str, str]]
+    generated: str
+
+
+# ------------------------------------------------------------------------------ gathering
+
+
+def _holdout(project: Project, mv: registry.ModelVersion) -> dict[str, float]:
+    """The holdout metrics logged on the version's run (``holdout_<name>``)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logged = registry.client(project).get_run(mv.run_id).data.metrics
+    except MlflowException:
+        return {}
+    prefix = "holdout_"
+    return {k[len(prefix) :]: float(v) for k, v in logged.items() if k.startswith(prefix)}
+
+
+def _gate(history: list[dict[str, Any]]) -> Gate | None:
+    """The newest gate report among the version's events (history is newest first)."""
+    found = next((e for e in history if e["kind"] in ("model.validated", "model.refused")), None)
+    if found is None:
+        return None
+    evidence = found.get("evidence") or {}
+    mine = evidence.get("candidate_metrics") or {}
+    theirs = evidence.get("champion_metrics") or {}
+    names = [m for m in STATISTICAL_METRICS if m in mine or m in theirs]
+    return Gate(
+        kind=found["kind"],
+        at=_when(found["at"]),
+        passed=bool(evidence.get("passed", found["kind"] == "model.validated")),
+        reasons=list(evidence.get("reasons") or []),
+        metric=str(evidence.get("metric", "—")),
+        champion=evidence.get("champion"),
+        rows=evidence.get("rows"),
+        metrics=[(m, _finite(mine.get(m)), _finite(theirs.get(m))) for m in names],
+    )
+
+
+def _key_metrics(project: Project) -> list[str]:
+    spec = project.spec
+    names = ["accuracy", "recall", "roc_auc", *spec.effectiveness.thresholds, *spec.kpis, "drift"]
+    return list(dict.fromkeys(names))
+
+
+def _fairness(project: Project, latest: windows_module.Window | None) -> list[Fairness]:
+    out = []
+    for column in project.spec.data.sensitive:
+        if latest is None:
+            out.append(Fairness(column, measured=False))
+            continue
+        m = latest.metrics
+        dp_key = f"demographic_parity_difference.{column}"
+        eo_key = f"equalized_odds_difference.{column}"
+        groups = sorted(
+            {
+                key.split("=", 1)[1]
+                for key in m
+                if key.startswith((f"selection_rate.{column}=", f"recall.{column}="))
+            }
+        )
+        if dp_key not in m and eo_key not in m and not groups:
+            out.append(Fairness(column, measured=False))
+            continue
+        out.append(
+            Fairness(
+                column,
+                measured=True,
+                dp=_finite(m.get(dp_key)),
+                eo=_finite(m.get(eo_key)),
+                groups=[
+                    (
+                        g,
+                        _finite(m.get(f"selection_rate.{column}={g}")),
+                        _finite(m.get(f"recall.{column}={g}")),
+                    )
+                    for g in groups
+                ],
+            )
+        )
+    return out
+
+
+def _explanation(project: Project, mv: registry.ModelVersion) -> Explanation:
+    """The importance plot and JSON from the run's ``explain/`` artifacts, if it has them."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = registry.client(project)
+    try:
+        names = {Path(a.path).name for a in client.list_artifacts(mv.run_id, _EXPLAIN_DIR)}
+        why = client.get_run(mv.run_id).data.tags.get("copml.explanation", "")
+    except MlflowException as exc:
+        return Explanation(False, note=f"the run's artifacts cannot be read: {exc}")
+    if _IMPORTANCE_PNG not in names and _IMPORTANCE_JSON not in names:
+        reason = why if why.startswith("unavailable") else "no importance was logged at training"
+        return Explanation(False, note=f"explanation unavailable: {reason}")
+    found = Explanation(True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (_IMPORTANCE_PNG, _IMPORTANCE_JSON):
+            if name not in names:
+                continue
+            with contextlib.redirect_stderr(io.StringIO()):  # MLflow's progress bar
+                path = Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=mv.run_id,
+                        artifact_path=f"{_EXPLAIN_DIR}/{name}",
+                        dst_path=tmp,
+                        tracking_uri=project.tracking_uri,
+                    )
+                )
+            if name == _IMPORTANCE_PNG:
+                found.png_base64 = base64.b64encode(path.read_bytes()).decode("ascii")
+            else:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                ranked = sorted(raw.items(), key=lambda kv: -abs(float(kv[1])))
+                found.importance = {str(k): float(v) for k, v in ranked}
+    found.note = "mean absolute SHAP value per feature on the holdout, in log-odds"
+    return found
+
+
+def _limitations(
+    card: ModelCard,
+    project: Project,
+    latest: windows_module.Window | None,
+    snap_at: datetime | None,
+    now: datetime,
+) -> list[str]:
+    """Facts a reader must weigh before relying on the model, each from a record."""
+    spec = project.spec
+    out = []
+    for row in card.holdout:
+        if row.state == "not met":
+            out.append(
+                f"On the holdout, {row.metric} {fmt(row.value)} does not meet the declared "
+                f"{row.expected}."
+            )
+        elif row.state == "unknown":
+            out.append(f"No holdout {row.metric} was logged for the declared {row.expected}.")
+    if card.gate is not None and not card.gate.passed:
+        reasons = "; ".join(card.gate.reasons) or "no reason recorded"
+        out.append(f"The latest gate refused this version: {reasons}.")
+    if latest is None:
+        out.append("No production window has been computed for this version yet.")
+    else:
+        if latest.n_labelled == 0:
+            out.append(
+                f"The window ending {_when(latest.end)} has no ground truth yet: its "
+                "effectiveness is unknown."
+            )
+        for name, bound in spec.effectiveness.thresholds.items():
+            value = latest.metrics.get(name)
+            if _state(bound, value) == "not met":
+                out.append(
+                    f"In production (window ending {_when(latest.end)}), {name} {fmt(value)} "
+                    f"does not meet the declared {_bound(bound)}."
+                )
+        for feature, result in sorted((latest.drift or {}).items()):
+            if result.get("drifted"):
+                out.append(
+                    f"Feature {feature} has drifted in the window ending {_when(latest.end)} "
+                    f"(PSI {fmt(_finite(result.get('psi')))}, above the declared "
+                    f"{spec.effectiveness.drift_psi:g})."
+                )
+    for item in card.fairness:
+        if not item.measured:
+            out.append(f"Fairness across {item.column} is {NOT_MEASURED} on production data.")
+        elif item.dp is None and item.eo is None:
+            out.append(
+                f"Fairness across {item.column} is unknown: the window's data cannot support "
+                "the differences (too few groups or labelled rows)."
+            )
+        elif item.eo is None:
+            out.append(
+                f"Equalized odds across {item.column} is unknown: every group needs labelled "
+                "positives and negatives in the window."
+            )
+    if card.git_commit in ("", "none"):
+        out.append("No git commit was recorded: the training code cannot be traced.")
+    elif card.git_dirty:
+        out.append(
+            f"Trained from uncommitted changes on top of commit {card.git_commit[:12]}: the "
+            "code at that commit is not exactly the code that trained this version."
+        )
+    if not card.snapshot_found:
+        out.append(f"The training snapshot {card.snapshot_id or '(none)'} is not in this store.")
+    elif snap_at is not None:
+        days = (now - snap_at).days
+        out.append(
+            f"The training data was frozen on {card.snapshot_created[:10]} ({days} days before "
+            "this card): the model knows nothing that happened since."
+        )
+    if not card.explanation.available:
+        mandatory = " (mandatory at high impact)" if spec.impact == "high" else ""
+        out.append(f"No global explanation is available{mandatory}.")
+    approved = any(e["kind"] == "model.approved" for e in card.history)
+    if spec.impact == "high" and card.state == registry.CHAMPION and not approved:
+        out.append("This high-impact version serves without a recorded approval.")
+    return out
+
+
+def build_card(project: Project, version: str, *, now: datetime | None = None) -> ModelCard:
+    """Gather the card's facts for ``version`` from the spec, registry, store and run."""
+    spec = project.spec
+    now = now or datetime.now(UTC)
+    engine = open_store(project.db_url)
+    mv = registry.get(project, version)
+    current = registry.champion(project)
+    state = registry.CHAMPION if current and current.version == mv.version else mv.state
+    tags = mv.tags
+    try:
+        params = json.loads(tags.get(registry.TAG + "params", "{}"))
+    except json.JSONDecodeError:
+        params = {"(unreadable)": tags.get(registry.TAG + "params", "")}
+
+    snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv.snapshot_id else None
+    target_profile = (snap.profile or {}).get("__target__", {}) if snap else {}
+
+    holdout = _holdout(project, mv)
+    rows = [
+        ThresholdRow(name, _bound(bound), holdout.get(name), _state(bound, holdout.get(name)))
+        for name, bound in spec.effectiveness.thresholds.items()
+    ]
+    other = {
+        k: holdout[k]
+        for k in STATISTICAL_METRICS
+        if k in holdout and k not in spec.effectiveness.thresholds
+    }
+
+    subject = f"model:{spec.project}/{mv.version}"
+    history = events.history(engine, subject=subject, limit=_EVENT_LIMIT)
+
+    served = [
+        w
+        for w in windows_module.history(project, limit=_WINDOW_SCAN)
+        if w.model_version == mv.version
+    ]
+    latest = served[-1] if served else None
+    key = _key_metrics(project)
+    window_rows = [
+        WindowRow(
+            _when(w.start),
+            _when(w.end),
+            w.n_predictions,
+            w.n_labelled,
+            {k: _finite(w.metrics.get(k)) for k in key},
+        )
+        for w in served[-PRODUCTION_WINDOWS:]
+    ]
+
+    if spec.impact == "high":
+        impact_note = (
+            "High impact: every promotion needs a recorded approval by a person, and "
+            "explanations are mandatory."
+        )
+    elif spec.promotion.require_approval:
+        impact_note = f"{spec.impact.capitalize()} impact; promotions need a recorded approval."
+    else:
+        impact_note = f"{spec.impact.capitalize()} impact; promotions follow the gate alone."
+
+    card = ModelCard(
+        project=spec.project,
+        version=mv.version,
+        state=state,
+        created=_when(datetime.fromtimestamp(mv.created_at_ms / 1000, UTC)),
+        run_id=mv.run_id,
+        artifact_sha256=mv.artifact_sha256,
+        git_commit=tags.get(registry.TAG + "git_commit", ""),
+        git_dirty=tags.get(registry.TAG + "git_dirty", "true").lower() != "false",
+        params=params,
+        seed=tags.get(registry.TAG + "seed", ""),
+        objective=spec.objective,
+        impact=spec.impact,
+        impact_note=impact_note,
+        owners={k: v for k, v in spec.owners.model_dump().items() if v},
+        target=spec.data.target,
+        positive=str(spec.data.positive),
+        threshold=spec.model.threshold,
+        review_band=spec.serving.review_band,
+        snapshot_id=mv.snapshot_id,
+        snapshot_found=snap is not None,
+        source=_safe_source(snap.source) if snap else "—",
+        n_rows=snap.n_rows if snap else None,
+        positive_rate=_finite(target_profile.get("positive_rate")),
+        snapshot_created=_when(snap.created_at) if snap else "—",
+        features=spec.data.features,
+        pii=list(spec.data.pii),
+        sensitive=list(spec.data.sensitive),
+        holdout=rows,
+        holdout_other=other,
+        gate=_gate(history),
+        window_metrics=key,
+        windows=window_rows,
+        fairness_window=(f"{_when(latest.start)} to {_when(latest.end)}" if latest else None),
+        fairness=_fairness(project, latest),
+        explanation=_explanation(project, mv),
+        limitations=[],
+        history=[
+            {
+                "at": _when(e["at"]),
+                "kind": e["kind"],
+                "actor": e["actor"] or "",
+                "reason": e["reason"] or "",
+            }
+            # oldest first, so it reads as a story (ties keep the order of recording)
+            for e in sorted(reversed(history), key=lambda e: _utc(e["at"]))
+        ],
+        generated=_when(now),
+    )
+    snap_at = _utc(snap.created_at) if snap and snap.created_at else None
+    card.limitations = _limitations(card, project, latest, snap_at, now)
+    return card
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def _md(value: Any) -> str:
+    """Text safe inside Markdown (and its table cells): no raw HTML, no cell breaks."""
+    text = fmt(value) if not isinstance(value, str) else value
+    text = " ".join(text.split())
+    return text.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+_MARKDOWN = """\
+# Model card: {{ c.project|md }} v{{ c.version|md }}
+
+Generated {{ c.generated }} by copml from the registry, the MLflow run, the store and \
+copml.yaml.
+
+## 1. Model details
+
+| | |
+|---|---|
+| Project | {{ c.project|md }} |
+| Version | {{ c.version|md }} |
+| Lifecycle state | {{ c.state|md }} |
+| Created | {{ c.created }} |
+| MLflow run | {{ c.run_id|md }} |
+| Artifact sha256 | {{ c.artifact_sha256|md }} |
+| Code commit | {% if c.git_commit in ("", "none") %}none recorded (not a git checkout)\
+{% else %}{{ c.git_commit|md }}{% if c.git_dirty %} **(uncommitted changes at training)**\
+{% endif %}{% endif %} |
+| Params | {{ c.params|tojson|md }} |
+| Seed | {{ c.seed|md }} |
+
+## 2. Intended use
+
+{{ c.objective|md }}
+
+- Impact: **{{ c.impact }}**. {{ c.impact_note|md }}
+- Predicts: {{ c.target|md }} = {{ c.positive|md }}
+- Decision threshold: {{ c.threshold }}
+{% if c.review_band %}\
+- Review band: scores in [{{ c.review_band[0] }}, {{ c.review_band[1] }}] go to a person
+{% else %}\
+- Review band: none (every decision is automatic)
+{% endif %}\
+- Owners: {% for role, who in c.owners.items() %}{{ role|md }}: {{ who|md }}\
+{% if not loop.last %}; {% endif %}{% endfor %}
+
+## 3. Training data
+
+| | |
+|---|---|
+| Snapshot | {{ c.snapshot_id|md }}{% if not c.snapshot_found %} (not in this store){% endif %} |
+| Source | {{ c.source|md }} |
+| Frozen | {{ c.snapshot_created }} |
+| Rows | {{ c.n_rows if c.n_rows is not none else "—" }} |
+| Positive rate | {{ c.positive_rate|md }} |
+
+- Features ({{ c.features|length }}): {{ c.features|join(", ")|md }}
+- PII columns (stored only as keyed hashes, never seen by the model): \
+{{ (c.pii|join(", ") or "none")|md }}
+- Sensitive columns (monitored for fairness): {{ (c.sensitive|join(", ") or "none")|md }}
+
+## 4. Evaluation
+
+Holdout metrics logged on the training run, against the declared thresholds:
+
+| Metric | Expected | Holdout | State |
+|---|---|---|---|
+{% for r in c.holdout %}\
+| {{ r.metric|md }} | {{ r.expected|md }} | {{ r.value|md }} | {{ r.state }} |
+{% else %}\
+| (no thresholds declared) | | | |
+{% endfor %}
+{% if c.holdout_other %}
+Other holdout metrics: {% for k, v in c.holdout_other.items() %}{{ k|md }} {{ v|md }}\
+{% if not loop.last %}, {% endif %}{% endfor %}
+{% endif %}
+{% if c.gate %}
+Gate report ({{ c.gate.kind }}, {{ c.gate.at }}): \
+**{{ "passed" if c.gate.passed else "refused" }}**\
+{% if c.gate.rows %} on {{ c.gate.rows }} evaluation rows{% endif %}, \
+promotion metric {{ c.gate.metric|md }}.
+{% for reason in c.gate.reasons %}
+- {{ reason|md }}
+{% endfor %}
+
+| Metric | Candidate | Champion{% if c.gate.champion %} v{{ c.gate.champion|md }}{% endif %} |
+|---|---|---|
+{% for name, mine, theirs in c.gate.metrics %}\
+| {{ name|md }} | {{ mine|md }} | {{ theirs|md }} |
+{% endfor %}
+{% else %}
+Gate report: none recorded for this version.
+{% endif %}
+
+## 5. Production performance
+
+{% if c.windows %}\
+The last {{ c.windows|length }} stored window(s) served by this version:
+
+| Window | Predictions | Labelled |{% for k in c.window_metrics %} {{ k|md }} |{% endfor %}
+|---|---|---|{% for k in c.window_metrics %}---|{% endfor %}
+{% for w in c.windows %}\
+| {{ w.start }} to {{ w.end }} | {{ w.n_predictions }} | {{ w.n_labelled }} |\
+{% for k in c.window_metrics %} {{ w.values[k]|md }} |{% endfor %}
+{% endfor %}
+{% else %}\
+No stored window was served by this version yet.
+{% endif %}
+
+## 6. Fairness
+
+{% if c.fairness_window %}Latest window of this version: {{ c.fairness_window }}.
+{% endif %}\
+{% for f in c.fairness %}
+### {{ f.column|md }}
+
+{% if not f.measured %}\
+{{ not_measured }}.
+{% else %}\
+- Demographic parity difference: {{ f.dp|md }}
+- Equalized odds difference: {{ f.eo|md }}
+
+| Group | Selection rate | Recall |
+|---|---|---|
+{% for g, rate, recall in f.groups %}\
+| {{ g|md }} | {{ rate|md }} | {{ recall|md }} |
+{% endfor %}
+{% endif %}\
+{% else %}
+No sensitive columns are declared.
+{% endfor %}
+
+## 7. Explanation
+
+{% if c.explanation.available %}\
+Global importance ({{ c.explanation.note|md }}); the plot is in the HTML card.
+
+{% for name, value in c.explanation.top %}\
+{{ loop.index }}. {{ name|md }}: {{ value|md }}
+{% else %}\
+(the importance JSON was not logged; only the plot exists)
+{% endfor %}
+{% else %}\
+{{ c.explanation.note|md }}.
+{% endif %}
+
+## 8. Limitations
+
+{% for item in c.limitations %}\
+- {{ item|md }}
+{% else %}\
+- None found in the records.
+{% endfor %}
+
+## 9. Approvals and history
+
+| Time | Event | Actor | Reason |
+|---|---|---|---|
+{% for e in c.history %}\
+| {{ e.at }} | {{ e.kind|md }} | {{ e.actor|md }} | {{ e.reason|md }} |
+{% else %}\
+| — | (no events recorded) | | |
+{% endfor %}
+"""
+
+
+def _environment(autoescape: bool) -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    # Always on for HTML: select_autoescape() would leave a ``.html.j2`` name unescaped.
+    env = Environment(
+        loader=FileSystemLoader(_TEMPLATES),
+        autoescape=autoescape,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["fmt"] = fmt
+    env.filters["md"] = _md
+    return env
+
+
+def render_markdown(card: ModelCard) -> str:
+    """The card as Markdown (raw HTML in any recorded text is escaped)."""
+    text = _environment(False).from_string(_MARKDOWN).render(c=card, not_measured=NOT_MEASURED)
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"  # optional blocks leave blanks
+
+
+def render_html(card: ModelCard) -> str:
+    """The card as one HTML file: inline CSS, the plot as a ``data:`` URI, autoescaped."""
+    return _environment(True).get_template(HTML_TEMPLATE).render(c=card, not_measured=NOT_MEASURED)
+
+
+def write_card(project: Project, version: str, folder: Path) -> tuple[Path, Path]:
+    """Write ``model-card-v<version>.md`` and ``.html`` into ``folder``; return both paths."""
+    card = build_card(project, version)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = folder / f"model-card-v{card.version}.md"
+    html = folder / f"model-card-v{card.version}.html"
+    markdown.write_text(render_markdown(card), encoding="utf-8")
+    html.write_text(render_html(card), encoding="utf-8")
+    return markdown, html

@@ -1,0 +1,135 @@
+"""``copml purge``: prediction records past the declared retention are deleted (GDPR's
+storage limitation), except those of versions under audit hold; what was deleted is an
+event. Metric windows stay: they are aggregates, not records about a person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import delete, func, select
+
+from copml import events
+from copml.errors import CopmlError
+from copml.project import Project
+from copml.store import (
+    batches,
+    feedback,
+    lock_for_writing,
+    open_store,
+    prediction_inputs,
+    predictions,
+    reviews,
+    snapshots,
+)
+
+
+def _subject(project: Project, version: str) -> str:
+    return f"model:{project.spec.project}/{version}"
+
+
+def held_versions(project: Project) -> set[str]:
+    """Versions whose latest hold event is a hold, not a release."""
+    engine = open_store(project.db_url)
+    latest: dict[str, tuple[int, str]] = {}
+    for kind in ("model.hold", "model.hold_released"):
+        for ev in events.history(engine, kind=kind, limit=100_000):
+            version = ev["subject"].rsplit("/", 1)[1]
+            if ev["id"] > latest.get(version, (0, ""))[0]:
+                latest[version] = (ev["id"], kind)
+    return {v for v, (_, kind) in latest.items() if kind == "model.hold"}
+
+
+def hold(project: Project, version: str, *, actor: str, reason: str, release: bool = False) -> None:
+    """Put a version's prediction records under audit hold (or release them)."""
+    if not reason.strip():
+        raise CopmlError("say why: --reason TEXT")
+    with open_store(project.db_url).begin() as conn:
+        events.record(
+            conn,
+            "model.hold_released" if release else "model.hold",
+            actor=actor,
+            subject=_subject(project, version),
+            reason=reason,
+        )
+
+
+@dataclass
+class Purge:
+    cutoff: datetime
+    batches: int
+    predictions: int
+    snapshots: int
+    kept_on_hold: int
+    freed_bytes: int
+
+
+def purge(project: Project, *, actor: str, at: datetime | None = None) -> Purge:
+    """Delete prediction records older than ``retention.predictions`` before ``at``."""
+    now = at or datetime.now(UTC)
+    cutoff = (pd.Timestamp(now) - project.spec.retention.predictions.offset()).to_pydatetime()
+    engine = open_store(project.db_url)
+    held = held_versions(project)
+    b = batches.c
+    with engine.begin() as conn:
+        lock_for_writing(conn)
+        old = conn.execute(select(batches).where(b.created_at < cutoff)).all()
+        kept = sum(r.n_rows for r in old if r.model_version in held)
+        doomed = [r for r in old if r.model_version not in held]
+        n = 0
+        for r in doomed:
+            last = r.first_seq + r.n_rows - 1
+            for table, column in (
+                (feedback, feedback.c.prediction_seq),
+                (reviews, reviews.c.seq),
+                (prediction_inputs, prediction_inputs.c.seq),
+                (predictions, predictions.c.seq),
+            ):
+                conn.execute(delete(table).where(column.between(r.first_seq, last)))
+            n += r.n_rows
+        conn.execute(delete(batches).where(b.id.in_([r.id for r in doomed])))
+        # Input snapshots of purged batches that no remaining batch refers to.
+        candidates = {r.snapshot_id for r in doomed if r.snapshot_id}
+        still = set(
+            conn.execute(select(b.snapshot_id).where(b.snapshot_id.in_(candidates))).scalars()
+        )
+        gone = conn.execute(
+            select(snapshots.c.id, snapshots.c.path).where(
+                snapshots.c.id.in_(candidates - still), snapshots.c.kind == "batch"
+            )
+        ).all()
+        conn.execute(delete(snapshots).where(snapshots.c.id.in_([g.id for g in gone])))
+        freed = 0
+        for g in gone:
+            path = Path(g.path)
+            if path.exists():
+                freed += path.stat().st_size
+        result = Purge(cutoff, len(doomed), n, len(gone), kept, freed)
+        events.record(
+            conn,
+            "predictions.purged",
+            actor=actor,
+            subject=f"project:{project.spec.project}",
+            reason=f"older than the retention of {project.spec.retention.predictions.amount} "
+            f"{project.spec.retention.predictions.unit}(s)",
+            evidence={
+                "cutoff": cutoff.isoformat(),
+                "batches": len(doomed),
+                "predictions": n,
+                "snapshots": len(gone),
+                "kept_on_hold": kept,
+                "held_versions": sorted(held),
+            },
+            at=now,
+        )
+    for g in gone:  # files only after the records are gone for good
+        Path(g.path).unlink(missing_ok=True)
+    return result
+
+
+def remaining(project: Project) -> int:
+    with open_store(project.db_url).connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(predictions)).scalar_one())

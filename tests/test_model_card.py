@@ -1,0 +1,167 @@
+"""The model card of a real trained version, read back from both files it writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from batches import month
+from copml import registry
+from copml.feedback import load
+from copml.model_card import (
+    NOT_MEASURED,
+    build_card,
+    fmt,
+    render_html,
+    render_markdown,
+    write_card,
+)
+from copml.monitor.window import monitor
+from copml.operate import lifecycle
+from copml.project import Project, load_project
+from copml.score import score
+
+END = datetime(2026, 4, 1, tzinfo=UTC)
+_EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
+
+
+@pytest.fixture
+def project(trained_churn: Path, tmp_path: Path) -> Project:
+    root = tmp_path / "churn"
+    shutil.copytree(trained_churn, root)
+    return load_project(root)
+
+
+def _section(markdown: str, title: str) -> str:
+    """The text of one ``## n. title`` section."""
+    start = markdown.index(title)
+    following = markdown.find("\n## ", start)
+    return markdown[start : following if following != -1 else None]
+
+
+def _month_with_truth(project: Project, tmp_path: Path, seed: int = 11) -> pd.DataFrame:
+    batch, outcome = month(tmp_path / f"m{seed}", seed=seed)
+    out = tmp_path / f"scores{seed}.csv"
+    score(project, batch, out, at=datetime(2026, 3, 1, 6, tzinfo=UTC))
+    truth = tmp_path / f"truth{seed}.csv"
+    outcome.to_csv(truth, index=False)
+    load(project, truth, at=datetime(2026, 3, 31, tzinfo=UTC))
+    return pd.read_csv(out).merge(outcome, on="customerID")
+
+
+def test_card_of_a_trained_version(project: Project, tmp_path: Path) -> None:
+    version = registry.champion(project)
+    assert version is not None
+    lifecycle.gate(project, version.version, actor="user:ds")
+    lifecycle.approve(project, version.version, actor="user:lead", reason="reviewed the card")
+
+    md_path, html_path = write_card(project, version.version, tmp_path / "cards")
+
+    assert md_path == tmp_path / "cards" / f"model-card-v{version.version}.md"
+    assert html_path == tmp_path / "cards" / f"model-card-v{version.version}.html"
+    assert md_path.exists() and html_path.exists()
+    md = md_path.read_text(encoding="utf-8")
+    html = html_path.read_text(encoding="utf-8")
+    spec = project.spec
+
+    assert f"v{version.version}" in md.splitlines()[0]
+    assert " ".join(spec.objective.split()) in md
+    assert version.snapshot_id and version.snapshot_id in md and version.snapshot_id in html
+    assert version.run_id in md and version.artifact_sha256 in md
+
+    logged = registry.client(project).get_run(version.run_id).data.metrics
+    evaluation = _section(md, "## 4. Evaluation")
+    assert spec.effectiveness.thresholds
+    for name, bound in spec.effectiveness.thresholds.items():
+        value = logged[f"holdout_{name}"]
+        state = "met" if bound.met(value) else "not met"
+        assert re.search(
+            rf"^\| {name} \| [^|]+ \| {re.escape(fmt(value))} \| {state} \|$",
+            evaluation,
+            re.M,
+        ), name
+    assert "Gate report (model.validated" in evaluation
+
+    history = _section(md, "## 9. Approvals and history")
+    for kind, actor in (
+        ("model.registered", "system"),
+        ("model.promoted", "system"),
+        ("model.validated", "user:ds"),
+        ("model.approved", "user:lead"),
+    ):
+        assert re.search(rf"^\| [^|]+ \| {re.escape(kind)} \| {re.escape(actor)} \|", history, re.M)
+    assert "reviewed the card" in history
+
+    # No window was computed: fairness is unknown, and the card says so per column.
+    fairness = _section(md, "## 6. Fairness")
+    for column in spec.data.sensitive:
+        assert f"### {column}\n\n{NOT_MEASURED}." in fairness
+    assert "No stored window was served by this version yet." in md
+
+    assert not _EXTERNAL.search(html), "the HTML card must not load anything from the network"
+    names = {
+        Path(a.path).name
+        for a in registry.client(project).list_artifacts(version.run_id, "explain")
+    }
+    explanation = _section(md, "## 7. Explanation")
+    if "importance.png" in names:
+        assert re.search(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', html)
+        assert "explanation unavailable" not in md
+        assert re.search(r"^1\. \w+: \d\.\d{4}$", explanation, re.M)
+    else:
+        assert "data:image/png;base64" not in html
+        assert "explanation unavailable" in explanation
+        assert "explanation unavailable" in html
+
+
+def test_card_shows_fairness_of_a_real_window(project: Project, tmp_path: Path) -> None:
+    _month_with_truth(project, tmp_path)
+    window = monitor(project, end=END)
+    assert window.model_version == "1"
+
+    md_path, html_path = write_card(project, "1", tmp_path / "cards")
+    md = md_path.read_text(encoding="utf-8")
+    html = html_path.read_text(encoding="utf-8")
+
+    m = window.metrics
+    fairness = _section(md, "## 6. Fairness")
+    gender = fairness[fairness.index("### gender") :]
+    assert not gender.startswith(f"### gender\n\n{NOT_MEASURED}")
+    dp = m["demographic_parity_difference.gender"]
+    eo = m["equalized_odds_difference.gender"]
+    assert f"- Demographic parity difference: {fmt(dp)}" in gender
+    assert f"- Equalized odds difference: {fmt(eo)}" in gender
+    for group in ("Female", "Male"):
+        rate, recall = m[f"selection_rate.gender={group}"], m[f"recall.gender={group}"]
+        assert f"| {group} | {fmt(rate)} | {fmt(recall)} |" in gender
+        assert f'<td>{group}</td><td class="num">{fmt(rate)}</td>' in html
+
+    production = _section(md, "## 5. Production performance")
+    assert "2026-03-01 00:00 UTC to 2026-04-01 00:00 UTC | 500 | 500 |" in production
+    assert fmt(m["accuracy"]) in production
+    assert "No production window" not in _section(md, "## 8. Limitations")
+    assert not _EXTERNAL.search(html)
+
+
+def test_recorded_text_cannot_inject_markup(project: Project) -> None:
+    """Reasons and the objective are free text typed by people: they stay text."""
+    card = build_card(project, "1")
+    hostile = '<script>alert(1)</script><img src="https://evil.example/x.png"> a | b'
+    card = dataclasses.replace(
+        card,
+        objective=hostile,
+        history=[{"at": "now", "kind": "model.approved", "actor": "user:x", "reason": hostile}],
+    )
+    html = render_html(card)
+    assert "<script>" not in html and not _EXTERNAL.search(html)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    md = render_markdown(card)
+    assert "<script>" not in md and "<img" not in md
+    assert "| model.approved | user:x | &lt;script&gt;alert(1)" in md
+    assert "a \\| b |" in md  # a pipe in a reason does not split the table row
