@@ -173,3 +173,25 @@ def test_lineage_events_for_train_and_score(churn: Project, tmp_path: Path) -> N
     assert any(d["name"].startswith("snapshot/") for d in scored["outputs"])
     assert any(d["name"] == "model/telco-churn/1" for d in scored["inputs"])
     assert by_job["train"]["outputs"][0]["name"] == "model/telco-churn/1"
+
+
+def test_linear_explanations_equal_shaps_linear_explainer(churn: Project) -> None:
+    import numpy as np
+    import shap
+
+    from copml import snapshots
+    from copml.store import open_store
+    from copml.train import training_frame
+
+    snap_frame = training_frame(churn, snapshots.latest(open_store(churn.db_url)))
+    features = churn.spec.data.features
+    model = registry.load(churn, registry.get(churn, "1"))
+    # shap keeps at most 100 background rows (its Independent masker): give it exactly 100.
+    background, rows = snap_frame[features].head(100), snap_frame[features].tail(50)
+    ours = explain._Explainer(model, background, features)
+    mine, base, _ = ours.explain(rows)
+    reference = shap.LinearExplainer(model[-1], ours._transform(background))
+    theirs = np.asarray(reference.shap_values(ours._transform(rows)))
+    grouped = pd.DataFrame(theirs).T.groupby(np.array(ours.groups), sort=False).sum().T
+    assert np.allclose(mine, grouped.reindex(columns=features).to_numpy(), atol=1e-12)
+    assert base == pytest.approx(float(np.ravel(reference.expected_value)[-1]), abs=1e-12)

@@ -44,6 +44,23 @@ def _champion_at(project: Project, at: datetime) -> str | None:
     return str(row.subject).rsplit("/", 1)[1]
 
 
+def _lineage(project: Project, version: str) -> dict[str, Any]:
+    recorded = dict(registry.recorded(project, version))
+    engine = open_store(project.db_url)
+    snap = snapshots.get(engine, recorded["snapshot_id"], missing_ok=True)
+    snapshot_id = recorded.pop("snapshot_id")
+    return {
+        "run_id": recorded.pop("run_id"),
+        "training_snapshot": {
+            "id": snapshot_id,
+            "sha256": snapshot_id,  # a snapshot's id is the sha256 of its content
+            "rows": snap.n_rows if snap else None,
+            "source": snap.source if snap else None,
+        },
+        **recorded,
+    }
+
+
 def record(project: Project, prediction_id: str, *, explanation: bool = True) -> dict[str, Any]:
     """The full decision record of ``prediction_id``."""
     engine = open_store(project.db_url)
@@ -51,24 +68,9 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
     if found is None:
         raise NotFoundError(f"no prediction {prediction_id!r}")
     version = found["model_version"]
-    mv = registry.get(project, version)
-    snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True)
-    created = datetime.fromisoformat(found["created_at"])
     subject = f"model:{project.spec.project}/{version}"
-    lineage = {
-        "run_id": mv.run_id,
-        "training_snapshot": {
-            "id": mv.snapshot_id,
-            "sha256": mv.snapshot_id if snap is None or snap.storage == "copy" else snap.id,
-            "rows": snap.n_rows if snap else None,
-            "source": snap.source if snap else None,
-        },
-        "git_commit": mv.tags.get(registry.TAG + "git_commit"),
-        "git_dirty": mv.tags.get(registry.TAG + "git_dirty") == "true",
-        "params": mv.tags.get(registry.TAG + "params"),
-        "seed": mv.tags.get(registry.TAG + "seed"),
-        "artifact_sha256": mv.artifact_sha256,
-    }
+    lineage = _lineage(project, version)
+    created = datetime.fromisoformat(found["created_at"])
     out: dict[str, Any] = {
         **found,
         "champion_at_the_time": _champion_at(project, created),
@@ -82,7 +84,7 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
         from copml.explain import explain_prediction
 
         try:
-            explained = explain_prediction(project, prediction_id)
+            explained = explain_prediction(project, prediction_id, record=found)
             out["explanation"] = {
                 "space": "log-odds",
                 "base_value": explained.base_value,
@@ -103,17 +105,18 @@ class Replay:
     identical: bool
 
 
-def replay(project: Project, prediction_id: str) -> Replay:
+def replay(project: Project, prediction_id: str, *, record: dict[str, Any] | None = None) -> Replay:
     """Re-score the stored input with the archived version; identical or not."""
     from copml.explain import prediction_frame
     from copml.train import positive_scores
 
     engine = open_store(project.db_url)
-    found = prediction_log.record(engine, prediction_id)
+    found = record or prediction_log.record(engine, prediction_id)
     if found is None:
         raise NotFoundError(f"no prediction {prediction_id!r}")
-    mv = registry.get(project, found["model_version"])
-    model = registry.load(project, mv)  # local copy checked against the recorded sha256
+    version = found["model_version"]
+    # The archived version, its local copy checked against the sha256 recorded at registration.
+    model = registry.load_recorded(project, version, _lineage(project, version)["artifact_sha256"])
     score = float(positive_scores(model, prediction_frame(project, found))[0])
     stored = float(found["score"])
     same = bool(np.float64(score) == np.float64(stored))
@@ -124,6 +127,6 @@ def replay(project: Project, prediction_id: str) -> Replay:
             actor=events.user_actor(),
             subject=f"prediction:{prediction_id}",
             reason="identical" if same else "DIFFERENT",
-            evidence={"version": mv.version, "stored": stored, "replayed": score},
+            evidence={"version": version, "stored": stored, "replayed": score},
         )
-    return Replay(prediction_id, mv.version, stored, score, same)
+    return Replay(prediction_id, version, stored, score, same)

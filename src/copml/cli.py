@@ -627,7 +627,7 @@ def audit(
 
     p = _project(project)
     found = auditing.record(p, prediction_id)
-    replayed = auditing.replay(p, prediction_id) if replay else None
+    replayed = auditing.replay(p, prediction_id, record=found) if replay else None
     if as_json:
         _print_json({**found, **({"replay": replayed.__dict__} if replayed else {})})
     else:

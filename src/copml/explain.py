@@ -1,11 +1,12 @@
 """SHAP explanations: global importance per version, local per prediction (design §1, §7).
 
 A scikit-learn ``Pipeline`` whose last step is a linear model or a tree ensemble is
-explained exactly in its own output space (log-odds) with ``shap.LinearExplainer`` or
-``shap.TreeExplainer`` on the transformed features; the values of the columns derived from
-one input feature (e.g. its one-hot columns) are summed back to that feature, so people
-read "Contract", not "categorical__Contract_Month-to-month". SHAP's additivity holds:
-base value + the values = the model's log-odds for that row.
+explained exactly in its own output space (log-odds), on the transformed features: the
+linear model by SHAP's interventional values in closed form, trees by
+``shap.TreeExplainer``. The values of the columns derived from one input feature (e.g. its
+one-hot columns) are summed back to that feature, so people read "Contract", not
+"categorical__Contract_Month-to-month". SHAP's additivity holds: base value + the values =
+the model's log-odds for that row.
 """
 
 from __future__ import annotations
@@ -80,15 +81,22 @@ class _Explainer:
     """A fitted explainer for one model, with its feature grouping."""
 
     def __init__(self, model: Any, background: pd.DataFrame, features: list[str]) -> None:
-        import shap
-
         self.features = features
         self.prepare, self.estimator = _parts(model)
         transformed = self._transform(background)
         kind = type(self.estimator).__name__
+        self.explainer: Any = None
         if hasattr(self.estimator, "coef_"):
-            self.explainer = shap.LinearExplainer(self.estimator, transformed)
+            # Linear: SHAP's interventional values have a closed form, coef·(x − E[x]), which
+            # is what shap.LinearExplainer computes (a test holds them equal); doing it here
+            # spares an audit the second it takes to import shap.
+            self.coef = np.asarray(self.estimator.coef_, dtype=np.float64)[-1]
+            self.mean = transformed.mean(axis=0)
+            intercept = np.asarray(self.estimator.intercept_, dtype=np.float64).ravel()[-1]
+            self.base = float(intercept + self.coef @ self.mean)
         elif "Forest" in kind or "Boost" in kind or "Tree" in kind:
+            import shap
+
             self.explainer = shap.TreeExplainer(self.estimator)
         else:
             raise CopmlError(f"no SHAP explainer for a {kind}: linear models and trees only")
@@ -102,10 +110,14 @@ class _Explainer:
 
     def explain(self, frame: pd.DataFrame) -> tuple[np.ndarray, float, pd.DataFrame]:
         """(per-row values grouped by feature, base value, the rows' log-odds)."""
-        values = np.asarray(self.explainer.shap_values(self._transform(frame)))
-        if values.ndim == 3:  # one slice per class: keep the positive class
-            values = values[..., -1]
-        base = np.asarray(self.explainer.expected_value, dtype=np.float64).ravel()[-1]
+        transformed = self._transform(frame)
+        if self.explainer is None:
+            values, base = (transformed - self.mean) * self.coef, self.base
+        else:
+            values = np.asarray(self.explainer.shap_values(transformed))
+            if values.ndim == 3:  # one slice per class: keep the positive class
+                values = values[..., -1]
+            base = np.asarray(self.explainer.expected_value, dtype=np.float64).ravel()[-1]
         grouped = pd.DataFrame(values).T.groupby(np.array(self.groups), sort=False).sum().T
         grouped = grouped.reindex(columns=self.features, fill_value=0.0)
         return grouped.to_numpy(), float(base), grouped
@@ -117,14 +129,14 @@ def _explainer(project_root: str, version: str) -> _Explainer:
     from copml.train import split_holdout, training_frame
 
     project = load_project(project_root)
-    mv = registry.get(project, version)
-    model = registry.load(project, mv)
-    snap = snapshots.get(open_store(project.db_url), mv.snapshot_id)
+    lineage = registry.recorded(project, version)
+    model = registry.load_recorded(project, version, lineage["artifact_sha256"])
+    snap = snapshots.get(open_store(project.db_url), lineage["snapshot_id"])
     if snap is None:
         raise NotFoundError(f"the training snapshot of v{version} is not in this store")
     frame = training_frame(project, snap)
     spec = project.spec
-    seed = int(mv.tags.get(registry.TAG + "seed", spec.model.seed))
+    seed = int(lineage["seed"] or spec.model.seed)
     fit_rows = ~split_holdout(frame, spec.data.target, spec.model.holdout, seed)
     background = frame.loc[fit_rows, spec.data.features].sample(
         min(BACKGROUND_ROWS, int(fit_rows.sum())), random_state=seed
@@ -175,16 +187,23 @@ def prediction_frame(project: Project, record: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({c: [stored.get(c)] for c in features})
 
 
-def explain_prediction(project: Project, prediction_id: str) -> Explanation:
-    """The local explanation of one stored decision (computed once, then cached)."""
+def explain_prediction(
+    project: Project,
+    prediction_id: str,
+    *,
+    record: dict[str, Any] | None = None,
+    frame: pd.DataFrame | None = None,
+) -> Explanation:
+    """The local explanation of one stored decision (computed once, then cached).
+    ``record`` and ``frame``, when the caller has them already, save reading them again."""
     cached = _cache_path(project, prediction_id)
     if cached.exists():
         return Explanation(**json.loads(cached.read_text()))
-    record = prediction_log.record(open_store(project.db_url), prediction_id)
+    record = record or prediction_log.record(open_store(project.db_url), prediction_id)
     if record is None:
         raise NotFoundError(f"no prediction {prediction_id!r}")
     version = record["model_version"]
-    frame = prediction_frame(project, record)
+    frame = prediction_frame(project, record) if frame is None else frame
     values, base, _ = explainer(project, version).explain(frame)
     row = values[0]
     found = Explanation(

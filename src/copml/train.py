@@ -288,6 +288,7 @@ def train(
                 "artifact_sha256": sha,
                 "git_commit": commit,
                 "git_dirty": dirty,
+                "params": params,
             },
             at=at,
         )
