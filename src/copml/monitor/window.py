@@ -23,7 +23,7 @@ from copml.metrics import classification_metrics
 from copml.monitor.drift import drift_share, feature_drift
 from copml.monitor.fairness import fairness
 from copml.project import Project
-from copml.store import heartbeats, metric_windows, open_store
+from copml.store import heartbeats, json_safe, metric_windows, open_store
 from copml.usercode import load_function
 
 
@@ -180,14 +180,6 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     return Window(start, end, version, len(frame), len(labelled), metrics, drift)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
 def store(project: Project, window: Window) -> None:
     """Store the window, replacing an earlier computation of the same window."""
     engine = open_store(project.db_url)
@@ -201,8 +193,8 @@ def store(project: Project, window: Window) -> None:
                 model_version=window.model_version,
                 n_predictions=window.n_predictions,
                 n_labelled=window.n_labelled,
-                metrics=_json_safe(window.metrics),
-                drift=_json_safe(window.drift),
+                metrics=json_safe(window.metrics),
+                drift=json_safe(window.drift),
             )
         )
 

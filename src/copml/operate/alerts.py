@@ -33,6 +33,7 @@ from email.message import EmailMessage
 from typing import Any, Literal
 
 from copml.spec import Alerts
+from copml.store import json_safe
 
 logger = logging.getLogger("copml.alerts")
 
@@ -83,7 +84,7 @@ def sign(body: bytes, secret: bytes) -> str:
 def encode(alert: Alert) -> bytes:
     """Compact JSON with sorted keys: stable bytes, so the signature is reproducible."""
     return json.dumps(
-        _json_safe(alert.payload()), sort_keys=True, separators=(",", ":"), default=_fallback
+        json_safe(alert.payload()), sort_keys=True, separators=(",", ":"), default=_fallback
     ).encode("utf-8")
 
 
@@ -126,7 +127,7 @@ def _log(alert: Alert) -> Delivery:
         alert.project,
         alert.title,
         alert.key,
-        json.dumps(_json_safe(alert.details), sort_keys=True, default=_fallback),
+        json.dumps(json_safe(alert.details), sort_keys=True, default=_fallback),
     )
     return Delivery("log", True, 1, "logged")
 
@@ -236,7 +237,7 @@ def _text(alert: Alert) -> str:
         for name in sorted(alert.details, key=str):
             value = alert.details[name]
             if not isinstance(value, str):
-                value = json.dumps(_json_safe(value), sort_keys=True, default=_fallback)
+                value = json.dumps(json_safe(value), sort_keys=True, default=_fallback)
             lines.append(f"  {name}: {value}")
     return "\n".join(lines) + "\n"
 
@@ -255,17 +256,6 @@ def _describe(exc: object) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities are not JSON: send them as null rather than break the receiver."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _fallback(value: Any) -> Any:

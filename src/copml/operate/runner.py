@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from copml.operate import alerts as delivery
 from copml.operate import lifecycle
 from copml.project import Project
 from copml.spec import Policy
-from copml.store import actions, alerts, open_store, policy_evaluations
+from copml.store import actions, alerts, json_safe, open_store, policy_evaluations
 
 MAX_ATTEMPTS = 3
 # Actions that still run when an earlier one in the same chain failed: people must hear.
@@ -59,16 +58,6 @@ def _alive(owner: str | None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 @dataclass
@@ -154,7 +143,7 @@ def evaluate(project: Project, windows: list[Window], at: datetime) -> list[Eval
                     outcome=outcome,
                     acted=acted,
                     note=note or None,
-                    values=_json_safe(verdict.values),
+                    values=json_safe(verdict.values),
                 )
             )
         out.append(Evaluation(policy.name, end, verdict.outcome, acted, note, verdict.values))
@@ -182,7 +171,7 @@ def _plan(project: Project, evaluation: Evaluation, at: datetime) -> None:
                     state="pending",
                     created_at=at,
                     attempt=1,
-                    evidence=_json_safe(
+                    evidence=json_safe(
                         {"when": policy.when, "values": evaluation.values, "chain": policy.do}
                     ),
                 )
@@ -193,7 +182,7 @@ def _plan(project: Project, evaluation: Evaluation, at: datetime) -> None:
             actor=f"policy:{policy.name}",
             subject=f"project:{project.spec.project}",
             reason=policy.when,
-            evidence=_json_safe({"values": evaluation.values, "do": policy.do}),
+            evidence=json_safe({"values": evaluation.values, "do": policy.do}),
             at=at,
         )
 
@@ -284,7 +273,7 @@ def _finish(engine: Engine, action_id: int, state: str, at: datetime, **values: 
         conn.execute(
             update(actions)
             .where(actions.c.id == action_id)
-            .values(state=state, finished_at=at, **{k: _json_safe(v) for k, v in values.items()})
+            .values(state=state, finished_at=at, **{k: json_safe(v) for k, v in values.items()})
         )
 
 
@@ -351,7 +340,7 @@ def open_alert(
         title=title,
         severity=severity,
         at=at,
-        details=_json_safe(details),
+        details=json_safe(details),
     )
     sent = delivery.deliver(alert, config, webhook_secret(project))
     records = [d.__dict__ for d in sent]
@@ -361,7 +350,7 @@ def open_alert(
                 key=key,
                 opened_at=at,
                 title=title,
-                details=_json_safe(details),
+                details=json_safe(details),
                 deliveries=records,
             )
         ).inserted_primary_key[0]
