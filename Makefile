@@ -10,10 +10,15 @@ AIRFLOW_STAMP   := $(AIRFLOW_VENV)/.installed-stamp
 
 .PHONY: install airflow-venv demo test lint bench clean
 
+# PyTorch's CPU build first (the x-ray models; the plain `torch` requirement would pull
+# the CUDA build and gigabytes of NVIDIA libraries), then copml with its extras.
+TORCH_CPU ?= torch==2.13.0+cpu
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet '$(TORCH_CPU)'
+	$(BIN)/python -m pip install --quiet -e '.[test,vision]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,169 @@
+"""The x-ray cascade: model 1 (normal vs pneumonia, thresholded for recall) then model 2
+(bacteria vs virus), with low-confidence results of either routed to a person.
+
+One deployable unit: both networks and the decision rules travel together in one folder
+(``detector/``, ``typer/``, ``cascade.json``), so a registered version always names the
+pair that made a decision.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from copml.vision import models
+from copml.vision.images import ImageSet, load_arrays
+
+RULES_FILE = "cascade.json"
+
+
+def patient(path: str) -> str:
+    """The patient a file belongs to (``person12_…`` / ``IM-0123-…``), for splits that never
+    put one patient on both sides; the file name itself otherwise."""
+    name = Path(path).name
+    found = re.match(r"(person\d+|IM-\d+)", name)
+    return found.group(1) if found else name
+
+
+@dataclass
+class Rules:
+    """How scores become decisions."""
+
+    threshold: float  # model 1: pneumonia when score >= threshold (chosen for recall)
+    recall_target: float
+    calibration_recall: float
+    calibration_specificity: float
+    review_margin: float = 0.1  # model 1 within this of its threshold → a person looks
+    type_margin: float = 0.15  # model 2 within this of 0.5 → a person looks
+    input_size: int = 64
+    positive: str = "PNEUMONIA"
+    negative: str = "NORMAL"
+    subtypes: tuple[str, str] = ("bacteria", "virus")  # model 2's 0 and 1
+
+
+@dataclass
+class Cascade:
+    detector: Any
+    typer: Any
+    rules: Rules
+
+    def predict(self, images: np.ndarray) -> pd.DataFrame:
+        """Per image: pneumonia score and label, type and its probability, review flag."""
+        r = self.rules
+        score = models.predict_proba(self.detector, images)
+        positive = score >= r.threshold
+        type_score = models.predict_proba(self.typer, images)  # P(second subtype)
+        kind = np.where(type_score >= 0.5, r.subtypes[1], r.subtypes[0])
+        type_probability = np.where(type_score >= 0.5, type_score, 1 - type_score)
+        unsure = np.abs(score - r.threshold) < r.review_margin
+        unsure_type = positive & (np.abs(type_score - 0.5) < r.type_margin)
+        return pd.DataFrame(
+            {
+                "score": score,
+                "label": np.where(positive, r.positive, r.negative),
+                "type": np.where(positive, kind, None),
+                "type_probability": np.where(positive, type_probability, np.nan),
+                "review": unsure | unsure_type,
+            }
+        )
+
+    def save(self, folder: Path) -> Path:
+        folder = Path(folder)
+        models.save(self.detector, folder / "detector")
+        models.save(self.typer, folder / "typer")
+        (folder / RULES_FILE).write_text(json.dumps(asdict(self.rules), indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> Cascade:
+        folder = Path(folder)
+        raw = json.loads((folder / RULES_FILE).read_text())
+        raw["subtypes"] = tuple(raw["subtypes"])
+        return cls(models.load(folder / "detector"), models.load(folder / "typer"), Rules(**raw))
+
+
+def _split_by_patient(frame: pd.DataFrame, share: float, seed: int) -> np.ndarray:
+    """A boolean mask of the calibration part: ``share`` of the patients, seeded."""
+    patients = np.array(sorted({patient(p) for p in frame["path"]}))
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.choice(patients, size=max(1, int(len(patients) * share)), replace=False))
+    return frame["path"].map(lambda p: patient(p) in chosen).to_numpy()
+
+
+def train(
+    images: ImageSet,
+    *,
+    seed: int = 42,
+    recall_target: float = 0.98,
+    calibration_share: float = 0.2,
+    epochs: int = 8,
+    type_epochs: int = 10,
+    size: int = 64,
+    positive: str = "PNEUMONIA",
+    negative: str = "NORMAL",
+    init_weights: Path | None = None,
+) -> tuple[Cascade, dict[str, Any]]:
+    """Train both models on ``images``; model 1's threshold comes from a calibration part of
+    the training set (by patient), never from the data it is evaluated on."""
+    frame = images.frame.reset_index(drop=True)
+    arrays = load_arrays(images, size=size)
+    is_positive = (frame["label"] == positive).to_numpy()
+    calibration = _split_by_patient(frame, calibration_share, seed)
+    detector = models.train_cnn(
+        arrays[~calibration],
+        is_positive[~calibration].astype(np.int64),
+        seed=seed,
+        epochs=epochs,
+        init_weights=init_weights,
+    )
+    scores = models.predict_proba(detector, arrays[calibration])
+    threshold, recall, specificity = models.threshold_for_recall(
+        scores, is_positive[calibration].astype(np.int64), recall_target
+    )
+    subtypes = ("bacteria", "virus")
+    typed = is_positive & frame["subtype"].isin(subtypes).to_numpy()
+    is_virus = (frame.loc[typed, "subtype"] == subtypes[1]).to_numpy().astype(np.int64)
+    typer = models.train_cnn(arrays[typed], is_virus, seed=seed, epochs=type_epochs)
+    rules = Rules(
+        threshold=float(threshold),
+        recall_target=recall_target,
+        calibration_recall=float(recall),
+        calibration_specificity=float(specificity),
+        input_size=size,
+        positive=positive,
+        negative=negative,
+        subtypes=subtypes,
+    )
+    report = {
+        "fit_images": int((~calibration).sum()),
+        "calibration_images": int(calibration.sum()),
+        "threshold": float(threshold),
+        "calibration_recall": float(recall),
+        "calibration_specificity": float(specificity),
+        "type_images": int(typed.sum()),
+    }
+    return Cascade(detector, typer, rules), report
+
+
+def evaluate(cascade: Cascade, images: ImageSet) -> dict[str, float]:
+    """Model 1 and model 2 figures on a labelled set (e.g. ``val/``)."""
+    frame = images.frame.reset_index(drop=True)
+    arrays = load_arrays(images, size=cascade.rules.input_size)
+    r = cascade.rules
+    actual = (frame["label"] == r.positive).to_numpy().astype(np.int64)
+    detected = models.metrics(actual, models.predict_proba(cascade.detector, arrays), r.threshold)
+    typed = (frame["label"] == r.positive).to_numpy() & frame["subtype"].isin(r.subtypes)
+    kind = (frame.loc[typed, "subtype"] == r.subtypes[1]).to_numpy().astype(np.int64)
+    typing = models.metrics(
+        kind, models.predict_proba(cascade.typer, arrays[typed.to_numpy()]), 0.5
+    )
+    return {
+        **{f"model1_{k}": float(v) for k, v in detected.items()},
+        **{f"model2_{k}": float(v) for k, v in typing.items()},
+    }

@@ -1,0 +1,58 @@
+"""The x-ray cascade on generated images: trains, routes low confidence, saves and loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from copml.vision import cascade
+from copml.vision.images import load_arrays
+from copml.vision.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[cascade.Cascade, dict, object]:
+    train_set = generate(
+        tmp_path_factory.mktemp("train"),
+        {"normal": 160, "bacteria": 110, "virus": 90},
+        size=96,
+        seed=1,
+    )
+    held_out = generate(
+        tmp_path_factory.mktemp("val"), {"normal": 60, "bacteria": 40, "virus": 30}, size=96, seed=2
+    )
+    model, report = cascade.train(train_set, seed=3, recall_target=0.95, epochs=6, type_epochs=6)
+    return model, report, held_out
+
+
+def test_cascade_trains_routes_and_round_trips(trained, tmp_path: Path) -> None:
+    """One test, one training (the fixture trains once per process; xdist splits tests)."""
+    model, report, held_out = trained
+    assert report["calibration_recall"] >= 0.95 and report["calibration_images"] > 0
+    figures = cascade.evaluate(model, held_out)
+    assert figures["model1_recall"] >= 0.8  # small generated sets: learnable, not perfect
+    assert figures["model1_roc_auc"] > 0.8
+    # Model 2's accuracy is measured on the real images (benchmarks/xray.py), not here.
+    assert figures["model2_n"] == 70
+
+    decided = model.predict(load_arrays(held_out, size=model.rules.input_size))
+    assert set(decided["label"]) <= {"NORMAL", "PNEUMONIA"}
+    positive = decided["label"] == "PNEUMONIA"
+    assert decided.loc[positive, "type"].isin(["bacteria", "virus"]).all()
+    assert decided.loc[~positive, "type"].isna().all()
+    near = (decided["score"] - model.rules.threshold).abs() < model.rules.review_margin
+    assert decided.loc[near, "review"].all()  # low confidence of model 1 goes to a person
+
+    arrays = load_arrays(held_out, size=model.rules.input_size)
+    again = cascade.Cascade.load(model.save(tmp_path / "cascade"))
+    assert again.rules == model.rules
+    assert np.array_equal(again.predict(arrays)["score"], model.predict(arrays)["score"])
+
+
+def test_patients_never_straddle_the_calibration_split() -> None:
+    assert cascade.patient("person12_bacteria_3.jpeg") == "person12"
+    assert cascade.patient("IM-0117-0001.jpeg") == "IM-0117"
