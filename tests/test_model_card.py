@@ -8,12 +8,10 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from batches import month
+from batches import month_with_truth
 from copml import registry
-from copml.feedback import load
 from copml.model_card import (
     NOT_MEASURED,
     build_card,
@@ -25,7 +23,6 @@ from copml.model_card import (
 from copml.monitor.window import monitor
 from copml.operate import lifecycle
 from copml.project import Project, load_project
-from copml.score import score
 
 END = datetime(2026, 4, 1, tzinfo=UTC)
 _EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
@@ -43,16 +40,6 @@ def _section(markdown: str, title: str) -> str:
     start = markdown.index(title)
     following = markdown.find("\n## ", start)
     return markdown[start : following if following != -1 else None]
-
-
-def _month_with_truth(project: Project, tmp_path: Path, seed: int = 11) -> pd.DataFrame:
-    batch, outcome = month(tmp_path / f"m{seed}", seed=seed)
-    out = tmp_path / f"scores{seed}.csv"
-    score(project, batch, out, at=datetime(2026, 3, 1, 6, tzinfo=UTC))
-    truth = tmp_path / f"truth{seed}.csv"
-    outcome.to_csv(truth, index=False)
-    load(project, truth, at=datetime(2026, 3, 31, tzinfo=UTC))
-    return pd.read_csv(out).merge(outcome, on="customerID")
 
 
 def test_card_of_a_trained_version(project: Project, tmp_path: Path) -> None:
@@ -121,7 +108,7 @@ def test_card_of_a_trained_version(project: Project, tmp_path: Path) -> None:
 
 
 def test_card_shows_fairness_of_a_real_window(project: Project, tmp_path: Path) -> None:
-    _month_with_truth(project, tmp_path)
+    month_with_truth(project, tmp_path)
     window = monitor(project, end=END)
     assert window.model_version == "1"
 

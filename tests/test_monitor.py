@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
-from batches import month
-from copml.feedback import load
+from batches import month_with_truth
 from copml.monitor.drift import categorical_drift, drift_share, feature_drift, numeric_drift, psi
 from copml.monitor.status import requirements
 from copml.monitor.window import history, monitor
@@ -45,18 +44,8 @@ def test_numeric_and_categorical_drift() -> None:
     assert drift_share(drift) == 0.5
 
 
-def _month_with_truth(project: Project, tmp_path: Path, seed: int = 11) -> pd.DataFrame:
-    batch, outcome = month(tmp_path / f"m{seed}", seed=seed)
-    out = tmp_path / f"scores{seed}.csv"
-    score(project, batch, out, at=datetime(2026, 3, 1, 6, tzinfo=UTC))
-    truth = tmp_path / f"truth{seed}.csv"
-    outcome.to_csv(truth, index=False)
-    load(project, truth, at=datetime(2026, 3, 31, tzinfo=UTC))
-    return pd.read_csv(out).merge(outcome, on="customerID")
-
-
 def test_window_metrics_match_an_independent_computation(churn: Project, tmp_path: Path) -> None:
-    joined = _month_with_truth(churn, tmp_path)
+    joined = month_with_truth(churn, tmp_path)
     window = monitor(churn, end=END)
     actual = joined["Churn"].eq("Yes").astype(int)
     predicted = joined["label"].eq("Yes").astype(int)
@@ -96,7 +85,7 @@ def test_empty_window_is_unknown_not_failed(churn: Project) -> None:
 
 
 def test_status_met_not_met_unknown(churn: Project, tmp_path: Path) -> None:
-    _month_with_truth(churn, tmp_path)
+    month_with_truth(churn, tmp_path)
     window = monitor(churn, end=END)
     found = {r.name: r for r in requirements(churn.spec, window)}
     accuracy = found["accuracy"]
@@ -125,7 +114,7 @@ def test_the_loop_on_each_store(
     # and the champion's lineage comes from the registry's tags, so drift still has its
     # reference.
     snapshots.create(engine, churn.spec.data, root=churn.root, directory=churn.snapshots_dir)
-    joined = _month_with_truth(churn, tmp_path)
+    joined = month_with_truth(churn, tmp_path)
     window = monitor(churn, end=END)
     actual = joined["Churn"].eq("Yes").astype(int)
     assert window.n_labelled == 500
