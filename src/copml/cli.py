@@ -79,9 +79,9 @@ def _project(path: Path) -> Project:
 
 
 def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    from copml.report import figure  # only commands that already loaded the services print
+
+    return figure(value)
 
 
 def _print_json(value: Any) -> None:
@@ -316,7 +316,7 @@ def models_promote(
     from copml.operate import lifecycle
 
     p = _project(project)
-    lifecycle.promote(p, version, actor=user_actor(), reason=reason, force_gate=True)
+    lifecycle.promote(p, version, actor=user_actor(), reason=reason, gate_first=True)
     _console().print(f"version {version} is now champion")
 
 

@@ -27,7 +27,7 @@ from copml.monitor.status import requirements
 from copml.monitor.window import history, monitor
 from copml.operate.runner import operate_once, suspended
 from copml.project import load_project
-from copml.report import Marker, write_report
+from copml.report import Marker, figure, write_report
 from copml.scaffold import init
 from copml.score import score
 from copml.simulation import SCENARIOS, Population, as_source_csv
@@ -194,11 +194,7 @@ def run_churn_demo(
     for row in rows:
         cells = []
         for key, value in row.items():
-            text = (
-                f"{value:.3f}"
-                if isinstance(value, float) and not math.isnan(value)
-                else ("—" if isinstance(value, float) else str(value))
-            )
+            text = figure(value)
             if key in thresholds and isinstance(value, float) and not thresholds[key].met(value):
                 text = f"[red]{text}[/]"
             cells.append(text)

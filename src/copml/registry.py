@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 
 from copml import events
 from copml.errors import CopmlError, NotFoundError
+from copml.store import open_store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -286,8 +287,6 @@ def recorded(project: Project, version: str) -> dict[str, Any]:
     From the registration event in copml's store (no MLflow round trip: an audit in a fresh
     process stays fast), else from the registry's tags (a store that did not see it).
     """
-    from copml.store import open_store
-
     engine = open_store(project.db_url)
     event = events.latest(engine, "model.registered", f"model:{project.spec.project}/{version}")
     evidence = (event or {}).get("evidence") or {}

@@ -93,6 +93,13 @@ def _plot(panel: Panel, windows: list[Window], markers: list[Marker]) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def figure(value: Any) -> str:
+    """A figure as tables show it: 3 decimals, a dash where it is missing or unknown."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def write_report(
     project: Project,
     windows: list[Window],
@@ -109,11 +116,7 @@ def write_report(
     markers = markers or []
     # Autoescape always: select_autoescape() would not match a '.html.j2' template name.
     env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=True)
-    env.filters["fmt"] = lambda v: (
-        "—"
-        if v is None or (isinstance(v, float) and math.isnan(v))
-        else (f"{v:.3f}" if isinstance(v, float) else str(v))
-    )
+    env.filters["fmt"] = figure
     html = env.get_template("report.html.j2").render(
         title=title,
         spec=project.spec,

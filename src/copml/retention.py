@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 
 from copml import events
 from copml.errors import CopmlError
@@ -128,8 +128,3 @@ def purge(project: Project, *, actor: str, at: datetime | None = None) -> Purge:
     for g in gone:  # files only after the records are gone for good
         Path(g.path).unlink(missing_ok=True)
     return result
-
-
-def remaining(project: Project) -> int:
-    with open_store(project.db_url).connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(predictions)).scalar_one())

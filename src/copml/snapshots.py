@@ -84,12 +84,7 @@ class Snapshot:
         for group in range(parquet.num_row_groups):
             size = parquet.metadata.row_group(group).num_rows
             if index < start + size:
-                table = parquet.read_row_group(group).slice(index - start, 1)
-                plain = [
-                    pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
-                    for f in table.schema
-                ]
-                return table.cast(pa.schema(plain)).to_pandas()
+                return _plain(parquet.read_row_group(group).slice(index - start, 1)).to_pandas()
             start += size
         raise IndexError(f"snapshot {self.id[:12]} has {self.n_rows} rows, not {index + 1}")
 
@@ -327,12 +322,16 @@ def _arrow_table(frame: pd.DataFrame, data: Data) -> pa.Table:
 
 def _read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """A frozen Parquet file as plain columns (categories come back as text, not Categorical)."""
-    table = pq.read_table(path, columns=columns)
-    plain = [
+    return _plain(pq.read_table(path, columns=columns)).to_pandas()
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Dictionary-encoded (category) columns back to their plain value type."""
+    fields = [
         pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
         for f in table.schema
     ]
-    return table.cast(pa.schema(plain)).to_pandas()
+    return table.cast(pa.schema(fields))
 
 
 def content_sha256(table: pa.Table) -> str:

@@ -133,6 +133,11 @@ def _latest(project: Project, kind: str, version: str) -> dict[str, Any] | None:
     return events.latest(open_store(project.db_url), kind, _subject(project, version))
 
 
+def approved(project: Project, version: str) -> bool:
+    """Whether a person's approval of ``version`` is recorded."""
+    return _latest(project, "model.approved", version) is not None
+
+
 def promotable(project: Project, version: str) -> list[str]:
     """Why ``version`` may not be promoted now; empty when it may."""
     why = []
@@ -140,7 +145,7 @@ def promotable(project: Project, version: str) -> list[str]:
     refused = _latest(project, "model.refused", version)
     if validated is None or (refused is not None and refused["id"] > validated["id"]):
         why.append(f"v{version} has not passed the gate (copml models validate {version})")
-    if needs_approval(project) and _latest(project, "model.approved", version) is None:
+    if needs_approval(project) and not approved(project, version):
         why.append(
             f"v{version} needs a recorded approval (impact: {project.spec.impact}"
             f"{', require_approval' if project.spec.promotion.require_approval else ''}): "
@@ -159,10 +164,10 @@ def promote(
     actor: str,
     reason: str,
     at: datetime | None = None,
-    force_gate: bool = False,
+    gate_first: bool = False,
 ) -> None:
     """Make ``version`` the champion: only after the gate, and an approval where required."""
-    if force_gate:  # a person promoting by hand still goes through the gate
+    if gate_first:  # a person promoting by hand still goes through the gate
         gate(project, version, actor=actor, at=at)
     why = promotable(project, version)
     if why:

@@ -56,7 +56,7 @@ def _alive(owner: str | None) -> bool:
     except (ProcessLookupError, ValueError):
         return False
     except PermissionError:
-        return True
+        pass  # it exists, under another user
     return True
 
 
@@ -127,10 +127,11 @@ def evaluate(project: Project, windows: list[Window], at: datetime) -> list[Eval
         acted, note = verdict.outcome is True, ""
         if acted and policy.cooldown is not None:
             last = _last_acted(engine, policy.name)
-            if last is not None and last < end and end < _cooldown_until(project, policy, last):
-                acted, note = False, f"cooling down until {_cooldown_until(project, policy, last)}"
-            elif last is not None and last >= end:
+            until = _cooldown_until(project, policy, last) if last is not None else None
+            if last is not None and last >= end:
                 acted, note = False, "already acted on this window"
+            elif until is not None and end < until:
+                acted, note = False, f"cooling down until {until}"
         if acted and flag is not None and "retrain" in policy.do:
             acted, note = False, "automated retraining suspended: project under re-evaluation"
         outcome = {True: "true", False: "false", None: "unknown"}[verdict.outcome]
@@ -386,6 +387,14 @@ def close_alerts(project: Project, key: str, at: datetime, reason: str) -> int:
     return closed
 
 
+def _gated(project: Project, version: str, actor: str, at: datetime) -> lifecycle.GateReport:
+    """The gate's report for ``version``; a refusal fails the action with its reasons."""
+    report = lifecycle.gate(project, version, actor=actor, at=at)
+    if not report.passed:
+        raise CopmlError(f"v{version} refused by the gate: " + "; ".join(report.reasons))
+    return report
+
+
 def _run_one(project: Project, row: dict[str, Any], at: datetime) -> dict[str, Any]:
     """Carry out one action; returns its result (raises on failure)."""
     kind, policy = row["kind"], row["policy"] or "manual"
@@ -410,14 +419,11 @@ def _run_one(project: Project, row: dict[str, Any], at: datetime) -> dict[str, A
         if version is None:
             raise CopmlError("no candidate version to work on")
         if kind == "validate":
-            report = lifecycle.gate(project, version, actor=actor, at=at)
-            if not report.passed:
-                raise CopmlError(f"v{version} refused by the gate: " + "; ".join(report.reasons))
-            return report.evidence()
+            return _gated(project, version, actor, at).evidence()
         if kind == "approve":
             if not lifecycle.needs_approval(project):
                 return {"version": version, "approval": "not required"}
-            if lifecycle._latest(project, "model.approved", version) is not None:
+            if lifecycle.approved(project, version):
                 return {"version": version, "approval": "recorded"}
             opened = open_alert(
                 project,
@@ -431,9 +437,7 @@ def _run_one(project: Project, row: dict[str, Any], at: datetime) -> dict[str, A
                 f"--reason ...); alert {opened.get('alert_id')}"
             )
         if not any(r["kind"] == "validate" and r["state"] == "succeeded" for r in chain):
-            report = lifecycle.gate(project, version, actor=actor, at=at)
-            if not report.passed:
-                raise CopmlError(f"v{version} refused by the gate: " + "; ".join(report.reasons))
+            _gated(project, version, actor, at)  # a chain without validate still passes the gate
         lifecycle.promote(project, version, actor=actor, reason=f"policy {policy}", at=at)
         return {"version": version}
     if kind == "redeploy":
@@ -602,18 +606,14 @@ def acknowledge(project: Project, *, actor: str, reason: str, at: datetime | Non
             reason=reason,
             at=at,
         )
-    for key_prefix in ("reevaluate",):
-        with engine.connect() as conn:
-            keys = [
-                r.key
-                for r in conn.execute(
-                    select(alerts.c.key).where(
-                        alerts.c.key.like(f"{key_prefix}:%"), alerts.c.closed_at.is_(None)
-                    )
-                )
-            ]
-        for key in keys:
-            close_alerts(project, key, at or datetime.now(UTC), f"acknowledged by {actor}")
+    for policy in project.spec.policies:
+        if "reevaluate" in policy.do:
+            close_alerts(
+                project,
+                f"reevaluate:{policy.name}",
+                at or datetime.now(UTC),
+                f"acknowledged by {actor}",
+            )
 
 
 def summary(result: Pass) -> dict[str, Any]:
