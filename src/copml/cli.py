@@ -101,7 +101,7 @@ def _print_json(value: Any) -> None:
 @_fails_cleanly
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")],
-    example: Annotated[str, typer.Option(help="Reference application: churn.")] = "churn",
+    example: Annotated[str, typer.Option(help="Reference application: churn or xray.")] = "churn",
 ) -> None:
     """Scaffold a project from a reference application."""
     from copml.scaffold import init as scaffold
@@ -403,7 +403,9 @@ def models_retire(
 @app.command()
 @_fails_cleanly
 def score(
-    input_path: Annotated[str, typer.Argument(metavar="INPUT", help="CSV or Parquet file.")],
+    input_path: Annotated[
+        str, typer.Argument(metavar="INPUT", help="CSV or Parquet file; a folder of images.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write.")],
     project: ProjectOpt = Path("."),
     at: AtOpt = None,
@@ -411,10 +413,16 @@ def score(
 ) -> None:
     """Score a batch with the champion; every prediction is logged."""
     from copml.events import user_actor
-    from copml.score import score as run_scoring
 
     p = _project(project)
-    result = run_scoring(p, input_path, output, at=at, actor=user_actor(), progress=not as_json)
+    if p.spec.data.kind == "images":
+        from copml.image_scoring import score_folder
+
+        result = score_folder(p, input_path, output, at=at, actor=user_actor())
+    else:
+        from copml.score import score as run_scoring
+
+        result = run_scoring(p, input_path, output, at=at, actor=user_actor(), progress=not as_json)
     if as_json:
         _print_json(result.__dict__)
         return
@@ -521,7 +529,7 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
 @app.command()
 @_fails_cleanly
 def demo(
-    example: Annotated[str, typer.Argument(help="Reference application: churn.")] = "churn",
+    example: Annotated[str, typer.Argument(help="Reference application: churn or xray.")] = "churn",
     months: Annotated[int, typer.Option(min=2, max=60, help="Months to simulate.")] = 12,
     directory: Annotated[Path | None, typer.Option("--dir", help="Project folder to use.")] = None,
     shift_month: Annotated[int, typer.Option(help="Month of the market shift (0: none).")] = 7,

@@ -145,6 +145,28 @@ def register(
     return get(project, str(mv.version))
 
 
+def register_part(
+    project: Project, part: str, run_id: str, artifact_path: str, tags: dict[str, str]
+) -> str:
+    """Register one network of a cascade under ``<project>-<part>``; its version number.
+
+    The cascade version is what is promoted and served; the parts are registered too, so
+    each network has its own version in MLflow and every answer can name both."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(project)
+    name = f"{project.spec.project}-{part}"
+    with contextlib.suppress(MlflowException):  # registered by an earlier version
+        c.create_registered_model(name)
+    source = f"{c.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    return str(c.create_model_version(name, source, run_id=run_id, tags=tags).version)
+
+
+def parts(mv: ModelVersion) -> dict[str, str]:
+    """The registered versions of a cascade's networks (empty for a single model)."""
+    return json.loads(mv.tags.get(TAG + "parts", "{}"))
+
+
 def get(project: Project, version: str) -> ModelVersion:
     from mlflow.exceptions import MlflowException
 
@@ -248,6 +270,11 @@ def local_copy(project: Project, mv: ModelVersion) -> Path:
 
 @cache
 def _load(path: str, sha256: str) -> Any:
+    cascade = Path(path) / "artifacts" / "cascade"
+    if cascade.is_dir():  # an image cascade (MLflow pyfunc): its networks and rules
+        from copml.vision.cascade import Cascade
+
+        return Cascade.load(cascade)
     model_file = Path(path) / "model.pkl"
     if model_file.exists():
         # What mlflow.sklearn.load_model does for a cloudpickle'd model, without importing

@@ -17,6 +17,7 @@ from copml.errors import CopmlError
 from copml.project import Project
 from copml.store import (
     batches,
+    cascade_answers,
     feedback,
     lock_for_writing,
     open_store,
@@ -85,6 +86,7 @@ def purge(project: Project, *, actor: str, at: datetime | None = None) -> Purge:
             for table, column in (
                 (feedback, feedback.c.prediction_seq),
                 (reviews, reviews.c.seq),
+                (cascade_answers, cascade_answers.c.seq),
                 (prediction_inputs, prediction_inputs.c.seq),
                 (predictions, predictions.c.seq),
             ):

@@ -465,6 +465,8 @@ def create(
     """Read, validate and freeze the training data declared in the spec (or ``source``)."""
     if source is None:
         source, query = data.source, data.query
+    if data.kind == "images":
+        return _create_images(engine, data, root=root, directory=directory, source=source)
     if by_reference:
         if "://" in source:
             raise DataValidationError("snapshots by reference support local files only")
@@ -484,6 +486,71 @@ def create(
     )
     with engine.begin() as conn:
         return record(conn, snap, actor=actor)
+
+
+def image_table(images: Any, archive: Path | None = None) -> pd.DataFrame:
+    """An image set as copml's table: file facts plus the monitored statistics; each file
+    copied into the content-addressed archive when ``archive`` is given."""
+    from copml import image_archive
+    from copml.vision.images import load_arrays, statistics
+
+    frame = images.frame.copy()
+    for extra in ("group", "split"):
+        if extra not in frame:
+            frame[extra] = None
+    mean, std = statistics(load_arrays(images))
+    frame["intensity_mean"], frame["intensity_std"] = mean, std
+    if archive is not None:
+        for file, digest in zip(images.files(), frame["sha256"], strict=True):
+            image_archive.put_file(archive, file, digest)
+    return frame
+
+
+def _create_images(
+    engine: Engine, data: Data, *, root: Path, directory: Path, source: str
+) -> Snapshot:
+    """Freeze an image folder: every file validated, archived by its sha256, listed in a
+    Parquet table whose id is the hash over paths, labels and file hashes."""
+    from copml import image_archive
+    from copml.vision import images as vision
+
+    folder = Path(source) if Path(source).is_absolute() else root / source
+    options = data.images
+    assert options is not None
+    found = vision.read_folder(folder)
+    vision.validate(
+        found,
+        size=options.size,
+        labels=[str(data.positive), options.negative],
+        allow_duplicates=options.allow_duplicates,
+    )
+    frame = image_table(found, image_archive.directory(directory.parent))
+    frame = frame[list(data.columns)]
+    snapshot_id = vision.content_sha256(found)
+    path = directory / f"{snapshot_id}.parquet"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        pq.write_table(_arrow_table(frame, data), tmp, compression="zstd")
+        os.replace(tmp, path)
+    columns = list(frame.columns)
+    profile = profiles.profile(frame[data.features], _kinds(data, data.features))
+    profile["__images__"] = {"kind": "images", **vision.profile(found)}
+    positive = float((frame[data.target] == str(data.positive)).mean())
+    profile["__target__"] = {"kind": "target", "positive_rate": positive}
+    snap = Snapshot(
+        id=snapshot_id,
+        kind="training",
+        storage="images",
+        source=str(source),
+        path=str(path),
+        n_rows=len(frame),
+        schema=_schema(data, columns),
+        profile=profile,
+        created_at=datetime.now(UTC),
+    )
+    with engine.begin() as conn:
+        return record(conn, snap)
 
 
 def _from_row(row: Any) -> Snapshot:

@@ -35,6 +35,8 @@ STATISTICAL_METRICS = (
     "f1",
     "roc_auc",
     "positive_rate",
+    "type_accuracy",
+    "type_balanced_accuracy",
 )
 OPERATIONAL_METRICS = ("drift", "availability", "latency_p99_ms", "cost", "reviews")
 ACTIONS = (
@@ -139,20 +141,70 @@ class Column(_Model):
         return self
 
 
+# What copml records of every image: the file, its label, and the statistics it watches for
+# drift (a new scanner changes brightness and contrast long before anyone relabels).
+IMAGE_FEATURES = ("intensity_mean", "intensity_std", "width", "height")
+_IMAGE_COLUMNS: dict[str, dict[str, Any]] = {
+    "path": {"type": "string"},
+    "label": {"type": "string"},
+    "subtype": {"type": "string", "nullable": True},
+    "group": {"type": "string", "nullable": True},
+    "split": {"type": "string", "nullable": True},
+    "sha256": {"type": "string"},
+    "width": {"type": "integer", "min": 1},
+    "height": {"type": "integer", "min": 1},
+    "intensity_mean": {"type": "float", "min": 0, "max": 1},
+    "intensity_std": {"type": "float", "min": 0, "max": 1},
+}
+
+
+class Images(_Model):
+    """How image data is checked, and what is kept of an image a server scores."""
+
+    size: tuple[int, int] | None = Field(None, description="[width, height] every image must have")
+    max_bytes: int = Field(10_000_000, ge=1024, description="largest upload the server accepts")
+    keep: bool = Field(
+        False, description="store each scored image (content-addressed) for audit and replay"
+    )
+    allow_duplicates: bool = Field(
+        False, description="accept byte-identical files under different paths (same label)"
+    )
+    negative: str = Field("NORMAL", description="the label of images without the finding")
+    subtypes: tuple[str, str] = Field(
+        ("bacteria", "virus"), description="model 2's two classes, from the 'subtype' column"
+    )
+
+
 class Data(_Model):
     """Where the training data comes from and what it must look like."""
 
+    kind: Literal["table", "images"] = "table"
     source: str
     query: str | None = Field(None, description="SQL query when source is a SQLAlchemy URL")
-    id: str
-    target: str
+    id: str = "path"
+    target: str = "label"
     positive: Scalar
-    columns: dict[str, Column] = Field(min_length=1)
+    columns: dict[str, Column] = Field(default_factory=dict)
     pii: list[str] = Field(default_factory=list)
     sensitive: list[str] = Field(default_factory=list)
+    images: Images | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_columns(cls, value: Any) -> Any:
+        # An image set always has the same table of files; the spec does not repeat it.
+        if isinstance(value, dict) and value.get("kind") == "images":
+            if value.get("columns"):
+                raise ValueError("image data has fixed columns; remove 'columns'")
+            value = {**value, "columns": _IMAGE_COLUMNS, "images": value.get("images") or {}}
+        return value
 
     @model_validator(mode="after")
     def _names_exist(self) -> Data:
+        if not self.columns:
+            raise ValueError("declare the data's 'columns' (name: {type: ...})")
+        if self.kind == "images" and (self.id, self.target) != ("path", "label"):
+            raise ValueError("image data is identified by 'path' and labelled by 'label'")
         declared = set(self.columns)
         for field in ("id", "target"):
             name = getattr(self, field)
@@ -168,7 +220,10 @@ class Data(_Model):
 
     @property
     def features(self) -> list[str]:
-        """Columns the model sees: everything declared except the id, the target and PII."""
+        """Columns the model sees: everything declared except the id, the target and PII;
+        for images, the statistics monitored for drift (the model itself sees pixels)."""
+        if self.kind == "images":
+            return list(IMAGE_FEATURES)
         return [c for c in self.columns if c not in (self.id, self.target, *self.pii)]
 
 
@@ -176,7 +231,9 @@ class ModelConfig(_Model):
     train: DottedPath = Field(description="'module:function' of def train(data, params, seed)")
     params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 42
-    task: Literal["binary"] = "binary"
+    task: Literal["binary", "cascade"] = Field(
+        "binary", description="cascade: an image detector and a type model served as one unit"
+    )
     threshold: float = Field(0.5, gt=0, lt=1)
     holdout: float = Field(0.2, gt=0, lt=0.9, description="share of rows held out")
 

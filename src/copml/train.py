@@ -85,8 +85,16 @@ def package_versions() -> dict[str, str]:
 
 
 def split_holdout(frame: pd.DataFrame, target: str, share: float, seed: int) -> np.ndarray:
-    """A stratified, seeded holdout mask: the same snapshot and seed give the same split."""
+    """A stratified, seeded holdout mask: the same snapshot and seed give the same split.
+
+    Data that names its own split (a ``split`` column, as image sets do: ``train``/``val``)
+    is held out as named, so the reported figures are those of the team's evaluation set."""
     from sklearn.model_selection import train_test_split
+
+    if "split" in frame:
+        named = frame["split"].notna() & (frame["split"] != "train")
+        if named.any() and not named.all():
+            return named.to_numpy()
 
     index = np.arange(len(frame))
     stratify = frame[target] if frame[target].nunique() > 1 else None
@@ -96,11 +104,25 @@ def split_holdout(frame: pd.DataFrame, target: str, share: float, seed: int) -> 
     return mask
 
 
+def model_inputs(project: Project, frame: pd.DataFrame) -> list[str]:
+    """The columns ``train()`` and the model get: the features, or for images the whole
+    table of files (``file`` is the verified archived copy the networks read)."""
+    data = project.spec.data
+    if data.kind == "images":
+        return [c for c in frame.columns if c != data.target]
+    return data.features
+
+
 def training_frame(project: Project, snap: snapshots.Snapshot) -> pd.DataFrame:
     """Features plus the target as 0/1 (1 = the declared positive), as ``train()`` gets it."""
     data = project.spec.data
     frame = snap.load()
-    out = frame[data.features].copy()
+    if data.kind == "images":
+        from copml import image_archive
+
+        archive = image_archive.directory(project.home)
+        frame["file"] = [str(image_archive.get(archive, d)) for d in frame["sha256"]]
+    out = frame[model_inputs(project, frame)].copy()
     out[data.target] = (frame[data.target].astype(str) == str(data.positive)).astype(np.int8)
     return out
 
@@ -112,6 +134,22 @@ def positive_scores(model: Any, features: pd.DataFrame) -> np.ndarray:
     proba = model.predict_proba(features)
     classes = list(getattr(model, "classes_", [0, 1]))
     return np.asarray(proba[:, classes.index(1)], dtype=np.float64)
+
+
+def decision_threshold(project: Project, model: Any) -> float:
+    """A cascade decides at its own threshold (chosen for recall); others at the spec's."""
+    return float(getattr(model, "decision_threshold", project.spec.model.threshold))
+
+
+def holdout_metrics(
+    project: Project, model: Any, features: pd.DataFrame, actual: np.ndarray
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Scores and figures of ``model`` on held-out rows, as training and the gate see them."""
+    score = positive_scores(model, features)
+    metrics = classification_metrics(actual, score >= decision_threshold(project, model), score)
+    if hasattr(model, "type_metrics"):  # a cascade's second model, on the same holdout
+        metrics.update(model.type_metrics(features[actual == 1]))
+    return score, metrics
 
 
 def minimum_failures(project: Project, metrics: dict[str, float]) -> list[str]:
@@ -167,6 +205,16 @@ def _log_importance(
     mlflow.set_tag("copml.explanation", "shap")
 
 
+def _register_parts(project: Project, run_id: str, tags: dict[str, str]) -> dict[str, str]:
+    """Each network of a cascade as its own registered model version."""
+    folder = f"{MODEL_ARTIFACT}/artifacts/cascade"
+    lineage_tags = {k: v for k, v in tags.items() if k != "copml.state"}
+    return {
+        part: registry.register_part(project, part, run_id, f"{folder}/{sub}", lineage_tags)
+        for part, sub in (("pneumonia", "detector"), ("type", "typer"))
+    }
+
+
 def train(
     project: Project,
     *,
@@ -218,6 +266,7 @@ def train(
         )
         versions = package_versions()
         mlflow.log_dict(versions, "environment/packages.json")
+        mlflow.set_tag("copml.holdout_rows", str(int(holdout.sum())))
         seed_everything(seed)
         fit_part = frame.loc[~holdout].reset_index(drop=True)
         try:
@@ -225,10 +274,11 @@ def train(
                 model = train_fn(fit_part, dict(params), seed)
         except Exception as exc:
             raise UserCodeError(f"train() failed: {type(exc).__name__}: {exc}") from exc
-        features = frame.loc[holdout, spec.data.features].reset_index(drop=True)
+        inputs = model_inputs(project, frame)
+        features = frame.loc[holdout, inputs].reset_index(drop=True)
         actual = frame.loc[holdout, spec.data.target].to_numpy()
-        score = positive_scores(model, features)
-        metrics = classification_metrics(actual, score >= spec.model.threshold, score)
+        score, metrics = holdout_metrics(project, model, features, actual)
+        mlflow.log_param("decision_threshold", decision_threshold(project, model))
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if not np.isnan(v)})
         mlflow.log_dict(
             {
@@ -238,18 +288,25 @@ def train(
             "holdout/confusion_matrix.json",
         )
         mlflow.log_figure(_confusion_figure(metrics), "holdout/confusion_matrix.png")
-        _log_importance(model, fit_part[spec.data.features], features, spec.data.features, seed)
+        requirements = [f"{k}=={v}" for k, v in versions.items() if k != "python"]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / MODEL_ARTIFACT
-            example = features.head(5)
-            mlflow.sklearn.save_model(
-                model,
-                folder,
-                signature=infer_signature(example, score[:5]),
-                input_example=example,
-                serialization_format="cloudpickle",
-                pip_requirements=[f"{k}=={v}" for k, v in versions.items() if k != "python"],
-            )
+            if spec.model.task == "cascade":
+                from copml.vision import pyfunc
+
+                mlflow.set_tag("copml.explanation", "attribution maps of model 1 on request")
+                pyfunc.save(model, folder, requirements)
+            else:
+                _log_importance(model, fit_part[inputs], features, inputs, seed)
+                example = features.head(5)
+                mlflow.sklearn.save_model(
+                    model,
+                    folder,
+                    signature=infer_signature(example, score[:5]),
+                    input_example=example,
+                    serialization_format="cloudpickle",
+                    pip_requirements=requirements,
+                )
             sha = registry.directory_sha256(folder)
             mlflow.log_artifacts(str(folder), MODEL_ARTIFACT)
         failures = minimum_failures(project, metrics)
@@ -263,6 +320,8 @@ def train(
             "copml.params": json.dumps(params, sort_keys=True, default=str),
             "copml.state": "validated" if not failures else "registered",
         }
+        if spec.model.task == "cascade":
+            tags["copml.parts"] = json.dumps(_register_parts(project, run.info.run_id, tags))
         mv = registry.register(project, run.info.run_id, MODEL_ARTIFACT, tags)
     result = TrainResult(run.info.run_id, mv.version, snap.id, metrics, not failures, failures)
     lineage.emit(

@@ -14,10 +14,15 @@ from typing import Any
 
 from copml import events, registry, snapshots
 from copml.errors import CopmlError
-from copml.metrics import classification_metrics
 from copml.project import Project
 from copml.store import open_store
-from copml.train import minimum_failures, positive_scores, split_holdout, training_frame
+from copml.train import (
+    holdout_metrics,
+    minimum_failures,
+    model_inputs,
+    split_holdout,
+    training_frame,
+)
 
 
 def _subject(project: Project, version: str) -> str:
@@ -61,12 +66,11 @@ def gate(
     frame = training_frame(project, snap)
     seed = int(candidate.tags.get(registry.TAG + "seed", spec.model.seed))
     holdout = split_holdout(frame, spec.data.target, spec.model.holdout, seed)
-    features = frame.loc[holdout, spec.data.features].reset_index(drop=True)
+    features = frame.loc[holdout, model_inputs(project, frame)].reset_index(drop=True)
     actual = frame.loc[holdout, spec.data.target].to_numpy()
 
     def measure(mv: registry.ModelVersion) -> dict[str, float]:
-        scores = positive_scores(registry.load(project, mv), features)
-        return classification_metrics(actual, scores >= spec.model.threshold, scores)
+        return holdout_metrics(project, registry.load(project, mv), features, actual)[1]
 
     mine = measure(candidate)
     reasons = minimum_failures(project, mine)

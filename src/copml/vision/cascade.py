@@ -53,6 +53,36 @@ class Cascade:
     typer: Any
     rules: Rules
 
+    # The estimator face copml's training, gate and batch scoring use: a frame with a ``file``
+    # column in, P(pneumonia) out, decided at the cascade's own threshold.
+    classes_ = (0, 1)
+
+    @property
+    def decision_threshold(self) -> float:
+        return self.rules.threshold
+
+    def arrays(self, files: list[str] | pd.Series) -> np.ndarray:
+        """The files as the networks' input (grey, resized the same way as in training)."""
+        listed = ImageSet(pd.DataFrame({"path": [Path(f) for f in files]}), Path("/"))
+        return load_arrays(listed, self.rules.input_size)
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        score = models.predict_proba(self.detector, self.arrays(frame["file"]))
+        return np.column_stack([1 - score, score])
+
+    def type_metrics(self, frame: pd.DataFrame) -> dict[str, float]:
+        """Model 2 on the frame's pneumonia images with a known subtype."""
+        typed = frame[frame["subtype"].isin(self.rules.subtypes)]
+        if typed.empty or typed["subtype"].nunique() < 2:
+            return {"type_accuracy": float("nan"), "type_balanced_accuracy": float("nan")}
+        kind = (typed["subtype"] == self.rules.subtypes[1]).to_numpy().astype(np.int64)
+        scores = models.predict_proba(self.typer, self.arrays(typed["file"]))
+        found = models.metrics(kind, scores, 0.5)
+        return {
+            "type_accuracy": float(found["accuracy"]),
+            "type_balanced_accuracy": float(found["balanced_accuracy"]),
+        }
+
     def predict(self, images: np.ndarray) -> pd.DataFrame:
         """Per image: pneumonia score and label, type and its probability, review flag."""
         r = self.rules
@@ -90,10 +120,14 @@ class Cascade:
 
 def _split_by_patient(frame: pd.DataFrame, share: float, seed: int) -> np.ndarray:
     """A boolean mask of the calibration part: ``share`` of the patients, seeded."""
-    patients = np.array(sorted({patient(p) for p in frame["path"]}))
+    if "group" in frame and frame["group"].notna().all():
+        who = frame["group"].astype(str)
+    else:
+        who = frame["path"].map(lambda p: patient(str(p)))
+    patients = np.array(sorted(set(who)))
     rng = np.random.default_rng(seed)
     chosen = set(rng.choice(patients, size=max(1, int(len(patients) * share)), replace=False))
-    return frame["path"].map(lambda p: patient(p) in chosen).to_numpy()
+    return who.isin(chosen).to_numpy()
 
 
 def train(
@@ -149,6 +183,37 @@ def train(
         "type_images": int(typed.sum()),
     }
     return Cascade(detector, typer, rules), report
+
+
+def train_frame(
+    data: pd.DataFrame, params: dict[str, Any], seed: int, *, target: str = "label"
+) -> Cascade:
+    """The cascade from copml's training frame (``file``, ``subtype``, ``group``, target 0/1):
+    what a project's ``train(data, params, seed)`` returns for ``task: cascade``.
+
+    ``params``: recall_target, calibration_share, epochs, type_epochs, size, init_weights.
+    """
+    frame = pd.DataFrame(
+        {
+            "path": data["file"].astype(str),
+            "label": np.where(data[target].to_numpy() == 1, Rules.positive, Rules.negative),
+            "subtype": data.get("subtype"),
+        }
+    )
+    if "group" in data:
+        frame["group"] = data["group"].to_numpy()
+    weights = params.get("init_weights")
+    cascade, _ = train(
+        ImageSet(frame, Path("/")),
+        seed=seed,
+        recall_target=float(params.get("recall_target", 0.98)),
+        calibration_share=float(params.get("calibration_share", 0.2)),
+        epochs=int(params.get("epochs", 8)),
+        type_epochs=int(params.get("type_epochs", 10)),
+        size=int(params.get("size", models.SIZE)),
+        init_weights=Path(weights) if weights else None,
+    )
+    return cascade
 
 
 def evaluate(cascade: Cascade, images: ImageSet) -> dict[str, float]:

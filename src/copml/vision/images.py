@@ -135,7 +135,13 @@ def _read_manifest(root: Path, manifest: Path) -> ImageSet:
         rows.append((Path(path).as_posix(), label, subtype))
     if problems:
         raise DataValidationError(f"{manifest} has rows without a path or label", problems)
-    return _build(root, rows)
+    images = _build(root, rows)
+    paths = table["path"].map(lambda p: Path(p).as_posix())
+    for extra in ("group", "split"):  # who the image belongs to; which part it is in
+        if extra in table.columns:
+            by_path = {p: _clean(v) for p, v in zip(paths, table[extra], strict=True)}
+            images.frame[extra] = images.frame["path"].map(by_path)
+    return images
 
 
 def read_folder(root: Path) -> ImageSet:
@@ -168,6 +174,23 @@ def read_folder(root: Path) -> ImageSet:
     return _build(root, rows)
 
 
+def listing(root: Path) -> ImageSet:
+    """Every image file under ``root`` (any depth), labelled by its folder when it has one:
+    what ``copml score FOLDER`` scores, labelled or not."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotFoundError(f"image folder {root} does not exist")
+    rows: list[tuple[str, str, str | None]] = []
+    for file in sorted(root.rglob("*")):
+        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+            rel = file.relative_to(root)
+            label = rel.parent.name if rel.parent != Path(".") else ""
+            rows.append((rel.as_posix(), label, subtype_from_name(file.name)))
+    if not rows:
+        raise DataValidationError(f"no images (.jpeg, .jpg, .png) under {root}")
+    return _build(root, rows)
+
+
 def _decode_problem(path: Path) -> str | None:
     """Why ``path`` cannot be used as an image, or None when it decodes completely.
 
@@ -190,6 +213,36 @@ def _decode_problem(path: Path) -> str | None:
         if not tail.rstrip(b"\x00\r\n ").endswith(_JPEG_EOI):
             return "is truncated (no JPEG end-of-image marker)"
     return None
+
+
+def decode(content: bytes, size: int) -> tuple[np.ndarray, int, int]:
+    """An uploaded image as the networks' input (grey, ``size``², 0-1) with its width and
+    height; ``DataValidationError`` saying why when it is not a complete image."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(content)) as im:
+            im.load()
+            width, height = im.size
+            jpeg = im.format == "JPEG"
+            grey = grey_array(im, size)
+    except (
+        OSError,
+        UnidentifiedImageError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as exc:
+        raise DataValidationError(f"not a readable image ({exc})") from None
+    if jpeg and not content[-64:].rstrip(b"\x00\r\n ").endswith(_JPEG_EOI):
+        raise DataValidationError("a truncated JPEG (no end-of-image marker)")
+    return grey, width, height
+
+
+def grey_array(im: Image.Image, size: int) -> np.ndarray:
+    """The one transform from a picture to the networks' input, at training and scoring."""
+    grey = im.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(grey, dtype=np.float32) / 255.0
 
 
 def validate(
@@ -327,6 +380,13 @@ def intensity_psi(reference: dict[str, Any], current: dict[str, Any]) -> float:
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
+def statistics(arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each image's grey levels (0-1): the per-image figures
+    monitored for drift, cheap enough to compute for every scored image."""
+    flat = arrays.reshape(len(arrays), -1)
+    return flat.mean(axis=1).astype(np.float64), flat.std(axis=1).astype(np.float64)
+
+
 def load_arrays(images: ImageSet, size: int = 64) -> np.ndarray:
     """Grey float32 arrays in [0, 1], shape (n, size, size), in the frame's order.
 
@@ -339,10 +399,9 @@ def load_arrays(images: ImageSet, size: int = 64) -> np.ndarray:
     def load(i: int) -> None:
         try:
             with Image.open(files[i]) as im:
-                grey = im.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+                out[i] = grey_array(im, size)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataValidationError(f"cannot load {files[i]}", [str(exc)]) from exc
-        out[i] = np.asarray(grey, dtype=np.float32) / 255.0
 
     _map(load, range(len(files)))
     return out

@@ -1,0 +1,186 @@
+"""Scoring x-rays with the champion cascade, in batch (``copml score FOLDER``) and in the
+server: the same decisions, the same record.
+
+Each image's record is the prediction (model 1: label and score, the review flag), model 2's
+answer and both networks' registered versions (``cascade_answers``), and the image's sha256;
+the image itself is archived by that hash when the spec says ``keep``. Low confidence in
+either model opens a review, in the same transaction as the prediction.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, insert
+
+from copml import costs, events, image_archive, lineage, prediction_log, registry, snapshots
+from copml.errors import NotFoundError
+from copml.project import Project
+from copml.store import cascade_answers, open_store, reviews
+
+OUTPUT_COLUMNS = [
+    "path",
+    "label",
+    "score",
+    "type",
+    "type_probability",
+    "review",
+    "model_version",
+    "prediction_id",
+]
+
+
+@dataclass
+class ImageScoreResult:
+    rows: int
+    model_version: str
+    snapshot_id: str
+    prediction_batch: str
+    output: Path
+    positives: int
+    reviews: int
+
+
+def record_answers(
+    conn: Connection,
+    first: int,
+    decided: pd.DataFrame,
+    sha256: list[str],
+    models: dict[str, str],
+    at: datetime,
+) -> None:
+    """Model 2's answers and the review queue entries of one logged group, in its transaction."""
+    types = decided["type"].tolist()
+    probabilities = decided["type_probability"].tolist()
+    conn.execute(
+        insert(cascade_answers),
+        [
+            {
+                "seq": first + i,
+                "type": types[i],
+                "type_probability": None if pd.isna(probabilities[i]) else float(probabilities[i]),
+                "image_sha256": sha256[i],
+                "models": models,
+            }
+            for i in range(len(decided))
+        ],
+    )
+    flagged = np.flatnonzero(decided["review"].to_numpy())
+    if len(flagged):
+        conn.execute(insert(reviews), [{"seq": first + int(i), "opened_at": at} for i in flagged])
+
+
+def versions_of(mv: registry.ModelVersion) -> dict[str, str]:
+    """The cascade's version and its two networks' registered versions, for every answer."""
+    return {"cascade": mv.version, **registry.parts(mv)}
+
+
+def score_folder(
+    project: Project,
+    folder: str | Path,
+    output: str | Path,
+    *,
+    at: datetime | None = None,
+    actor: str = "system",
+) -> ImageScoreResult:
+    """Score every image under ``folder`` with the champion cascade; log all, write ``output``.
+
+    All or nothing, as tabular scoring: an unreadable image stops the batch before anything
+    is logged (every bad file named), and the output appears only after the log commits.
+    """
+    from copml.vision import images as vision
+
+    spec = project.spec
+    engine = open_store(project.db_url)
+    champion = registry.champion(project)
+    if champion is None:
+        raise NotFoundError("no champion cascade yet: train one and promote it")
+    cascade = registry.load(project, champion)
+    folder = Path(folder).resolve()
+    found = vision.validate(vision.listing(folder), allow_duplicates=True)
+    when = at or datetime.now(UTC)
+    with costs.metered(engine, "score", at=when, detail=str(folder)):
+        table = snapshots.image_table(found)
+        decided = cascade.predict(cascade.arrays([str(f) for f in found.files()]))
+    options = spec.data.images
+    if options is not None and options.keep:
+        archive = image_archive.directory(project.home)
+        for file, digest in zip(found.files(), table["sha256"], strict=True):
+            image_archive.put_file(archive, file, digest)
+    frozen = table[["path", "sha256", *spec.data.features]]
+    snap = snapshots.prepare(
+        frozen, spec.data, directory=project.snapshots_dir, source=str(folder), kind="batch"
+    )
+    positive = (decided["label"] == cascade.rules.positive).to_numpy()
+    review = decided["review"].to_numpy(dtype=bool)
+    scores = decided["score"].to_numpy(dtype=np.float64)
+    models = versions_of(champion)
+    key = prediction_log.new_key()
+    output = Path(output)
+    out = pd.DataFrame(
+        {
+            "path": table["path"],
+            "label": decided["label"],
+            "score": scores,
+            "type": decided["type"],
+            "type_probability": decided["type_probability"],
+            "review": review,
+            "model_version": champion.version,
+            "prediction_id": prediction_log.prediction_ids(key, len(table)).to_pylist(),
+        },
+        columns=OUTPUT_COLUMNS,
+    )
+    staged = output.with_name(f".{output.stem}.staged{output.suffix}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def finish(conn: Connection, first: int) -> None:
+        snapshots.record(conn, snap, actor=actor)
+        record_answers(conn, first, decided, table["sha256"].tolist(), models, when)
+        events.record(
+            conn,
+            "batch.scored",
+            actor=actor,
+            subject=f"model:{spec.project}/{champion.version}",
+            reason=f"scored {folder}",
+            evidence={
+                "rows": len(table),
+                "snapshot_id": snap.id,
+                "batch": key,
+                "positives": int(positive.sum()),
+                "reviews": int(review.sum()),
+                "models": models,
+                "output": str(output),
+            },
+            at=when,
+        )
+        if output.suffix.lower() in (".parquet", ".pq"):
+            out.to_parquet(staged, index=False)
+        else:
+            out.to_csv(staged, index=False)
+
+    header = prediction_log.Header(key, when, spec.project, champion.version, snap.id, "batch")
+    try:
+        prediction_log.write(engine, header, positive, scores, review, finish)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    os.replace(staged, output)
+    lineage.emit(
+        project,
+        "score",
+        run_id=key,
+        inputs=[
+            lineage.file_dataset(str(folder)),
+            lineage.model_dataset(project, champion.version),
+        ],
+        outputs=[lineage.snapshot_dataset(project, snap), lineage.file_dataset(output)],
+        at=when,
+    )
+    return ImageScoreResult(
+        len(table), champion.version, snap.id, key, output, int(positive.sum()), int(review.sum())
+    )
