@@ -44,8 +44,13 @@ def test_cascade_trains_routes_and_round_trips(trained, tmp_path: Path) -> None:
     positive = decided["label"] == "PNEUMONIA"
     assert decided.loc[positive, "type"].isin(["bacteria", "virus"]).all()
     assert decided.loc[~positive, "type"].isna().all()
-    near = (decided["score"] - model.rules.threshold).abs() < model.rules.review_margin
+    logit = np.log(decided["score"] / (1 - decided["score"]))
+    edge = np.log(model.rules.threshold / (1 - model.rules.threshold))
+    near = (logit - edge).abs() < model.rules.review_margin  # in log-odds
     assert decided.loc[near, "review"].all()  # low confidence of model 1 goes to a person
+    far = (logit - edge).abs() > model.rules.review_margin
+    sure_type = ~positive | ((decided["type_probability"] - 0.5).abs() >= model.rules.type_margin)
+    assert not decided.loc[far & sure_type, "review"].any()  # confident answers are not
 
     arrays = load_arrays(held_out, size=model.rules.input_size)
     again = cascade.Cascade.load(model.save(tmp_path / "cascade"))

@@ -80,6 +80,13 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
             for ev in reversed(events.history(engine, subject=subject, limit=1000))
         ],
     }
+    if project.spec.data.kind == "images":
+        from copml import image_scoring
+
+        out["cascade"] = image_scoring.answer(project, found["seq"])
+        if explanation:
+            out["explanation"] = _image_explanation(project, prediction_id)
+        return out
     if explanation:
         from copml.explain import explain_prediction
 
@@ -96,6 +103,36 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
     return out
 
 
+def _image_explanation(project: Project, prediction_id: str) -> dict[str, Any]:
+    from copml.explain import explain_image
+
+    try:
+        found = explain_image(project, prediction_id)
+    except Exception as exc:  # an audit record is still an audit record
+        return {"unavailable": f"{type(exc).__name__}: {exc}"}
+    return {"kind": "occlusion attribution map of model 1", **found.__dict__}
+
+
+def archived_model(project: Project, version: str) -> Any:
+    """The archived version, its local copy checked against the sha256 recorded at
+    registration."""
+    return registry.load_recorded(project, version, _lineage(project, version)["artifact_sha256"])
+
+
+def _replayed_score(project: Project, model: Any, found: dict[str, Any]) -> float:
+    if project.spec.data.kind == "images":
+        from copml import image_scoring
+        from copml.vision.images import decode
+
+        image = image_scoring.image_of(project, found)  # refuses an altered image
+        grey, _, _ = decode(image.read_bytes(), model.rules.input_size)
+        return float(model.predict(grey[None])["score"].iloc[0])
+    from copml.explain import prediction_frame
+    from copml.train import positive_scores
+
+    return float(positive_scores(model, prediction_frame(project, found))[0])
+
+
 @dataclass
 class Replay:
     prediction_id: str
@@ -107,17 +144,12 @@ class Replay:
 
 def replay(project: Project, prediction_id: str, *, record: dict[str, Any] | None = None) -> Replay:
     """Re-score the stored input with the archived version; identical or not."""
-    from copml.explain import prediction_frame
-    from copml.train import positive_scores
-
     engine = open_store(project.db_url)
     found = record or prediction_log.record(engine, prediction_id)
     if found is None:
         raise NotFoundError(f"no prediction {prediction_id!r}")
     version = found["model_version"]
-    # The archived version, its local copy checked against the sha256 recorded at registration.
-    model = registry.load_recorded(project, version, _lineage(project, version)["artifact_sha256"])
-    score = float(positive_scores(model, prediction_frame(project, found))[0])
+    score = _replayed_score(project, archived_model(project, version), found)
     stored = float(found["score"])
     same = bool(np.float64(score) == np.float64(stored))
     with engine.begin() as conn:

@@ -684,10 +684,24 @@ def explain(
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
-    """Why the model decided as it did for one prediction (SHAP, in log-odds)."""
-    from copml.explain import explain_prediction
+    """Why the model decided as it did for one prediction (SHAP, in log-odds; for an x-ray,
+    model 1's attribution map as a PNG)."""
+    from copml.explain import explain_image, explain_prediction
 
-    found = explain_prediction(_project(project), prediction_id)
+    p = _project(project)
+    if p.spec.data.kind == "images":
+        image = explain_image(p, prediction_id)
+        if as_json:
+            _print_json(image.__dict__)
+            return
+        region = image.strongest_region
+        _console().print(
+            f"v{image.model_version}: P(pneumonia) {image.score:.4f}; strongest evidence at "
+            f"x={region['x']:.2f}, y={region['y']:.2f} ({region['log_odds']:+.2f} log-odds)\n"
+            f"attribution map: {image.attribution_png}"
+        )
+        return
+    found = explain_prediction(p, prediction_id)
     if as_json:
         _print_json(found.__dict__)
         return

@@ -220,6 +220,51 @@ def explain_prediction(
     return found
 
 
+@dataclass
+class ImageExplanation:
+    """Model 1's attribution map for one image decision (occlusion sensitivity)."""
+
+    prediction_id: str
+    model_version: str
+    score: float
+    base_log_odds: float
+    attribution_png: str
+    image_sha256: str
+    strongest_region: dict[str, float]
+
+
+def explain_image(project: Project, prediction_id: str) -> ImageExplanation:
+    """Where model 1 saw pneumonia in this x-ray: an overlay PNG (cached), from the very
+    image that was scored (verified by its sha256) and the archived version that scored it."""
+    from copml import audit, image_scoring
+    from copml.vision.attribution import occlusion, overlay
+    from copml.vision.images import decode
+
+    record = prediction_log.record(open_store(project.db_url), prediction_id)
+    if record is None:
+        raise NotFoundError(f"no prediction {prediction_id!r}")
+    version = record["model_version"]
+    cached = _cache_path(project, prediction_id).with_suffix(".png")
+    image = image_scoring.image_of(project, record)
+    cascade = audit.archived_model(project, version)
+    grey, _, _ = decode(image.read_bytes(), cascade.rules.input_size)
+    heat, base = occlusion(cascade.detector, grey)
+    if not cached.exists():
+        title = f"prediction {prediction_id} · v{version} · P(pneumonia) {record['score']:.3f}"
+        overlay(grey, heat, cached, title)
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    side = heat.shape[0]
+    return ImageExplanation(
+        prediction_id=prediction_id,
+        model_version=version,
+        score=float(record["score"]),
+        base_log_odds=base,
+        attribution_png=str(cached),
+        image_sha256=record["input"]["sha256"],
+        strongest_region={"x": x / side, "y": y / side, "log_odds": float(heat[y, x])},
+    )
+
+
 def logit(p: float) -> float:
     """Log-odds of a probability: what an explanation's values add up to."""
     p = min(max(p, 1e-15), 1 - 1e-15)

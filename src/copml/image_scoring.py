@@ -13,13 +13,14 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, insert
 
 from copml import costs, events, image_archive, lineage, prediction_log, registry, snapshots
-from copml.errors import NotFoundError
+from copml.errors import DataValidationError, NotFoundError
 from copml.project import Project
 from copml.store import cascade_answers, open_store, reviews
 
@@ -183,4 +184,34 @@ def score_folder(
     )
     return ImageScoreResult(
         len(table), champion.version, snap.id, key, output, int(positive.sum()), int(review.sum())
+    )
+
+
+def answer(project: Project, seq: int) -> dict[str, Any] | None:
+    """Model 2's stored answer and the networks' versions for one prediction."""
+    from sqlalchemy import select
+
+    engine = open_store(project.db_url)
+    with engine.connect() as conn:
+        row = conn.execute(select(cascade_answers).where(cascade_answers.c.seq == seq)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def image_of(project: Project, record: dict[str, Any]) -> Path:
+    """The very image a stored decision was made on, verified by its sha256: from the
+    archive when kept, else from a batch's source folder if the file there is unchanged."""
+    sha256 = record["input"]["sha256"]
+    try:
+        return image_archive.get(image_archive.directory(project.home), sha256)
+    except DataValidationError:
+        pass
+    if record.get("snapshot_id"):
+        snap = snapshots.get(open_store(project.db_url), record["snapshot_id"])
+        assert snap is not None
+        candidate = Path(snap.source) / record["input"]["path"]
+        if candidate.exists() and image_archive.file_sha256(candidate) == sha256:
+            return candidate
+    raise NotFoundError(
+        f"the image of prediction {record['prediction_id']} ({sha256[:12]}…) was not kept "
+        "(data.images.keep: false) and is not at its source any more"
     )

@@ -261,6 +261,7 @@ def record(engine: Engine, prediction_id: str) -> dict[str, Any] | None:
         )
     out: dict[str, Any] = {
         "prediction_id": prediction_id,
+        "seq": seq,
         "model_version": batch.model_version,
         "created_at": batch.created_at.isoformat(),
         "origin": row._mapping["origin"],

@@ -6,10 +6,12 @@ the champion's training snapshot, so bad bodies are refused with a 422 naming th
 """
 
 import asyncio
+import base64
 import json
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,7 +23,7 @@ from sqlalchemy import select, update
 
 from copml import audit, costs, feedback, keys, prediction_log, registry, snapshots
 from copml.errors import NotFoundError
-from copml.explain import explain_prediction
+from copml.explain import explain_image, explain_prediction
 from copml.labels import encode_actual
 from copml.project import Project
 from copml.redaction import keyed_hash
@@ -69,13 +71,23 @@ def create_app(
     slot = ChampionSlot(project, engine)
     first = slot.refresh()
     metrics.model_loads.labels("loaded" if first.swapped else "none").inc()
-    mv = registry.champion(project)
-    snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv else None
-    # The request model follows the champion's training data at start-up.
-    schema = snap.schema if snap else snapshots.latest(engine).schema
-    Instance = instance_model(schema)
-    PredictRequest = predict_request_model(Instance, MAX_INSTANCES)
-    scorer = GroupScorer(project, engine, slot)
+    images = data.kind == "images"
+    if images:
+        from copml.serve import images as image_api
+
+        assert data.images is not None
+        image_limit = data.images.max_bytes
+        # One image at its limit, base64 in JSON, must pass; anything larger is refused.
+        max_body_bytes = max(max_body_bytes, image_limit * 2)
+        scorer: Any = image_api.ImageScorer(project, engine, slot)
+    else:
+        mv = registry.champion(project)
+        snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv else None
+        # The request model follows the champion's training data at start-up.
+        schema = snap.schema if snap else snapshots.latest(engine).schema
+        Instance = instance_model(schema)
+        PredictRequest = predict_request_model(Instance, MAX_INSTANCES)
+        scorer = GroupScorer(project, engine, slot)
     scorer.on_scored.append(metrics.scored)
     batcher = MicroBatcher(scorer)
 
@@ -170,22 +182,41 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
-    @app.post(
-        "/v1/predict",
-        response_class=Response,
-        responses={200: {"model": PredictResponse, "description": "One answer per instance"}},
-    )
-    async def predict(
-        body: PredictRequest, _key: Any = require("service", limited=True)
-    ) -> Response:
-        if slot.current is None:
-            raise HTTPException(503, "no champion model is loaded")
-        rows = [instance.model_dump() for instance in body.instances]
-        version, answers = await batcher.submit(rows)
-        # Serialised here, once: the answers are plain JSON types already, and FastAPI's
-        # response-model round trip would cost more than the prediction on small groups.
-        text = json.dumps({"model_version": version, "predictions": answers})
-        return Response(text, media_type="application/json")
+    if images:
+
+        @app.post("/v1/predict", response_class=Response, openapi_extra=image_api.OPENAPI)
+        async def predict_images(
+            request: Request, _key: Any = require("service", limited=True)
+        ) -> Response:
+            """An x-ray (JSON base64 or multipart 'file') → both networks' answers."""
+            champion = slot.current
+            if champion is None:
+                raise HTTPException(503, "no champion model is loaded")
+            uploads = await image_api.read_uploads(request, image_limit)
+            size = champion.model.rules.input_size
+            rows = await asyncio.to_thread(image_api.prepare, uploads, size, image_limit)
+            version, models, answers = await batcher.submit(rows)
+            text = json.dumps({"model_version": version, "models": models, "predictions": answers})
+            return Response(text, media_type="application/json")
+
+    else:
+
+        @app.post(
+            "/v1/predict",
+            response_class=Response,
+            responses={200: {"model": PredictResponse, "description": "One answer per instance"}},
+        )
+        async def predict(
+            body: PredictRequest, _key: Any = require("service", limited=True)
+        ) -> Response:
+            if slot.current is None:
+                raise HTTPException(503, "no champion model is loaded")
+            rows = [instance.model_dump() for instance in body.instances]
+            version, answers = await batcher.submit(rows)
+            # Serialised here, once: the answers are plain JSON types already, and FastAPI's
+            # response-model round trip would cost more than the prediction on small groups.
+            text = json.dumps({"model_version": version, "predictions": answers})
+            return Response(text, media_type="application/json")
 
     def _record_feedback(seq: int, actual: int, observed: datetime, source: str) -> str:
         outcome = pd.DataFrame({"seq": [seq], "actual": [actual], "observed_at": [observed]})
@@ -257,6 +288,14 @@ def create_app(
         if prediction_log.split_id(prediction_id) is None:
             raise HTTPException(404, f"no prediction {prediction_id!r}")
         try:
+            if images:
+                image = await asyncio.to_thread(explain_image, project, prediction_id)
+                png = Path(image.attribution_png).read_bytes()
+                return {
+                    "kind": "occlusion attribution map of model 1",
+                    **image.__dict__,
+                    "attribution_png": base64.b64encode(png).decode(),
+                }
             found = await asyncio.to_thread(explain_prediction, project, prediction_id)
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from None

@@ -9,9 +9,10 @@ version that fails any step is refused and the current one keeps serving.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine
 
 from copml import events, registry
@@ -24,6 +25,7 @@ class Champion:
     version: str
     model: Any
     features: list[str]
+    models: dict[str, str] = field(default_factory=dict)  # a cascade's networks' versions
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class ChampionSlot:
         path = registry.local_copy(self._project, mv)  # refuses a tampered artifact
         model = registry.load(self._project, mv)
         features = self._project.spec.data.features
+        parts = registry.parts(mv)
+        if parts:  # a cascade: warmed on a blank image of its input size
+            side = model.rules.input_size
+            model.predict(np.zeros((1, side, side), dtype=np.float32))
+            return Champion(mv.version, model, features, {"cascade": mv.version, **parts})
         example = Model.load(str(path)).load_input_example(str(path))
         if example is not None:
             positive_scores(model, example[features])  # warm: the first request pays nothing

@@ -23,6 +23,11 @@ from copml.vision.images import ImageSet, load_arrays
 RULES_FILE = "cascade.json"
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    clipped = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(clipped / (1 - clipped))
+
+
 def patient(path: str) -> str:
     """The patient a file belongs to (``person12_…`` / ``IM-0123-…``), for splits that never
     put one patient on both sides; the file name itself otherwise."""
@@ -39,7 +44,10 @@ class Rules:
     recall_target: float
     calibration_recall: float
     calibration_specificity: float
-    review_margin: float = 0.1  # model 1 within this of its threshold → a person looks
+    # Model 1 within this many log-odds of its threshold → a person looks. In log-odds, not
+    # probability: a threshold chosen for 98 % recall sits near 0.05, where ±0.1 would send
+    # most normal images to review.
+    review_margin: float = 1.0
     type_margin: float = 0.15  # model 2 within this of 0.5 → a person looks
     input_size: int = 64
     positive: str = "PNEUMONIA"
@@ -91,7 +99,7 @@ class Cascade:
         type_score = models.predict_proba(self.typer, images)  # P(second subtype)
         kind = np.where(type_score >= 0.5, r.subtypes[1], r.subtypes[0])
         type_probability = np.where(type_score >= 0.5, type_score, 1 - type_score)
-        unsure = np.abs(score - r.threshold) < r.review_margin
+        unsure = np.abs(_logit(score) - _logit(np.asarray(r.threshold))) < r.review_margin
         unsure_type = positive & (np.abs(type_score - 0.5) < r.type_margin)
         return pd.DataFrame(
             {
@@ -142,6 +150,8 @@ def train(
     positive: str = "PNEUMONIA",
     negative: str = "NORMAL",
     init_weights: Path | None = None,
+    review_margin: float = 1.0,
+    type_margin: float = 0.15,
 ) -> tuple[Cascade, dict[str, Any]]:
     """Train both models on ``images``; model 1's threshold comes from a calibration part of
     the training set (by patient), never from the data it is evaluated on."""
@@ -169,6 +179,8 @@ def train(
         recall_target=recall_target,
         calibration_recall=float(recall),
         calibration_specificity=float(specificity),
+        review_margin=review_margin,
+        type_margin=type_margin,
         input_size=size,
         positive=positive,
         negative=negative,
@@ -191,7 +203,9 @@ def train_frame(
     """The cascade from copml's training frame (``file``, ``subtype``, ``group``, target 0/1):
     what a project's ``train(data, params, seed)`` returns for ``task: cascade``.
 
-    ``params``: recall_target, calibration_share, epochs, type_epochs, size, init_weights.
+    ``params``: recall_target, calibration_share, epochs, type_epochs, size, init_weights
+    (a local state_dict for transfer learning), review_margin (log-odds around model 1's
+    threshold) and type_margin (model 2's probability around 0.5) that send a case to review.
     """
     frame = pd.DataFrame(
         {
@@ -212,6 +226,8 @@ def train_frame(
         type_epochs=int(params.get("type_epochs", 10)),
         size=int(params.get("size", models.SIZE)),
         init_weights=Path(weights) if weights else None,
+        review_margin=float(params.get("review_margin", 1.0)),
+        type_margin=float(params.get("type_margin", 0.15)),
     )
     return cascade
 

@@ -1,0 +1,212 @@
+"""The cascade endpoint: an x-ray in (JSON base64 or a multipart upload), the decision of
+both networks out, after the prediction, model 2's answer, the image's sha256 and (when the
+spec says ``keep``) the image itself are durably stored.
+
+Uploads are checked before they reach the batcher: a body that is not a complete image of
+acceptable size is refused with a 4xx naming the field, never scored and never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Connection, Engine
+
+from copml import image_archive, prediction_log
+from copml.errors import DataValidationError
+from copml.image_scoring import record_answers
+from copml.project import Project
+from copml.serve.batcher import Pending
+from copml.serve.champion import ChampionSlot
+from copml.store import bulk_insert, prediction_inputs
+from copml.vision.images import decode, statistics
+
+MAX_IMAGES = 16
+
+
+class ImageInstance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(..., min_length=1, description="the image file (JPEG or PNG), base64")
+
+
+class ImagePredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[ImageInstance] = Field(..., min_length=1, max_length=MAX_IMAGES)
+
+
+OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ImagePredictRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
+def _refuse(status: int, loc: list[str | int], msg: str) -> HTTPException:
+    return HTTPException(status, [{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+async def read_uploads(request: Request, max_bytes: int) -> list[tuple[list[str | int], bytes]]:
+    """(field location, image bytes) per uploaded image, from either body format."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        form = await request.form()
+        files = form.getlist("file")
+        if not files:
+            raise _refuse(422, ["body", "file"], "upload the image as the form field 'file'")
+        if len(files) > MAX_IMAGES:
+            raise _refuse(422, ["body", "file"], f"at most {MAX_IMAGES} images per request")
+        out: list[tuple[list[str | int], bytes]] = []
+        for i, item in enumerate(files):
+            if isinstance(item, str):
+                raise _refuse(422, ["body", "file", i], "expected a file upload, got text")
+            out.append((["body", "file", i], await item.read()))
+        return out
+    if kind != "application/json":
+        raise HTTPException(415, "send application/json (base64 images) or multipart/form-data")
+    try:
+        body = ImagePredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        detail = [
+            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        raise HTTPException(422, detail) from None
+    out = []
+    for i, instance in enumerate(body.instances):
+        loc: list[str | int] = ["body", "instances", i, "image"]
+        if len(instance.image) > max_bytes * 4 // 3 + 4:
+            raise _refuse(413, loc, f"image larger than {max_bytes} bytes")
+        try:
+            out.append((loc, base64.b64decode(instance.image, validate=True)))
+        except (binascii.Error, ValueError):
+            raise _refuse(422, loc, "not valid base64") from None
+    return out
+
+
+def prepare(
+    uploads: list[tuple[list[str | int], bytes]], size: int, max_bytes: int
+) -> list[dict[str, Any]]:
+    """Decode and check every upload (in a worker thread: decoding is CPU work)."""
+    rows = []
+    for loc, content in uploads:
+        if len(content) > max_bytes:
+            raise _refuse(413, loc, f"image of {len(content)} bytes exceeds {max_bytes}")
+        try:
+            grey, width, height = decode(content, size)
+        except DataValidationError as exc:
+            raise _refuse(422, loc, str(exc)) from None
+        mean, std = statistics(grey[None])
+        rows.append(
+            {
+                "array": grey,
+                "content": content,
+                "sha256": hashlib.sha256(content).hexdigest(),
+                "width": width,
+                "height": height,
+                "intensity_mean": float(mean[0]),
+                "intensity_std": float(std[0]),
+            }
+        )
+    return rows
+
+
+class ImageScorer:
+    """Score one group of uploaded images with the champion cascade and log it."""
+
+    def __init__(self, project: Project, engine: Engine, slot: ChampionSlot) -> None:
+        self._spec = project.spec
+        self._engine = engine
+        self._slot = slot
+        options = project.spec.data.images
+        self._archive = (
+            image_archive.directory(project.home) if options is not None and options.keep else None
+        )
+        self.on_scored: list[Any] = []
+
+    def __call__(
+        self, group: list[Pending]
+    ) -> list[tuple[str, dict[str, str], list[dict[str, Any]]]]:
+        champion = self._slot.current
+        if champion is None:
+            raise RuntimeError("no champion model is loaded")
+        cascade = champion.model
+        rows = [row for pending in group for row in pending.rows]
+        if self._archive is not None:  # the image is stored before its prediction is
+            for row in rows:
+                image_archive.put_bytes(self._archive, row["content"])
+        decided = cascade.predict(np.stack([row["array"] for row in rows]))
+        positive = (decided["label"] == cascade.rules.positive).to_numpy()
+        review = decided["review"].to_numpy(dtype=bool)
+        scores = decided["score"].to_numpy(dtype=np.float64)
+        done = time.perf_counter()
+        latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
+        kept = self._archive is not None
+        stored = [
+            json.dumps(
+                {
+                    "sha256": row["sha256"],
+                    "width": row["width"],
+                    "height": row["height"],
+                    "intensity_mean": row["intensity_mean"],
+                    "intensity_std": row["intensity_std"],
+                    "kept": kept,
+                }
+            )
+            for row in rows
+        ]
+        shas = [row["sha256"] for row in rows]
+        now = datetime.now(UTC)
+
+        def alongside(conn: Connection, first: int) -> None:
+            bulk_insert(
+                conn,
+                prediction_inputs,
+                ("seq", "input", "input_hash", "entity_key", "latency_ms"),
+                [(first + i, text, shas[i], None, latencies[i]) for i, text in enumerate(stored)],
+            )
+            record_answers(conn, first, decided, shas, champion.models, now)
+
+        key = prediction_log.new_key()
+        header = prediction_log.Header(key, now, self._spec.project, champion.version, None, "api")
+        prediction_log.write(self._engine, header, positive, scores, review, alongside)
+        for callback in self.on_scored:
+            callback(champion.version, positive, review)
+        out, i = [], 0
+        for pending in group:
+            answers = []
+            for _ in pending.rows:
+                probability = decided["type_probability"].iat[i]
+                answers.append(
+                    {
+                        "prediction_id": f"{key}{i:08x}",
+                        "label": decided["label"].iat[i],
+                        "score": float(scores[i]),
+                        "type": decided["type"].iat[i],
+                        "type_probability": None if np.isnan(probability) else float(probability),
+                        "review": bool(review[i]),
+                        "image_sha256": shas[i],
+                    }
+                )
+                i += 1
+            out.append((champion.version, champion.models, answers))
+        return out
