@@ -2,9 +2,10 @@
 
 Occlusion sensitivity: blur one patch at a time and measure how much the log-odds of
 pneumonia fall. Blurring (not a flat grey) removes a patch's local structure, such as an
-opacity, without making the dark lung fields brighter, which would itself look like disease. Model-agnostic, with no gradients to tune, and it answers the question a
-radiologist asks ("would it still say pneumonia without this region?"). A 64×64 input with
-8-pixel patches every 4 pixels is 225 forward passes, one batch: well under a second on CPU.
+opacity, without making the dark lung fields brighter, which would itself look like disease.
+Model-agnostic, with no gradients to tune, and it answers the question a radiologist asks
+("would it still say pneumonia without this region?"). A 64×64 input with 8-pixel patches
+every 4 pixels is 225 forward passes, one batch: well under a second on CPU.
 """
 
 from __future__ import annotations
