@@ -29,8 +29,8 @@ OUTPUT_COLUMNS = [
     "label",
     "score",
     "type",
-    "type_probability",
     "review",
+    "type_probability",
     "model_version",
     "prediction_id",
 ]

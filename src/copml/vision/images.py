@@ -226,13 +226,9 @@ def decode(content: bytes, size: int) -> tuple[np.ndarray, int, int]:
             width, height = im.size
             jpeg = im.format == "JPEG"
             grey = grey_array(im, size)
-    except (
-        OSError,
-        UnidentifiedImageError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-    ) as exc:
+    except UnidentifiedImageError:
+        raise DataValidationError("not an image file (expected JPEG or PNG)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataValidationError(f"not a readable image ({exc})") from None
     if jpeg and not content[-64:].rstrip(b"\x00\r\n ").endswith(_JPEG_EOI):
         raise DataValidationError("a truncated JPEG (no end-of-image marker)")
