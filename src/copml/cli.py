@@ -530,19 +530,41 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
 @_fails_cleanly
 def demo(
     example: Annotated[str, typer.Argument(help="Reference application: churn or xray.")] = "churn",
-    months: Annotated[int, typer.Option(min=2, max=60, help="Months to simulate.")] = 12,
+    months: Annotated[int, typer.Option(min=2, max=60, help="churn: months to simulate.")] = 12,
+    weeks: Annotated[int, typer.Option(min=2, max=52, help="xray: weeks to simulate.")] = 6,
     directory: Annotated[Path | None, typer.Option("--dir", help="Project folder to use.")] = None,
-    shift_month: Annotated[int, typer.Option(help="Month of the market shift (0: none).")] = 7,
+    shift_month: Annotated[
+        int, typer.Option(help="churn: month of the market shift (0: none).")
+    ] = 7,
+    shift_week: Annotated[
+        int, typer.Option(help="xray: week of the scanner change (0: none).")
+    ] = 3,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="xray: a real image folder (e.g. ../shared/data/chest-xray)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 7,
     scenario: Annotated[
         str, typer.Option(help="recoverable: retraining fixes the shift; persistent: it cannot.")
     ] = "recoverable",
 ) -> None:
     """The whole lifecycle on simulated time; ends with a table and an HTML report."""
+    if example == "xray":
+        from copml.xray_demo import run_xray_demo
+
+        run_xray_demo(
+            directory,
+            weeks=weeks,
+            shift_week=shift_week or None,
+            data=data,
+            seed=seed,
+            console=_console(),
+        )
+        return
     if example != "churn":
         from copml.errors import CopmlError
 
-        raise CopmlError(f"no demo {example!r} yet; available: churn")
+        raise CopmlError(f"no demo {example!r}; available: churn, xray")
     from copml.demo import run_churn_demo
 
     run_churn_demo(

@@ -22,7 +22,8 @@ def directory(home: Path) -> Path:
     return home / ARCHIVE
 
 
-def _path(root: Path, sha256: str) -> Path:
+def path_of(root: Path, sha256: str) -> Path:
+    """Where the image with this hash lies in the archive (whether or not it is there)."""
     return root / sha256[:2] / sha256
 
 
@@ -37,7 +38,7 @@ def file_sha256(path: Path) -> str:
 def _place(root: Path, sha256: str, write: object) -> Path:
     """Write a new file beside its final name and rename it there: atomic, so a crash
     never leaves a half-written image under a hash."""
-    target = _path(root, sha256)
+    target = path_of(root, sha256)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def put_bytes(root: Path, content: bytes) -> tuple[str, Path]:
 
 def get(root: Path, sha256: str) -> Path:
     """The archived file, verified: an altered image is refused, never silently used."""
-    path = _path(root, sha256)
+    path = path_of(root, sha256)
     if not path.exists():
         raise DataValidationError(f"image {sha256[:12]}… is not in the archive {root}")
     if file_sha256(path) != sha256:

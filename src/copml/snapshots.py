@@ -466,7 +466,9 @@ def create(
     if source is None:
         source, query = data.source, data.query
     if data.kind == "images":
-        return _create_images(engine, data, root=root, directory=directory, source=source)
+        return _create_images(
+            engine, data, root=root, directory=directory, source=source, actor=actor
+        )
     if by_reference:
         if "://" in source:
             raise DataValidationError("snapshots by reference support local files only")
@@ -507,10 +509,9 @@ def image_table(images: Any, archive: Path | None = None) -> pd.DataFrame:
 
 
 def _create_images(
-    engine: Engine, data: Data, *, root: Path, directory: Path, source: str
+    engine: Engine, data: Data, *, root: Path, directory: Path, source: str, actor: str
 ) -> Snapshot:
-    """Freeze an image folder: every file validated, archived by its sha256, listed in a
-    Parquet table whose id is the hash over paths, labels and file hashes."""
+    """Freeze an image folder: every file validated and archived by its sha256."""
     from copml import image_archive
     from copml.vision import images as vision
 
@@ -525,32 +526,52 @@ def _create_images(
         allow_duplicates=options.allow_duplicates,
     )
     frame = image_table(found, image_archive.directory(directory.parent))
-    frame = frame[list(data.columns)]
-    snapshot_id = vision.content_sha256(found)
+    return freeze_images(
+        engine, data, frame, directory=directory, source=str(source), actor=actor, images=found
+    )
+
+
+def freeze_images(
+    engine: Engine,
+    data: Data,
+    frame: pd.DataFrame,
+    *,
+    directory: Path,
+    source: str,
+    actor: str = "system",
+    images: Any = None,
+) -> Snapshot:
+    """Record a table of archived images as a training snapshot. Its id is the hash over
+    paths, labels, subtypes and file hashes, so the same images and labels give the same id."""
+    from copml.vision import images as vision
+
+    frame = frame[list(data.columns)].reset_index(drop=True)
+    listed = images or vision.ImageSet(frame, directory)
+    snapshot_id = vision.content_sha256(listed)
     path = directory / f"{snapshot_id}.parquet"
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         pq.write_table(_arrow_table(frame, data), tmp, compression="zstd")
         os.replace(tmp, path)
-    columns = list(frame.columns)
     profile = profiles.profile(frame[data.features], _kinds(data, data.features))
-    profile["__images__"] = {"kind": "images", **vision.profile(found)}
+    if images is not None:
+        profile["__images__"] = {"kind": "images", **vision.profile(images)}
     positive = float((frame[data.target] == str(data.positive)).mean())
     profile["__target__"] = {"kind": "target", "positive_rate": positive}
     snap = Snapshot(
         id=snapshot_id,
         kind="training",
         storage="images",
-        source=str(source),
+        source=source,
         path=str(path),
         n_rows=len(frame),
-        schema=_schema(data, columns),
+        schema=_schema(data, list(frame.columns)),
         profile=profile,
         created_at=datetime.now(UTC),
     )
     with engine.begin() as conn:
-        return record(conn, snap)
+        return record(conn, snap, actor=actor)
 
 
 def _from_row(row: Any) -> Snapshot:

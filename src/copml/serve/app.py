@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +62,9 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     poll_seconds: float = 5.0,
     heartbeat_seconds: float = 10.0,
+    clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
+    """The app; ``clock`` stamps predictions (a simulated clock in ``copml demo xray``)."""
     spec = project.spec
     data = spec.data
     engine = open_store(project.db_url)
@@ -79,7 +82,7 @@ def create_app(
         image_limit = data.images.max_bytes
         # One image at its limit, base64 in JSON, must pass; anything larger is refused.
         max_body_bytes = max(max_body_bytes, image_limit * 2)
-        scorer: Any = image_api.ImageScorer(project, engine, slot)
+        scorer: Any = image_api.ImageScorer(project, engine, slot, clock)
     else:
         mv = registry.champion(project)
         snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv else None
@@ -87,7 +90,7 @@ def create_app(
         schema = snap.schema if snap else snapshots.latest(engine).schema
         Instance = instance_model(schema)
         PredictRequest = predict_request_model(Instance, MAX_INSTANCES)
-        scorer = GroupScorer(project, engine, slot)
+        scorer = GroupScorer(project, engine, slot, clock)
     scorer.on_scored.append(metrics.scored)
     batcher = MicroBatcher(scorer)
 

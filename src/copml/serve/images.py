@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,7 +134,14 @@ def prepare(
 class ImageScorer:
     """Score one group of uploaded images with the champion cascade and log it."""
 
-    def __init__(self, project: Project, engine: Engine, slot: ChampionSlot) -> None:
+    def __init__(
+        self,
+        project: Project,
+        engine: Engine,
+        slot: ChampionSlot,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._spec = project.spec
         self._engine = engine
         self._slot = slot
@@ -175,7 +183,7 @@ class ImageScorer:
             for row in rows
         ]
         shas = [row["sha256"] for row in rows]
-        now = datetime.now(UTC)
+        now = self._clock()
 
         def alongside(conn: Connection, first: int) -> None:
             bulk_insert(

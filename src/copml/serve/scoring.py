@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,14 @@ from copml.train import positive_scores
 
 
 class GroupScorer:
-    def __init__(self, project: Project, engine: Engine, slot: ChampionSlot) -> None:
+    def __init__(
+        self,
+        project: Project,
+        engine: Engine,
+        slot: ChampionSlot,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._spec = project.spec
         self._key = project.pii_key
         self._engine = engine
@@ -57,7 +65,7 @@ class GroupScorer:
         latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
         stored = [json.dumps(self._redacted(row)) for row in rows]
         entities = [json.loads(s).get(data.id) for s in stored]
-        now = datetime.now(UTC)
+        now = self._clock()
 
         def alongside(conn: Connection, first: int) -> None:
             bulk_insert(

@@ -303,7 +303,7 @@ def content_sha256(images: ImageSet) -> str:
     if missing:
         raise DataValidationError("cannot hash an image set with missing files", missing)
     lines = sorted(
-        "\t".join((path, label, subtype or "", digest))
+        "\t".join((path, label, subtype if isinstance(subtype, str) else "", digest))
         for path, label, subtype, digest in zip(
             frame["path"], frame["label"], frame["subtype"], frame["sha256"], strict=True
         )

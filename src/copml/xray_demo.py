@@ -1,0 +1,352 @@
+"""``copml demo xray``: the x-ray cascade through simulated weeks, over real HTTP.
+
+init (generated chest-like images, or ``--data`` a real folder) → snapshot → train both
+networks as one version → a person approves → gated promotion → ``copml serve``'s app on a
+loopback port, stamping predictions with a simulated clock. Each week, x-rays arrive at the
+endpoint, radiologists resolve the review queue (their labels become feedback), the rest of
+the ground truth follows, the week's window is computed and the spec's policies act. From
+``--shift-week`` on, a new scanner makes images darker: missed pneumonia alerts the team,
+decayed recall retrains on the labelled production images, and the radiology lead approves
+the validated challenger, which the server swaps in without a restart.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from copml import keys, registry, snapshots
+from copml.demo import _describe, _Hook
+from copml.errors import CopmlError
+from copml.monitor.status import requirements
+from copml.monitor.window import history, monitor
+from copml.operate import lifecycle
+from copml.operate.runner import operate_once
+from copml.project import Project, load_project
+from copml.report import Marker, figure, write_report
+from copml.scaffold import init
+from copml.store import open_store
+from copml.train import train
+
+START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
+ACTOR = "user:demo-radiology-lead"
+WEEKLY = {"normal": 48, "bacteria": 30, "virus": 18}
+PER_REQUEST = 8
+
+
+class _Clock:
+    """The server's clock in the demo: simulated time, moved forward by the demo."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _new_scanner(folder: Path) -> None:
+    """A darker exposure with a softer focus: opacities lose contrast (the shift)."""
+    from PIL import Image, ImageFilter
+
+    for file in folder.rglob("*.jpeg"):
+        with Image.open(file) as im:
+            grey = im.convert("L")
+        grey = grey.point(lambda v: int(255 * (v / 255) ** 1.5)).filter(ImageFilter.GaussianBlur(1))
+        grey.convert("RGB").save(file, format="JPEG", quality=90)
+
+
+def _week_images(folder: Path, week: int, seed: int, shifted: bool) -> list[tuple[Path, int]]:
+    from copml.vision.synthetic import generate
+
+    found = generate(folder, WEEKLY, size=128, seed=seed * 1000 + week)
+    if shifted:
+        _new_scanner(folder)
+    return [
+        (file, int(label == "PNEUMONIA"))
+        for file, label in zip(found.files(), found.frame["label"], strict=True)
+    ]
+
+
+def _real_week(files: list[tuple[Path, int]], week: int, weeks: int) -> list[tuple[Path, int]]:
+    """With ``--data``: the evaluation images, shared out over the weeks."""
+    return files[week::weeks]
+
+
+def _serve(project: Project, clock: _Clock) -> tuple[Any, threading.Thread, str]:
+    import uvicorn
+
+    from copml.serve.app import create_app
+
+    app = create_app(project, poll_seconds=0, heartbeat_seconds=0, clock=clock)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    httpx.get(f"{url}/healthz", timeout=60)  # queued on the listening socket until served
+    return server, thread, url
+
+
+def _approve_waiting(project: Project, at: datetime) -> str | None:
+    """The radiology lead's weekly look: approve and promote a validated challenger."""
+    champion = registry.champion(project)
+    for mv in registry.versions(project):
+        if champion is not None and int(mv.version) <= int(champion.version):
+            continue
+        if mv.state != "validated" or lifecycle.approved(project, mv.version):
+            continue
+        lifecycle.approve(
+            project, mv.version, actor=ACTOR, reason="validated on recent images; reviewed", at=at
+        )
+        lifecycle.promote(project, mv.version, actor=ACTOR, reason="approved challenger", at=at)
+        return mv.version
+    return None
+
+
+def run_xray_demo(
+    directory: Path | None,
+    *,
+    weeks: int = 6,
+    shift_week: int | None = 3,
+    data: Path | None = None,
+    seed: int = 7,
+    console: Any,
+) -> Path:
+    """Run the demo in ``directory`` (default ``./demo-xray``); returns the report path."""
+    from rich.table import Table
+
+    directory = (directory or Path("demo-xray")).resolve()
+    if directory.exists() and any(directory.iterdir()):
+        raise CopmlError(f"{directory} is not empty; remove it or choose another --dir")
+    began = time.perf_counter()
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), type("Hook", (_Hook,), {"received": []}))
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    if data is None:
+        init(directory, "xray", seed=seed)
+    else:
+        if not (Path(data) / "manifest.csv").exists() and not Path(data).is_dir():
+            raise CopmlError(f"{data}: no image folder there")
+        init(directory, "xray", seed=seed)
+        shutil.rmtree(directory / "data" / "images")
+    spec_file = directory / "copml.yaml"
+    text = spec_file.read_text()
+    if data is not None:  # the real set: fewer epochs suffice on thousands of images
+        text = text.replace("source: data/images", f"source: {Path(data).resolve()}")
+        text = text.replace("epochs: 25, type_epochs: 30", "epochs: 8, type_epochs: 10")
+    spec_file.write_text(
+        text + "\n# The demo's local webhook receiver stands in for the team's pager.\n"
+        f'alerts: {{webhook: "http://127.0.0.1:{hook.server_address[1]}/hook", '
+        "backoff_seconds: 0.1}\n"
+    )
+    project = load_project(directory)
+    project.ensure_home()
+    engine = open_store(project.db_url)
+    console.print(f"[bold]copml demo xray[/] in {directory}")
+    snap = snapshots.create(
+        engine, project.spec.data, root=project.root, directory=project.snapshots_dir, actor=ACTOR
+    )
+    console.print(f"snapshot {snap.id[:12]}… of {snap.n_rows} labelled images")
+    with console.status("training model 1 (pneumonia) and model 2 (bacteria/virus)…"):
+        result = train(project, actor=ACTOR, at=START - timedelta(days=1))
+    m = result.metrics
+    console.print(
+        f"trained cascade v{result.version}: holdout recall {m['recall']:.3f}, specificity "
+        f"{m['specificity']:.3f} (model 1); type accuracy {m['type_accuracy']:.3f} (model 2)"
+    )
+    if not result.meets_minimums:
+        raise CopmlError("the first cascade missed the minimums: " + "; ".join(result.failures))
+    lifecycle.approve(project, result.version, actor=ACTOR, reason="holdout reviewed", at=START)
+    lifecycle.promote(
+        project, result.version, actor=ACTOR, reason="first cascade", at=START, gate_first=True
+    )
+    console.print(f"v{result.version} approved by {ACTOR} and promoted (impact: high)")
+    issued = {role: keys.create(engine, role) for role in ("service", "operator")}
+    clock = _Clock(START)
+    server, thread, url = _serve(project, clock)
+    headers = {role: {"Authorization": f"Bearer {key}"} for role, key in issued.items()}
+    markers = [Marker(START, f"v{result.version} champion")]
+    real: list[tuple[Path, int]] = []
+    if data is not None:
+        from copml.vision.images import read_folder
+
+        found = read_folder(Path(data))
+        held = found.frame["split"].fillna("train") != "train" if "split" in found.frame else None
+        files = found.files()
+        real = [
+            (files[i], int(found.frame["label"].iat[i] == "PNEUMONIA"))
+            for i in range(len(files))
+            if held is None or held.iat[i]
+        ]
+    rows: list[dict[str, Any]] = []
+    try:
+        for week in range(weeks):
+            begins = START + timedelta(weeks=week)
+            ends = begins + timedelta(weeks=1)
+            shifted = shift_week is not None and week >= shift_week and data is None
+            with tempfile.TemporaryDirectory() as tmp:
+                arriving = (
+                    _real_week(real, week, weeks)
+                    if data is not None
+                    else _week_images(Path(tmp), week, seed, shifted)
+                )
+                answered, version = _send_week(url, headers, clock, begins, arriving)
+            # Radiologists read the flagged images; the rest is confirmed at follow-up.
+            truth = dict(answered)
+            reviewed = _resolve_reviews(url, headers, truth)
+            _follow_up(url, headers, truth, skip=reviewed)
+            window = monitor(project, end=ends)
+            acted, happened = _describe(operate_once(project, at=ends))
+            markers += happened
+            promoted = _approve_waiting(project, ends)
+            if promoted:
+                httpx.post(f"{url}/v1/admin/reload", headers=headers["operator"], timeout=120)
+                acted += f"{', ' if acted else ''}approved + promoted v{promoted}"
+                markers.append(Marker(ends, f"v{promoted} promoted"))
+            rows.append(_row(begins, window, version, shifted, reviewed, acted))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        hook.shutdown()
+        hook.server_close()
+    table = Table(title="week by week (* after the scanner change)")
+    for key in rows[0]:
+        table.add_column(key, justify="left" if key == "week" else "right")
+    thresholds = project.spec.effectiveness.thresholds
+    for row in rows:
+        cells = []
+        for key, value in row.items():
+            text = figure(value)
+            if key in thresholds and isinstance(value, float) and not thresholds[key].met(value):
+                text = f"[red]{text}[/]"
+            cells.append(text)
+        table.add_row(*cells)
+    console.print(table)
+    windows = history(project)
+    status = requirements(project.spec, windows[-1] if windows else None)
+    console.print("last window: " + ", ".join(f"{r.name} {r.state}" for r in status))
+    received = hook.RequestHandlerClass.received  # type: ignore[attr-defined]
+    if received:
+        console.print(
+            f"webhook received {len(received)} alert(s): "
+            + "; ".join(a.get("title", "?") for a in received)
+        )
+    if shift_week is not None and shift_week < weeks and data is None:
+        markers.append(Marker(START + timedelta(weeks=shift_week), "new scanner"))
+    report = write_report(
+        project,
+        windows,
+        directory / "report.html",
+        title=f"copml demo: {project.spec.project}, {weeks} weeks",
+        markers=markers,
+        rows=rows,
+        notes=[
+            f"{weeks} simulated weeks of x-rays sent to the cascade endpoint over HTTP "
+            f"({sum(WEEKLY.values()) if data is None else 'the evaluation images'} per week). "
+            "Radiologists resolve the review queue; the other cases are confirmed at "
+            "follow-up; the spec's policies run after each week's window.",
+        ],
+    )
+    console.print(
+        f"report: {report}\nMLflow UI: mlflow ui --backend-store-uri {project.tracking_uri}\n"
+        f"done in {time.perf_counter() - began:.0f} s"
+    )
+    return report
+
+
+def _send_week(
+    url: str,
+    headers: dict[str, dict[str, str]],
+    clock: _Clock,
+    begins: datetime,
+    arriving: list[tuple[Path, int]],
+) -> tuple[list[tuple[str, int]], str]:
+    """Post the week's x-rays, a few per request, through the week; (prediction id, truth)."""
+    answered: list[tuple[str, int]] = []
+    version = "?"
+    step = timedelta(weeks=1) / max(1, math.ceil(len(arriving) / PER_REQUEST) + 1)
+    for n, start in enumerate(range(0, len(arriving), PER_REQUEST)):
+        clock.now = begins + step * (n + 1)
+        part = arriving[start : start + PER_REQUEST]
+        files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p, _ in part]
+        reply = httpx.post(
+            f"{url}/v1/predict", files=files, headers=headers["service"], timeout=120
+        )
+        if reply.status_code != 200:
+            raise CopmlError(f"the cascade endpoint answered {reply.status_code}: {reply.text}")
+        body = reply.json()
+        version = body["model_version"]
+        answered += [
+            (p["prediction_id"], truth)
+            for p, (_, truth) in zip(body["predictions"], part, strict=True)
+        ]
+    return answered, version
+
+
+def _ok(reply: httpx.Response) -> httpx.Response:
+    if reply.status_code != 200:
+        raise CopmlError(f"{reply.request.url.path} answered {reply.status_code}: {reply.text}")
+    return reply
+
+
+def _resolve_reviews(
+    url: str, headers: dict[str, dict[str, str]], truth: dict[str, int]
+) -> set[str]:
+    queue = httpx.get(
+        f"{url}/v1/reviews", params={"limit": 1000}, headers=headers["operator"], timeout=60
+    ).json()["reviews"]
+    done = set()
+    for item in queue:
+        pid = item["prediction_id"]
+        if pid in truth:
+            label = "PNEUMONIA" if truth[pid] else "NORMAL"
+            _ok(
+                httpx.post(
+                    f"{url}/v1/reviews/{pid}", json={"label": label}, headers=headers["operator"]
+                )
+            )
+            done.add(pid)
+    return done
+
+
+def _follow_up(
+    url: str, headers: dict[str, dict[str, str]], truth: dict[str, int], skip: set[str]
+) -> None:
+    for pid, actual in truth.items():
+        if pid not in skip:
+            label = "PNEUMONIA" if actual else "NORMAL"
+            _ok(
+                httpx.post(
+                    f"{url}/v1/feedback",
+                    json={"prediction_id": pid, "actual": label},
+                    headers=headers["service"],
+                )
+            )
+
+
+def _row(
+    begins: datetime, window: Any, version: str, shifted: bool, reviewed: set[str], acted: str
+) -> dict[str, Any]:
+    m = window.metrics
+    return {
+        "week": f"{begins:%Y-%m-%d}" + (" *" if shifted else ""),
+        "version": version,
+        "images": int(m["predictions"]),
+        "recall": m["recall"],
+        "specificity": m["specificity"],
+        "missed": int(m["false_negatives"]) if m.get("false_negatives", 0) >= 0 else "—",
+        "reviews": len(reviewed),
+        "drift": m["drift"],
+        "actions": acted,
+    }
