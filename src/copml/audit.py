@@ -142,8 +142,15 @@ class Replay:
     identical: bool
 
 
-def replay(project: Project, prediction_id: str, *, record: dict[str, Any] | None = None) -> Replay:
-    """Re-score the stored input with the archived version; identical or not."""
+def replay(
+    project: Project,
+    prediction_id: str,
+    *,
+    record: dict[str, Any] | None = None,
+    actor: str | None = None,
+) -> Replay:
+    """Re-score the stored input with the archived version; identical or not. The replay
+    is an event by ``actor`` (default: the person running this process)."""
     engine = open_store(project.db_url)
     found = record or prediction_log.record(engine, prediction_id)
     if found is None:
@@ -156,7 +163,7 @@ def replay(project: Project, prediction_id: str, *, record: dict[str, Any] | Non
         events.record(
             conn,
             "prediction.replayed",
-            actor=events.user_actor(),
+            actor=actor or events.user_actor(),
             subject=f"prediction:{prediction_id}",
             reason="identical" if same else "DIFFERENT",
             evidence={"version": version, "stored": stored, "replayed": score},

@@ -863,5 +863,23 @@ def probe(
         raise typer.Exit(1)
 
 
+@app.command()
+@_fails_cleanly
+def ui(
+    project: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--project", "-p", help="Project folder, or a folder of projects; repeatable."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+) -> None:
+    """The dashboard: requirements, metric timelines, models, predictions, reviews, events."""
+    from copml.ui import run
+
+    run(project or [Path(".")], host, port, announce=_console().print)
+
+
 def main() -> None:
     app()

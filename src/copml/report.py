@@ -58,7 +58,7 @@ def panels(project: Project) -> list[Panel]:
     return out
 
 
-def _plot(panel: Panel, windows: list[Window], markers: list[Marker]) -> str:
+def plot(panel: Panel, windows: list[Window], markers: list[Marker]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +120,7 @@ def write_report(
     html = env.get_template("report.html.j2").render(
         title=title,
         spec=project.spec,
-        plots=[(p.title, _plot(p, windows, markers)) for p in panels(project)],
+        plots=[(p.title, plot(p, windows, markers)) for p in panels(project)],
         rows=rows or [],
         status=requirements(project.spec, windows[-1] if windows else None),
         markers=markers,

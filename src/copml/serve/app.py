@@ -20,9 +20,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select, update
 
-from copml import audit, costs, feedback, keys, prediction_log, registry, snapshots
+from copml import audit, costs, feedback, keys, prediction_log, registry, reviews, snapshots
 from copml.errors import NotFoundError
 from copml.explain import explain_image, explain_prediction
 from copml.labels import encode_actual
@@ -34,7 +33,7 @@ from copml.serve.limits import BodyLimit, RateLimiter
 from copml.serve.metrics import MetricsMiddleware, ServerMetrics
 from copml.serve.requests import PredictResponse, instance_model, predict_request_model
 from copml.serve.scoring import GroupScorer
-from copml.store import heartbeats, lock_for_writing, open_store, reviews
+from copml.store import heartbeats, open_store
 
 MAX_BODY_BYTES = 1 << 20
 MAX_INSTANCES = 1000
@@ -308,50 +307,23 @@ def create_app(
     async def open_reviews(
         limit: int = 100, _key: Any = require("operator")
     ) -> dict[str, list[dict[str, Any]]]:
-        def read() -> list[dict[str, Any]]:
-            with engine.connect() as conn:
-                seqs = (
-                    conn.execute(
-                        select(reviews.c.seq)
-                        .where(reviews.c.resolved_at.is_(None))
-                        .order_by(reviews.c.seq)
-                        .limit(max(1, min(limit, 1000)))
-                    )
-                    .scalars()
-                    .all()
-                )
-            found = [prediction_log.record_by_seq(engine, s) for s in seqs]
-            return [r for r in found if r is not None]
-
-        return {"reviews": await asyncio.to_thread(read)}
+        found = await asyncio.to_thread(reviews.open_items, engine, limit)
+        return {"reviews": json.loads(json.dumps(found, default=str))}
 
     @app.post("/v1/reviews/{prediction_id}")
     async def resolve_review(
         prediction_id: str, body: ReviewResolution, key: Any = require("operator")
     ) -> dict[str, Any]:
-        seq = prediction_log.resolve(engine, [prediction_id]).iloc[0]
-        if pd.isna(seq):
+        if prediction_log.split_id(prediction_id) is None:
             raise HTTPException(404, f"no prediction {prediction_id!r}")
-        actual = _actual(body.label, "label")
-
-        def resolve() -> bool:
-            now = datetime.now(UTC)
-            with engine.begin() as conn:
-                lock_for_writing(conn)
-                done = conn.execute(
-                    update(reviews)
-                    .where(reviews.c.seq == int(seq), reviews.c.resolved_at.is_(None))
-                    .values(resolved_at=now, resolved_by=actor(key))
-                ).rowcount
-                if done:
-                    outcome = pd.DataFrame(
-                        {"seq": [int(seq)], "actual": [actual], "observed_at": [now]}
-                    )
-                    feedback.apply(conn, outcome, source=f"review:{actor(key)}", at=now)
-            return bool(done)
-
-        if not await asyncio.to_thread(resolve):
-            raise HTTPException(404, f"no open review for {prediction_id!r}")
+        if encode_actual([body.label], data)[0] is None:
+            _actual(body.label, "label")  # 422 naming the field
+        try:
+            await asyncio.to_thread(
+                reviews.resolve, engine, data, prediction_id, str(body.label), actor=actor(key)
+            )
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
         return {"status": "resolved", "label": body.label}
 
     @app.post("/v1/admin/reload")

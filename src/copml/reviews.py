@@ -1,0 +1,78 @@
+"""The human-review queue: list open items, resolve one.
+
+One implementation for ``GET/POST /v1/reviews`` of ``copml serve`` and the dashboard, so
+a label given in either is ground truth in the same way (stored as feedback, in the same
+transaction as the review's closing) and recorded as a ``review.resolved`` event naming
+the person.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, func, select, update
+
+from copml import events, feedback, prediction_log
+from copml.errors import CopmlError, NotFoundError
+from copml.labels import encode_actual
+from copml.spec import Data
+from copml.store import lock_for_writing, reviews
+
+
+def count_open(engine: Engine) -> int:
+    with engine.connect() as conn:
+        query = select(func.count()).select_from(reviews).where(reviews.c.resolved_at.is_(None))
+        return int(conn.execute(query).scalar_one())
+
+
+def open_items(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
+    """Open items, oldest first, each as its prediction's record plus when it was opened."""
+    query = (
+        select(reviews.c.seq, reviews.c.opened_at)
+        .where(reviews.c.resolved_at.is_(None))
+        .order_by(reviews.c.seq)
+        .limit(max(1, min(limit, 1000)))
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for seq, opened in rows:
+        found = prediction_log.record_by_seq(engine, seq)
+        if found is not None:
+            out.append({**found, "opened_at": opened})
+    return out
+
+
+def resolve(engine: Engine, data: Data, prediction_id: str, label: str, *, actor: str) -> int:
+    """Close the open review of ``prediction_id`` with the person's ``label`` (stored as
+    feedback); returns the encoded label (1 = the declared positive class)."""
+    seq = prediction_log.resolve(engine, [prediction_id]).iloc[0]
+    if pd.isna(seq):
+        raise NotFoundError(f"no prediction {prediction_id!r}")
+    (actual,) = encode_actual([label], data)
+    if actual is None:
+        raise CopmlError(f"label: {label!r} is neither the positive nor the negative label")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        lock_for_writing(conn)
+        done = conn.execute(
+            update(reviews)
+            .where(reviews.c.seq == int(seq), reviews.c.resolved_at.is_(None))
+            .values(resolved_at=now, resolved_by=actor)
+        ).rowcount
+        if not done:
+            raise NotFoundError(f"no open review for {prediction_id!r}")
+        outcome = pd.DataFrame({"seq": [int(seq)], "actual": [actual], "observed_at": [now]})
+        feedback.apply(conn, outcome, source=f"review:{actor}", at=now)
+        events.record(
+            conn,
+            "review.resolved",
+            actor=actor,
+            subject=f"prediction:{prediction_id}",
+            reason=f"labelled {label!r} by a person",
+            evidence={"actual": actual},
+            at=now,
+        )
+    return actual
