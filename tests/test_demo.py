@@ -4,6 +4,7 @@ import io
 import math
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from copml import events, registry
@@ -60,3 +61,35 @@ def test_a_persistent_shift_escalates_to_a_webhook_and_flags_the_project(tmp_pat
     assert "webhook received 2 alert(s)" in text
     assert "project flagged for re-evaluation" in text
     assert events.history(engine, kind="project.reevaluate")
+
+
+def test_xray_demo_alerts_on_missed_pneumonia_and_an_approved_retrain_recovers(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("torch", reason="the x-ray demo needs the vision extra (torch)")
+    from copml.xray_demo import ACTOR, run_xray_demo
+
+    out = io.StringIO()
+    run_xray_demo(tmp_path / "xray", weeks=5, shift_week=2, console=Console(file=out, width=160))
+    project = load_project(tmp_path / "xray")
+    windows = history(project)
+    assert len(windows) == 5
+    assert all(w.n_labelled == w.n_predictions == 96 for w in windows)  # all confirmed
+    assert all(w.metrics["recall"] >= 0.9 for w in windows[:2])
+    assert all(w.metrics["recall"] < 0.95 for w in windows[2:4])  # the new scanner
+    assert all(w.metrics["drift"] > 0 for w in windows[2:])  # darker images are seen
+    assert windows[-1].metrics["recall"] >= 0.95  # the retrained cascade recovers
+    engine = open_store(project.db_url)
+    alerts = events.history(engine, kind="alert.opened")
+    assert any("missed-pneumonia" in a["reason"] for a in alerts)
+    delivered = [d for a in alerts for d in a["evidence"]["deliveries"]]
+    assert delivered and all(d["ok"] for d in delivered if d["channel"] == "webhook")
+    retrained = [e for e in events.history(engine, kind="model.registered") if e["actor"] != ACTOR]
+    assert retrained and retrained[0]["actor"] == "policy:retrain-on-recall-decay"
+    new = registry.champion(project)
+    assert new is not None and new.version == "2"
+    approvals = events.history(engine, kind="model.approved")
+    assert {e["subject"].rsplit("/", 1)[1] for e in approvals} == {"1", "2"}
+    assert all(e["actor"] == ACTOR for e in approvals)  # a person approved, not a policy
+    assert windows[-1].model_version == "2"
+    assert "approved + promoted v2" in out.getvalue()
