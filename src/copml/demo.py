@@ -26,7 +26,7 @@ from copml.errors import CopmlError
 from copml.monitor.status import requirements
 from copml.monitor.window import history, monitor
 from copml.operate.runner import operate_once, suspended
-from copml.project import load_project
+from copml.project import Project, load_project
 from copml.report import Marker, figure, write_report
 from copml.scaffold import init
 from copml.score import score
@@ -75,6 +75,42 @@ class _Hook(BaseHTTPRequestHandler):
         pass
 
 
+def summarise(
+    console: Any,
+    project: Project,
+    rows: list[dict[str, Any]],
+    title: str,
+    received: list[dict[str, Any]],
+) -> list[Any]:
+    """Print a demo's period table (figures that miss a minimum in red), the last window's
+    requirements and the alerts the webhook received; return the stored windows."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    first = next(iter(rows[0]))
+    for key in rows[0]:
+        table.add_column(key, justify="left" if key == first else "right")
+    thresholds = project.spec.effectiveness.thresholds
+    for row in rows:
+        cells = []
+        for key, value in row.items():
+            text = figure(value)
+            if key in thresholds and isinstance(value, float) and not thresholds[key].met(value):
+                text = f"[red]{text}[/]"
+            cells.append(text)
+        table.add_row(*cells)
+    console.print(table)
+    windows = history(project)
+    status = requirements(project.spec, windows[-1] if windows else None)
+    console.print("last window: " + ", ".join(f"{r.name} {r.state}" for r in status))
+    if received:
+        console.print(
+            f"webhook received {len(received)} alert(s): "
+            + "; ".join(a.get("title", "?") for a in received)
+        )
+    return windows
+
+
 def _describe(result: Any) -> tuple[str, list[Marker]]:
     """A table cell and report markers for what the policies did this month."""
     parts, markers = [], []
@@ -117,7 +153,6 @@ def run_churn_demo(
 ) -> Path:
     """Run the demo in ``directory`` (default ``./demo-churn``); returns the report path."""
     from rich.progress import Progress
-    from rich.table import Table
 
     directory = (directory or Path("demo-churn")).resolve()
     if directory.exists() and any(directory.iterdir()):
@@ -187,28 +222,13 @@ def run_churn_demo(
             progress.advance(task)
     hook.shutdown()
     hook.server_close()
-    table = Table(title=f"month by month (* after the market shift; scenario {scenario})")
-    for key in rows[0]:
-        table.add_column(key, justify="left" if key == "month" else "right")
-    thresholds = project.spec.effectiveness.thresholds
-    for row in rows:
-        cells = []
-        for key, value in row.items():
-            text = figure(value)
-            if key in thresholds and isinstance(value, float) and not thresholds[key].met(value):
-                text = f"[red]{text}[/]"
-            cells.append(text)
-        table.add_row(*cells)
-    console.print(table)
-    windows = history(project)
-    status = requirements(project.spec, windows[-1] if windows else None)
-    console.print("last window: " + ", ".join(f"{r.name} {r.state}" for r in status))
-    received = hook.RequestHandlerClass.received  # type: ignore[attr-defined]
-    if received:
-        console.print(
-            f"webhook received {len(received)} alert(s): "
-            + "; ".join(a.get("title", "?") for a in received)
-        )
+    windows = summarise(
+        console,
+        project,
+        rows,
+        f"month by month (* after the market shift; scenario {scenario})",
+        hook.RequestHandlerClass.received,  # type: ignore[attr-defined]
+    )
     flagged = suspended(open_store(project.db_url), project)
     if flagged is not None:
         console.print(f"[bold red]project flagged for re-evaluation[/]: {flagged['reason']}")

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, insert, select
 
 from copml import events, profiles
 from copml.errors import DataValidationError, NotFoundError
+from copml.image_archive import file_sha256
 from copml.spec import Column, Data
 from copml.store import snapshots as snapshots_table
 
@@ -66,7 +67,7 @@ class Snapshot:
         """The snapshot's rows with their declared types; refuses altered files."""
         if self.storage == "reference":
             for entry in self.manifest or []:
-                if _file_sha256(Path(entry["path"])) != entry["sha256"]:
+                if file_sha256(Path(entry["path"])) != entry["sha256"]:
                     raise DataValidationError(
                         f"snapshot {self.id[:12]}: {entry['path']} changed since it was frozen"
                     )
@@ -90,14 +91,6 @@ class Snapshot:
 
 
 # ------------------------------------------------------------------------------- reading
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -474,7 +467,7 @@ def create(
             raise DataValidationError("snapshots by reference support local files only")
         files = source_files(source, root)
         manifest = [
-            {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": _file_sha256(p)}
+            {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in files
         ]
         raw = read_files(files)

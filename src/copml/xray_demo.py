@@ -26,14 +26,13 @@ from typing import Any
 import httpx
 
 from copml import keys, registry, snapshots
-from copml.demo import _describe, _Hook
+from copml.demo import _describe, _Hook, summarise
 from copml.errors import CopmlError
-from copml.monitor.status import requirements
-from copml.monitor.window import history, monitor
+from copml.monitor.window import monitor
 from copml.operate import lifecycle
 from copml.operate.runner import operate_once
 from copml.project import Project, load_project
-from copml.report import Marker, figure, write_report
+from copml.report import Marker, write_report
 from copml.scaffold import init
 from copml.store import open_store
 from copml.train import train
@@ -125,8 +124,6 @@ def run_xray_demo(
     console: Any,
 ) -> Path:
     """Run the demo in ``directory`` (default ``./demo-xray``); returns the report path."""
-    from rich.table import Table
-
     directory = (directory or Path("demo-xray")).resolve()
     if directory.exists() and any(directory.iterdir()):
         raise CopmlError(f"{directory} is not empty; remove it or choose another --dir")
@@ -220,28 +217,13 @@ def run_xray_demo(
         thread.join(timeout=30)
         hook.shutdown()
         hook.server_close()
-    table = Table(title="week by week (* after the scanner change)")
-    for key in rows[0]:
-        table.add_column(key, justify="left" if key == "week" else "right")
-    thresholds = project.spec.effectiveness.thresholds
-    for row in rows:
-        cells = []
-        for key, value in row.items():
-            text = figure(value)
-            if key in thresholds and isinstance(value, float) and not thresholds[key].met(value):
-                text = f"[red]{text}[/]"
-            cells.append(text)
-        table.add_row(*cells)
-    console.print(table)
-    windows = history(project)
-    status = requirements(project.spec, windows[-1] if windows else None)
-    console.print("last window: " + ", ".join(f"{r.name} {r.state}" for r in status))
-    received = hook.RequestHandlerClass.received  # type: ignore[attr-defined]
-    if received:
-        console.print(
-            f"webhook received {len(received)} alert(s): "
-            + "; ".join(a.get("title", "?") for a in received)
-        )
+    windows = summarise(
+        console,
+        project,
+        rows,
+        "week by week (* after the scanner change)",
+        hook.RequestHandlerClass.received,  # type: ignore[attr-defined]
+    )
     if shift_week is not None and shift_week < weeks and data is None:
         markers.append(Marker(START + timedelta(weeks=shift_week), "new scanner"))
     report = write_report(

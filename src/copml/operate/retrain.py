@@ -27,14 +27,18 @@ class Retrained:
     result: TrainResult
 
 
+def _labelled(project: Project, at: datetime) -> pd.DataFrame:
+    """Predictions of the look-back period that have their ground truth."""
+    spec = project.spec
+    start = (pd.Timestamp(at) - spec.retraining.lookback.offset()).to_pydatetime()
+    frame = window_frame(open_store(project.db_url), start, at, spec.data.features)
+    return frame[frame["actual"].notna()]
+
+
 def production_rows(project: Project, at: datetime) -> pd.DataFrame:
     """Labelled predictions of the look-back period as training rows (declared types)."""
-    spec = project.spec
-    data = spec.data
-    engine = open_store(project.db_url)
-    start = (pd.Timestamp(at) - spec.retraining.lookback.offset()).to_pydatetime()
-    frame = window_frame(engine, start, at, data.features)
-    frame = frame[frame["actual"].notna()]
+    data = project.spec.data
+    frame = _labelled(project, at)
     if frame.empty or any(f not in frame.columns for f in data.features):
         return pd.DataFrame(columns=list(data.columns))
     negative, positive = class_labels(data)
@@ -59,15 +63,11 @@ def _production_images(project: Project, at: datetime) -> pd.DataFrame:
     from copml import image_archive
     from copml.store import cascade_answers
 
-    spec = project.spec
-    data = spec.data
-    engine = open_store(project.db_url)
-    start = (pd.Timestamp(at) - spec.retraining.lookback.offset()).to_pydatetime()
-    frame = window_frame(engine, start, at, data.features)
-    frame = frame[frame["actual"].notna()]
+    data = project.spec.data
+    frame = _labelled(project, at)
     if frame.empty:
         return pd.DataFrame(columns=list(data.columns))
-    with engine.connect() as conn:
+    with open_store(project.db_url).connect() as conn:
         found = dict(
             conn.execute(
                 select(cascade_answers.c.seq, cascade_answers.c.image_sha256).where(
