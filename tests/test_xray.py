@@ -291,3 +291,36 @@ def test_bad_json_bodies_name_the_field(server: Server) -> None:
         url, json={"instances": [{"image": "eA=="}]}, headers=server.headers("viewer")
     )
     assert viewer.status_code == 403
+
+
+def test_the_dashboard_shows_the_attribution_map(project: Project, tmp_path: Path) -> None:
+    from copml.image_scoring import score_folder
+    from test_serve import _free_port, _wait_ready
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for source in sorted((project.root / "data/images/PNEUMONIA").iterdir())[:2]:
+        shutil.copy(source, folder / source.name)
+    score_folder(project, folder, tmp_path / "two.csv")
+    prediction_id = pd.read_csv(tmp_path / "two.csv")["prediction_id"].iloc[0]
+    auditor = keys.create(open_store(project.db_url), "auditor", name="ada")
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "copml", "ui", "--project", str(project.root), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, process)
+        with httpx.Client(base_url=url, follow_redirects=True, timeout=60) as browser:
+            assert browser.post("/login", data={"key": auditor}).status_code == 200
+            page = browser.get(f"/p/{project.spec.project}/predictions/{prediction_id}")
+        assert page.status_code == 200
+        shown = page.text.split('class="attribution"', 1)[1].split('src="', 1)[1]
+        png = base64.b64decode(shown.split('"', 1)[0].removeprefix("data:image/png;base64,"))
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        process.kill()
+        process.wait()
