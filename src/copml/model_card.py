@@ -175,6 +175,7 @@ class ModelCard:
     positive: str
     threshold: float
     review_band: tuple[float, float] | None
+    review_rule: str | None
     snapshot_id: str
     snapshot_found: bool
     source: str
@@ -454,6 +455,15 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
     else:
         impact_note = f"{spec.impact.capitalize()} impact; promotions follow the gate alone."
 
+    threshold, review_rule = spec.model.threshold, None
+    if spec.model.task == "cascade":  # the cascade decides by its own calibrated rules
+        rules = registry.load(project, mv).rules
+        threshold = round(rules.threshold, 4)
+        review_rule = (
+            f"model 1 within {rules.review_margin:g} log-odds of its threshold (chosen for "
+            f"recall {rules.recall_target:g} on calibration images), or model 2's type "
+            f"probability within {rules.type_margin:g} of 0.5, go to a person"
+        )
     card = ModelCard(
         project=spec.project,
         version=mv.version,
@@ -471,8 +481,9 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         owners={k: v for k, v in spec.owners.model_dump().items() if v},
         target=spec.data.target,
         positive=str(spec.data.positive),
-        threshold=spec.model.threshold,
+        threshold=threshold,
         review_band=spec.serving.review_band,
+        review_rule=review_rule,
         snapshot_id=mv.snapshot_id,
         snapshot_found=snap is not None,
         source=_safe_source(snap.source) if snap else "—",
@@ -547,7 +558,9 @@ copml.yaml.
 - Impact: **{{ c.impact }}**. {{ c.impact_note|md }}
 - Predicts: {{ c.target|md }} = {{ c.positive|md }}
 - Decision threshold: {{ c.threshold }}
-{% if c.review_band %}\
+{% if c.review_rule %}\
+- Review: {{ c.review_rule|md }}
+{% elif c.review_band %}\
 - Review band: scores in [{{ c.review_band[0] }}, {{ c.review_band[1] }}] go to a person
 {% else %}\
 - Review band: none (every decision is automatic)

@@ -24,10 +24,16 @@ import numpy as np
 
 from copml import events, registry, snapshots
 from copml.errors import CopmlError, UserCodeError
-from copml.metrics import classification_metrics
 from copml.project import Project, load_project
 from copml.store import open_store
-from copml.train import positive_scores, seed_everything, split_holdout, training_frame
+from copml.train import (
+    holdout_metrics,
+    model_inputs,
+    positive_scores,
+    seed_everything,
+    split_holdout,
+    training_frame,
+)
 from copml.usercode import load_function
 
 TOLERANCE = 1e-9
@@ -120,11 +126,12 @@ def reproduce(project: Project, version: str, *, actor: str = "system") -> Repro
             sys.path[:] = [p for p in sys.path if not p.startswith(tmp)]
             _forget(spec.model.train)
     original = registry.load(project, mv)
-    features = frame[spec.data.features]
+    features = frame[model_inputs(project, frame)]
     mine, theirs = positive_scores(model, features), positive_scores(original, features)
     actual = frame.loc[holdout, spec.data.target].to_numpy()
-    threshold = spec.model.threshold
-    new_metrics = classification_metrics(actual, mine[holdout] >= threshold, mine[holdout])
+    new_metrics = holdout_metrics(
+        project, model, features.loc[holdout].reset_index(drop=True), actual
+    )[1]
     client = registry.client(project)
     logged = {
         k.removeprefix("holdout_"): v
