@@ -324,3 +324,13 @@ def test_the_dashboard_shows_the_attribution_map(project: Project, tmp_path: Pat
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_cascade_version_reproduces_exactly(project: Project) -> None:
+    from copml.reproduce import reproduce
+
+    mv = registry.champion(project)
+    assert mv is not None
+    done = reproduce(project, mv.version)
+    assert done.reproduced, done.metric_differences
+    assert done.rows == 600 and done.max_prediction_difference == 0.0
