@@ -32,6 +32,7 @@ from copml.store import bulk_insert, prediction_inputs
 from copml.vision.images import decode, statistics
 
 MAX_IMAGES = 16
+STATISTICS_SIZE = 64  # as load_arrays' default, used for snapshot statistics
 
 
 class ImageInstance(BaseModel):
@@ -116,7 +117,9 @@ def prepare(
             grey, width, height = decode(content, size)
         except DataValidationError as exc:
             raise _refuse(422, loc, str(exc)) from None
-        mean, std = statistics(grey[None])
+        # The monitored statistics at the size the training snapshot measured them.
+        monitored = grey if size == STATISTICS_SIZE else decode(content, STATISTICS_SIZE)[0]
+        mean, std = statistics(monitored[None])
         rows.append(
             {
                 "array": grey,
