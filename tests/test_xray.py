@@ -117,10 +117,15 @@ def test_the_cascade_is_one_version_with_both_networks_registered(xray: Path) ->
 def test_spec_refuses_columns_for_images() -> None:
     text = (Path(__file__).parents[1] / "src/copml/examples/xray/copml.yaml").read_text()
     bad = text.replace("  kind: images\n", "  kind: images\n  columns: {x: {type: string}}\n")
+    line = bad.splitlines().index("data:") + 1
     with pytest.raises(SpecError) as caught:
         parse_spec(bad)
-    assert "data (line 16)" in str(caught.value.details) or "data" in str(caught.value)
-    assert "fixed columns" in " ".join(caught.value.details)
+    assert caught.value.details == [
+        f"data (line {line}): image data has fixed columns; remove 'columns'"
+    ]
+    # The label is a two-class category like any binary target: negative from the spec.
+    label = parse_spec(text).data.columns["label"]
+    assert label.type == "category" and label.categories == ["NORMAL", "PNEUMONIA"]
 
 
 def test_score_folder_writes_the_declared_columns(project: Project, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, select
 
 from copml import costs, events, image_archive, lineage, prediction_log, registry, snapshots
 from copml.errors import DataValidationError, NotFoundError
@@ -189,8 +189,6 @@ def score_folder(
 
 def answer(project: Project, seq: int) -> dict[str, Any] | None:
     """Model 2's stored answer and the networks' versions for one prediction."""
-    from sqlalchemy import select
-
     engine = open_store(project.db_url)
     with engine.connect() as conn:
         row = conn.execute(select(cascade_answers).where(cascade_answers.c.seq == seq)).first()

@@ -11,8 +11,6 @@ _BOOLEAN_TEXT = {"1": 1, "0": 0, "true": 1, "false": 0}
 
 def class_labels(data: Data) -> tuple[object, object]:
     """(negative, positive): the declared positive and the other declared category."""
-    if data.images is not None:  # image sets name their negative class (e.g. NORMAL)
-        return data.images.negative, data.positive
     column = data.columns[data.target]
     if column.categories and len(column.categories) == 2:
         negative = next(c for c in column.categories if str(c) != str(data.positive))

@@ -14,8 +14,11 @@ XRAY_IMAGES = {"normal": 240, "bacteria": 200, "virus": 160}
 XRAY_SIZE = 128
 
 
-def init(directory: Path, example: str = "churn", *, seed: int = 7) -> list[Path]:
-    """Copy the example's spec and code and generate its starting dataset."""
+def init(
+    directory: Path, example: str = "churn", *, seed: int = 7, generate: bool = True
+) -> list[Path]:
+    """Copy the example's spec and code and generate its starting dataset (``generate``
+    False: the caller brings its own data)."""
     source = EXAMPLES / example
     if not source.is_dir():
         choices = ", ".join(sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir()))
@@ -29,14 +32,14 @@ def init(directory: Path, example: str = "churn", *, seed: int = 7) -> list[Path
             shutil.copy(file, directory / file.name)
             written.append(directory / file.name)
     (directory / ".gitignore").write_text(".copml/\n__pycache__/\noutputs/\n")
-    if example == "churn":
+    if example == "churn" and generate:
         from copml.simulation import Population, as_source_csv
 
         data = directory / "data" / "customers.csv"
         data.parent.mkdir(exist_ok=True)
         as_source_csv(Population(seed=seed).history(HISTORY_ROWS)).to_csv(data, index=False)
         written.append(data)
-    if example == "xray":
+    if example == "xray" and generate:
         from copml.vision.synthetic import generate
 
         images = directory / "data" / "images"

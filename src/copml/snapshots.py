@@ -539,7 +539,7 @@ def freeze_images(
     from copml.vision import images as vision
 
     frame = frame[list(data.columns)].reset_index(drop=True)
-    listed = images or vision.ImageSet(frame, directory)
+    listed = images if images is not None else vision.ImageSet(frame, directory)
     snapshot_id = vision.content_sha256(listed)
     path = directory / f"{snapshot_id}.parquet"
     if not path.exists():

@@ -146,7 +146,7 @@ class Column(_Model):
 IMAGE_FEATURES = ("intensity_mean", "intensity_std", "width", "height")
 _IMAGE_COLUMNS: dict[str, dict[str, Any]] = {
     "path": {"type": "string"},
-    "label": {"type": "string"},
+    "label": {"type": "category"},  # categories: [images.negative, positive]
     "subtype": {"type": "string", "nullable": True},
     "group": {"type": "string", "nullable": True},
     "split": {"type": "string", "nullable": True},
@@ -170,9 +170,6 @@ class Images(_Model):
         False, description="accept byte-identical files under different paths (same label)"
     )
     negative: str = Field("NORMAL", description="the label of images without the finding")
-    subtypes: tuple[str, str] = Field(
-        ("bacteria", "virus"), description="model 2's two classes, from the 'subtype' column"
-    )
 
 
 class Data(_Model):
@@ -196,7 +193,12 @@ class Data(_Model):
         if isinstance(value, dict) and value.get("kind") == "images":
             if value.get("columns"):
                 raise ValueError("image data has fixed columns; remove 'columns'")
-            value = {**value, "columns": _IMAGE_COLUMNS, "images": value.get("images") or {}}
+            images = value.get("images") or {}
+            # The label is one of two classes, like any binary target: the negative one
+            # comes from ``images.negative``.
+            negative = images.get("negative", Images.model_fields["negative"].default)
+            label = {"type": "category", "categories": [negative, value.get("positive")]}
+            value = {**value, "columns": {**_IMAGE_COLUMNS, "label": label}, "images": images}
         return value
 
     @model_validator(mode="after")

@@ -266,7 +266,6 @@ def train(
         )
         versions = package_versions()
         mlflow.log_dict(versions, "environment/packages.json")
-        mlflow.set_tag("copml.holdout_rows", str(int(holdout.sum())))
         seed_everything(seed)
         fit_part = frame.loc[~holdout].reset_index(drop=True)
         try:

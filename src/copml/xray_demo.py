@@ -13,7 +13,6 @@ the validated challenger, which the server swaps in without a restart.
 from __future__ import annotations
 
 import math
-import shutil
 import socket
 import tempfile
 import threading
@@ -76,11 +75,6 @@ def _week_images(folder: Path, week: int, seed: int, shifted: bool) -> list[tupl
     ]
 
 
-def _real_week(files: list[tuple[Path, int]], week: int, weeks: int) -> list[tuple[Path, int]]:
-    """With ``--data``: the evaluation images, shared out over the weeks."""
-    return files[week::weeks]
-
-
 def _serve(project: Project, clock: _Clock) -> tuple[Any, threading.Thread, str]:
     import uvicorn
 
@@ -130,13 +124,9 @@ def run_xray_demo(
     began = time.perf_counter()
     hook = ThreadingHTTPServer(("127.0.0.1", 0), type("Hook", (_Hook,), {"received": []}))
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    if data is None:
-        init(directory, "xray", seed=seed)
-    else:
-        if not (Path(data) / "manifest.csv").exists() and not Path(data).is_dir():
-            raise CopmlError(f"{data}: no image folder there")
-        init(directory, "xray", seed=seed)
-        shutil.rmtree(directory / "data" / "images")
+    if data is not None and not Path(data).is_dir():
+        raise CopmlError(f"{data}: no image folder there")
+    init(directory, "xray", seed=seed, generate=data is None)
     spec_file = directory / "copml.yaml"
     text = spec_file.read_text()
     if data is not None:  # the real set: fewer epochs suffice on thousands of images
@@ -194,7 +184,7 @@ def run_xray_demo(
             shifted = shift_week is not None and week >= shift_week and data is None
             with tempfile.TemporaryDirectory() as tmp:
                 arriving = (
-                    _real_week(real, week, weeks)
+                    real[week::weeks]  # the evaluation images, shared out over the weeks
                     if data is not None
                     else _week_images(Path(tmp), week, seed, shifted)
                 )

@@ -316,8 +316,7 @@ def create_app(
     ) -> dict[str, Any]:
         if prediction_log.split_id(prediction_id) is None:
             raise HTTPException(404, f"no prediction {prediction_id!r}")
-        if encode_actual([body.label], data)[0] is None:
-            _actual(body.label, "label")  # 422 naming the field
+        _actual(body.label, "label")  # 422 naming the field when it is neither label
         try:
             await asyncio.to_thread(
                 reviews.resolve, engine, data, prediction_id, str(body.label), actor=actor(key)
