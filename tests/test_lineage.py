@@ -13,17 +13,21 @@ import logging
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import Enum
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import attrs
 import pytest
 
 from copml import lineage
@@ -67,6 +71,7 @@ def test_train_run_events_in_file(fresh_churn: Project) -> None:
     events = read_events(fresh_churn)
     assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
     for event in events:
+        _assert_valid_event(event)
         assert event["run"]["runId"] == run_id == str(uuid.UUID(run_id))
         assert event["job"]["namespace"] == f"copml.{fresh_churn.spec.project}"
         assert event["job"]["name"] == "train"
@@ -83,6 +88,33 @@ def test_train_run_events_in_file(fresh_churn: Project) -> None:
     assert [o["name"] for o in events[1]["outputs"]] == ["models:/churn/1"]
     # State stays under COPML_HOME, which copml keeps out of git.
     assert (fresh_churn.home / ".gitignore").read_text() == "*\n"
+
+
+def test_every_job_emits_events_the_openlineage_client_loads_strictly(churn: Project) -> None:
+    """The real snapshot, train and score events, read back through the client's classes."""
+    from batches import month
+    from copml.score import score
+
+    done = subprocess.run(
+        [sys.executable, "-m", "copml", "snapshot", "--json"],
+        cwd=churn.root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k not in ("COPML_HOME", "COPML_DB_URL")},
+    )
+    assert done.returncode == 0, done.stderr
+    batch, _ = month(churn.root / "in")
+    score(churn, batch, churn.root / "out" / "scores.csv", at=datetime(2026, 2, 1))
+
+    events = read_events(churn)
+    assert {e["job"]["name"] for e in events} == {"snapshot", "train", "score"}
+    for event in events:
+        _assert_valid_event(event)
+    (scored,) = [e for e in events if e["job"]["name"] == "score"]
+    assert scored["eventTime"] == "2026-02-01T00:00:00+00:00"  # a naive --at is UTC
+    assert [d["namespace"] for d in scored["outputs"]] == [f"copml.{churn.spec.project}", "file"]
+    assert scored["outputs"][1]["name"] == str(churn.root / "out" / "scores.csv")
 
 
 def test_events_match_official_schema(fresh_churn: Project) -> None:
@@ -130,6 +162,7 @@ def test_http_transport_posts_to_server(
         run_id = emit(fresh_churn, "score", inputs=[Dataset("file://copml", "batch.csv")])
 
     ((path, content_type, event),) = received
+    _assert_valid_event(event)
     assert path == "/api/v1/lineage"
     assert content_type == "application/json"
     assert event["run"]["runId"] == run_id
@@ -256,3 +289,93 @@ def _official_schemas() -> tuple[Any, str, str]:
             "package here; put it in tests/data/ or set OPENLINEAGE_SPEC_DIR to validate"
         )
     return registry, core[0], core[1]
+
+
+def _assert_valid_event(event: dict[str, Any]) -> None:
+    """Load ``event`` strictly into the client's ``RunEvent`` and facet classes (their own
+    validators run; any field they do not know fails), check that nothing was lost on the
+    way back, and check the fields the OpenLineage spec requires."""
+    from openlineage.client.event_v2 import RunEvent
+    from openlineage.client.serde import Serde
+
+    loaded = _structure(event, RunEvent, "event")
+    assert Serde.to_dict(loaded) == event
+    assert datetime.fromisoformat(event["eventTime"]).tzinfo is not None, event["eventTime"]
+    assert str(uuid.UUID(event["run"]["runId"])) == event["run"]["runId"]
+    _assert_uri(event["producer"])
+    _assert_uri(event["schemaURL"])
+    for named in [event["job"], *event.get("inputs", []), *event.get("outputs", [])]:
+        assert isinstance(named["namespace"], str) and named["namespace"], named
+        assert isinstance(named["name"], str) and named["name"], named
+    for facet in _facets(event):
+        _assert_uri(facet["_producer"])
+        _assert_uri(facet["_schemaURL"])
+        assert urlparse(facet["_schemaURL"]).fragment.startswith("/$defs/"), facet
+
+
+def _assert_uri(value: Any) -> None:
+    parts = urlparse(value) if isinstance(value, str) else None
+    assert parts and parts.scheme in ("http", "https") and parts.netloc, value
+
+
+@cache
+def _facet_classes() -> dict[str, type]:
+    """Every facet class the client ships, by the ``_schemaURL`` its instances carry."""
+    import importlib
+    import pkgutil
+
+    from openlineage.client import generated
+    from openlineage.client.generated.base import BaseFacet
+
+    found: dict[str, type] = {}
+    for module in pkgutil.iter_modules(generated.__path__):
+        for obj in vars(importlib.import_module(f"{generated.__name__}.{module.name}")).values():
+            if isinstance(obj, type) and issubclass(obj, BaseFacet) and attrs.has(obj):
+                found[obj._get_schema()] = obj
+    return found
+
+
+def _structure(data: Any, kind: Any, where: str) -> Any:
+    """``data`` as an instance of the annotated type ``kind``, refusing anything unknown."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            assert type(None) in args, f"{where}: null is not allowed"
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        return _structure(data, kind, where)
+    if origin is list:
+        assert isinstance(data, list), f"{where}: expected a list"
+        return [_structure(item, args[0], f"{where}[{i}]") for i, item in enumerate(data)]
+    if origin is dict:
+        assert isinstance(data, dict), f"{where}: expected an object"
+        return {key: _structure(v, args[1], f"{where}.{key}") for key, v in data.items()}
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return kind(data)
+    if attrs.has(kind):
+        assert isinstance(data, dict), f"{where}: expected an object"
+        if "_schemaURL" in data:  # a facet: the declared base, made concrete by its schema
+            concrete = _facet_classes().get(data["_schemaURL"])
+            assert concrete is not None, f"{where}: no client facet for {data['_schemaURL']}"
+            assert issubclass(concrete, kind), f"{where}: a {concrete.__name__} is no {kind}"
+            kind = concrete
+        fields = {f.name: f for f in attrs.fields(attrs.resolve_types(kind))}
+        unknown = set(data) - set(fields)
+        assert not unknown, f"{where}: {kind.__name__} has no field {sorted(unknown)}"
+        values = {
+            f.alias: _structure(data[name], f.type, f"{where}.{name}")
+            for name, f in fields.items()
+            if f.init and name in data
+        }
+        instance = kind(**values)  # the client's own validators run here
+        for name, f in fields.items():
+            if not f.init and name in data:  # schema URLs: fixed by the class
+                assert getattr(instance, name) == data[name], f"{where}.{name}: {data[name]}"
+        return instance
+    assert isinstance(data, kind) and not (kind is int and isinstance(data, bool)), (
+        f"{where}: expected {kind.__name__}, got {data!r}"
+    )
+    return data

@@ -1,10 +1,14 @@
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from copml.errors import SpecError
+from copml.project import Project
 from copml.scaffold import EXAMPLES
 from copml.spec import json_schema, load_spec, parse_spec
 
@@ -112,3 +116,51 @@ def test_example_satisfies_the_exported_schema() -> None:
 def test_load_spec_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="not found"):
         load_spec(tmp_path)
+
+
+def _alias_bomb(levels: int) -> str:
+    """The 'billion laughs' document: each level is nine aliases of the one before."""
+    lines = ["bomb:", '  l1: &l1 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(2, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_naming_its_line(fresh_churn: Project) -> None:
+    # Nine levels expand to 387 million values: the line index used to walk every one
+    # (gigabytes, minutes), even under a key that is not part of copml.yaml.
+    spec = fresh_churn.root / "copml.yaml"
+    text = spec.read_text() + _alias_bomb(9)
+    spec.write_text(text)
+    done = subprocess.run(
+        [sys.executable, "-m", "copml", "validate"],
+        cwd=fresh_churn.root,
+        capture_output=True,
+        text=True,
+        timeout=120,  # a guard against the hang, not a measure of speed
+        env={k: v for k, v in os.environ.items() if k not in ("COPML_HOME", "COPML_DB_URL")},
+    )
+    assert done.returncode == 1
+    # 10 + 91 + 820 + 7,381 + 66,430 values fit the budget; level 6 (597,871) does not.
+    line = _line_of(text, "l6: &l6")
+    assert done.stderr.strip().splitlines() == [
+        f"error: {spec}: line {line}: YAML aliases expand to more than 100,000 values; "
+        "write the values out instead"
+    ]
+    assert not fresh_churn.home.exists()
+
+
+def test_aliases_within_the_budget_are_read_and_errors_name_the_alias_line() -> None:
+    yes_no = '{type: category, categories: ["Yes", "No"]}'
+    text = _edited(
+        f"    Partner: {yes_no}\n    Dependents: {yes_no}",
+        f"    Partner: &yes_no {yes_no}\n    Dependents: *yes_no",
+    )
+    assert parse_spec(text).data.columns["Dependents"].categories == ["Yes", "No"]
+    message = _error(text.replace("&yes_no {type: category", "&yes_no {type: categry"))
+    assert f"data.columns.Partner.type (line {_line_of(text, 'Partner:')})" in message
+    assert f"data.columns.Dependents.type (line {_line_of(text, 'Dependents:')})" in message
+
+
+def test_an_alias_that_refers_to_itself_is_refused() -> None:
+    text = EXAMPLE + "loop: &loop [1, *loop]\n"
+    assert _error(text) == f"copml.yaml: line {_line_of(text, 'loop:')}: an alias refers to itself"

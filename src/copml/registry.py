@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -79,12 +80,85 @@ def _quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", module=r"mlflow(\..*)?$")
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI (None for a server or an in-memory store)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+def _create_sqlite_store(path: Path, artifacts_uri: str) -> None:
+    """Create a SQLite tracking store at ``path`` that is either complete or absent.
+
+    MLflow builds a new store by running its migrations one after another, not in one
+    transaction: a process killed meanwhile leaves a store that no later command can open.
+    So the store is built in a temporary file of the same folder and renamed into place;
+    a file lock keeps two processes from building it at once.
+    """
+    from filelock import FileLock
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(path.name + ".lock")):
+        if path.exists():  # another process built it while this one waited
+            return
+        for stale in path.parent.glob(f".{path.name}-*.tmp*"):  # left by a killed process
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex}.tmp")  # SQLite creates it
+        try:
+            # Also creates the model registry's tables (one schema, one migration history).
+            store = SqlAlchemyStore(f"sqlite:///{tmp}", artifacts_uri)
+            store.engine.dispose()
+            with tmp.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a power cut
+        finally:
+            os.close(folder)
+
+
+@cache
+def _opened(uri: str) -> None:
+    """Open the tracking store once per process; an unusable one becomes one clear line."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        c = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        c.search_experiments(max_results=1)
+        c.search_registered_models(max_results=1)
+    except (MlflowException, SQLAlchemyError, OSError) as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:120]
+        path = _sqlite_path(uri)
+        recover = (
+            "if it holds no runs you need, move it aside and run the command again"
+            if path is not None
+            else "check that the server is reachable and its database migrated"
+        )
+        raise CopmlError(
+            f"MLflow tracking store {path or uri} cannot be opened ({reason}); it may have "
+            f"been left unfinished by an interrupted command: {recover}"
+        ) from None
+
+
 def client(project: Project) -> MlflowClient:
     """A client on the project's tracking store, also made the default for MLflow's fluent API."""
     import mlflow
 
     _quiet_mlflow()
     project.ensure_home()
+    store = _sqlite_path(project.tracking_uri)
+    if store is not None and not store.exists():
+        _create_sqlite_store(store, project.artifacts_uri)
+    _opened(project.tracking_uri)
     # MLflow's setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which a
     # Project reads as the user's choice: left there, the next project in this process
     # (a test session, the dashboard) would silently use this one's store.

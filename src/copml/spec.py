@@ -495,12 +495,53 @@ def json_schema() -> dict[str, Any]:
 # ---------------------------------------------------------------- loading with line numbers
 
 
-def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
-    """Map every YAML node path (keys and list indexes) to its 1-based line."""
+# A copml.yaml is a few hundred values; aliases that expand past this are a bomb.
+_MAX_EXPANDED_NODES = 100_000
+
+
+def _refuse_alias_bombs(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past the budget, counted without expanding
+    them (an alias is the very node object it names, so each node is sized once)."""
+    sizes: dict[int, int] = {}
+    pending: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in pending:
+            raise SpecError(f"line {node.start_mark.line + 1}: an alias refers to itself")
+        pending.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        else:
+            total = 1
+        pending.discard(id(node))
+        sizes[id(node)] = total
+        if total > _MAX_EXPANDED_NODES:
+            raise SpecError(
+                f"line {node.start_mark.line + 1}: YAML aliases expand to more than "
+                f"{_MAX_EXPANDED_NODES:,} values; write the values out instead"
+            )
+        return total
+
+    size(root)
+
+
+def _line_index(root: yaml.Node) -> dict[tuple[str | int, ...], int]:
+    """Map every YAML node path (keys and list indexes) to its 1-based line.
+
+    A node reached again through an alias is not walked again: a field inside it is
+    reported at the line of the alias that brought it in."""
     lines: dict[tuple[str | int, ...], int] = {}
+    walked: set[int] = set()
 
     def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
         lines[path] = node.start_mark.line + 1
+        if id(node) in walked:
+            return
+        walked.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 sub = (*path, str(key.value))
@@ -510,10 +551,21 @@ def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
             for i, item in enumerate(node.value):
                 walk(item, (*path, i))
 
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is not None:
-        walk(root, ())
+    walk(root, ())
     return lines
+
+
+def _load_yaml(text: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
+    """The document and its line index, from one parse; aliases are sized before use."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, {}
+        _refuse_alias_bombs(root)
+        return loader.construct_document(root), _line_index(root)
+    finally:
+        loader.dispose()
 
 
 def _line_of(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
@@ -531,14 +583,17 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
 def parse_spec(text: str, filename: str = SPEC_FILE) -> Spec:
     """Validate spec text; raise :class:`SpecError` naming every bad field with its line."""
     try:
-        raw = yaml.safe_load(text)
+        raw, lines = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
         raise SpecError(f"{filename}: not valid YAML ({where}): {exc}") from None
+    except SpecError as exc:
+        raise SpecError(f"{filename}: {exc.message}") from None
+    except RecursionError:
+        raise SpecError(f"{filename}: nested too deeply to be a copml.yaml") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{filename}: expected a mapping of settings at the top level")
-    lines = _line_index(text)
     try:
         return Spec.model_validate(raw)
     except ValidationError as exc:
