@@ -15,9 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -623,10 +624,27 @@ def test_a_poison_request_fails_alone(server: Server) -> None:
     assert logged == logged_before + 15
 
 
+def in_one_group(scorer: Callable[..., list[Any]], requests: list[list[Any]]) -> list[Any]:
+    """Each request's result (or exception) when all are submitted as one group to a real
+    micro-batcher in front of ``scorer``."""
+    from copml.serve.batcher import MicroBatcher
+
+    async def run() -> list[object]:
+        batcher = MicroBatcher(scorer)
+        submitted = [asyncio.create_task(batcher.submit(rows)) for rows in requests]
+        await asyncio.sleep(0)  # one turn of the loop: every request is queued, one group
+        batcher.start()
+        try:
+            return await asyncio.gather(*submitted, return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(run())
+
+
 def test_a_request_that_fails_inside_its_group_fails_alone(churn: Project) -> None:
     """Whatever still fails inside a group (here a row that lacks a feature, past the edge
     checks) fails only its own request: the group is split, the others scored and logged."""
-    from copml.serve.batcher import MicroBatcher
     from copml.serve.champion import ChampionSlot
     from copml.serve.scoring import GroupScorer
 
@@ -639,17 +657,7 @@ def test_a_request_that_fails_inside_its_group_fails_alone(churn: Project) -> No
     requests = [[row] for row in good[:7]] + [[dataclasses.replace(good[0], features=lacking)]]
     requests += [[row] for row in good[7:]]
 
-    async def run() -> list[object]:
-        batcher = MicroBatcher(scorer)
-        submitted = [asyncio.create_task(batcher.submit(rows)) for rows in requests]
-        await asyncio.sleep(0)  # one turn of the loop: every request is queued, one group
-        batcher.start()
-        try:
-            return await asyncio.gather(*submitted, return_exceptions=True)
-        finally:
-            await batcher.stop()
-
-    results = asyncio.run(run())
+    results = in_one_group(scorer, requests)
     assert isinstance(results.pop(7), KeyError)
     assert not [r for r in results if isinstance(r, BaseException)], results
     ids = [r[1][0]["prediction_id"] for r in results]  # type: ignore[index]

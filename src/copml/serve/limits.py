@@ -62,10 +62,11 @@ class SharedBuckets:
     Created once by whoever starts the server processes (the ``--workers`` supervisor, or
     the single process itself) and inherited by every worker, so all workers of one
     supervisor draw on one budget per key: the declared rate holds in total, whatever the
-    number of workers. A check costs one process-shared lock and a few field reads (about
-    a microsecond), no store round trip. Replicas on several machines each have their own
-    buckets; a budget across machines would need the store (a row per key, a round trip
-    per request).
+    number of workers. A check costs one process-shared lock and a few field reads: a few
+    microseconds (about 1.4x the per-process dictionary it replaced, measured on a busy
+    2-core machine), against milliseconds per request, and no store round trip. Replicas
+    on several machines each have their own buckets; a budget across machines would need
+    the store (a row per key, a round trip per request).
     """
 
     def __init__(self, slots: int = 1024) -> None:
