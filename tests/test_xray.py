@@ -21,17 +21,18 @@ from sqlalchemy import func, select
 
 pytest.importorskip("torch", reason="the x-ray application needs the vision extra (torch)")
 
-from copml import audit, image_archive, keys, registry, snapshots
+from copml import audit, image_archive, keys, prediction_log, registry, snapshots
 from copml.errors import SpecError
 from copml.explain import explain_image
 from copml.operate import lifecycle
 from copml.project import Project, load_project
 from copml.scaffold import init
 from copml.spec import parse_spec
-from copml.store import cascade_answers, open_store, predictions, reviews
+from copml.store import cascade_answers, open_store, reviews
 from copml.train import train
 from copml.vision import images as vision
-from test_serve import Server, start
+from store_state import assert_unchanged, capture
+from test_serve import Server, in_one_group, start
 
 # Small and quick: a few epochs are enough for the plumbing; the figures that matter are
 # measured on the real images by benchmarks/xray.py. type_margin 0.5 sends every typed
@@ -190,11 +191,6 @@ def _images(server: Server, kind: str, n: int) -> list[Path]:
     return sorted((server.project.root / "data/images" / kind).iterdir())[:n]
 
 
-def _count(server: Server) -> int:
-    with open_store(server.project.db_url).connect() as conn:
-        return conn.execute(select(func.count()).select_from(predictions)).scalar_one()
-
-
 def test_cascade_answers_json_and_multipart_alike(server: Server) -> None:
     image = _images(server, "PNEUMONIA", 1)[0]
     content = image.read_bytes()
@@ -269,7 +265,7 @@ def test_bad_uploads_are_refused_and_not_logged(
 ) -> None:
     if content is None:  # a real JPEG cut short
         content = _images(server, "NORMAL", 1)[0].read_bytes()[:2000]
-    before = _count(server)
+    before = capture(server.project)
     answer = httpx.post(
         f"{server.url}/v1/predict",
         files={"file": (name, content, "image/jpeg")},
@@ -279,11 +275,12 @@ def test_bad_uploads_are_refused_and_not_logged(
     detail = answer.json()["detail"]
     assert detail[0]["loc"] == ["body", "file", 0]
     assert says in detail[0]["msg"]
-    assert _count(server) == before
+    assert_unchanged(before, server.project)  # every table, and the image archive
 
 
 def test_bad_json_bodies_name_the_field(server: Server) -> None:
     url, headers = f"{server.url}/v1/predict", server.headers("service")
+    before = capture(server.project)
     bad64 = httpx.post(url, json={"instances": [{"image": "@@@"}]}, headers=headers)
     assert bad64.status_code == 422
     assert bad64.json()["detail"][0]["loc"] == ["body", "instances", 0, "image"]
@@ -296,6 +293,44 @@ def test_bad_json_bodies_name_the_field(server: Server) -> None:
         url, json={"instances": [{"image": "eA=="}]}, headers=server.headers("viewer")
     )
     assert viewer.status_code == 403
+    nobody = httpx.post(url, files={"file": ("x.jpeg", b"\xff\xd8", "image/jpeg")})
+    assert nobody.status_code == 401
+    assert_unchanged(before, server.project)
+
+
+def test_an_image_that_fails_inside_its_group_fails_alone(project: Project) -> None:
+    """An image that passed the upload checks but still fails its group (here an empty
+    array) fails only its own request: the 15 others are answered and logged, and
+    its image is not archived."""
+    from copml.serve import images as image_api
+    from copml.serve.champion import ChampionSlot
+
+    engine = open_store(project.db_url)
+    slot = ChampionSlot(project, engine)
+    slot.refresh()
+    assert slot.current is not None and project.spec.data.images is not None
+    size, limit = slot.current.model.rules.input_size, project.spec.data.images.max_bytes
+    paths = sorted((project.root / "data/images/NORMAL").iterdir())[:16]
+    rows = [
+        image_api.prepare([(["body", "file", 0], p.read_bytes())], size, limit)[0] for p in paths
+    ]
+    unseen = b"an upload never archived before " + paths[7].read_bytes()
+    culprit = {
+        **rows[7],
+        "array": rows[7]["array"][:0],  # no pixel rows: neither stacked nor scored alone
+        "content": unseen,
+        "sha256": hashlib.sha256(unseen).hexdigest(),
+    }
+    requests = [[row] for row in rows[:7]] + [[culprit]] + [[row] for row in rows[8:]]
+    results = in_one_group(image_api.ImageScorer(project, engine, slot), requests)
+    assert isinstance(results.pop(7), ValueError | RuntimeError)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    ids = [r[2][0]["prediction_id"] for r in results]
+    assert prediction_log.resolve(engine, ids).notna().all()
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(cascade_answers)).scalar_one() == 15
+    archive = image_archive.directory(project.home)
+    assert not image_archive.path_of(archive, culprit["sha256"]).exists()
 
 
 def test_the_dashboard_shows_the_attribution_map(project: Project, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 BLAKE2b in keyed mode (a MAC, like HMAC but faster), with the project's secret from
 ``COPML_HOME/secret.key``; without the key a hash cannot be reversed by guessing ids.
+Any Python string hashes: a lone surrogate (valid JSON, not valid UTF-8) is encoded with
+``surrogatepass`` rather than raising, which leaves every valid string's hash as it was.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from hashlib import blake2b
 import numpy as np
 import pandas as pd
 
+_ENCODING = ("utf-8", "surrogatepass")
+
 
 def keyed_hash(value: object, key: bytes) -> str:
-    return blake2b(str(value).encode(), key=key[:64], digest_size=16).hexdigest()
+    return blake2b(str(value).encode(*_ENCODING), key=key[:64], digest_size=16).hexdigest()
 
 
 def redact_series(values: pd.Series, key: bytes) -> pd.Series:
@@ -24,7 +28,7 @@ def redact_series(values: pd.Series, key: bytes) -> pd.Series:
     append = hashes.append
     for value in values[present].tolist():
         h = keyed()
-        h.update(str(value).encode())
+        h.update(str(value).encode(*_ENCODING))
         append(h.hexdigest())
     out = np.full(len(values), None, dtype=object)
     out[present] = hashes

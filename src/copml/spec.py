@@ -241,7 +241,9 @@ class ModelConfig(_Model):
 
 
 class RateLimit(_Model):
-    """Per-API-key request rate of ``copml serve`` (a token bucket)."""
+    """Per-API-key rate of ``copml serve`` in instances a second (a request of 100
+    instances counts 100), for predictions and feedback apart: a token bucket shared by
+    all the workers of one server."""
 
     per_second: float = Field(1000.0, gt=0)
     burst: int = Field(2000, ge=1)

@@ -2,7 +2,8 @@
 
 Several workers are several single-worker processes listening on one port with
 ``SO_REUSEPORT`` (the kernel spreads connections), each with one BLAS/OpenMP thread so
-they do not fight over the cores, all writing to the same store.
+they do not fight over the cores, all writing to the same store and drawing on one rate
+budget per key (shared memory created by the supervisor).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def run(root: Path, host: str, port: int, *, workers: int = 1, **options: Any) -
     if workers <= 1:
         _worker(str(root), host, port, options, reuse_port=False)
         return
+    from copml.serve.limits import SharedBuckets
+
+    # One rate budget per key for all the workers (inherited shared memory, not the store).
+    options = {**options, "rate_buckets": SharedBuckets()}
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(target=_worker, args=(str(root), host, port, options, True), daemon=True)

@@ -29,7 +29,7 @@ from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve.batcher import MicroBatcher, Occupancy
 from copml.serve.champion import ChampionSlot
-from copml.serve.limits import BodyLimit, RateLimiter
+from copml.serve.limits import BodyLimit, RateLimiter, SharedBuckets
 from copml.serve.metrics import MetricsMiddleware, ServerMetrics
 from copml.serve.requests import PredictResponse, instance_model, predict_request_model
 from copml.serve.scoring import GroupScorer
@@ -62,14 +62,17 @@ def create_app(
     poll_seconds: float = 5.0,
     heartbeat_seconds: float = 10.0,
     clock: Callable[[], datetime] | None = None,
+    rate_buckets: SharedBuckets | None = None,
 ) -> FastAPI:
-    """The app; ``clock`` stamps predictions (a simulated clock in ``copml demo xray``)."""
+    """The app; ``clock`` stamps predictions (a simulated clock in ``copml demo xray``);
+    ``rate_buckets`` are shared with the other workers of one supervisor."""
     spec = project.spec
     data = spec.data
     engine = open_store(project.db_url)
     verifier = keys.Verifier(engine)
     metrics = ServerMetrics()
-    limiter = RateLimiter(spec.serving.rate_limit.per_second, spec.serving.rate_limit.burst)
+    limit = spec.serving.rate_limit
+    limiter = RateLimiter(limit.per_second, limit.burst, rate_buckets)
     slot = ChampionSlot(project, engine)
     first = slot.refresh()
     metrics.model_loads.labels("loaded" if first.swapped else "none").inc()
@@ -140,7 +143,7 @@ def create_app(
         title=f"copml: {spec.project}", version="1", lifespan=lifespan, description=spec.objective
     )
 
-    def require(*roles: str, limited: bool = False) -> Any:
+    def require(*roles: str) -> Any:
         async def check(request: Request) -> keys.Key | None:
             if insecure:
                 return None
@@ -156,15 +159,25 @@ def create_app(
                 raise HTTPException(
                     403, f"role {key.role!r} may not do this; needs one of {', '.join(roles)}"
                 )
-            if limited and (wait := limiter.retry_after(key.prefix)):
-                raise HTTPException(
-                    429,
-                    f"rate limit of {limiter.rate:g} requests/s exceeded",
-                    headers={"Retry-After": str(wait)},
-                )
             return key
 
         return Depends(check)
+
+    def charge(key: keys.Key | None, n: int, route: str) -> None:
+        """429 unless ``key`` has ``n`` instances left of its rate on ``route`` (every
+        worker draws on the same budget; without keys, ``--insecure``, nothing is limited)."""
+        if key is None:
+            return
+        if n > limiter.burst:
+            raise HTTPException(
+                429, f"{n} instances exceed the rate limit's burst of {limiter.burst}"
+            )
+        if wait := limiter.retry_after(f"{key.prefix}{route}", n):
+            raise HTTPException(
+                429,
+                f"rate limit of {limiter.rate:g} instances/s on {route} exceeded",
+                headers={"Retry-After": str(wait)},
+            )
 
     def actor(key: keys.Key | None) -> str:
         return f"key:{key.prefix}" if key else "system"
@@ -187,14 +200,13 @@ def create_app(
     if images:
 
         @app.post("/v1/predict", response_class=Response, openapi_extra=image_api.OPENAPI)
-        async def predict_images(
-            request: Request, _key: Any = require("service", limited=True)
-        ) -> Response:
+        async def predict_images(request: Request, key: Any = require("service")) -> Response:
             """An x-ray (JSON base64 or multipart 'file') → both networks' answers."""
             champion = slot.current
             if champion is None:
                 raise HTTPException(503, "no champion model is loaded")
             uploads = await image_api.read_uploads(request, image_limit)
+            charge(key, len(uploads), "/v1/predict")  # before decoding: that is the work
             size = champion.model.rules.input_size
             rows = await asyncio.to_thread(image_api.prepare, uploads, size, image_limit)
             version, models, answers = await batcher.submit(rows)
@@ -208,12 +220,12 @@ def create_app(
             response_class=Response,
             responses={200: {"model": PredictResponse, "description": "One answer per instance"}},
         )
-        async def predict(
-            body: PredictRequest, _key: Any = require("service", limited=True)
-        ) -> Response:
+        async def predict(body: PredictRequest, key: Any = require("service")) -> Response:
             if slot.current is None:
                 raise HTTPException(503, "no champion model is loaded")
-            rows = [instance.model_dump() for instance in body.instances]
+            # Checked and redacted per request, before grouping: a bad one fails alone.
+            rows = scorer.encode([instance.model_dump() for instance in body.instances])
+            charge(key, len(rows), "/v1/predict")
             version, answers = await batcher.submit(rows)
             # Serialised here, once: the answers are plain JSON types already, and FastAPI's
             # response-model round trip would cost more than the prediction on small groups.
@@ -257,6 +269,7 @@ def create_app(
                 ],
             )
         actual = _actual(body.actual, "actual")
+        charge(key, 1, "/v1/feedback")
         observed = body.observed_at or datetime.now(UTC)
         observed = observed if observed.tzinfo else observed.replace(tzinfo=UTC)
         if body.prediction_id is not None:

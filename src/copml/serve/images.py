@@ -26,7 +26,7 @@ from copml import image_archive, prediction_log
 from copml.errors import DataValidationError
 from copml.image_scoring import record_answers
 from copml.project import Project
-from copml.serve.batcher import Pending
+from copml.serve.batcher import Pending, report_scored
 from copml.serve.champion import ChampionSlot
 from copml.store import bulk_insert, prediction_inputs
 from copml.vision.images import decode, statistics
@@ -135,7 +135,8 @@ def prepare(
 
 
 class ImageScorer:
-    """Score one group of uploaded images with the champion cascade and log it."""
+    """Score one group of uploaded images with the champion cascade and log it; raises
+    only before the commit (the batcher then splits the group), never after it."""
 
     def __init__(
         self,
@@ -162,10 +163,10 @@ class ImageScorer:
             raise RuntimeError("no champion model is loaded")
         cascade = champion.model
         rows = [row for pending in group for row in pending.rows]
-        if self._archive is not None:  # the image is stored before its prediction is
+        decided = cascade.predict(np.stack([row["array"] for row in rows]))
+        if self._archive is not None:  # stored before its prediction is, after it scored
             for row in rows:
                 image_archive.put_bytes(self._archive, row["content"])
-        decided = cascade.predict(np.stack([row["array"] for row in rows]))
         positive = (decided["label"] == cascade.rules.positive).to_numpy()
         review = decided["review"].to_numpy(dtype=bool)
         scores = decided["score"].to_numpy(dtype=np.float64)
@@ -200,8 +201,7 @@ class ImageScorer:
         key = prediction_log.new_key()
         header = prediction_log.Header(key, now, self._spec.project, champion.version, None, "api")
         prediction_log.write(self._engine, header, positive, scores, review, alongside)
-        for callback in self.on_scored:
-            callback(champion.version, positive, review)
+        report_scored(self.on_scored, champion.version, positive, review)
         out, i = [], 0
         for pending in group:
             answers = []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
-import threading
+import multiprocessing
 import time
+from hashlib import blake2b
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -46,22 +48,86 @@ class _TooLarge(Exception):
     pass
 
 
-class RateLimiter:
-    """A token bucket per API key: ``rate`` requests a second, bursts up to ``burst``."""
+class _Bucket(ctypes.Structure):
+    _fields_ = (
+        ("owner", ctypes.c_uint64),  # 0: a free slot
+        ("tokens", ctypes.c_double),
+        ("at", ctypes.c_double),  # time.monotonic() of the last update, one clock per host
+    )
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
 
-    def retry_after(self, who: str) -> int:
-        """0 when the request may go ahead, else the seconds to wait before trying again."""
+class SharedBuckets:
+    """Token-bucket state in shared memory, one slot per limited key.
+
+    Created once by whoever starts the server processes (the ``--workers`` supervisor, or
+    the single process itself) and inherited by every worker, so all workers of one
+    supervisor draw on one budget per key: the declared rate holds in total, whatever the
+    number of workers. A check costs one process-shared lock and a few field reads: a few
+    microseconds (about 1.4x the per-process dictionary it replaced, measured on a busy
+    2-core machine), against milliseconds per request, and no store round trip. Replicas
+    on several machines each have their own buckets; a budget across machines would need
+    the store (a row per key, a round trip per request).
+    """
+
+    def __init__(self, slots: int = 1024) -> None:
+        context = multiprocessing.get_context("spawn")  # the workers' start method
+        self._lock = context.Lock()
+        self._table = context.RawArray(_Bucket, slots)
+        self._slots = slots
+        self._found: dict[str, tuple[int, _Bucket]] = {}  # this process's memo of slots
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_found": {}}
+
+    def take(self, who: str, n: int, rate: float, burst: int) -> float:
+        """Take ``n`` tokens from ``who``'s bucket: 0.0 when granted, else the seconds until
+        they could be (nothing is taken then)."""
+        found = self._found.get(who)
         now = time.monotonic()
         with self._lock:
-            tokens, then = self._buckets.get(who, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - then) * self.rate)
-            if tokens >= 1:
-                self._buckets[who] = (tokens - 1, now)
-                return 0
-            self._buckets[who] = (tokens, now)
-            return max(1, math.ceil((1 - tokens) / self.rate))
+            if found is None or found[1].owner != found[0]:  # new, or its slot was reused
+                found = self._claim(who, now, rate, burst)
+            bucket = found[1]
+            tokens = min(float(burst), bucket.tokens + (now - bucket.at) * rate)
+            bucket.at = now
+            if tokens >= n:
+                bucket.tokens = tokens - n
+                return 0.0
+            bucket.tokens = tokens
+            return (n - tokens) / rate
+
+    def _claim(self, who: str, now: float, rate: float, burst: int) -> tuple[int, _Bucket]:
+        """``who``'s slot, found or taken (a full bucket when new); the lock is held."""
+        owner = int.from_bytes(blake2b(who.encode(), digest_size=8).digest()) | 1
+        table = self._table
+        start = owner % self._slots
+        for step in range(self._slots):  # open addressing; slots are never emptied
+            i = (start + step) % self._slots
+            if table[i].owner in (owner, 0):
+                break
+        else:
+            # Every slot is taken: reuse the one with the most tokens. A bucket that has
+            # refilled to its burst carries nothing that a new, full bucket would not.
+            i = max(range(self._slots), key=lambda j: table[j].tokens + (now - table[j].at) * rate)
+        bucket = table[i]  # a view into the shared table, not a copy
+        if bucket.owner != owner:
+            bucket.owner, bucket.tokens, bucket.at = owner, float(burst), now
+        self._found[who] = (owner, bucket)
+        return owner, bucket
+
+
+class RateLimiter:
+    """Per-key token buckets counted in instances (a request of 1,000 instances takes
+    1,000 tokens): ``rate`` a second, bursts up to ``burst``, shared by every worker."""
+
+    def __init__(self, rate: float, burst: int, buckets: SharedBuckets | None = None) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets = buckets or SharedBuckets()
+
+    def retry_after(self, who: str, n: int = 1) -> int:
+        """0 when ``n`` instances may go ahead, else whole seconds to wait before trying
+        again. ``n`` over the burst could never be granted: the caller refuses it first."""
+        if n > self.burst:
+            raise ValueError(f"{n} instances exceed the burst of {self.burst}")
+        wait = self._buckets.take(who, n, self.rate, self.burst)
+        return max(1, math.ceil(wait)) if wait else 0

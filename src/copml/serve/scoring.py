@@ -1,7 +1,10 @@
 """Score one group of requests and log it: one ``predict_proba`` call, one transaction.
 
 The group's redacted inputs, the review-queue entries for scores in the uncertainty band,
-and the predictions commit together; only then are the answers handed back.
+and the predictions commit together; only then are the answers handed back. Everything
+that depends on one instance alone (text checks, redaction, the logged JSON) is done per
+request before it joins a group (:meth:`GroupScorer.encode`), so a bad instance is
+refused by itself instead of failing the group it would have joined.
 """
 
 from __future__ import annotations
@@ -10,21 +13,33 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from fastapi import HTTPException
 from sqlalchemy import Connection, Engine
 
 from copml import prediction_log
 from copml.labels import class_labels, decide
 from copml.project import Project
 from copml.redaction import keyed_hash
-from copml.serve.batcher import Pending
+from copml.serve.batcher import Pending, report_scored
 from copml.serve.champion import ChampionSlot
 from copml.store import bind_value, bulk_insert, prediction_inputs, reviews
 from copml.train import positive_scores
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One instance as its group needs it: the model's features and what is logged."""
+
+    features: dict[str, Any]
+    stored: str  # the input as logged: JSON, PII replaced by keyed hashes
+    input_hash: str
+    entity: str | None
 
 
 class GroupScorer:
@@ -44,6 +59,28 @@ class GroupScorer:
         self._redact = sorted({project.spec.data.id, *project.spec.data.pii})
         self.on_scored: list[Any] = []  # callbacks(version, labels, reviews) for metrics
 
+    def encode(self, instances: list[dict[str, Any]]) -> list[Instance]:
+        """One request's instances, checked and redacted; 422 naming the field of a text
+        that is not valid Unicode (a lone surrogate such as ``"\\udc00"`` parses as JSON
+        but cannot be encoded, hashed or stored)."""
+        out = []
+        for i, row in enumerate(instances):
+            for name, value in row.items():
+                if isinstance(value, str) and not value.isascii():
+                    try:
+                        value.encode()
+                    except UnicodeEncodeError:
+                        loc = ["body", "instances", i, name]
+                        msg = "not valid Unicode text (it contains a lone surrogate)"
+                        raise HTTPException(
+                            422, [{"loc": loc, "msg": msg, "type": "value_error"}]
+                        ) from None
+            redacted = self._redacted(row)
+            stored = json.dumps(redacted)
+            digest = hashlib.sha256(stored.encode()).hexdigest()
+            out.append(Instance(row, stored, digest, redacted.get(self._spec.data.id)))
+        return out
+
     def _redacted(self, row: dict[str, Any]) -> dict[str, Any]:
         clear = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
         for column in self._redact:
@@ -52,19 +89,19 @@ class GroupScorer:
         return clear
 
     def __call__(self, group: list[Pending]) -> list[tuple[str, list[dict[str, Any]]]]:
-        spec, data = self._spec, self._spec.data
+        """Score and log the group's :class:`Instance` rows; raises only before the commit
+        (the batcher then splits the group), never after it."""
+        spec = self._spec
         champion = self._slot.current  # read once: this group finishes on this model
         if champion is None:
             raise RuntimeError("no champion model is loaded")
-        rows = [row for pending in group for row in pending.rows]
+        rows: list[Instance] = [row for pending in group for row in pending.rows]
         # Column by column: a third of the cost of a frame from records, the same scores.
-        frame = pd.DataFrame({c: [row[c] for row in rows] for c in champion.features})
+        frame = pd.DataFrame({c: [row.features[c] for row in rows] for c in champion.features})
         scores = positive_scores(champion.model, frame)
         positive, review = decide(scores, spec.model.threshold, spec.serving.review_band)
         done = time.perf_counter()
         latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
-        stored = [json.dumps(self._redacted(row)) for row in rows]
-        entities = [json.loads(s).get(data.id) for s in stored]
         now = self._clock()
 
         def alongside(conn: Connection, first: int) -> None:
@@ -73,10 +110,8 @@ class GroupScorer:
                 prediction_inputs,
                 ("seq", "input", "input_hash", "entity_key", "latency_ms"),
                 [
-                    (first + i, text, hashlib.sha256(text.encode()).hexdigest(), entity, latency)
-                    for i, (text, entity, latency) in enumerate(
-                        zip(stored, entities, latencies, strict=True)
-                    )
+                    (first + i, row.stored, row.input_hash, row.entity, latency)
+                    for i, (row, latency) in enumerate(zip(rows, latencies, strict=True))
                 ],
             )
             flagged = [
@@ -89,8 +124,7 @@ class GroupScorer:
         key = prediction_log.new_key()
         header = prediction_log.Header(key, now, spec.project, champion.version, None, "api")
         prediction_log.write(self._engine, header, positive, scores, review, alongside)
-        for callback in self.on_scored:
-            callback(champion.version, positive, review)
+        report_scored(self.on_scored, champion.version, positive, review)
         precision = spec.serving.score_precision
         negative_label, positive_label = self._labels
         out, i = [], 0
