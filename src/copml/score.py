@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection
 
-from copml import costs, events, lineage, prediction_log, registry, snapshots
+from copml import costs, events, lineage, prediction_log, registry, snapshots, times
 from copml.errors import NotFoundError
 from copml.labels import class_labels, decide
 from copml.project import Project
@@ -125,7 +125,7 @@ def score(
     key = prediction_log.new_key()
     output = Path(output)
     staged = output.with_name(f".{output.stem}.staged{output.suffix}")
-    when = at or datetime.now(UTC)
+    when = times.utc(at) if at is not None else datetime.now(UTC)
     with ThreadPoolExecutor(max_workers=1) as pool:
         frozen = pool.submit(
             snapshots.prepare,
