@@ -71,7 +71,8 @@ def _fails_cleanly(func: F) -> F:
         except CopmlError as exc:
             from rich.markup import escape
 
-            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+            # soft_wrap: a long message stays one line (a path can be long), never re-wrapped.
+            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

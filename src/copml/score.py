@@ -110,13 +110,13 @@ def score(
             "no champion model yet: run 'copml train' (a version that meets the declared "
             "minimums becomes champion)"
         )
-    model = registry.load(project, champion)
     source = str(source)
     raw = snapshots.read_files(snapshots.source_files(source, project.root))
     frame = snapshots.validate(
         raw, data, require_target=False, line_numbers=source.lower().endswith(".csv")
     )
     frame = frame.drop(columns=[data.target], errors="ignore")
+    model = registry.load(project, champion)  # after the input passed: a refusal loads nothing
 
     # Hashing PII is pure Python: done here, it does not fight the prediction for the GIL;
     # the rest of freezing (Arrow, sha256, Parquet) releases the GIL and runs beside it.
