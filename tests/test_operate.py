@@ -437,8 +437,12 @@ policies:
         assert result.exit_code == 0, result.output
         summaries.append(json.loads(result.output))
     assert all(s["steps"][0].startswith("scored 500 rows") for s in summaries)
-    # The window ending at a run covers the month before it: empty at first (unknown),
-    # then the first batch, from the same market as the training data (no drift).
-    assert [s["evaluations"][0]["outcome"] for s in summaries] == [None, False]
-    assert summaries[1]["evaluations"][0]["values"]["drift"] == [0.0]
+    # Each run's window is the calendar month it runs in, holding the batch it has just
+    # scored, from the same market as the training data (no drift).
+    assert [s["steps"][1] for s in summaries] == [
+        "window ending 2026-04-01 00:00: 500 predictions",
+        "window ending 2026-05-01 00:00: 500 predictions",
+    ]
+    assert [s["evaluations"][0]["outcome"] for s in summaries] == [False, False]
+    assert [s["evaluations"][0]["values"]["drift"] for s in summaries] == [[0.0], [0.0]]
     assert len(list((project.home / "scores").glob("*.csv"))) == 2

@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import or_, select
 
 from copml import events, prediction_log, registry, snapshots
-from copml.errors import NotFoundError
+from copml.errors import UnknownPrediction
 from copml.project import Project
 from copml.store import events as events_table
 from copml.store import open_store
@@ -66,7 +66,7 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
     engine = open_store(project.db_url)
     found = prediction_log.record(engine, prediction_id)
     if found is None:
-        raise NotFoundError(f"no prediction {prediction_id!r}")
+        raise UnknownPrediction(prediction_id)
     version = found["model_version"]
     subject = f"model:{project.spec.project}/{version}"
     lineage = _lineage(project, version)
@@ -154,7 +154,7 @@ def replay(
     engine = open_store(project.db_url)
     found = record or prediction_log.record(engine, prediction_id)
     if found is None:
-        raise NotFoundError(f"no prediction {prediction_id!r}")
+        raise UnknownPrediction(prediction_id)
     version = found["model_version"]
     score = _replayed_score(project, archived_model(project, version), found)
     stored = float(found["score"])

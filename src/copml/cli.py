@@ -11,12 +11,13 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+from copml import times
 
 if TYPE_CHECKING:
     from copml.project import Project
@@ -39,8 +40,12 @@ app.add_typer(keys_app, name="keys")
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 AtOpt = Annotated[
-    datetime | None,
-    typer.Option("--at", help="Treat this time (UTC) as now: for backfills and simulations."),
+    str | None,
+    typer.Option(
+        "--at",
+        help=f"Treat this time as now, for backfills and simulations ({times.HELP}).",
+        show_default=False,
+    ),
 ]
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -401,6 +406,24 @@ def models_retire(
     )
 
 
+def _writable_file(path: Path, option: str) -> Path:
+    """``path`` as a file that can be written: its folder made now, so that a folder that
+    cannot be created refuses the command before any work is done or logged."""
+    from copml.errors import CopmlError
+
+    if path.is_dir():
+        raise CopmlError(f"{option}: {path} is a folder; name the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CopmlError(
+            f"{option}: cannot create the folder {path.parent}: {exc.strerror or exc}"
+        ) from None
+    if not os.access(path.parent, os.W_OK):
+        raise CopmlError(f"{option}: the folder {path.parent} is not writable")
+    return path
+
+
 @app.command()
 @_fails_cleanly
 def score(
@@ -415,15 +438,19 @@ def score(
     """Score a batch with the champion; every prediction is logged."""
     from copml.events import user_actor
 
+    when = times.parse_optional(at, "--at")
     p = _project(project)
+    output = _writable_file(output, "--output")
     if p.spec.data.kind == "images":
         from copml.image_scoring import score_folder
 
-        result = score_folder(p, input_path, output, at=at, actor=user_actor())
+        result = score_folder(p, input_path, output, at=when, actor=user_actor())
     else:
         from copml.score import score as run_scoring
 
-        result = run_scoring(p, input_path, output, at=at, actor=user_actor(), progress=not as_json)
+        result = run_scoring(
+            p, input_path, output, at=when, actor=user_actor(), progress=not as_json
+        )
     if as_json:
         _print_json(result.__dict__)
         return
@@ -448,8 +475,9 @@ def feedback(
     from copml.events import user_actor
     from copml.feedback import load
 
+    when = times.parse_optional(at, "--at")
     p = _project(project)
-    result = load(p, file, at=at, skip_unknown=skip_unknown, actor=user_actor())
+    result = load(p, file, at=when, skip_unknown=skip_unknown, actor=user_actor())
     if as_json:
         _print_json(result.__dict__)
         return
@@ -480,8 +508,9 @@ def monitor(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt 
     """Compute and store the current metric window; print it."""
     from copml.monitor.window import monitor as run_monitor
 
+    when = times.parse_optional(at, "--at")
     p = _project(project)
-    window = run_monitor(p, end=at)
+    window = run_monitor(p, end=when)
     if as_json:
         _print_json(window.__dict__)
         return
@@ -589,11 +618,16 @@ def operate(
     """Run the spec's schedule and evaluate the policies; execute their actions."""
     from copml.operate import runner, schedule
 
+    when = times.parse_optional(at, "--at")
     p = _project(project)
     if not once:
+        if when is not None:
+            from copml.errors import CopmlError
+
+            raise CopmlError("--at needs --once: the scheduler runs on the real clock")
         schedule.run_forever(p, console=_console())
         return
-    result = schedule.run_once(p, at=at)
+    result = schedule.run_once(p, at=when)
     if as_json:
         _print_json(runner.summary(result))
         return
@@ -774,7 +808,7 @@ def purge(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt = 
     from copml.events import user_actor
     from copml.retention import purge as run
 
-    done = run(_project(project), actor=user_actor(), at=at)
+    done = run(_project(project), actor=user_actor(), at=times.parse_optional(at, "--at"))
     if as_json:
         _print_json(done.__dict__)
         return

@@ -31,5 +31,12 @@ class NotFoundError(CopmlError):
     """A snapshot, model version or prediction that the command needs does not exist."""
 
 
+class UnknownPrediction(NotFoundError):
+    """No prediction has this id. The CLI names the id; the API answers without it."""
+
+    def __init__(self, prediction_id: str) -> None:
+        super().__init__(f"no prediction {prediction_id!r}")
+
+
 class UserCodeError(CopmlError):
     """The team's ``train`` or KPI function could not be imported or failed."""

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from copml import prediction_log, registry, snapshots
-from copml.errors import CopmlError, NotFoundError
+from copml.errors import CopmlError, NotFoundError, UnknownPrediction
 from copml.project import Project
 from copml.store import open_store
 
@@ -196,12 +196,14 @@ def explain_prediction(
 ) -> Explanation:
     """The local explanation of one stored decision (computed once, then cached).
     ``record`` and ``frame``, when the caller has them already, save reading them again."""
+    if prediction_log.split_id(prediction_id) is None:  # before the id names a cache file
+        raise UnknownPrediction(prediction_id)
     cached = _cache_path(project, prediction_id)
     if cached.exists():
         return Explanation(**json.loads(cached.read_text()))
     record = record or prediction_log.record(open_store(project.db_url), prediction_id)
     if record is None:
-        raise NotFoundError(f"no prediction {prediction_id!r}")
+        raise UnknownPrediction(prediction_id)
     version = record["model_version"]
     frame = prediction_frame(project, record) if frame is None else frame
     values, base, _ = explainer(project, version).explain(frame)
@@ -242,7 +244,7 @@ def explain_image(project: Project, prediction_id: str) -> ImageExplanation:
 
     record = prediction_log.record(open_store(project.db_url), prediction_id)
     if record is None:
-        raise NotFoundError(f"no prediction {prediction_id!r}")
+        raise UnknownPrediction(prediction_id)
     version = record["model_version"]
     cached = _cache_path(project, prediction_id).with_suffix(".png")
     image = image_scoring.image_of(project, record)

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine, select, update
 
-from copml import events, prediction_log, snapshots
+from copml import events, prediction_log, snapshots, times
 from copml.errors import DataValidationError
 from copml.labels import encode_actual
 from copml.project import Project
@@ -178,12 +178,9 @@ def load(
             f"{path}: feedback needs a 'prediction_id' or {data.id!r} column and an 'actual' "
             f"or {data.target!r} column; found {', '.join(map(str, frame.columns))}"
         )
-    now = at or datetime.now(UTC)
+    now = times.utc(at) if at is not None else datetime.now(UTC)
     if "observed_at" in frame.columns:
-        observed = pd.to_datetime(frame["observed_at"], utc=True, errors="coerce")
-        if observed.isna().any():
-            bad = int(observed.isna().sum())
-            raise DataValidationError(f"{path}: observed_at: {bad} values are not dates")
+        observed = times.parse_column(frame["observed_at"], f"{path}: observed_at")
     else:
         observed = pd.Series(pd.Timestamp(now), index=frame.index)
     actual = pd.Series(encode_actual(frame[actual_col].tolist(), data), index=frame.index)

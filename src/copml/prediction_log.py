@@ -10,6 +10,7 @@ predictions cost about as much as writing them to a file.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from copml.store import (
 KEY_HEX = 16
 ROW_HEX = 8
 ID_LENGTH = KEY_HEX + ROW_HEX
+# Exactly what prediction_ids() writes: int(x, 16) alone would also take '-1', '+1',
+# '0x1', '1_0' and spaces, and resolve them to someone else's prediction.
+_ID = re.compile(f"[0-9a-f]{{{ID_LENGTH}}}")
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,12 @@ def prediction_ids(key: str, n: int) -> pa.Array:
 
 
 def split_id(prediction_id: str) -> tuple[str, int] | None:
-    """(batch key, row) of a well-formed prediction id, else ``None``."""
-    if len(prediction_id) != ID_LENGTH:
+    """(batch key, row) of a well-formed prediction id (24 lower-case hex digits, as
+    :func:`prediction_ids` writes them), else ``None``. The row still has to be checked
+    against its batch's size."""
+    if not isinstance(prediction_id, str) or not _ID.fullmatch(prediction_id):
         return None
-    try:
-        return prediction_id[:KEY_HEX], int(prediction_id[KEY_HEX:], 16)
-    except ValueError:
-        return None
+    return prediction_id[:KEY_HEX], int(prediction_id[KEY_HEX:], 16)
 
 
 def _lock(conn: Connection) -> None:
@@ -194,7 +197,7 @@ def resolve(engine: Engine, prediction_ids: list[str]) -> pd.Series:
     seqs: list[int | None] = []
     for part in parts:
         batch = found.get(part[0]) if part else None
-        ok = batch is not None and part is not None and part[1] < batch.n_rows
+        ok = batch is not None and part is not None and 0 <= part[1] < batch.n_rows
         seqs.append(batch.first_seq + part[1] if ok else None)  # type: ignore[union-attr]
     return pd.Series(seqs, dtype="Int64")
 
@@ -241,7 +244,7 @@ def record(engine: Engine, prediction_id: str) -> dict[str, Any] | None:
         return None
     with engine.connect() as conn:
         row = conn.execute(select(batches).where(batches.c.key == part[0])).first()
-        if row is None or part[1] >= row._mapping["n_rows"]:
+        if row is None or not 0 <= part[1] < row._mapping["n_rows"]:
             return None
         batch = _batch(row)
         seq = batch.first_seq + part[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import delete, select
 
-from copml import events
+from copml import events, times
 from copml.errors import CopmlError
 from copml.project import Project
 from copml.store import (
@@ -70,7 +70,7 @@ class Purge:
 
 def purge(project: Project, *, actor: str, at: datetime | None = None) -> Purge:
     """Delete prediction records older than ``retention.predictions`` before ``at``."""
-    now = at or datetime.now(UTC)
+    now = times.utc(at) if at is not None else datetime.now(UTC)
     cutoff = (pd.Timestamp(now) - project.spec.retention.predictions.offset()).to_pydatetime()
     engine = open_store(project.db_url)
     held = held_versions(project)

@@ -15,7 +15,7 @@ import pandas as pd
 from sqlalchemy import Engine, func, select, update
 
 from copml import events, feedback, prediction_log
-from copml.errors import CopmlError, NotFoundError
+from copml.errors import CopmlError, NotFoundError, UnknownPrediction
 from copml.labels import encode_actual
 from copml.spec import Data
 from copml.store import lock_for_writing, reviews
@@ -50,7 +50,7 @@ def resolve(engine: Engine, data: Data, prediction_id: str, label: str, *, actor
     feedback); returns the encoded label (1 = the declared positive class)."""
     seq = prediction_log.resolve(engine, [prediction_id]).iloc[0]
     if pd.isna(seq):
-        raise NotFoundError(f"no prediction {prediction_id!r}")
+        raise UnknownPrediction(prediction_id)
     (actual,) = encode_actual([label], data)
     if actual is None:
         raise CopmlError(f"label: {label!r} is neither the positive nor the negative label")
@@ -63,7 +63,7 @@ def resolve(engine: Engine, data: Data, prediction_id: str, label: str, *, actor
             .values(resolved_at=now, resolved_by=actor)
         ).rowcount
         if not done:
-            raise NotFoundError(f"no open review for {prediction_id!r}")
+            raise NotFoundError("no open review for this prediction")
         outcome = pd.DataFrame({"seq": [int(seq)], "actual": [actual], "observed_at": [now]})
         feedback.apply(conn, outcome, source=f"review:{actor}", at=now)
         events.record(

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection
 
-from copml import costs, events, lineage, prediction_log, registry, snapshots
+from copml import costs, events, lineage, prediction_log, registry, snapshots, times
 from copml.errors import NotFoundError
 from copml.labels import class_labels, decide
 from copml.project import Project
@@ -110,13 +110,13 @@ def score(
             "no champion model yet: run 'copml train' (a version that meets the declared "
             "minimums becomes champion)"
         )
-    model = registry.load(project, champion)
     source = str(source)
     raw = snapshots.read_files(snapshots.source_files(source, project.root))
     frame = snapshots.validate(
         raw, data, require_target=False, line_numbers=source.lower().endswith(".csv")
     )
     frame = frame.drop(columns=[data.target], errors="ignore")
+    model = registry.load(project, champion)  # after the input passed: a refusal loads nothing
 
     # Hashing PII is pure Python: done here, it does not fight the prediction for the GIL;
     # the rest of freezing (Arrow, sha256, Parquet) releases the GIL and runs beside it.
@@ -125,7 +125,7 @@ def score(
     key = prediction_log.new_key()
     output = Path(output)
     staged = output.with_name(f".{output.stem}.staged{output.suffix}")
-    when = at or datetime.now(UTC)
+    when = times.utc(at) if at is not None else datetime.now(UTC)
     with ThreadPoolExecutor(max_workers=1) as pool:
         frozen = pool.submit(
             snapshots.prepare,

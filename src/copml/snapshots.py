@@ -93,16 +93,40 @@ class Snapshot:
 # ------------------------------------------------------------------------------- reading
 
 
+# The longest CSV line copml reads. Arrow parses a file in blocks of this size (streamed,
+# never the whole file in memory); a line longer than a block is refused, not loaded.
+CSV_LINE_LIMIT = 4 << 20
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names from the first line, read with a bounded buffer: a file that is
+    one enormous line is refused without being loaded."""
+    with path.open("rb") as fh:
+        first = fh.readline(CSV_LINE_LIMIT + 1)
+    if len(first) > CSV_LINE_LIMIT:
+        raise DataValidationError(
+            f"{path}: line 1 is longer than {CSV_LINE_LIMIT >> 20} MiB; not a CSV file copml reads"
+        )
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(
+            f"{path}: not a UTF-8 text file (byte {exc.start + 1} of line 1); give a CSV or "
+            "Parquet file"
+        ) from None
+    return next(csv.reader([text]), [])
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     """Every column as text, so type errors are reported by copml rather than guessed."""
     import pyarrow.csv as pacsv
 
-    with path.open(newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), None)
+    header = _csv_header(path)
     if not header:
         return pd.DataFrame()
     table = pacsv.read_csv(
         path,
+        read_options=pacsv.ReadOptions(block_size=CSV_LINE_LIMIT),
         convert_options=pacsv.ConvertOptions(
             column_types={name: pa.string() for name in header},
             null_values=[""],
@@ -112,16 +136,31 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
+def _unreadable(path: Path, exc: pa.ArrowException) -> DataValidationError:
+    """Arrow's complaint as one line, without the row it quotes (that may be PII, or huge)."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "straddl" in message:
+        message = f"a line is too long (the limit is about {CSV_LINE_LIMIT >> 20} MiB)"
+    elif "invalid UTF8" in message:
+        message = f"{message.split(':')[0]}: not UTF-8 text"
+    else:
+        message = message.split(": ")[0][:200]
+    return DataValidationError(f"{path}: cannot be read as {path.suffix.lstrip('.')}: {message}")
+
+
 def read_files(paths: list[Path]) -> pd.DataFrame:
     frames = []
     for path in paths:
         suffix = path.suffix.lower()
-        if suffix in (".parquet", ".pq"):
-            frames.append(pq.read_table(path).to_pandas())
-        elif suffix in (".csv", ".txt"):
-            frames.append(_read_csv(path))
-        else:
+        if suffix not in (".parquet", ".pq", ".csv", ".txt"):
             raise DataValidationError(f"{path}: unsupported format (use CSV or Parquet)")
+        try:
+            if suffix in (".parquet", ".pq"):
+                frames.append(pq.read_table(path).to_pandas())
+            else:
+                frames.append(_read_csv(path))
+        except pa.ArrowException as exc:
+            raise _unreadable(path, exc) from None
     if len(frames) == 1:
         return frames[0]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -172,10 +211,17 @@ class _Report:
         if len(idx) == 0:
             return
         shown = ", ".join(
-            f"{self.label} {i + self.offset}: {values.iloc[i]!r}" for i in idx[:_MAX_EXAMPLES]
+            f"{self.label} {i + self.offset}: {_example(values.iloc[i])}"
+            for i in idx[:_MAX_EXAMPLES]
         )
         more = f" and {len(idx) - _MAX_EXAMPLES} more" if len(idx) > _MAX_EXAMPLES else ""
         self.problems.append(f"{column}: {len(idx)} {what} ({shown}{more})")
+
+
+def _example(value: object, limit: int = 40) -> str:
+    """A bad value as shown in a message: cut short, so one huge field stays one line."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[: limit - 1]}…"
 
 
 def _as_text(series: pd.Series) -> pd.Series:

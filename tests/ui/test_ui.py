@@ -193,7 +193,7 @@ def test_bad_input_gets_a_page_that_names_the_problem(page: Page, site: Site) ->
     for url, status, text in [
         (f"{p}/predictions/not-an-id", 404, "24 hexadecimal characters"),
         (f"{p}/predictions/ffffffffffffffff00000000", 404, "no prediction"),
-        (f"{p}/predictions?start=yesterday", 422, "start: 'yesterday' is not a date"),
+        (f"{p}/predictions?start=yesterday", 422, "start: not a time"),
         (f"{p}/events?before=x", 422, "before"),
         (f"{p}/models/99", 404, "no version '99'"),
         (f"{p}/reviews", 403, "needs the role operator"),

@@ -1,7 +1,11 @@
 """Compute and store one metric window: effectiveness, KPIs, drift and operations.
 
-The window is ``[end - effectiveness.window, end)`` over prediction time. Ground truth
-arrives later, so recomputing a window after feedback replaces its stored figures.
+A window is a calendar period of ``effectiveness.window`` (``1 month``: a calendar month,
+``1 week``: Monday to Monday, ``1 day``, ``1 hour``; ``N`` units: blocks of N counted from
+1970), over prediction time: the period that contains the evaluation time, or ends at it
+when it falls on a boundary (``--at 2026-03-01T00:00Z`` is February). Every computation
+of a period lands on the same period, so two runs in the same month never store two
+overlapping windows; computing it again (ground truth arrives late) replaces its figures.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -17,12 +21,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select
 
-from copml import costs, events, prediction_log, snapshots
+from copml import costs, events, prediction_log, snapshots, times
 from copml.errors import UserCodeError
 from copml.metrics import classification_metrics
 from copml.monitor.drift import drift_share, feature_drift
 from copml.monitor.fairness import fairness
 from copml.project import Project
+from copml.spec import Duration
 from copml.store import heartbeats, json_safe, metric_windows, open_store
 from copml.usercode import load_function
 
@@ -38,8 +43,45 @@ class Window:
     drift: dict[str, dict[str, Any]]
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MONDAY = datetime(1970, 1, 5, tzinfo=UTC)  # weeks run Monday to Monday (ISO 8601)
+_FIXED = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+
+
+def _period_start(span: Duration, at: datetime) -> datetime:
+    """The start of the period of ``span`` that ``at`` lies in, ``[start, start + span)``."""
+    n = span.amount
+    if span.unit in ("month", "year"):
+        months = 12 if span.unit == "year" else 1
+        index = ((at.year - 1970) * 12 + at.month - 1) // months // n * n * months
+        return datetime(1970 + index // 12, index % 12 + 1, 1, tzinfo=UTC)
+    origin, unit = (_MONDAY, timedelta(weeks=1)) if span.unit == "week" else (_EPOCH, None)
+    unit = unit or _FIXED[span.unit]
+    return origin + (at - origin) // (unit * n) * (unit * n)
+
+
+def _shift(moment: datetime, span: Duration, times_: int) -> datetime:
+    return times.utc((pd.Timestamp(moment) + span.offset() * times_).to_pydatetime())
+
+
+def period(span: Duration, at: datetime) -> tuple[datetime, datetime]:
+    """``(start, end)`` of the window of ``span`` that contains ``at``, or ends at ``at``
+    when ``at`` is a boundary: the period a computation at ``at`` describes."""
+    at = times.utc(at)
+    start = _period_start(span, at)
+    if start == at:  # on a boundary: the period that just ended
+        return _shift(start, span, -1), start
+    return start, _shift(start, span, 1)
+
+
+def periods(span: Duration, at: datetime, n: int) -> list[tuple[datetime, datetime]]:
+    """The ``n`` consecutive periods ending with the one of ``at``, oldest first."""
+    start, end = period(span, at)
+    found = [(start, end)]
+    while len(found) < n:
+        end, start = start, _shift(start, span, -1)
+        found.append((start, end))
+    return found[::-1]
 
 
 def window_frame(
@@ -139,11 +181,10 @@ def _reference_snapshot(
 
 
 def compute(project: Project, *, end: datetime | None = None) -> Window:
-    """Figures for the window ending at ``end`` (default now), without storing them."""
+    """Figures for the period of ``end`` (default now; see :func:`period`), unstored."""
     spec = project.spec
     engine = open_store(project.db_url)
-    end = _utc(end or datetime.now(UTC))
-    start = _utc((pd.Timestamp(end) - spec.effectiveness.window.offset()).to_pydatetime())
+    start, end = period(spec.effectiveness.window, end or datetime.now(UTC))
     features = spec.data.features
     frame = window_frame(engine, start, end, features)
     labelled = frame[frame["actual"].notna()]
@@ -206,25 +247,47 @@ def monitor(project: Project, *, end: datetime | None = None) -> Window:
     return window
 
 
+def consecutive(project: Project, at: datetime, n: int) -> list[Window]:
+    """The ``n`` consecutive periods ending with the one of ``at`` (oldest first), as
+    stored; a period never computed is a window without figures (unknown, never false).
+    Empty when the period of ``at`` itself was never computed: nothing to judge yet.
+
+    This is what ``for N windows`` means: N distinct calendar periods in a row, never
+    one period counted twice and never a gap skipped over.
+    """
+    wanted = periods(project.spec.effectiveness.window, at, max(n, 1))
+    engine = open_store(project.db_url)
+    mw = metric_windows.c
+    query = select(metric_windows).where(mw.window_end.in_([end for _, end in wanted]))
+    with engine.connect() as conn:
+        stored = {times.utc(r.window_end): r for r in conn.execute(query)}
+    out, computed = [], []
+    for start, end in wanted:
+        row = stored.get(end)
+        # A stored window of another span (the spec changed) is not this period.
+        computed.append(row is not None and times.utc(row.window_start) == start)
+        out.append(_window(row) if computed[-1] else Window(start, end, None, 0, 0, {}, {}))
+    return out if computed[-1] else []
+
+
+def _window(row: Any) -> Window:
+    m = row._mapping
+    metrics = {k: (math.nan if v is None else v) for k, v in m["metrics"].items()}
+    return Window(
+        times.utc(m["window_start"]),
+        times.utc(m["window_end"]),
+        m["model_version"],
+        m["n_predictions"],
+        m["n_labelled"],
+        metrics,
+        m["drift"],
+    )
+
+
 def history(project: Project, limit: int = 120) -> list[Window]:
     """Stored windows, oldest first."""
     engine = open_store(project.db_url)
     query = select(metric_windows).order_by(metric_windows.c.window_end.desc()).limit(limit)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    out = []
-    for row in reversed(rows):
-        m = row._mapping
-        metrics = {k: (math.nan if v is None else v) for k, v in m["metrics"].items()}
-        out.append(
-            Window(
-                _utc(m["window_start"]),
-                _utc(m["window_end"]),
-                m["model_version"],
-                m["n_predictions"],
-                m["n_labelled"],
-                metrics,
-                m["drift"],
-            )
-        )
-    return out
+    return [_window(row) for row in reversed(rows)]

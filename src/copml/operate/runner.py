@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, and_, insert, select, update
 
-from copml import events, policies, registry
+from copml import events, policies, registry, times
 from copml.errors import CopmlError
-from copml.monitor.window import Window, history
+from copml.monitor.window import Window, consecutive
 from copml.operate import alerts as delivery
 from copml.operate import lifecycle
 from copml.project import Project
@@ -34,10 +34,6 @@ from copml.store import actions, alerts, json_safe, open_store, policy_evaluatio
 MAX_ATTEMPTS = 3
 # Actions that still run when an earlier one in the same chain failed: people must hear.
 _ALWAYS = {"alert", "reevaluate", "review"}
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _owner() -> str:
@@ -100,7 +96,7 @@ def _last_acted(engine: Engine, policy: str) -> datetime | None:
             .order_by(actions.c.window_end.desc())
             .limit(1)
         ).scalar()
-    return _utc(found) if found is not None else None
+    return times.utc(found) if found is not None else None
 
 
 def suspended(engine: Engine, project: Project) -> dict[str, Any] | None:
@@ -572,13 +568,13 @@ def execute_pending(project: Project, at: datetime) -> list[dict[str, Any]]:
 
 def operate_once(project: Project, *, at: datetime | None = None) -> Pass:
     """Recover interrupted actions, evaluate the policies on the stored windows, act."""
-    at = _utc(at or datetime.now(UTC))
+    at = times.utc(at or datetime.now(UTC))
     result = Pass(at)
     if lifecycle.is_retired(project):
         return result
     result.recovered = recover(project, at)
     needed = max((policies.windows_needed(p.condition) for p in project.spec.policies), default=1)
-    windows = [w for w in history(project, limit=max(needed, 1)) if w.end <= at]
+    windows = consecutive(project, at, needed)  # `for N windows`: N periods in a row
     result.evaluations = evaluate(project, windows, at)
     for evaluation in result.evaluations:
         if evaluation.acted:

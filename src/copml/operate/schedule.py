@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from copml import costs
+from copml import costs, times
 from copml.monitor.window import monitor
 from copml.operate import lifecycle, runner
 from copml.project import Project
@@ -38,8 +38,7 @@ def _score(project: Project, at: datetime) -> str:
 
 def run_once(project: Project, *, at: datetime | None = None, batch: bool = True) -> Run:
     """One pass: the batch run (when declared), the metric window, the policies."""
-    at = at or datetime.now(UTC)
-    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+    at = times.utc(at or datetime.now(UTC))
     steps = []
     if lifecycle.is_retired(project):
         return Run(at, steps=["the model is retired: nothing scheduled"])

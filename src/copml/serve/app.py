@@ -13,16 +13,17 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
 
-from copml import audit, costs, feedback, keys, prediction_log, registry, reviews, snapshots
-from copml.errors import NotFoundError
+from copml import audit, costs, feedback, keys, prediction_log, registry, reviews, snapshots, times
+from copml.errors import NotFoundError, UnknownPrediction
 from copml.explain import explain_image, explain_prediction
 from copml.labels import encode_actual
 from copml.project import Project
@@ -36,7 +37,21 @@ from copml.serve.scoring import GroupScorer
 from copml.store import heartbeats, open_store
 
 MAX_BODY_BYTES = 1 << 20
+# A 404 never echoes the id it was asked about: the body names what is missing, not the
+# client's input.
+NO_PREDICTION = "no such prediction"
 MAX_INSTANCES = 1000
+
+
+def _time(value: object, info: ValidationInfo) -> datetime:
+    """A time field read as the CLI reads ``--at`` (:mod:`copml.times`); a 422 naming it."""
+    try:
+        return times.parse(value, info.field_name or "time")  # type: ignore[arg-type]
+    except times.TimeError as exc:
+        raise PydanticCustomError("time_parsing", exc.message) from None
+
+
+Time = Annotated[datetime, BeforeValidator(_time)]
 
 
 class FeedbackRequest(BaseModel):
@@ -46,7 +61,7 @@ class FeedbackRequest(BaseModel):
     prediction_id: str | None = Field(None, min_length=24, max_length=24)
     id: str | None = Field(None, min_length=1, max_length=256)
     actual: str | int | bool
-    observed_at: datetime | None = None
+    observed_at: Time | None = None
 
 
 class ReviewResolution(BaseModel):
@@ -255,6 +270,14 @@ def create_app(
             )
         return code
 
+    def known(prediction_id: str) -> int:
+        """The sequence number of ``prediction_id``: strictly parsed, its row inside its
+        batch; a 404 otherwise."""
+        found = prediction_log.resolve(engine, [prediction_id]).iloc[0]
+        if pd.isna(found):
+            raise HTTPException(404, NO_PREDICTION)
+        return int(found)
+
     @app.post("/v1/feedback")
     async def post_feedback(body: FeedbackRequest, key: Any = require("service")) -> dict[str, Any]:
         if (body.prediction_id is None) == (body.id is None):
@@ -271,7 +294,6 @@ def create_app(
         actual = _actual(body.actual, "actual")
         charge(key, 1, "/v1/feedback")
         observed = body.observed_at or datetime.now(UTC)
-        observed = observed if observed.tzinfo else observed.replace(tzinfo=UTC)
         if body.prediction_id is not None:
             found = prediction_log.resolve(engine, [body.prediction_id])
         else:  # the same matching as a feedback file: latest prediction before observed_at
@@ -289,10 +311,11 @@ def create_app(
     async def prediction(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
         """The whole decision record: input (PII redacted), version, champion then,
         lineage, explanation and every event about that version."""
-        if prediction_log.split_id(prediction_id) is None:
-            raise HTTPException(404, f"no prediction {prediction_id!r}")
+        await asyncio.to_thread(known, prediction_id)
         try:
             record = await asyncio.to_thread(audit.record, project, prediction_id)
+        except UnknownPrediction:
+            raise HTTPException(404, NO_PREDICTION) from None
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from None
         return json.loads(json.dumps(record, default=str))
@@ -300,8 +323,7 @@ def create_app(
     @app.get("/v1/predictions/{prediction_id}/explanation")
     async def explanation(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
         """Why: SHAP values per feature in log-odds; base + values = the model's output."""
-        if prediction_log.split_id(prediction_id) is None:
-            raise HTTPException(404, f"no prediction {prediction_id!r}")
+        await asyncio.to_thread(known, prediction_id)
         try:
             if images:
                 image = await asyncio.to_thread(explain_image, project, prediction_id)
@@ -312,6 +334,8 @@ def create_app(
                     "attribution_png": base64.b64encode(png).decode(),
                 }
             found = await asyncio.to_thread(explain_prediction, project, prediction_id)
+        except UnknownPrediction:
+            raise HTTPException(404, NO_PREDICTION) from None
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from None
         return {"space": "log-odds", **found.__dict__}
@@ -327,13 +351,14 @@ def create_app(
     async def resolve_review(
         prediction_id: str, body: ReviewResolution, key: Any = require("operator")
     ) -> dict[str, Any]:
-        if prediction_log.split_id(prediction_id) is None:
-            raise HTTPException(404, f"no prediction {prediction_id!r}")
+        await asyncio.to_thread(known, prediction_id)
         _actual(body.label, "label")  # 422 naming the field when it is neither label
         try:
             await asyncio.to_thread(
                 reviews.resolve, engine, data, prediction_id, str(body.label), actor=actor(key)
             )
+        except UnknownPrediction:
+            raise HTTPException(404, NO_PREDICTION) from None
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from None
         return {"status": "resolved", "label": body.label}

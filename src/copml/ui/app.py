@@ -28,7 +28,7 @@ from jinja2 import Environment, FileSystemLoader
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from copml import audit, keys, prediction_log, registry, reviews
+from copml import audit, keys, prediction_log, registry, reviews, times
 from copml.errors import CopmlError, NotFoundError
 from copml.labels import class_labels
 from copml.model_card import build_card, render_html
@@ -77,12 +77,9 @@ def _json(value: Any) -> str:
 def _date(field_name: str, text: str) -> datetime:
     """A date or ISO 8601 time from a query field, as UTC; a 422 naming the field if not."""
     try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise HTTPException(
-            422, f"{field_name}: {text!r} is not a date (YYYY-MM-DD or ISO 8601)"
-        ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return times.parse(text, field_name)
+    except times.TimeError as exc:
+        raise HTTPException(422, exc.message) from None
 
 
 def _safe_next(target: str | None) -> str:
@@ -483,7 +480,7 @@ def create_app(shown: list[Shown]) -> FastAPI:
     def prediction_context(here: Shown, prediction_id: str) -> dict[str, Any]:
         if prediction_log.split_id(prediction_id) is None:
             raise HTTPException(
-                404, f"no prediction {prediction_id!r}: an id is 24 hexadecimal characters"
+                404, "no such prediction: an id is 24 hexadecimal characters, lower-case"
             )
         found = audit.record(here.project, prediction_id)
         explained = found.get("explanation") or {}
