@@ -868,6 +868,22 @@ def serve(
         float, typer.Option(help="Seconds between checks of the registry's champion (0: never).")
     ] = 5.0,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes.")] = 1,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Seconds an unfinished request body may go without data before a 408 "
+            "[default: 10].",
+        ),
+    ] = None,
+    max_pending_bodies: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests per process that may wait for their bodies at once; more get 503 "
+            "[default: 128].",
+        ),
+    ] = None,
 ) -> None:
     """Serve the champion as a REST API; every prediction is stored before it is answered."""
     from copml.errors import CopmlError
@@ -877,7 +893,22 @@ def serve(
     from copml.serve import run
 
     p = _project(project)
-    run(p.root, host, port, workers=workers, insecure=insecure, poll_seconds=poll)
+    run(
+        p.root,
+        host,
+        port,
+        workers=workers,
+        insecure=insecure,
+        poll_seconds=poll,
+        **{
+            name: value
+            for name, value in (
+                ("body_timeout", body_timeout),
+                ("max_pending_bodies", max_pending_bodies),
+            )
+            if value is not None  # else the server's own default
+        },
+    )
 
 
 @app.command()

@@ -13,16 +13,14 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
-from pydantic_core import PydanticCustomError
 
-from copml import audit, costs, feedback, keys, prediction_log, registry, reviews, snapshots, times
+from copml import audit, costs, feedback, keys, prediction_log, registry, reviews, snapshots
 from copml.errors import NotFoundError, UnknownPrediction
 from copml.explain import explain_image, explain_prediction
 from copml.labels import encode_actual
@@ -30,9 +28,22 @@ from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve.batcher import MicroBatcher, Occupancy
 from copml.serve.champion import ChampionSlot
-from copml.serve.limits import BodyLimit, RateLimiter, SharedBuckets
+from copml.serve.limits import (
+    BODY_TIMEOUT,
+    MAX_PENDING_BODIES,
+    BodyLimit,
+    RateLimiter,
+    SharedBuckets,
+)
 from copml.serve.metrics import MetricsMiddleware, ServerMetrics
-from copml.serve.requests import PredictResponse, instance_model, predict_request_model
+from copml.serve.requests import (
+    JsonRoute,
+    feedback_request_model,
+    instance_model,
+    predict_request_model,
+    review_resolution_model,
+)
+from copml.serve.responses import BEARER, BODY, METRICS, PredictResponse, Readiness, errors
 from copml.serve.scoring import GroupScorer
 from copml.store import heartbeats, open_store
 
@@ -43,37 +54,13 @@ NO_PREDICTION = "no such prediction"
 MAX_INSTANCES = 1000
 
 
-def _time(value: object, info: ValidationInfo) -> datetime:
-    """A time field read as the CLI reads ``--at`` (:mod:`copml.times`); a 422 naming it."""
-    try:
-        return times.parse(value, info.field_name or "time")  # type: ignore[arg-type]
-    except times.TimeError as exc:
-        raise PydanticCustomError("time_parsing", exc.message) from None
-
-
-Time = Annotated[datetime, BeforeValidator(_time)]
-
-
-class FeedbackRequest(BaseModel):
-    """Ground truth for one prediction, named by its id or by the entity's id."""
-
-    model_config = ConfigDict(extra="forbid")
-    prediction_id: str | None = Field(None, min_length=24, max_length=24)
-    id: str | None = Field(None, min_length=1, max_length=256)
-    actual: str | int | bool
-    observed_at: Time | None = None
-
-
-class ReviewResolution(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    label: str | int | bool
-
-
 def create_app(
     project: Project,
     *,
     insecure: bool = False,
     max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout: float = BODY_TIMEOUT,
+    max_pending_bodies: int = MAX_PENDING_BODIES,
     poll_seconds: float = 5.0,
     heartbeat_seconds: float = 10.0,
     clock: Callable[[], datetime] | None = None,
@@ -109,6 +96,8 @@ def create_app(
         PredictRequest = predict_request_model(Instance, MAX_INSTANCES)
         scorer = GroupScorer(project, engine, slot, clock)
     scorer.on_scored.append(metrics.scored)
+    FeedbackRequest = feedback_request_model(data)
+    ReviewResolution = review_resolution_model(data)
     batcher = MicroBatcher(scorer)
 
     def refresh(actor: str = "system") -> Any:
@@ -154,9 +143,17 @@ def create_app(
             task.cancel()
         await batcher.stop()
 
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN (issue 12.19), and
+    # the only packaged Swagger UI (swagger-ui-bundle) cannot show OpenAPI 3.1.
     app = FastAPI(
-        title=f"copml: {spec.project}", version="1", lifespan=lifespan, description=spec.objective
+        title=f"copml: {spec.project}",
+        version="1",
+        lifespan=lifespan,
+        description=spec.objective,
+        docs_url=None,
+        redoc_url=None,
     )
+    app.router.route_class = JsonRoute  # a key given twice in a body is refused
 
     def require(*roles: str) -> Any:
         async def check(request: Request) -> keys.Key | None:
@@ -201,20 +198,26 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={200: {"model": Readiness}, **errors(503)})
     async def readyz() -> JSONResponse:
         champion = slot.current
         if champion is None:
             return JSONResponse({"status": "no champion loaded"}, 503)
         return JSONResponse({"status": "ready", "model_version": champion.version})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=METRICS)
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     if images:
 
-        @app.post("/v1/predict", response_class=Response, openapi_extra=image_api.OPENAPI)
+        @app.post(
+            "/v1/predict",
+            response_class=Response,
+            openapi_extra=image_api.OPENAPI,
+            responses=errors(401, 403, 415, 429, *BODY),
+            dependencies=[BEARER],
+        )
         async def predict_images(request: Request, key: Any = require("service")) -> Response:
             """An x-ray (JSON base64 or multipart 'file') → both networks' answers."""
             champion = slot.current
@@ -233,7 +236,11 @@ def create_app(
         @app.post(
             "/v1/predict",
             response_class=Response,
-            responses={200: {"model": PredictResponse, "description": "One answer per instance"}},
+            responses={
+                200: {"model": PredictResponse, "description": "One answer per instance"},
+                **errors(401, 403, 429, *BODY),
+            },
+            dependencies=[BEARER],
         )
         async def predict(body: PredictRequest, key: Any = require("service")) -> Response:
             if slot.current is None:
@@ -278,19 +285,8 @@ def create_app(
             raise HTTPException(404, NO_PREDICTION)
         return int(found)
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", responses=errors(401, 403, 404, 429, *BODY), dependencies=[BEARER])
     async def post_feedback(body: FeedbackRequest, key: Any = require("service")) -> dict[str, Any]:
-        if (body.prediction_id is None) == (body.id is None):
-            raise HTTPException(
-                422,
-                [
-                    {
-                        "loc": ["body", "prediction_id"],
-                        "type": "value_error",
-                        "msg": "give exactly one of prediction_id and id",
-                    }
-                ],
-            )
         actual = _actual(body.actual, "actual")
         charge(key, 1, "/v1/feedback")
         observed = body.observed_at or datetime.now(UTC)
@@ -307,7 +303,9 @@ def create_app(
         state = await asyncio.to_thread(_record_feedback, seq, actual, observed, actor(key))
         return {"status": state}
 
-    @app.get("/v1/predictions/{prediction_id}")
+    @app.get(
+        "/v1/predictions/{prediction_id}", responses=errors(401, 403, 404), dependencies=[BEARER]
+    )
     async def prediction(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
         """The whole decision record: input (PII redacted), version, champion then,
         lineage, explanation and every event about that version."""
@@ -320,7 +318,11 @@ def create_app(
             raise HTTPException(404, str(exc)) from None
         return json.loads(json.dumps(record, default=str))
 
-    @app.get("/v1/predictions/{prediction_id}/explanation")
+    @app.get(
+        "/v1/predictions/{prediction_id}/explanation",
+        responses=errors(401, 403, 404),
+        dependencies=[BEARER],
+    )
     async def explanation(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
         """Why: SHAP values per feature in log-odds; base + values = the model's output."""
         await asyncio.to_thread(known, prediction_id)
@@ -340,14 +342,16 @@ def create_app(
             raise HTTPException(404, str(exc)) from None
         return {"space": "log-odds", **found.__dict__}
 
-    @app.get("/v1/reviews")
+    @app.get("/v1/reviews", responses=errors(401, 403, 422), dependencies=[BEARER])
     async def open_reviews(
         limit: int = 100, _key: Any = require("operator")
     ) -> dict[str, list[dict[str, Any]]]:
         found = await asyncio.to_thread(reviews.open_items, engine, limit)
         return {"reviews": json.loads(json.dumps(found, default=str))}
 
-    @app.post("/v1/reviews/{prediction_id}")
+    @app.post(
+        "/v1/reviews/{prediction_id}", responses=errors(401, 403, 404, *BODY), dependencies=[BEARER]
+    )
     async def resolve_review(
         prediction_id: str, body: ReviewResolution, key: Any = require("operator")
     ) -> dict[str, Any]:
@@ -363,7 +367,7 @@ def create_app(
             raise HTTPException(404, str(exc)) from None
         return {"status": "resolved", "label": body.label}
 
-    @app.post("/v1/admin/reload")
+    @app.post("/v1/admin/reload", responses=errors(401, 403), dependencies=[BEARER])
     async def reload(key: Any = require("operator")) -> dict[str, Any]:
         result = await asyncio.to_thread(refresh, actor(key))
         return {
@@ -380,6 +384,8 @@ def create_app(
         return JSONResponse({"detail": detail}, 422)
 
     app.add_middleware(Occupancy, batcher=batcher, path="/v1/predict")
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(
+        BodyLimit, limit=max_body_bytes, timeout=body_timeout, max_pending=max_pending_bodies
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -28,6 +28,7 @@ from copml.image_scoring import record_answers
 from copml.project import Project
 from copml.serve.batcher import Pending, report_scored
 from copml.serve.champion import ChampionSlot
+from copml.serve.requests import parse_json
 from copml.store import bulk_insert, prediction_inputs
 from copml.vision.images import decode, statistics
 
@@ -86,8 +87,8 @@ async def read_uploads(request: Request, max_bytes: int) -> list[tuple[list[str 
         return out
     if kind != "application/json":
         raise HTTPException(415, "send application/json (base64 images) or multipart/form-data")
-    try:
-        body = ImagePredictRequest.model_validate_json(await request.body())
+    try:  # read as every JSON body is: a key given twice is refused
+        body = ImagePredictRequest.model_validate(parse_json(await request.body()))
     except ValidationError as exc:
         detail = [
             {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()

@@ -1,0 +1,74 @@
+"""What the API answers: the response models, the errors each route may answer with, and
+the bearer-key scheme, so that the published OpenAPI describes the server as it behaves
+(clients are generated from it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Security
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    label: Any
+    score: float
+    review: bool
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    predictions: list[Prediction]
+
+
+class Readiness(BaseModel):
+    status: str
+    model_version: str | None = None
+
+
+class Issue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """Every refusal: a sentence, or one issue per field for a body or a parameter."""
+
+    detail: str | list[Issue]
+
+
+_INTEGER = {"schema": {"type": "integer"}}
+_WHY: dict[int, dict[str, Any]] = {
+    401: {
+        "description": "No valid API key (Authorization: Bearer)",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    403: {"description": "The key's role may not do this"},
+    404: {"description": "No such prediction"},
+    408: {"description": "The request body stopped arriving"},
+    413: {"description": "The request body is over the size limit"},
+    415: {"description": "The body is neither JSON nor a multipart upload"},
+    422: {"description": "A field of the body or a parameter is invalid; `loc` names it"},
+    429: {"description": "Rate limit exceeded", "headers": {"Retry-After": _INTEGER}},
+    503: {"description": "No champion model is loaded, or too many requests wait for their bodies"},
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The documented refusals among ``statuses``, each with the :class:`Problem` body."""
+    return {status: {"model": Problem, **_WHY[status]} for status in statuses}
+
+
+# The routes that take a body also answer what the body guard refuses.
+BODY = (408, 413, 422, 503)
+# Keys are checked by the routes themselves; this only declares the scheme in the OpenAPI.
+BEARER = Security(HTTPBearer(auto_error=False, description="an API key from `copml keys`"))
+METRICS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
