@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -92,19 +94,41 @@ def test_card_of_a_trained_version(project: Project, tmp_path: Path) -> None:
     assert "No stored window was served by this version yet." in md
 
     assert not _EXTERNAL.search(html), "the HTML card must not load anything from the network"
-    names = {
-        Path(a.path).name
-        for a in registry.client(project).list_artifacts(version.run_id, "explain")
-    }
+    # The churn example's model is one SHAP explains: training logged its global importance,
+    # and the card shows that plot and ranks the features as the logged figures do.
+    client = registry.client(project)
+    names = {Path(a.path).name for a in client.list_artifacts(version.run_id, "explain")}
+    assert {"importance.png", "importance.json"} <= names
+    assert client.get_run(version.run_id).data.tags["copml.explanation"] == "shap"
+    logged_importance = json.loads(
+        Path(
+            client.download_artifacts(version.run_id, "explain/importance.json", str(tmp_path))
+        ).read_text()
+    )
+    top = max(logged_importance, key=logged_importance.get)
     explanation = _section(md, "## 7. Explanation")
-    if "importance.png" in names:
-        assert re.search(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', html)
-        assert "explanation unavailable" not in md
-        assert re.search(r"^1\. \w+: \d\.\d{4}$", explanation, re.M)
-    else:
-        assert "data:image/png;base64" not in html
-        assert "explanation unavailable" in explanation
-        assert "explanation unavailable" in html
+    assert re.search(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', html)
+    assert "explanation unavailable" not in md and "explanation unavailable" not in html
+    assert re.search(rf"^1\. {re.escape(top)}: {logged_importance[top]:.4f}$", explanation, re.M)
+
+
+def test_card_says_why_a_version_has_no_explanation(project: Project, tmp_path: Path) -> None:
+    """A run without importance (SHAP could not explain its model) gets the reason, no plot."""
+    version = registry.champion(project)
+    assert version is not None
+    client = registry.client(project)
+    explain_dir = Path(urlparse(client.get_run(version.run_id).info.artifact_uri).path) / "explain"
+    assert explain_dir.is_dir()
+    shutil.rmtree(explain_dir)
+    client.set_tag(version.run_id, "copml.explanation", "unavailable: NotImplementedError: x")
+
+    md_path, html_path = write_card(project, version.version, tmp_path / "cards")
+
+    md, html = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    explanation = _section(md, "## 7. Explanation")
+    assert "explanation unavailable: unavailable: NotImplementedError: x" in explanation
+    assert "explanation unavailable" in html and "data:image/png;base64" not in html
+    assert not re.search(r"^1\. ", explanation, re.M)
 
 
 def test_card_shows_fairness_of_a_real_window(project: Project, tmp_path: Path) -> None:

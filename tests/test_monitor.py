@@ -1,4 +1,5 @@
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
-from batches import month_with_truth
+from batches import month, month_with_truth
 from copml.monitor.drift import categorical_drift, drift_share, feature_drift, numeric_drift, psi
 from copml.monitor.status import requirements
 from copml.monitor.window import history, monitor
@@ -84,14 +85,47 @@ def test_empty_window_is_unknown_not_failed(churn: Project) -> None:
     assert set(states.values()) == {"unknown"}
 
 
+def _month_judged(
+    project: Project, tmp_path: Path, start: datetime, truth: Callable[[pd.Series], pd.Series]
+) -> None:
+    """Score a month's batch on its first day; load ``truth(predicted labels)`` as outcomes."""
+    from copml.feedback import load
+
+    batch, _ = month(tmp_path / f"in-{start:%m}", seed=start.month)
+    out = tmp_path / f"scores-{start:%m}.csv"
+    score(project, batch, out, at=start.replace(hour=6))
+    scored = pd.read_csv(out)
+    outcomes = tmp_path / f"truth-{start:%m}.csv"
+    pd.DataFrame(
+        {"prediction_id": scored["prediction_id"], "actual": truth(scored["label"])}
+    ).to_csv(outcomes, index=False)
+    load(project, outcomes, at=start.replace(day=28))
+
+
 def test_status_met_not_met_unknown(churn: Project, tmp_path: Path) -> None:
-    month_with_truth(churn, tmp_path)
-    window = monitor(churn, end=END)
+    """Outcomes built to decide each state: every prediction right (accuracy 1: met), every
+    one wrong (accuracy 0: not met), nobody churned (rate 0: met), everybody (1: not met)."""
+    flipped = {"Yes": "No", "No": "Yes"}
+    _month_judged(churn, tmp_path, datetime(2026, 2, 1, tzinfo=UTC), lambda labels: labels)
+    _month_judged(churn, tmp_path, datetime(2026, 3, 1, tzinfo=UTC), lambda x: x.map(flipped))
+    _month_judged(
+        churn, tmp_path, datetime(2026, 4, 1, tzinfo=UTC), lambda x: x.map(lambda _: "No")
+    )
+    _month_judged(
+        churn, tmp_path, datetime(2026, 5, 1, tzinfo=UTC), lambda x: x.map(lambda _: "Yes")
+    )
+    states = {}
+    for end in (datetime(2026, m, 1, tzinfo=UTC) for m in (3, 4, 5, 6)):
+        found = {r.name: r for r in requirements(churn.spec, monitor(churn, end=end))}
+        states[end.month - 1] = (
+            (found["accuracy"].value, found["accuracy"].state),
+            (found["churn_rate"].value, found["churn_rate"].state),
+        )
+    assert states[2][0] == (1.0, "met") and states[3][0] == (0.0, "not met")
+    assert states[4][1] == (0.0, "met") and states[5][1] == (1.0, "not met")
+    assert found["churn_rate"].expected == "<= 0.08" and found["accuracy"].expected == ">= 0.75"
+    window = monitor(churn, end=END)  # March again: the window for the cost below
     found = {r.name: r for r in requirements(churn.spec, window)}
-    accuracy = found["accuracy"]
-    assert accuracy.state == ("met" if accuracy.value >= 0.75 else "not met")
-    rate = found["churn_rate"]
-    assert rate.expected == "<= 0.08" and rate.state == ("met" if rate.value <= 0.08 else "not met")
     # The fixed cost of the month (200 a month, the window is March: 31 days), the
     # scoring's CPU time at 0.05 an hour and 4.00 per review (none in batch without a band).
     cost = found["cost"]

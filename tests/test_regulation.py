@@ -17,6 +17,7 @@ from copml.errors import CopmlError, NotFoundError
 from copml.feedback import load
 from copml.monitor.window import monitor
 from copml.operate import lifecycle
+from copml.operate.runner import operate_once
 from copml.project import Project, load_project
 from copml.reproduce import reproduce
 from copml.score import score
@@ -121,16 +122,28 @@ def test_fairness_per_window_and_in_policies(churn: Project, tmp_path: Path) -> 
         assert not math.isnan(m[f"equalized_odds_difference.{column}"])
     rates = [m["selection_rate.gender=Female"], m["selection_rate.gender=Male"]]
     assert m["demographic_parity_difference.gender"] == pytest.approx(max(rates) - min(rates))
+    # Two alerting policies on either side of the window's figure: one fires, one holds.
+    gap = m["demographic_parity_difference.gender"]
+    below, above = math.floor(gap * 1e4) / 1e4, math.floor(gap * 1e4) / 1e4 + 1e-4
     spec = churn.root / "copml.yaml"
     text = spec.read_text()
     start = text.index("policies:")
     spec.write_text(
         text[:start]
-        + "policies:\n  - name: fair\n    when: demographic_parity_difference.gender > 0.2\n"
+        + "policies:\n"
+        + f"  - name: fair-fires\n    when: demographic_parity_difference.gender >= {below}\n"
+        + "    do: [alert]\n"
+        + f"  - name: fair-holds\n    when: demographic_parity_difference.gender > {above}\n"
         + "    do: [alert]\n\n"
         + text[text.index("costs:") :]
     )
-    assert load_project(churn.root).spec.policies[0].name == "fair"  # accepted by validation
+    project = load_project(churn.root)
+    result = operate_once(project, at=datetime(2026, 4, 1, tzinfo=UTC))
+    verdicts = {e.policy: (e.outcome, e.acted) for e in result.evaluations}
+    assert verdicts == {"fair-fires": (True, True), "fair-holds": (False, False)}
+    fired = next(e for e in result.evaluations if e.policy == "fair-fires")
+    assert fired.values == {"demographic_parity_difference.gender": [pytest.approx(gap)]}
+    assert [(a["kind"], a["state"]) for a in result.actions] == [("alert", "succeeded")]
 
 
 def _logged(project: Project) -> int:

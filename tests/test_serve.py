@@ -13,6 +13,7 @@ import select as io_select
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,7 +30,8 @@ from sqlalchemy import func, select
 from batches import month
 from copml import events, keys, prediction_log
 from copml.project import Project, load_project
-from copml.store import open_store, predictions
+from copml.store import batches, open_store, predictions
+from copml.store import events as event_log
 from store_state import assert_unchanged, capture
 
 
@@ -82,24 +84,30 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server did not become healthy")
 
 
-def start(project: Project, *extra: str, env: dict[str, str] | None = None) -> Server:
+def _serve_command(project: Project, port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "copml",
+        "serve",
+        "--project",
+        str(project.root),
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
+def start(
+    project: Project, *extra: str, env: dict[str, str] | None = None, port: int | None = None
+) -> Server:
     project.ensure_home()
     engine = open_store(project.db_url)
     issued = {role: keys.create(engine, role) for role in ("service", "auditor", "viewer")}
-    port = _free_port()
+    port = port or _free_port()
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "copml",
-            "serve",
-            "--project",
-            str(project.root),
-            "--port",
-            str(port),
-            *extra,
-        ],
+        _serve_command(project, port, *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**inherited, **(env or {})},
@@ -470,66 +478,19 @@ def test_insecure_is_refused_off_loopback(churn: Project) -> None:
     assert done.returncode == 1 and "only loopback" in done.stderr
 
 
-async def _load(server: Server, n: int, concurrency: int) -> list[tuple[str, str]]:
+async def _load_during(
+    server: Server, n: int, concurrency: int, action: Callable[[], object], *, inline: bool = False
+) -> tuple[list[tuple[str, str]], int]:
+    """``n`` one-instance requests at ``concurrency``; ``action`` runs once half are answered:
+    in a thread beside the load, or (``inline``) before another answer is read.
+
+    Returns the acknowledged (prediction id, model version) pairs and how many requests got
+    no HTTP answer at all (refused or cut connections: the server was gone).
+    """
     instances = _instances(server.project, 50)
     acked: list[tuple[str, str]] = []
-    refused: list[str] = []
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=server.url, headers=server.headers("service"), limits=limits, timeout=30
-    ) as client:
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(i: int) -> None:
-            async with gate:
-                r = await client.post("/v1/predict", json={"instances": [instances[i % 50]]})
-                if r.status_code == 200:
-                    body = r.json()
-                    acked.append((body["predictions"][0]["prediction_id"], body["model_version"]))
-                else:
-                    refused.append(f"{r.status_code}: {r.text[:200]}")
-
-        await asyncio.gather(*(one(i) for i in range(n)))
-    assert not refused, refused[:5]
-    return acked
-
-
-def _killed_after_load(server: Server) -> None:
-    """2,000 requests at concurrency 16, ``kill -9``, then every acknowledged id is stored."""
-    try:
-        acked = asyncio.run(_load(server, 2000, 16))
-    finally:
-        server.kill()
-    assert len(acked) == 2000
-    engine = open_store(server.project.db_url)
-    seqs = prediction_log.resolve(engine, [pid for pid, _ in acked])
-    assert seqs.notna().all()  # every acknowledged prediction survived the kill
-    for pid, version in acked[::97]:
-        assert prediction_log.record(engine, pid)["model_version"] == version  # type: ignore[index]
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_kill_9_after_load_loses_no_acknowledged_prediction(churn: Project, workers: int) -> None:
-    _killed_after_load(start(churn, "--workers", str(workers)))
-
-
-def test_kill_9_with_two_workers_on_postgresql(
-    churn: Project, pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The same on a real PostgreSQL store shared by two workers (group commit by COPY)."""
-    from copml import snapshots
-
-    monkeypatch.setenv("COPML_DB_URL", pg_url)
-    spec = churn.spec
-    snapshots.create(open_store(pg_url), spec.data, root=churn.root, directory=churn.snapshots_dir)
-    _killed_after_load(start(churn, "--workers", "2", env={"COPML_DB_URL": pg_url}))
-
-
-async def _load_during(server: Server, n: int, concurrency: int, action) -> list[tuple[str, str]]:
-    """``n`` requests at ``concurrency``; ``action`` runs (in a thread) once half are done."""
-    instances = _instances(server.project, 50)
-    acked: list[tuple[str, str]] = []
-    failed: list[int] = []
+    failed: list[str] = []
+    unanswered = 0
     half = asyncio.Event()
     async with httpx.AsyncClient(
         base_url=server.url, headers=server.headers("service"), timeout=60
@@ -537,23 +498,229 @@ async def _load_during(server: Server, n: int, concurrency: int, action) -> list
         gate = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
-            async with gate:
-                r = await client.post("/v1/predict", json={"instances": [instances[i % 50]]})
+            nonlocal unanswered
+            try:
+                async with gate:
+                    r = await client.post("/v1/predict", json={"instances": [instances[i % 50]]})
+            except httpx.TransportError:
+                unanswered += 1
+                return
             if r.status_code != 200:
-                failed.append(r.status_code)
+                failed.append(f"{r.status_code}: {r.text[:200]}")
                 return
             body = r.json()
             acked.append((body["predictions"][0]["prediction_id"], body["model_version"]))
             if len(acked) == n // 2:
+                if inline:
+                    action()
                 half.set()
 
-        async def promote_midway() -> None:
+        async def at_half() -> None:
             await half.wait()
-            await asyncio.to_thread(action)
+            if not inline:
+                await asyncio.to_thread(action)
 
-        await asyncio.gather(promote_midway(), *(one(i) for i in range(n)))
-    assert failed == []
-    return acked
+        midway = asyncio.create_task(at_half())
+        await asyncio.gather(*(one(i) for i in range(n)))
+        half.set()  # a load that never got half its answers still ends
+        await midway
+    assert failed == [], failed[:5]
+    return acked, unanswered
+
+
+def _assert_stored(db_url: str, acked: list[tuple[str, str]]) -> None:
+    """Every acknowledged prediction is stored with the version its answer named, and the
+    store opens, checks and takes writes as usual."""
+    if db_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as db:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    engine = open_store(db_url)  # runs the migrations check, as every command does
+    seqs = prediction_log.resolve(engine, [pid for pid, _ in acked])
+    assert seqs.notna().all()  # every acknowledged prediction survived the kill
+    keys_of = {pid: pid[:-8] for pid, _ in acked}  # an id is its batch key + 8 hex digits
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(func.count())
+            .select_from(predictions)
+            .where(predictions.c.seq.in_(seqs.tolist()))
+        ).scalar_one()
+        versions = dict(
+            conn.execute(
+                select(batches.c.key, batches.c.model_version).where(
+                    batches.c.key.in_(set(keys_of.values()))
+                )
+            ).all()
+        )
+    assert rows == len(set(seqs.tolist()))
+    assert [versions[keys_of[pid]] for pid, _ in acked] == [v for _, v in acked]
+    assert keys.create(engine, "viewer").startswith("cpml_")  # the store takes writes again
+    engine.dispose()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_during_load_loses_no_acknowledged_prediction(
+    churn: Project,
+    workers: int,
+    store: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILL to the server's whole process group as the 1,000th of 2,000 requests (16 in
+    flight) is answered: whatever was acknowledged is stored, and the store is sound."""
+    env: dict[str, str] = {}
+    if store == "postgresql":
+        from copml import snapshots
+
+        url = request.getfixturevalue("pg_url")
+        monkeypatch.setenv("COPML_DB_URL", url)
+        snapshots.create(
+            open_store(url), churn.spec.data, root=churn.root, directory=churn.snapshots_dir
+        )
+        env = {"COPML_DB_URL": url}
+    server = start(churn, "--workers", str(workers), env=env)
+    try:
+        acked, unanswered = asyncio.run(_load_during(server, 2000, 16, server.kill, inline=True))
+    finally:
+        server.kill()
+    assert len(acked) >= 1000 and unanswered > 0  # the kill came with requests in flight
+    _assert_stored(churn.db_url, acked)
+
+
+def _port_of(server: Server) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...); [] when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running; a zombie waiting for its reaper has ended."""
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def _workers(supervisor: int) -> set[int]:
+    """The live server processes under ``supervisor`` (not multiprocessing's tracker)."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(proc.name))
+        with contextlib.suppress(OSError):
+            ours = fields[1:2] == [str(supervisor)] and fields[0] != "Z"
+            if ours and b"spawn_main" in (proc / "cmdline").read_bytes():
+                found.add(int(proc.name))
+    return found
+
+
+def _listens(pid: int, port: int) -> bool:
+    """``pid`` holds a socket listening on ``port`` (from /proc/net/tcp, LISTEN is 0A)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if cols[1].endswith(f":{port:04X}") and cols[3] == "0A":
+            inodes.add(f"socket:[{cols[9]}]")
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
+def _until(condition: Callable[[], bool], what: str, limit_s: float = 60) -> None:
+    """Poll ``condition`` until it holds; fail saying ``what`` did not happen in time."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {limit_s} s: {what}"
+        time.sleep(0.05)
+
+
+def test_workers_end_with_their_supervisor(churn: Project) -> None:
+    """SIGKILL to the supervising process alone: its workers stop serving and free the port."""
+    server = start(churn, "--workers", "2")
+    port = _port_of(server)
+    again: Server | None = None
+    try:
+        workers = _workers(server.process.pid)
+        assert len(workers) == 2
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        _until(lambda: not any(map(_alive, workers)), "the workers end with their supervisor")
+        again = start(churn, "--workers", "2", port=port)  # the port is free again
+        assert httpx.get(f"{again.url}/healthz").status_code == 200
+    finally:
+        server.kill()
+        if again is not None:
+            again.kill()
+
+
+def test_a_worker_that_dies_is_restarted_and_logged(churn: Project) -> None:
+    server = start(churn, "--workers", "2")
+    port = _port_of(server)
+    try:
+        first = _workers(server.process.pid)
+        assert len(first) == 2
+        _until(lambda: all(_listens(pid, port) for pid in first), "both workers listen")
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        _until(
+            lambda: len(_workers(server.process.pid) - first) == 1,
+            "a new worker replaces the killed one",
+        )
+        (replacement,) = _workers(server.process.pid) - first
+        _until(lambda: _listens(replacement, port), "the new worker listens on the port")
+        body = {"instances": _instances(churn, 1)}
+        for _ in range(20):
+            r = httpx.post(f"{server.url}/v1/predict", json=body, headers=server.headers("service"))
+            assert r.status_code == 200
+    finally:
+        server.kill()
+    log = server.process.stderr.read().decode()  # type: ignore[union-attr]
+    assert f"worker 0 (pid {victim}) ended (killed by SIGKILL); restarting it" in log or (
+        f"worker 1 (pid {victim}) ended (killed by SIGKILL); restarting it" in log
+    ), log[-2000:]
+
+
+def _deployed(project: Project) -> int:
+    """How many times a server process loaded a model of this project (one event each)."""
+    with open_store(project.db_url).connect() as conn:
+        return conn.execute(
+            select(func.count()).select_from(event_log).where(event_log.c.kind == "serve.deployed")
+        ).scalar_one()
+
+
+def test_a_second_server_on_a_served_port_refuses_to_start(churn: Project) -> None:
+    """SO_REUSEPORT would let it bind beside the first: it must refuse, change nothing."""
+    deployed_before = _deployed(churn)
+    server = start(churn, "--workers", "2")
+    port = _port_of(server)
+    try:
+        # /healthz answers once one worker is up; the other records its start a moment later.
+        _until(lambda: _deployed(churn) == deployed_before + 2, "both workers loaded the model")
+        before = capture(churn)
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
+        second = subprocess.Popen(
+            _serve_command(churn, port, "--workers", "2"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=inherited,
+            start_new_session=True,
+        )
+        try:
+            _, err = second.communicate(timeout=120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(second.pid, signal.SIGKILL)
+        assert second.returncode == 1, err[-2000:]
+        assert f"port {port} is already served by another copml serve" in err
+        assert "Traceback" not in err
+        assert_unchanged(before, churn)
+        assert httpx.get(f"{server.url}/healthz").status_code == 200  # the first still serves
+    finally:
+        server.kill()
 
 
 def test_promotion_during_load_switches_once_without_failures(own_server: Server) -> None:
@@ -576,8 +743,8 @@ def test_promotion_during_load_switches_once_without_failures(own_server: Server
         # swapped now, or already by the server's own poll of the registry
         assert r.status_code == 200 and r.json()["model_version"] == "2"
 
-    acked = asyncio.run(_load_during(server, 2000, 16, promote_and_reload))
-    assert len(acked) == 2000
+    acked, unanswered = asyncio.run(_load_during(server, 2000, 16, promote_and_reload))
+    assert len(acked) == 2000 and unanswered == 0
     seqs = prediction_log.resolve(engine, [pid for pid, _ in acked]).tolist()
     in_commit_order = [v for _, v in sorted(zip(seqs, (v for _, v in acked), strict=True))]
     switches = sum(a != b for a, b in itertools.pairwise(in_commit_order))
