@@ -140,12 +140,28 @@ def create_app(
         title=f"copml: {spec.project}", version="1", lifespan=lifespan, description=spec.objective
     )
 
+    async def verified(presented: str, client: str) -> keys.Key | None:
+        """The key, recalled at once or verified off the event loop (scrypt is slow on
+        purpose); a client or prefix with too many failures gets 429 before any scrypt."""
+        if not presented:
+            return None
+        if (key := verifier.recall(presented)) is not None:
+            return key
+        try:
+            verifier.throttle(presented, client)
+            return await asyncio.to_thread(verifier.verify, presented, client)
+        except keys.Throttled as exc:
+            raise HTTPException(
+                429, str(exc), headers={"Retry-After": str(exc.retry_after)}
+            ) from None
+
     def require(*roles: str, limited: bool = False) -> Any:
         async def check(request: Request) -> keys.Key | None:
             if insecure:
                 return None
             scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-            key = verifier.verify(presented.strip()) if scheme.lower() == "bearer" else None
+            presented = presented.strip() if scheme.lower() == "bearer" else ""
+            key = await verified(presented, request.client.host if request.client else "")
             if key is None:
                 raise HTTPException(
                     401,
