@@ -37,6 +37,7 @@ from copml.store import heartbeats, open_store
 
 MAX_BODY_BYTES = 1 << 20
 MAX_INSTANCES = 1000
+REFUSAL_DELAY_SECONDS = 1.0  # a throttled key guess waits this long for its 429
 
 
 class FeedbackRequest(BaseModel):
@@ -142,7 +143,9 @@ def create_app(
 
     async def verified(presented: str, client: str) -> keys.Key | None:
         """The key, recalled at once or verified off the event loop (scrypt is slow on
-        purpose); a client or prefix with too many failures gets 429 before any scrypt."""
+        purpose); a client or prefix with too many failures gets 429 before any scrypt,
+        a second late: a guesser that waits for answers then costs a timer, not the CPU
+        that an instant refusal loop would take from everyone else."""
         if not presented:
             return None
         if (key := verifier.recall(presented)) is not None:
@@ -151,6 +154,7 @@ def create_app(
             verifier.throttle(presented, client)
             return await asyncio.to_thread(verifier.verify, presented, client)
         except keys.Throttled as exc:
+            await asyncio.sleep(REFUSAL_DELAY_SECONDS)
             raise HTTPException(
                 429, str(exc), headers={"Retry-After": str(exc.retry_after)}
             ) from None
