@@ -18,7 +18,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from sqlalchemy import func, select
 from batches import month
 from copml import events, keys, prediction_log
 from copml.project import Project, load_project
-from copml.store import batches, open_store, predictions
+from copml.store import api_keys, batches, open_store, predictions
 from copml.store import events as event_log
 from store_state import assert_unchanged, capture
 
@@ -456,6 +458,103 @@ def test_keys_and_roles(server: Server) -> None:
     ).read_bytes()
     for key in server.keys.values():
         assert key.split("_", 2)[2].encode() not in raw  # only scrypt hashes are stored
+
+
+def _until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Poll ``condition`` (each try waits on the server) until true; fail at the deadline."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true within {seconds:.0f} s")
+        time.sleep(0.1)
+
+
+def test_wrong_keys_get_429_after_ten_failures_and_leave_nothing(own_server: Server) -> None:
+    """Failed attempts are limited per client address and per key prefix (no scrypt once
+    refused); a key already verified keeps working from that same address."""
+    srv = own_server
+    url, body = f"{srv.url}/v1/predict", {"instances": _instances(srv.project, 1)}
+    assert httpx.post(url, json=body, headers=srv.headers("service")).status_code == 200
+    viewer = srv.keys["viewer"].split("_", 2)[1]
+    before = capture(srv.project)
+    guesses = [{"Authorization": f"Bearer cpml_{viewer}_guess{n}"} for n in range(10)]
+    assert [httpx.post(url, json=body, headers=h).status_code for h in guesses] == [401] * 10
+    for refused in (
+        httpx.post(url, json=body, headers={"Authorization": "Bearer cpml_0badc0de_guess"}),
+        httpx.get(f"{srv.url}/v1/reviews", headers=srv.headers("viewer")),  # the prefix too
+    ):
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        assert "too many failed API key attempts" in refused.json()["detail"]
+    assert_unchanged(before, srv.project)
+    assert httpx.post(url, json=body, headers=srv.headers("service")).status_code == 200
+
+
+def test_key_checks_never_block_the_event_loop(
+    churn: Project, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key check that waits (here on a locked ``api_keys`` table; in the wild on scrypt)
+    leaves the server answering everyone else."""
+    from sqlalchemy import create_engine, text
+
+    from copml import snapshots
+
+    monkeypatch.setenv("COPML_DB_URL", pg_url)
+    snapshots.create(
+        open_store(pg_url), churn.spec.data, root=churn.root, directory=churn.snapshots_dir
+    )
+    srv = start(churn, env={"COPML_DB_URL": pg_url})
+    locker = create_engine(pg_url)
+    try:
+        with locker.connect() as conn, ThreadPoolExecutor(1) as pool:
+            conn.execute(text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
+            waiting = pool.submit(
+                httpx.post,
+                f"{srv.url}/v1/predict",
+                json={"instances": _instances(churn, 1)},
+                headers={"Authorization": "Bearer cpml_0badc0de_guess"},
+                timeout=120,
+            )
+            blocked = text(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'api_keys'::regclass "
+                "AND NOT granted"
+            )
+            _until(lambda: conn.execute(blocked).scalar() > 0)  # the check waits on the lock
+            assert httpx.get(f"{srv.url}/healthz", timeout=30).status_code == 200
+            assert httpx.get(f"{srv.url}/readyz", timeout=30).status_code == 200
+            conn.rollback()  # releases the lock
+            assert waiting.result().status_code == 401
+    finally:
+        srv.kill()
+        locker.dispose()
+
+
+def test_revoked_and_expired_keys_are_refused_by_a_running_server(own_server: Server) -> None:
+    srv = own_server
+    url, body = f"{srv.url}/v1/predict", {"instances": _instances(srv.project, 1)}
+    engine = open_store(srv.project.db_url)
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    expiring = {"Authorization": f"Bearer {keys.create(engine, 'service', expires_at=soon)}"}
+    revoked = srv.headers("service")
+    assert httpx.post(url, json=body, headers=revoked).status_code == 200
+    assert httpx.post(url, json=body, headers=expiring).status_code == 200
+    prefix = srv.keys["service"].split("_", 2)[1]
+    root = str(srv.project.root)
+    done = subprocess.run(
+        [sys.executable, "-m", "copml", "keys", "revoke", prefix, "--reason", "x", "-p", root],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    with engine.begin() as conn:  # an hour passes for this key
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        conn.execute(
+            api_keys.update()
+            .where(api_keys.c.prefix == expiring["Authorization"].split("_", 2)[1])
+            .values(expires_at=past)
+        )
+    _until(lambda: httpx.post(url, json=body, headers=revoked).status_code == 401)
+    _until(lambda: httpx.post(url, json=body, headers=expiring).status_code == 401)
 
 
 def test_insecure_is_refused_off_loopback(churn: Project) -> None:

@@ -840,16 +840,88 @@ def models_hold(
 def keys_create(
     role: Annotated[str, typer.Option(help="viewer, scientist, operator, auditor or service.")],
     name: Annotated[str | None, typer.Option(help="Who or what the key is for.")] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option(
+            help="When the key stops working: a duration (90m, 12h, 30d, 2w) or a date or "
+            "ISO 8601 time (UTC without a zone; a date means its start). Default: never."
+        ),
+    ] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Issue an API key; it is shown once and stored only as a scrypt hash."""
     from copml import keys
+    from copml.errors import CopmlError
     from copml.events import user_actor
     from copml.store import open_store
 
+    try:
+        expires_at = keys.expiry(expires) if expires is not None else None
+    except ValueError as exc:
+        raise CopmlError(f"--expires: {exc}") from None
+    keys.check_role(role)
     p = _project(project)
     p.ensure_home()
-    sys.stdout.write(keys.create(open_store(p.db_url), role, name=name, actor=user_actor()) + "\n")
+    engine = open_store(p.db_url)
+    made = keys.create(engine, role, name=name, expires_at=expires_at, actor=user_actor())
+    sys.stdout.write(made + "\n")
+
+
+@keys_app.command("list")
+@_fails_cleanly
+def keys_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Every key of the project (never its secret): prefix, role, name, dates and state."""
+    from copml import keys
+    from copml.store import open_store
+
+    found = keys.listing(open_store(_project(project).db_url))
+    if as_json:
+        _print_json(
+            [
+                {
+                    "prefix": k.prefix,
+                    "role": k.role,
+                    "name": k.name,
+                    "created_at": k.created_at.isoformat(),
+                    "expires_at": k.expires_at.isoformat() if k.expires_at else None,
+                    "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+                    "state": k.state,
+                }
+                for k in found
+            ]
+        )
+        return
+    from rich.table import Table
+
+    table = Table("prefix", "role", "name", "created", "expires", "revoked", "state")
+    for k in found:
+        table.add_row(
+            k.prefix,
+            k.role,
+            k.name or "",
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "never",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+            k.state,
+        )
+    _console().print(table)
+
+
+@keys_app.command("revoke")
+@_fails_cleanly
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (cpml_PREFIX_…).")],
+    reason: Annotated[str, typer.Option(help="Why: recorded with the revocation.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Revoke a key for good: servers and the dashboard refuse it within seconds."""
+    from copml import keys
+    from copml.events import user_actor
+    from copml.store import open_store
+
+    engine = open_store(_project(project).db_url)
+    done = keys.revoke(engine, prefix, reason=reason, actor=user_actor())
+    _console().print(f"key {done.prefix} ({done.role}) revoked")
 
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -940,11 +1012,32 @@ def ui(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    secure_cookies: Annotated[
+        bool,
+        typer.Option(
+            "--secure-cookies",
+            help="Mark cookies Secure whatever the scheme: behind a proxy that ends TLS.",
+        ),
+    ] = False,
+    forwarded_allow_ips: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated addresses of proxies trusted for X-Forwarded-Proto and "
+            "-For ('*': any); a request they mark https gets Secure cookies.",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """The dashboard: requirements, metric timelines, models, predictions, reviews, events."""
     from copml.ui import run
 
-    run(project or [Path(".")], host, port, announce=_console().print)
+    run(
+        project or [Path(".")],
+        host,
+        port,
+        announce=_console().print,
+        secure_cookies=secure_cookies,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
 
 
 def main() -> None:

@@ -7,17 +7,12 @@ import io
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard import CHROMIUM, Site
+from dashboard import CHROMIUM, Site, running_ui
 
 try:
     import pytest_playwright  # noqa: F401
@@ -94,27 +89,6 @@ def demo_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     return root, made
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(server: subprocess.Popen[bytes], url: str, log: Path, seconds: float) -> None:
-    """Poll the health endpoint until it answers; fail early if the server died."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"copml ui exited with {server.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"copml ui did not answer {url} within {seconds:.0f} s")
-
-
 @pytest.fixture(scope="session")
 def site(
     demo_project: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
@@ -122,20 +96,5 @@ def site(
     """``copml ui`` serving the demo project on a free loopback port."""
     root, made = demo_project
     log = tmp_path_factory.mktemp("ui-log") / "stderr.txt"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("COPML_HOME", "COPML_DB_URL")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "copml", "ui", "--project", str(root), "--port", str(port)]
-    with log.open("wb") as errors:
-        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(server, f"{base}/healthz", log, 60)
+    with running_ui(root, log) as base:
         yield Site(root, base, "telco-churn", made)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()

@@ -43,7 +43,7 @@ from copml.serve.requests import (
     predict_request_model,
     review_resolution_model,
 )
-from copml.serve.responses import BEARER, BODY, METRICS, PredictResponse, Readiness, errors
+from copml.serve.responses import AUTH, BEARER, BODY, METRICS, PredictResponse, Readiness, errors
 from copml.serve.scoring import GroupScorer
 from copml.store import heartbeats, open_store
 
@@ -52,6 +52,7 @@ MAX_BODY_BYTES = 1 << 20
 # client's input.
 NO_PREDICTION = "no such prediction"
 MAX_INSTANCES = 1000
+REFUSAL_DELAY_SECONDS = 1.0  # a throttled key guess waits this long for its 429
 
 
 def create_app(
@@ -155,12 +156,31 @@ def create_app(
     )
     app.router.route_class = JsonRoute  # a key given twice in a body is refused
 
+    async def verified(presented: str, client: str) -> keys.Key | None:
+        """The key, recalled at once or verified off the event loop (scrypt is slow on
+        purpose); a client or prefix with too many failures gets 429 before any scrypt,
+        a second late: a guesser that waits for answers then costs a timer, not the CPU
+        that an instant refusal loop would take from everyone else."""
+        if not presented:
+            return None
+        if (key := verifier.recall(presented)) is not None:
+            return key
+        try:
+            verifier.throttle(presented, client)
+            return await asyncio.to_thread(verifier.verify, presented, client)
+        except keys.Throttled as exc:
+            await asyncio.sleep(REFUSAL_DELAY_SECONDS)
+            raise HTTPException(
+                429, str(exc), headers={"Retry-After": str(exc.retry_after)}
+            ) from None
+
     def require(*roles: str) -> Any:
         async def check(request: Request) -> keys.Key | None:
             if insecure:
                 return None
             scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-            key = verifier.verify(presented.strip()) if scheme.lower() == "bearer" else None
+            presented = presented.strip() if scheme.lower() == "bearer" else ""
+            key = await verified(presented, request.client.host if request.client else "")
             if key is None:
                 raise HTTPException(
                     401,
@@ -215,7 +235,7 @@ def create_app(
             "/v1/predict",
             response_class=Response,
             openapi_extra=image_api.OPENAPI,
-            responses=errors(401, 403, 415, 429, *BODY),
+            responses=errors(*AUTH, 415, *BODY),
             dependencies=[BEARER],
         )
         async def predict_images(request: Request, key: Any = require("service")) -> Response:
@@ -238,7 +258,7 @@ def create_app(
             response_class=Response,
             responses={
                 200: {"model": PredictResponse, "description": "One answer per instance"},
-                **errors(401, 403, 429, *BODY),
+                **errors(*AUTH, *BODY),
             },
             dependencies=[BEARER],
         )
@@ -285,7 +305,7 @@ def create_app(
             raise HTTPException(404, NO_PREDICTION)
         return int(found)
 
-    @app.post("/v1/feedback", responses=errors(401, 403, 404, 429, *BODY), dependencies=[BEARER])
+    @app.post("/v1/feedback", responses=errors(*AUTH, 404, *BODY), dependencies=[BEARER])
     async def post_feedback(body: FeedbackRequest, key: Any = require("service")) -> dict[str, Any]:
         actual = _actual(body.actual, "actual")
         charge(key, 1, "/v1/feedback")
@@ -303,9 +323,7 @@ def create_app(
         state = await asyncio.to_thread(_record_feedback, seq, actual, observed, actor(key))
         return {"status": state}
 
-    @app.get(
-        "/v1/predictions/{prediction_id}", responses=errors(401, 403, 404), dependencies=[BEARER]
-    )
+    @app.get("/v1/predictions/{prediction_id}", responses=errors(*AUTH, 404), dependencies=[BEARER])
     async def prediction(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
         """The whole decision record: input (PII redacted), version, champion then,
         lineage, explanation and every event about that version."""
@@ -320,7 +338,7 @@ def create_app(
 
     @app.get(
         "/v1/predictions/{prediction_id}/explanation",
-        responses=errors(401, 403, 404),
+        responses=errors(*AUTH, 404),
         dependencies=[BEARER],
     )
     async def explanation(prediction_id: str, _key: Any = require("auditor")) -> dict[str, Any]:
@@ -342,7 +360,7 @@ def create_app(
             raise HTTPException(404, str(exc)) from None
         return {"space": "log-odds", **found.__dict__}
 
-    @app.get("/v1/reviews", responses=errors(401, 403, 422), dependencies=[BEARER])
+    @app.get("/v1/reviews", responses=errors(*AUTH, 422), dependencies=[BEARER])
     async def open_reviews(
         limit: int = 100, _key: Any = require("operator")
     ) -> dict[str, list[dict[str, Any]]]:
@@ -350,7 +368,7 @@ def create_app(
         return {"reviews": json.loads(json.dumps(found, default=str))}
 
     @app.post(
-        "/v1/reviews/{prediction_id}", responses=errors(401, 403, 404, *BODY), dependencies=[BEARER]
+        "/v1/reviews/{prediction_id}", responses=errors(*AUTH, 404, *BODY), dependencies=[BEARER]
     )
     async def resolve_review(
         prediction_id: str, body: ReviewResolution, key: Any = require("operator")
@@ -367,7 +385,7 @@ def create_app(
             raise HTTPException(404, str(exc)) from None
         return {"status": "resolved", "label": body.label}
 
-    @app.post("/v1/admin/reload", responses=errors(401, 403), dependencies=[BEARER])
+    @app.post("/v1/admin/reload", responses=errors(*AUTH), dependencies=[BEARER])
     async def reload(key: Any = require("operator")) -> dict[str, Any]:
         result = await asyncio.to_thread(refresh, actor(key))
         return {

@@ -52,7 +52,10 @@ _WHY: dict[int, dict[str, Any]] = {
     413: {"description": "The request body is over the size limit"},
     415: {"description": "The body is neither JSON nor a multipart upload"},
     422: {"description": "A field of the body or a parameter is invalid; `loc` names it"},
-    429: {"description": "Rate limit exceeded", "headers": {"Retry-After": _INTEGER}},
+    429: {
+        "description": "Rate limit exceeded, or too many failed keys from this client or prefix",
+        "headers": {"Retry-After": _INTEGER},
+    },
     503: {"description": "No champion model is loaded, or too many requests wait for their bodies"},
 }
 
@@ -62,6 +65,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": Problem, **_WHY[status]} for status in statuses}
 
 
+# Every route with a key: missing or wrong key, wrong role, too many failed keys (429).
+AUTH = (401, 403, 429)
 # The routes that take a body also answer what the body guard refuses.
 BODY = (408, 413, 422, 503)
 # Keys are checked by the routes themselves; this only declares the scheme in the OpenAPI.

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, inspect, text
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 

@@ -181,6 +181,7 @@ api_keys = Table(
     Column("name", String(128), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),
 )
 
 # The human-review queue: predictions whose score fell in the declared uncertainty band.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,6 +89,18 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def _same_site(request: Request) -> bool:
+    """Whether a form post comes from this site's own pages: its Origin (or, lacking one,
+    its Referer) names the host it was sent to. Browsers send Origin on every form post,
+    so another site cannot log a person in with its own key (login CSRF); a program that
+    sends neither is no browser and is let through."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if source is None:
+        return True
+    host = request.headers.get("host", "").lower()
+    return bool(host) and urlsplit(source).netloc.lower() == host
+
+
 def _attribution(found: dict[str, Any]) -> str | None:
     """The hook for image models: an ``attribution_png`` in the audit record (bytes, a
     base64 string or a file path) is shown next to the explanation."""
@@ -136,10 +148,11 @@ class _Summary:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def create_app(shown: list[Shown]) -> FastAPI:
-    """The dashboard over ``shown`` projects."""
+def create_app(shown: list[Shown], *, secure_cookies: bool = False) -> FastAPI:
+    """The dashboard over ``shown`` projects; ``secure_cookies`` marks cookies Secure even
+    on plain http (TLS ends at a proxy that does not say so)."""
     by_slug = {s.slug: s for s in shown}
-    sessions = Sessions()
+    sessions = Sessions(lambda slug, key: by_slug[slug].verifier.current(key))
     one_at_a_time = threading.Lock()
     env = Environment(loader=FileSystemLoader(_HERE / "templates"), autoescape=True)
     env.filters.update(fmt=figure, when=_when, json=_json, ms=_from_ms)
@@ -200,7 +213,10 @@ def create_app(shown: list[Shown]) -> FastAPI:
         return here, key, session
 
     async def form(request: Request, session: Session | None) -> dict[str, str]:
-        """The posted fields; with a session, its CSRF token must be among them."""
+        """The posted fields, from this site's own pages; with a session, its CSRF token
+        must be among them."""
+        if not _same_site(request):
+            raise HTTPException(403, "the form was posted from another site (Origin/Referer)")
         kind = request.headers.get("content-type", "").split(";")[0].strip()
         if kind != "application/x-www-form-urlencoded":
             raise HTTPException(415, "send the form as application/x-www-form-urlencoded")
@@ -289,12 +305,30 @@ def create_app(shown: list[Shown]) -> FastAPI:
         if not presented:
             return page(request, "login.html.j2", 422, next=target, error="key: paste an API key")
 
-        def verify() -> dict[str, keys.Key]:
-            found = {s.slug: s.verifier.verify(presented) for s in shown}
-            return {slug: key for slug, key in found.items() if key is not None}
+        client = request.client.host if request.client else ""
 
-        grants = await run_in_threadpool(verify)
+        def verify() -> tuple[dict[str, keys.Key], int]:
+            """The grants of the projects that know the key, and the longest wait asked by
+            those that refused to try (too many failed attempts lately)."""
+            found: dict[str, keys.Key] = {}
+            wait = 0
+            for s in shown:
+                try:
+                    key = s.verifier.verify(presented, client)
+                except keys.Throttled as exc:
+                    wait = max(wait, exc.retry_after)
+                    continue
+                if key is not None:
+                    found[s.slug] = key
+            return found, wait
+
+        grants, wait = await run_in_threadpool(verify)
         people = {slug: key for slug, key in grants.items() if key.role != "service"}
+        if not grants and wait:
+            error = f"too many failed attempts: try again in {wait} s"
+            refused = page(request, "login.html.j2", 429, next=target, error=error)
+            refused.headers["Retry-After"] = str(wait)
+            return refused
         if not people:
             error = (
                 "service keys are for programs calling copml serve; ask for a personal key"
@@ -309,7 +343,7 @@ def create_app(shown: list[Shown]) -> FastAPI:
             token,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=secure_cookies or request.url.scheme == "https",
             path="/",
         )
         return response
@@ -550,7 +584,7 @@ def create_app(shown: list[Shown]) -> FastAPI:
         slug: str,
         who: Annotated[str | None, Query(alias="actor")] = None,
         kind: str | None = None,
-        before: int | None = None,
+        before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     ) -> Response:
         here, _, _ = grant(request, slug, "read")
         limit = 100

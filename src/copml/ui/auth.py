@@ -4,6 +4,7 @@ A person logs in with an API key (``copml keys create``). Keys live in each proj
 store, so one key opens the projects whose store knows it, each with the role it has
 there. Sessions are random tokens held in this process's memory (a restart logs everyone
 out, which is what a local dashboard wants); every form carries the session's CSRF token.
+A session lasts only as long as its key: revoking or expiring the key ends it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from copml import keys
@@ -66,11 +68,18 @@ class Session:
 
 
 class Sessions:
-    """Random session tokens in memory, forgotten after ``IDLE_SECONDS`` of inactivity."""
+    """Random session tokens in memory, forgotten after ``IDLE_SECONDS`` of inactivity.
 
-    def __init__(self) -> None:
+    ``still_valid(slug, key)`` is asked on every use: a grant whose key was revoked or
+    has expired is dropped, and a session left with none ends.
+    """
+
+    def __init__(
+        self, still_valid: Callable[[str, keys.Key], bool] = lambda slug, key: True
+    ) -> None:
         self._by_token: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self._still_valid = still_valid
 
     def open(self, grants: dict[str, keys.Key]) -> str:
         token = secrets.token_urlsafe(32)
@@ -90,7 +99,17 @@ class Sessions:
                 del self._by_token[token]
                 return None
             found.seen = now
+            grants = dict(found.grants)
+        ended = [slug for slug, key in grants.items() if not self._still_valid(slug, key)]
+        if not ended:
             return found
+        with self._lock:
+            for slug in ended:
+                found.grants.pop(slug, None)
+            if found.grants:
+                return found
+            self._by_token.pop(token, None)
+            return None
 
     def close(self, token: str | None) -> None:
         with self._lock:
