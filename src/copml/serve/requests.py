@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     StrictStr,
     ValidationInfo,
+    WithJsonSchema,
     create_model,
     model_validator,
 )
@@ -124,7 +125,14 @@ def _time(value: object, info: ValidationInfo) -> datetime:
         raise PydanticCustomError("time_parsing", exc.message) from None
 
 
-Time = Annotated[datetime, BeforeValidator(_time)]
+# The schema says what the parser takes: an ISO 8601 time in the years it can hold.
+_TIME_SCHEMA = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": "^(19|20|21)[0-9]{2}-",
+    "description": "ISO 8601; a time without a zone is UTC; years 1900-2199",
+}
+Time = Annotated[datetime, BeforeValidator(_time), WithJsonSchema(_TIME_SCHEMA)]
 
 
 def feedback_request_model(data: Data) -> type[BaseModel]:
