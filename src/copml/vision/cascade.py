@@ -64,6 +64,9 @@ class Cascade:
     # The estimator face copml's training, gate and batch scoring use: a frame with a ``file``
     # column in, P(pneumonia) out, decided at the cascade's own threshold.
     classes_ = (0, 1)
+    # One image per call, as its networks score (copml.batch_independence): a frame of many
+    # files is not loaded and padded only to be split again.
+    score_rows = 1
 
     @property
     def decision_threshold(self) -> float:
