@@ -35,10 +35,13 @@ Why that holds on any CPU, not just the one it was tested on:
 - The rule does not make two different CPUs or library builds agree (AVX2 and AVX-512 kernels
   round differently): a replay on another machine may still differ in the last bits.
 
-Cost, measured on the busy 2-core test machine (CPU time, churn's logistic pipeline and the
-x-ray CNN): a table row costs a ~30 ms call plus ~7.6 µs; at ``ROWS`` = 1,536 scoring 1,000
-rows takes 28 ms instead of 8 ms (100,000-row calls before), and a one-row request 42 ms
-instead of 30 ms. An x-ray image takes 6.1 ms alone instead of 3.6 ms in a batch of 64.
+Cost (``benchmarks/batch_independence.py``: CPU time, best of 5, on the shared 2-core AMD EPYC
+test machine; "before" is one call per batch and 256-image batches at 2 threads): per 1,000
+rows of a 20,000-row batch, churn's logistic pipeline 8.7 → 24.3 ms and the
+HistGradientBoosting pipeline of benchmarks/score.py 16.1 → 27.8 ms (a call costs ~24 ms of
+scikit-learn overhead whatever its size, now paid per 1,536 rows); a one-row request 23.8 →
+34.6 ms and 24.1 → 42.8 ms (the padding is scored too); 1,000 x-ray images 4.62 → 5.58 s, one
+image 8.1 → 6.1 ms. ``ROWS`` trades the two: larger makes batches cheaper and requests dearer.
 """
 
 from __future__ import annotations
