@@ -17,6 +17,7 @@ from copml.project import Project
 from copml.score import score
 from copml.store import events, open_store, predictions
 from copml.store import snapshots as snapshots_table
+from copml.train import positive_scores
 from store_state import capture
 
 
@@ -70,7 +71,7 @@ def test_scores_match_the_registered_model(churn: Project) -> None:
     model = registry.load(churn, registry.champion(churn))  # type: ignore[arg-type]
     features = snapshots.read_files([batch])
     frame = snapshots.validate(features, churn.spec.data, require_target=False)
-    expected = model.predict_proba(frame[churn.spec.data.features])[:, 1]
+    expected = positive_scores(model, frame[churn.spec.data.features])  # the scoring rule
     assert (pq.read_table(out).to_pandas()["score"].to_numpy() == expected).all()
 
 

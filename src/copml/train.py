@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from copml import costs, events, lineage, registry, snapshots
+from copml import batch_independence, costs, events, lineage, registry, snapshots
 from copml.errors import CopmlError, UserCodeError
 from copml.metrics import classification_metrics
 from copml.project import Project
@@ -128,12 +128,16 @@ def training_frame(project: Project, snap: snapshots.Snapshot) -> pd.DataFrame:
 
 
 def positive_scores(model: Any, features: pd.DataFrame) -> np.ndarray:
-    """Probability of the positive class (label 1) from a fitted classifier."""
+    """Probability of the positive class (label 1) from a fitted classifier, each row's the
+    same whatever else is in ``features`` (see :mod:`copml.batch_independence`); a model that
+    says ``score_rows`` is scored that many rows per call."""
     if not hasattr(model, "predict_proba"):
         raise UserCodeError("train() must return a classifier with predict_proba()")
-    proba = model.predict_proba(features)
-    classes = list(getattr(model, "classes_", [0, 1]))
-    return np.asarray(proba[:, classes.index(1)], dtype=np.float64)
+    column = list(getattr(model, "classes_", [0, 1])).index(1)
+    rows = int(getattr(model, "score_rows", batch_independence.ROWS))
+    return batch_independence.scores(
+        lambda part: model.predict_proba(part)[:, column], features, rows
+    )
 
 
 def decision_threshold(project: Project, model: Any) -> float:

@@ -64,6 +64,9 @@ class Cascade:
     # The estimator face copml's training, gate and batch scoring use: a frame with a ``file``
     # column in, P(pneumonia) out, decided at the cascade's own threshold.
     classes_ = (0, 1)
+    # One image per call, as its networks score (copml.batch_independence): a frame of many
+    # files is not loaded and padded only to be split again.
+    score_rows = 1
 
     @property
     def decision_threshold(self) -> float:
@@ -138,6 +141,48 @@ def _split_by_patient(frame: pd.DataFrame, share: float, seed: int) -> np.ndarra
     return who.isin(chosen).to_numpy()
 
 
+@dataclass
+class Detector:
+    """Model 1 and the threshold chosen for it on the calibration part of its training set."""
+
+    model: Any
+    threshold: float
+    calibration_recall: float
+    calibration_specificity: float
+    calibration: np.ndarray  # which training images were held out to choose the threshold
+
+
+def train_detector(
+    frame: pd.DataFrame,
+    arrays: np.ndarray,
+    is_positive: np.ndarray,
+    *,
+    seed: int = 42,
+    recall_target: float = 0.98,
+    calibration_share: float = 0.2,
+    epochs: int = 8,
+    init_weights: Path | None = None,
+    threads: int = 2,
+) -> Detector:
+    """Model 1 (normal vs pneumonia) on the images of ``frame``, its threshold the highest that
+    keeps ``recall_target`` on a patient-disjoint calibration part, never on evaluation data.
+    ``threads``: torch's CPU threads for the training (see ``models.train_cnn``)."""
+    calibration = _split_by_patient(frame, calibration_share, seed)
+    model = models.train_cnn(
+        arrays[~calibration],
+        is_positive[~calibration].astype(np.int64),
+        seed=seed,
+        epochs=epochs,
+        init_weights=init_weights,
+        threads=threads,
+    )
+    scores = models.predict_proba(model, arrays[calibration])
+    threshold, recall, specificity = models.threshold_for_recall(
+        scores, is_positive[calibration].astype(np.int64), recall_target
+    )
+    return Detector(model, float(threshold), float(recall), float(specificity), calibration)
+
+
 def train(
     images: ImageSet,
     *,
@@ -158,27 +203,25 @@ def train(
     frame = images.frame.reset_index(drop=True)
     arrays = load_arrays(images, size=size)
     is_positive = (frame["label"] == positive).to_numpy()
-    calibration = _split_by_patient(frame, calibration_share, seed)
-    detector = models.train_cnn(
-        arrays[~calibration],
-        is_positive[~calibration].astype(np.int64),
+    detector = train_detector(
+        frame,
+        arrays,
+        is_positive,
         seed=seed,
+        recall_target=recall_target,
+        calibration_share=calibration_share,
         epochs=epochs,
         init_weights=init_weights,
-    )
-    scores = models.predict_proba(detector, arrays[calibration])
-    threshold, recall, specificity = models.threshold_for_recall(
-        scores, is_positive[calibration].astype(np.int64), recall_target
     )
     subtypes = ("bacteria", "virus")
     typed = is_positive & frame["subtype"].isin(subtypes).to_numpy()
     is_virus = (frame.loc[typed, "subtype"] == subtypes[1]).to_numpy().astype(np.int64)
     typer = models.train_cnn(arrays[typed], is_virus, seed=seed, epochs=type_epochs)
     rules = Rules(
-        threshold=float(threshold),
+        threshold=detector.threshold,
         recall_target=recall_target,
-        calibration_recall=float(recall),
-        calibration_specificity=float(specificity),
+        calibration_recall=detector.calibration_recall,
+        calibration_specificity=detector.calibration_specificity,
         review_margin=review_margin,
         type_margin=type_margin,
         input_size=size,
@@ -187,14 +230,14 @@ def train(
         subtypes=subtypes,
     )
     report = {
-        "fit_images": int((~calibration).sum()),
-        "calibration_images": int(calibration.sum()),
-        "threshold": float(threshold),
-        "calibration_recall": float(recall),
-        "calibration_specificity": float(specificity),
+        "fit_images": int((~detector.calibration).sum()),
+        "calibration_images": int(detector.calibration.sum()),
+        "threshold": detector.threshold,
+        "calibration_recall": detector.calibration_recall,
+        "calibration_specificity": detector.calibration_specificity,
         "type_images": int(typed.sum()),
     }
-    return Cascade(detector, typer, rules), report
+    return Cascade(detector.model, typer, rules), report
 
 
 def train_frame(

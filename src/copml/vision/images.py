@@ -61,9 +61,13 @@ class ImageSet:
 
 
 def _map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """Run ``fn`` over ``items`` on a small thread pool, keeping the order."""
+    """Run ``fn`` over ``items`` on a small thread pool, keeping the order; one item inline
+    (scoring loads one image per call, and a pool would cost more than the image)."""
+    listed = list(items)
+    if len(listed) <= 1:
+        return [fn(item) for item in listed]
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        return list(pool.map(fn, items))
+        return list(pool.map(fn, listed))
 
 
 def subtype_from_name(name: str) -> str | None:

@@ -25,6 +25,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from torch import nn
 
+from copml import batch_independence
+
 SIZE = 64  # the CNN's input side, in pixels
 WEIGHTS_FILE = "model.pt"
 ARCHITECTURE_FILE = "architecture.json"
@@ -263,17 +265,19 @@ def _fit(
 
 
 @torch.no_grad()
-def predict_proba(model: CompactCNN, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict_proba(model: CompactCNN, images: np.ndarray) -> np.ndarray:
     """Probability of the positive class (sigmoid of the logit), in eval mode, on the model's
-    device."""
+    device; one image per call, so that an image's score never depends on the others
+    (:mod:`copml.batch_independence`; 1,000 images 5.58 s of CPU instead of 4.62 in batches of
+    256 at 2 threads, on the shared 2-core test machine)."""
     model.eval()
     dev = next(model.parameters()).device
     x = _as_images(images)
-    parts = [
-        torch.sigmoid(model(torch.from_numpy(x[i : i + batch_size]).to(dev))).cpu().numpy()
-        for i in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+    def alone(image: np.ndarray) -> np.ndarray:
+        return torch.sigmoid(model(torch.from_numpy(image).to(dev))).cpu().numpy()
+
+    return batch_independence.scores(alone, x, rows=1)
 
 
 def threshold_for_recall(
