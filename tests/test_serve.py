@@ -29,10 +29,11 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
+import key_changes
 from batches import month
 from copml import events, keys, prediction_log
 from copml.project import Project, load_project
-from copml.store import api_keys, batches, open_store, predictions
+from copml.store import batches, open_store, predictions
 from copml.store import events as event_log
 from store_state import assert_unchanged, capture
 
@@ -43,6 +44,12 @@ class Server:
     process: subprocess.Popen[bytes]
     project: Project
     keys: dict[str, str]
+    stderr: Path
+
+    def log(self) -> str:
+        """What the server wrote to stderr so far (a file: a pipe nobody reads could fill
+        and block the server)."""
+        return self.stderr.read_text(errors="replace")
 
     def headers(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[role]}"}
@@ -75,7 +82,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     """Poll /healthz until it answers (each try waits on the network, not on a timer)."""
     for _ in range(600):
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+            raise RuntimeError(f"server exited with {process.returncode}; see its stderr")
         try:
             if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
                 return
@@ -108,16 +115,21 @@ def start(
     issued = {role: keys.create(engine, role) for role in ("service", "auditor", "viewer")}
     port = port or _free_port()
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
-    process = subprocess.Popen(
-        _serve_command(project, port, *extra),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**inherited, **(env or {})},
-        start_new_session=True,  # its own process group: workers die with it
-    )
+    stderr = project.root / f"serve-{port}.stderr"
+    with stderr.open("wb") as log:
+        process = subprocess.Popen(
+            _serve_command(project, port, *extra),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**inherited, **(env or {})},
+            start_new_session=True,  # its own process group: workers die with it
+        )
     url = f"http://127.0.0.1:{port}"
-    _wait_ready(url, process)
-    return Server(url, process, project, issued)
+    try:
+        _wait_ready(url, process)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}: {stderr.read_text(errors='replace')[-3000:]}") from None
+    return Server(url, process, project, issued, stderr)
 
 
 def _copy(trained: Path, folder: Path, serving: str | None = None) -> Project:
@@ -536,22 +548,8 @@ def test_revoked_and_expired_keys_are_refused_by_a_running_server(own_server: Se
     revoked = srv.headers("service")
     assert httpx.post(url, json=body, headers=revoked).status_code == 200
     assert httpx.post(url, json=body, headers=expiring).status_code == 200
-    prefix = srv.keys["service"].split("_", 2)[1]
-    root = str(srv.project.root)
-    done = subprocess.run(
-        [sys.executable, "-m", "copml", "keys", "revoke", prefix, "--reason", "x", "-p", root],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    with engine.begin() as conn:  # an hour passes for this key
-        past = datetime.now(UTC) - timedelta(seconds=1)
-        conn.execute(
-            api_keys.update()
-            .where(api_keys.c.prefix == expiring["Authorization"].split("_", 2)[1])
-            .values(expires_at=past)
-        )
+    key_changes.revoke(srv.project.root, srv.keys["service"])
+    key_changes.expire(engine, expiring["Authorization"].removeprefix("Bearer "))
     _until(
         lambda: httpx.post(url, json=body, headers=revoked).status_code == 401,
         "the revoked key is refused",
@@ -773,7 +771,7 @@ def test_a_worker_that_dies_is_restarted_and_logged(churn: Project) -> None:
             assert r.status_code == 200
     finally:
         server.kill()
-    log = server.process.stderr.read().decode()  # type: ignore[union-attr]
+    log = server.log()
     assert f"worker 0 (pid {victim}) ended (killed by SIGKILL); restarting it" in log or (
         f"worker 1 (pid {victim}) ended (killed by SIGKILL); restarting it" in log
     ), log[-2000:]

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,10 +12,11 @@ import httpx
 import pytest
 from dashboard import Site, running_ui
 
+import key_changes
 from copml import keys
 from copml.keys import ROLES, Key
 from copml.project import load_project
-from copml.store import api_keys, open_store
+from copml.store import open_store
 from copml.ui.auth import PERMISSIONS, SESSION_COOKIE, Sessions, actor, allowed
 
 
@@ -78,21 +77,8 @@ def test_revoking_or_expiring_a_key_ends_its_sessions(site: Site) -> None:
         clients[case], answer = _login(site.base, key)
         assert answer.status_code == 303 and SESSION_COOKIE in clients[case].cookies
         assert clients[case].get("/").status_code == 200
-    revoked, root = made["revoked"].split("_", 2)[1], str(site.root)
-    done = subprocess.run(
-        [sys.executable, "-m", "copml", "keys", "revoke", revoked, "--reason", "x", "-p", root],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    with engine.begin() as conn:  # an hour passes for this key
-        past = datetime.now(UTC) - timedelta(seconds=1)
-        conn.execute(
-            api_keys.update()
-            .where(api_keys.c.prefix == made["expired"].split("_", 2)[1])
-            .values(expires_at=past)
-        )
+    key_changes.revoke(site.root, made["revoked"])
+    key_changes.expire(engine, made["expired"])
     _until(lambda: _logged_out(clients["revoked"]))
     _until(lambda: _logged_out(clients["expired"]))
     assert clients["kept"].get("/").status_code == 200
