@@ -668,7 +668,7 @@ def test_kill_9_during_load_loses_no_acknowledged_prediction(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """SIGKILL to the server's whole process group as the 1,000th of 2,000 requests (16 in
+    """SIGKILL to the server's whole process group as the 500th of 1,000 requests (16 in
     flight) is answered: whatever was acknowledged is stored, and the store is sound."""
     env: dict[str, str] = {}
     if store == "postgresql":
@@ -682,10 +682,10 @@ def test_kill_9_during_load_loses_no_acknowledged_prediction(
         env = {"COPML_DB_URL": url}
     server = start(churn, "--workers", str(workers), env=env)
     try:
-        acked, unanswered = asyncio.run(_load_during(server, 2000, 16, server.kill, inline=True))
+        acked, unanswered = asyncio.run(_load_during(server, 1000, 16, server.kill, inline=True))
     finally:
         server.kill()
-    assert len(acked) >= 1000 and unanswered > 0  # the kill came with requests in flight
+    assert len(acked) >= 500 and unanswered > 0  # the kill came with requests in flight
     _assert_stored(churn.db_url, acked)
 
 
@@ -762,9 +762,12 @@ def test_a_worker_that_dies_is_restarted_and_logged(churn: Project) -> None:
         _until(
             lambda: len(_workers(server.process.pid) - first) == 1,
             "a new worker replaces the killed one",
+            limit_s=240,  # a generous deadline: CI's 2 cores also run the x-ray demo's training
         )
         (replacement,) = _workers(server.process.pid) - first
-        _until(lambda: _listens(replacement, port), "the new worker listens on the port")
+        _until(
+            lambda: _listens(replacement, port), "the new worker listens on the port", limit_s=240
+        )
         body = {"instances": _instances(churn, 1)}
         for _ in range(20):
             r = httpx.post(f"{server.url}/v1/predict", json=body, headers=server.headers("service"))

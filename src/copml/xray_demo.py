@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def _serve(project: Project, clock: _Clock) -> tuple[Any, threading.Thread, str]
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    httpx.get(f"{url}/healthz", timeout=60)  # queued on the listening socket until served
+    _http().get(f"{url}/healthz", timeout=60)  # queued on the listening socket until served
     return server, thread, url
 
 
@@ -198,7 +199,7 @@ def run_xray_demo(
             markers += happened
             promoted = _approve_waiting(project, ends)
             if promoted:
-                httpx.post(f"{url}/v1/admin/reload", headers=headers["operator"], timeout=120)
+                _http().post(f"{url}/v1/admin/reload", headers=headers["operator"], timeout=120)
                 acted += f"{', ' if acted else ''}approved + promoted v{promoted}"
                 markers.append(Marker(ends, f"v{promoted} promoted"))
             rows.append(_row(begins, window, version, shifted, reviewed, acted))
@@ -252,7 +253,7 @@ def _send_week(
         clock.now = begins + step * (n + 1)
         part = arriving[start : start + PER_REQUEST]
         files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p, _ in part]
-        reply = httpx.post(
+        reply = _http().post(
             f"{url}/v1/predict", files=files, headers=headers["service"], timeout=120
         )
         if reply.status_code != 200:
@@ -266,6 +267,13 @@ def _send_week(
     return answered, version
 
 
+@cache
+def _http() -> httpx.Client:
+    """One client for the whole demo: a new one per request loads the CA bundle each time
+    (60 ms, half a minute over a demo's 550 requests)."""
+    return httpx.Client()
+
+
 def _ok(reply: httpx.Response) -> httpx.Response:
     if reply.status_code != 200:
         raise CopmlError(f"{reply.request.url.path} answered {reply.status_code}: {reply.text}")
@@ -275,16 +283,18 @@ def _ok(reply: httpx.Response) -> httpx.Response:
 def _resolve_reviews(
     url: str, headers: dict[str, dict[str, str]], truth: dict[str, int]
 ) -> set[str]:
-    queue = httpx.get(
-        f"{url}/v1/reviews", params={"limit": 1000}, headers=headers["operator"], timeout=60
-    ).json()["reviews"]
+    queue = (
+        _http()
+        .get(f"{url}/v1/reviews", params={"limit": 1000}, headers=headers["operator"], timeout=60)
+        .json()["reviews"]
+    )
     done = set()
     for item in queue:
         pid = item["prediction_id"]
         if pid in truth:
             label = "PNEUMONIA" if truth[pid] else "NORMAL"
             _ok(
-                httpx.post(
+                _http().post(
                     f"{url}/v1/reviews/{pid}", json={"label": label}, headers=headers["operator"]
                 )
             )
@@ -299,7 +309,7 @@ def _follow_up(
         if pid not in skip:
             label = "PNEUMONIA" if actual else "NORMAL"
             _ok(
-                httpx.post(
+                _http().post(
                     f"{url}/v1/feedback",
                     json={"prediction_id": pid, "actual": label},
                     headers=headers["service"],
