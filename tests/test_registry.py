@@ -41,6 +41,18 @@ def _store_being_built(home: Path, wanted: int) -> Path | None:
     return None
 
 
+def _models_list(root: Path) -> subprocess.CompletedProcess[str]:
+    """``copml models list --json`` in its own process: the first command to open MLflow."""
+    return subprocess.run(
+        [*COPML, "models", "list", "--json"],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_a_store_killed_while_first_created_leaves_the_project_usable(
     fresh_churn: Project, trained_churn: Path
 ) -> None:
@@ -67,14 +79,7 @@ def test_a_store_killed_while_first_created_leaves_the_project_usable(
     first.wait()
     assert partial.exists()  # killed before the store was finished
 
-    done = subprocess.run(
-        [*COPML, "models", "list", "--json"],
-        cwd=fresh_churn.root,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _models_list(fresh_churn.root)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
     assert len(_tables(home / "mlflow.db")) == complete
@@ -85,14 +90,7 @@ def test_a_store_that_cannot_be_opened_is_one_clear_line(churn: Project) -> None
     store = churn.home / "mlflow.db"
     store.write_bytes(b"not a database, " * 4096)
     before, content = capture(churn), store.read_bytes()
-    done = subprocess.run(
-        [*COPML, "models", "list", "--json"],
-        cwd=churn.root,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _models_list(churn.root)
     assert done.returncode == 1
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()

@@ -197,6 +197,14 @@ def test_predict_is_stored_before_it_is_answered(server: Server) -> None:
     assert audit.status_code == 200 and audit.json()["input_hash"] == stored["input_hash"]
 
 
+def _predict_one(server: Server, instance: dict[str, object]) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/v1/predict",
+        json={"instances": [instance]},
+        headers=server.headers("service"),
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -212,11 +220,7 @@ def test_bad_instances_get_422_naming_the_field(server: Server, change, field: s
     instance = _instances(server.project, 1)[0]
     change(instance)
     before = capture(server.project)
-    r = httpx.post(
-        f"{server.url}/v1/predict",
-        json={"instances": [instance]},
-        headers=server.headers("service"),
-    )
+    r = _predict_one(server, instance)
     assert r.status_code == 422, r.text
     assert any(field in map(str, e["loc"]) for e in r.json()["detail"])
     assert_unchanged(before, server.project)
@@ -363,11 +367,7 @@ def test_booleans_are_not_numbers(server: Server, field: str, value: bool) -> No
     instance = _instances(server.project, 1)[0]
     instance[field] = value
     before = capture(server.project)
-    r = httpx.post(
-        f"{server.url}/v1/predict",
-        json={"instances": [instance]},
-        headers=server.headers("service"),
-    )
+    r = _predict_one(server, instance)
     assert r.status_code == 422, r.text
     assert [e["loc"] for e in r.json()["detail"]] == [["body", "instances", 0, field]]
     assert_unchanged(before, server.project)
