@@ -164,11 +164,17 @@ class _Supervisor:
     def run(self) -> None:
         """Wait on the workers: restart one that ends unasked; return when all have stopped."""
         while True:
-            wait([process.sentinel for process, _ in self._slots if process.exitcode is None])
-            for index, (process, ready) in enumerate(self._slots):
-                if process.exitcode is None or self._stopping:
+            # One reading of the exit codes decides both what to restart and what to wait
+            # on. Read twice, a worker that dies in between is neither restarted nor
+            # waited on (its pipe closes a moment before it becomes a zombie).
+            codes = [process.exitcode for process, _ in self._slots]
+            if self._stopping and all(code is not None for code in codes):
+                break
+            for index, code in enumerate(codes):
+                if code is None or self._stopping:
                     continue
-                if not ready.value and (process.exitcode or 0) > 0:
+                process, ready = self._slots[index]
+                if not ready.value and code > 0:
                     # it failed before serving (no champion, port taken): so would a restart
                     self._failed = f"worker {index} (pid {process.pid}) failed to start"
                     _log.error("copml serve: %s (%s); stopping", self._failed, _ended(process))
@@ -181,8 +187,8 @@ class _Supervisor:
                     _ended(process),
                 )
                 self._slots[index] = self._start(index)
-            if self._stopping and all(p.exitcode is not None for p, _ in self._slots):
-                break
+                codes[index] = None
+            wait([self._slots[i][0].sentinel for i, code in enumerate(codes) if code is None])
         if self._failed:
             raise CopmlError(f"{self._failed}: see the lines above")
 
