@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from copml import times
+from copml.display import figure
 
 if TYPE_CHECKING:
     from copml.project import Project
@@ -82,12 +83,6 @@ def _project(path: Path) -> Project:
     from copml.project import load_project
 
     return load_project(path)
-
-
-def _fmt(value: Any) -> str:
-    from copml.report import figure  # only commands that already loaded the services print
-
-    return figure(value)
 
 
 def _print_json(value: Any) -> None:
@@ -221,7 +216,7 @@ def train(
     console = _console()
     console.print(f"run [bold]{result.run_id}[/] → model version [bold]{result.version}[/]")
     shown = ("accuracy", "precision", "recall", "f1", "roc_auc")
-    console.print("holdout: " + ", ".join(f"{k} {_fmt(result.metrics[k])}" for k in shown))
+    console.print("holdout: " + ", ".join(f"{k} {figure(result.metrics[k])}" for k in shown))
     if result.failures:
         console.print("[yellow]misses the declared minimums:[/] " + "; ".join(result.failures))
     if result.champion:
@@ -304,7 +299,7 @@ def models_show(
         if isinstance(value, dict):
             console.print(f"[bold]{key}[/]")
             for k, v in sorted(value.items()):
-                console.print(f"  {k}: {_fmt(v)}")
+                console.print(f"  {k}: {figure(v)}")
         else:
             console.print(f"[bold]{key}[/]: {value}")
 
@@ -344,8 +339,10 @@ def models_validate(
         console.print(f"v{version} {verdict} the gate on {report.rows} rows")
         for name, value in report.candidate_metrics.items():
             theirs = report.champion_metrics.get(name)
-            other = f"  (champion v{report.champion}: {_fmt(theirs)})" if theirs is not None else ""
-            console.print(f"  {name:<14} {_fmt(value)}{other}")
+            other = (
+                f"  (champion v{report.champion}: {figure(theirs)})" if theirs is not None else ""
+            )
+            console.print(f"  {name:<14} {figure(value)}{other}")
         for reason in report.reasons:
             console.print(f"  [red]✗[/] {reason}")
     if not report.passed:
@@ -498,7 +495,7 @@ def _window_table(window: Any) -> Any:
     )
     for key, value in window.metrics.items():
         if not key.startswith("drift."):
-            table.add_row(key, _fmt(value))
+            table.add_row(key, figure(value))
     return table
 
 
@@ -552,7 +549,9 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
         title += f", window ending {latest.end:%Y-%m-%d}"
     table = Table("requirement", "kind", "expected", "value", "state", title=title)
     for r in found:
-        table.add_row(r.name, r.kind, r.expected, _fmt(r.value), f"[{colour[r.state]}]{r.state}[/]")
+        table.add_row(
+            r.name, r.kind, r.expected, figure(r.value), f"[{colour[r.state]}]{r.state}[/]"
+        )
     _console().print(table)
 
 

@@ -22,12 +22,13 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from copml import feedback, snapshots
+from copml.display import figure
 from copml.errors import CopmlError
 from copml.monitor.status import requirements
 from copml.monitor.window import history, monitor
 from copml.operate.runner import operate_once, suspended
 from copml.project import Project, load_project
-from copml.report import Marker, figure, write_report
+from copml.report import Marker, write_report
 from copml.scaffold import init
 from copml.score import score
 from copml.simulation import SCENARIOS, Population, as_source_csv

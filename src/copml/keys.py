@@ -31,7 +31,7 @@ from typing import Any
 from cachetools import TTLCache
 from sqlalchemy import Engine, insert, select, update
 
-from copml import events
+from copml import events, times
 from copml.errors import CopmlError, NotFoundError
 from copml.store import api_keys
 
@@ -108,7 +108,7 @@ def expiry(text: str, now: datetime | None = None) -> datetime:
         raise ValueError(
             f"{text!r} is neither a duration (90m, 12h, 30d, 2w) nor a date or ISO 8601 time"
         ) from None
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    when = times.utc(when)
     if when <= now:
         raise ValueError(f"{text!r} is in the past")
     return when

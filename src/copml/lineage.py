@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from copml import times
 from copml.project import Project
 
 log = logging.getLogger(__name__)
@@ -159,9 +160,7 @@ def _run_event(
     )
     from openlineage.client.facet_v2 import job_type_job
 
-    when = at or datetime.now(UTC)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+    when = times.utc(at or datetime.now(UTC))
     job_facets = {
         "jobType": job_type_job.JobTypeJobFacet(
             processingType="BATCH", integration="COPML", jobType="JOB", producer=PRODUCER

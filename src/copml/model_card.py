@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from copml import events, registry, snapshots
+from copml import display, events, registry, snapshots, times
 from copml.monitor import window as windows_module
 from copml.project import Project
 from copml.spec import STATISTICAL_METRICS, Threshold
@@ -28,6 +28,7 @@ from copml.store import open_store
 
 _TEMPLATES = Path(__file__).parent / "templates"
 HTML_TEMPLATE = "model_card.html.j2"
+MARKDOWN_TEMPLATE = "model_card.md.j2"
 NOT_MEASURED = "not measured yet"
 PRODUCTION_WINDOWS = 6
 TOP_FEATURES = 10
@@ -40,21 +41,11 @@ _EXPLAIN_DIR = "explain"
 
 def fmt(value: Any) -> str:
     """How every figure is written on the card: 4 decimals, a dash for missing or unknown."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float | int):
-        return f"{float(value):.4f}"
-    return str(value)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return display.figure(value, places=4)
 
 
 def _when(value: datetime | None) -> str:
-    return "—" if value is None else _utc(value).strftime("%Y-%m-%d %H:%M UTC")
+    return display.when(value, display.DOCUMENT)
 
 
 def _bound(threshold: Threshold) -> str:
@@ -227,7 +218,7 @@ def _gate(history: list[dict[str, Any]]) -> Gate | None:
         at=_when(found["at"]),
         passed=bool(evidence.get("passed", found["kind"] == "model.validated")),
         reasons=list(evidence.get("reasons") or []),
-        metric=str(evidence.get("metric", "—")),
+        metric=str(evidence.get("metric", display.MISSING)),
         champion=evidence.get("champion"),
         rows=evidence.get("rows"),
         metrics=[(m, _finite(mine.get(m)), _finite(theirs.get(m))) for m in names],
@@ -486,10 +477,10 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         review_rule=review_rule,
         snapshot_id=mv.snapshot_id,
         snapshot_found=snap is not None,
-        source=_safe_source(snap.source) if snap else "—",
+        source=_safe_source(snap.source) if snap else display.MISSING,
         n_rows=snap.n_rows if snap else None,
         positive_rate=_finite(target_profile.get("positive_rate")),
-        snapshot_created=_when(snap.created_at) if snap else "—",
+        snapshot_created=_when(snap.created_at) if snap else display.MISSING,
         features=spec.data.features,
         pii=list(spec.data.pii),
         sensitive=list(spec.data.sensitive),
@@ -510,11 +501,11 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
                 "reason": e["reason"] or "",
             }
             # oldest first, so it reads as a story (ties keep the order of recording)
-            for e in sorted(reversed(history), key=lambda e: _utc(e["at"]))
+            for e in sorted(reversed(history), key=lambda e: times.utc(e["at"]))
         ],
         generated=_when(now),
     )
-    snap_at = _utc(snap.created_at) if snap and snap.created_at else None
+    snap_at = times.utc(snap.created_at) if snap and snap.created_at else None
     card.limitations = _limitations(card, project, latest, snap_at, now)
     return card
 
@@ -527,165 +518,6 @@ def _md(value: Any) -> str:
     text = fmt(value) if not isinstance(value, str) else value
     text = " ".join(text.split())
     return text.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-
-
-_MARKDOWN = """\
-# Model card: {{ c.project|md }} v{{ c.version|md }}
-
-Generated {{ c.generated }} by copml from the registry, the MLflow run, the store and \
-copml.yaml.
-
-## 1. Model details
-
-| | |
-|---|---|
-| Project | {{ c.project|md }} |
-| Version | {{ c.version|md }} |
-| Lifecycle state | {{ c.state|md }} |
-| Created | {{ c.created }} |
-| MLflow run | {{ c.run_id|md }} |
-| Artifact sha256 | {{ c.artifact_sha256|md }} |
-| Code commit | {% if c.git_commit in ("", "none") %}none recorded (not a git checkout)\
-{% else %}{{ c.git_commit|md }}{% if c.git_dirty %} **(uncommitted changes at training)**\
-{% endif %}{% endif %} |
-| Params | {{ c.params|tojson|md }} |
-| Seed | {{ c.seed|md }} |
-
-## 2. Intended use
-
-{{ c.objective|md }}
-
-- Impact: **{{ c.impact }}**. {{ c.impact_note|md }}
-- Predicts: {{ c.target|md }} = {{ c.positive|md }}
-- Decision threshold: {{ c.threshold }}
-{% if c.review_rule %}\
-- Review: {{ c.review_rule|md }}
-{% elif c.review_band %}\
-- Review band: scores in [{{ c.review_band[0] }}, {{ c.review_band[1] }}] go to a person
-{% else %}\
-- Review band: none (every decision is automatic)
-{% endif %}\
-- Owners: {% for role, who in c.owners.items() %}{{ role|md }}: {{ who|md }}\
-{% if not loop.last %}; {% endif %}{% endfor %}
-
-## 3. Training data
-
-| | |
-|---|---|
-| Snapshot | {{ c.snapshot_id|md }}{% if not c.snapshot_found %} (not in this store){% endif %} |
-| Source | {{ c.source|md }} |
-| Frozen | {{ c.snapshot_created }} |
-| Rows | {{ c.n_rows if c.n_rows is not none else "—" }} |
-| Positive rate | {{ c.positive_rate|md }} |
-
-- Features ({{ c.features|length }}): {{ c.features|join(", ")|md }}
-- PII columns (stored only as keyed hashes, never seen by the model): \
-{{ (c.pii|join(", ") or "none")|md }}
-- Sensitive columns (monitored for fairness): {{ (c.sensitive|join(", ") or "none")|md }}
-
-## 4. Evaluation
-
-Holdout metrics logged on the training run, against the declared thresholds:
-
-| Metric | Expected | Holdout | State |
-|---|---|---|---|
-{% for r in c.holdout %}\
-| {{ r.metric|md }} | {{ r.expected|md }} | {{ r.value|md }} | {{ r.state }} |
-{% else %}\
-| (no thresholds declared) | | | |
-{% endfor %}
-{% if c.holdout_other %}
-Other holdout metrics: {% for k, v in c.holdout_other.items() %}{{ k|md }} {{ v|md }}\
-{% if not loop.last %}, {% endif %}{% endfor %}
-{% endif %}
-{% if c.gate %}
-Gate report ({{ c.gate.kind }}, {{ c.gate.at }}): \
-**{{ "passed" if c.gate.passed else "refused" }}**\
-{% if c.gate.rows %} on {{ c.gate.rows }} evaluation rows{% endif %}, \
-promotion metric {{ c.gate.metric|md }}.
-{% for reason in c.gate.reasons %}
-- {{ reason|md }}
-{% endfor %}
-
-| Metric | Candidate | Champion{% if c.gate.champion %} v{{ c.gate.champion|md }}{% endif %} |
-|---|---|---|
-{% for name, mine, theirs in c.gate.metrics %}\
-| {{ name|md }} | {{ mine|md }} | {{ theirs|md }} |
-{% endfor %}
-{% else %}
-Gate report: none recorded for this version.
-{% endif %}
-
-## 5. Production performance
-
-{% if c.windows %}\
-The last {{ c.windows|length }} stored window(s) served by this version:
-
-| Window | Predictions | Labelled |{% for k in c.window_metrics %} {{ k|md }} |{% endfor %}
-|---|---|---|{% for k in c.window_metrics %}---|{% endfor %}
-{% for w in c.windows %}\
-| {{ w.start }} to {{ w.end }} | {{ w.n_predictions }} | {{ w.n_labelled }} |\
-{% for k in c.window_metrics %} {{ w.values[k]|md }} |{% endfor %}
-{% endfor %}
-{% else %}\
-No stored window was served by this version yet.
-{% endif %}
-
-## 6. Fairness
-
-{% if c.fairness_window %}Latest window of this version: {{ c.fairness_window }}.
-{% endif %}\
-{% for f in c.fairness %}
-### {{ f.column|md }}
-
-{% if not f.measured %}\
-{{ not_measured }}.
-{% else %}\
-- Demographic parity difference: {{ f.dp|md }}
-- Equalized odds difference: {{ f.eo|md }}
-
-| Group | Selection rate | Recall |
-|---|---|---|
-{% for g, rate, recall in f.groups %}\
-| {{ g|md }} | {{ rate|md }} | {{ recall|md }} |
-{% endfor %}
-{% endif %}\
-{% else %}
-No sensitive columns are declared.
-{% endfor %}
-
-## 7. Explanation
-
-{% if c.explanation.available %}\
-Global importance ({{ c.explanation.note|md }}); the plot is in the HTML card.
-
-{% for name, value in c.explanation.top %}\
-{{ loop.index }}. {{ name|md }}: {{ value|md }}
-{% else %}\
-(the importance JSON was not logged; only the plot exists)
-{% endfor %}
-{% else %}\
-{{ c.explanation.note|md }}.
-{% endif %}
-
-## 8. Limitations
-
-{% for item in c.limitations %}\
-- {{ item|md }}
-{% else %}\
-- None found in the records.
-{% endfor %}
-
-## 9. Approvals and history
-
-| Time | Event | Actor | Reason |
-|---|---|---|---|
-{% for e in c.history %}\
-| {{ e.at }} | {{ e.kind|md }} | {{ e.actor|md }} | {{ e.reason|md }} |
-{% else %}\
-| — | (no events recorded) | | |
-{% endfor %}
-"""
 
 
 def _environment(autoescape: bool) -> Any:
@@ -705,7 +537,8 @@ def _environment(autoescape: bool) -> Any:
 
 def render_markdown(card: ModelCard) -> str:
     """The card as Markdown (raw HTML in any recorded text is escaped)."""
-    text = _environment(False).from_string(_MARKDOWN).render(c=card, not_measured=NOT_MEASURED)
+    template = _environment(False).get_template(MARKDOWN_TEMPLATE)
+    text = template.render(c=card, not_measured=NOT_MEASURED)
     return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"  # optional blocks leave blanks
 
 

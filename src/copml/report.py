@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from copml.display import figure
 from copml.monitor.status import requirements
 from copml.monitor.window import Window
 from copml.project import Project
@@ -91,13 +92,6 @@ def plot(panel: Panel, windows: list[Window], markers: list[Marker]) -> str:
     fig.savefig(buffer, format="png", dpi=96)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-def figure(value: Any) -> str:
-    """A figure as tables show it: 3 decimals, a dash where it is missing or unknown."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def write_report(

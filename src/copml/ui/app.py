@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from copml import audit, keys, prediction_log, registry, reviews, times
+from copml.display import figure, when, when_ms
 from copml.errors import CopmlError, NotFoundError
 from copml.labels import class_labels
 from copml.model_card import build_card, render_html
@@ -36,7 +37,6 @@ from copml.monitor.status import Requirement, requirements
 from copml.monitor.window import history
 from copml.operate import lifecycle, runner
 from copml.project import Project
-from copml.report import figure
 from copml.ui import charts, records
 from copml.ui.auth import PERMISSIONS, SESSION_COOKIE, Session, Sessions, actor, allowed
 from copml.ui.projects import Shown
@@ -55,19 +55,6 @@ T = TypeVar("T")
 
 class _LoginNeeded(Exception):
     """No session: a page redirects to the login form, a form post is refused."""
-
-
-def _when(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value.strftime("%Y-%m-%d\u00a0%H:%M")  # a date and its time stay on one line
-
-
-def _from_ms(value: int) -> str:
-    return _when(datetime.fromtimestamp(value / 1000, UTC)) if value else "—"
 
 
 def _json(value: Any) -> str:
@@ -155,7 +142,7 @@ def create_app(shown: list[Shown], *, secure_cookies: bool = False) -> FastAPI:
     sessions = Sessions(lambda slug, key: by_slug[slug].verifier.current(key))
     one_at_a_time = threading.Lock()
     env = Environment(loader=FileSystemLoader(_HERE / "templates"), autoescape=True)
-    env.filters.update(fmt=figure, when=_when, json=_json, ms=_from_ms)
+    env.filters.update(fmt=figure, when=when, json=_json, ms=when_ms)
     env.globals.update(allowed=allowed)
 
     app = FastAPI(title="copml dashboard", docs_url=None, redoc_url=None, openapi_url=None)

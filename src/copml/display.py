@@ -1,0 +1,48 @@
+"""How copml writes figures and times for people: one place, so the CLI, the reports, the
+model card and the dashboard show the same value the same way.
+
+A missing or unknown figure (``None``, NaN) is a dash, never ``0`` or ``nan``; a time is
+shown in UTC. These are for reading only: files and APIs that machines read keep ISO 8601
+and plain numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from copml.times import utc
+
+MISSING = "—"
+# A document read on its own names the zone; a table cell keeps a date and its time on one
+# line (a no-break space) under a page that says its times are UTC.
+DOCUMENT = "%Y-%m-%d %H:%M UTC"
+CELL = "%Y-%m-%d\u00a0%H:%M"
+
+
+def figure(value: Any, places: int = 3) -> str:
+    """``value`` as a table or text shows it: a float with ``places`` decimals, a count
+    whole, a flag yes/no, a dash where it is missing or unknown, anything else as text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{places}f}"
+    return str(value)
+
+
+def when(value: datetime | str | None, layout: str = CELL) -> str:
+    """A time (or an ISO 8601 text of one) in UTC by ``layout``; a naive time is UTC."""
+    if value is None:
+        return MISSING
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return utc(value).strftime(layout)
+
+
+def when_ms(value: int | None, layout: str = CELL) -> str:
+    """A time given in milliseconds since the epoch (MLflow's), as :func:`when` shows it;
+    a dash for none (0 is MLflow's "not recorded")."""
+    return when(datetime.fromtimestamp(value / 1000, UTC), layout) if value else MISSING
