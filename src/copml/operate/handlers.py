@@ -236,11 +236,11 @@ def _close_open_runs(project: Project, action_id: int) -> None:
     experiment = client.get_experiment_by_name(project.spec.project)
     if experiment is None:
         return
-    for run in client.search_runs(
+    for left in client.search_runs(
         [experiment.experiment_id],
         filter_string=f"tags.`copml.action` = '{action_id}' and attributes.status = 'RUNNING'",
     ):
-        client.set_terminated(run.info.run_id, status="FAILED")
+        client.set_terminated(left.info.run_id, status="FAILED")
 
 
 # What an action interrupted by a dead process leaves behind, cleaned up before its retry.
