@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from copml.operate.alerts import Alert, Delivery, deliver, encode, sign
+from copml.operate.delivery import Alert, Delivery, deliver, encode, sign
 from copml.spec import Alerts, Smtp
 
 SECRET = b"s3cret-for-tests"

@@ -22,7 +22,8 @@ from copml import events, registry
 from copml.errors import CopmlError
 from copml.monitor.window import Window, store
 from copml.operate import lifecycle
-from copml.operate.runner import acknowledge, operate_once
+from copml.operate.reevaluation import acknowledge
+from copml.operate.runner import operate_once
 from copml.project import Project, load_project
 from copml.store import actions, alerts, open_store, policy_evaluations
 
@@ -246,7 +247,7 @@ def test_escalation_alerts_a_webhook_that_fails_twice_and_suspends_retraining(
     import hashlib
     import hmac
 
-    from copml.operate.runner import webhook_secret
+    from copml.operate.alerts import webhook_secret
 
     server, handler = receiver
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"

@@ -657,9 +657,9 @@ def acknowledge(
 ) -> None:
     """Acknowledge the re-evaluation flag as an owner: automated retraining resumes."""
     from copml.events import user_actor
-    from copml.operate import runner
+    from copml.operate import reevaluation
 
-    runner.acknowledge(_project(project), actor=user_actor(), reason=reason)
+    reevaluation.acknowledge(_project(project), actor=user_actor(), reason=reason)
     _console().print("acknowledged: automated retraining may resume")
 
 

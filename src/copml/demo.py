@@ -26,7 +26,8 @@ from copml.display import figure
 from copml.errors import CopmlError
 from copml.monitor.status import requirements
 from copml.monitor.window import history, monitor
-from copml.operate.runner import operate_once, suspended
+from copml.operate.reevaluation import suspended
+from copml.operate.runner import operate_once
 from copml.project import Project, load_project
 from copml.report import Marker, write_report
 from copml.scaffold import init

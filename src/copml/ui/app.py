@@ -35,7 +35,7 @@ from copml.labels import class_labels
 from copml.model_card import build_card, render_html
 from copml.monitor.status import Requirement, requirements
 from copml.monitor.window import history
-from copml.operate import lifecycle, runner
+from copml.operate import lifecycle, reevaluation
 from copml.project import Project
 from copml.ui import charts, records
 from copml.ui.auth import PERMISSIONS, SESSION_COOKIE, Session, Sessions, actor, allowed
@@ -364,7 +364,7 @@ def create_app(shown: list[Shown], *, secure_cookies: bool = False) -> FastAPI:
             kpis=kpis,
             alerts=records.open_alerts(engine),
             open_reviews=reviews.count_open(engine),
-            flagged=runner.suspended(engine, project),
+            flagged=reevaluation.suspended(engine, project),
             chart=charts.kpi_chart(project, windows, charts.markers(engine, windows)),
             counts=counts,
         )

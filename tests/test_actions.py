@@ -1,0 +1,91 @@
+"""The action state machine on both stores: planned once, states stored as plain strings,
+an action whose process died failed and retried. Alert actions need no model, so this runs
+without MLflow."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select, text
+
+from copml.operate import actions
+from copml.operate.actions import ActionState
+from copml.operate.evaluation import Evaluation
+from copml.project import Project
+from copml.store import actions as rows
+from copml.store import open_store
+from test_operate import _spec
+
+JAN = datetime(2026, 2, 1, tzinfo=UTC)
+WATCH = """
+policies:
+  - name: watch
+    when: accuracy < 0.75
+    do: [alert, review]
+"""
+
+
+@pytest.fixture
+def project(fresh_churn: Project, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Project:
+    monkeypatch.setenv("COPML_DB_URL", db_url)
+    return _spec(fresh_churn, WATCH)
+
+
+def _states(project: Project) -> list[tuple[str, str, int]]:
+    """(kind, state, attempt) of every action, read as raw SQL: what the store holds."""
+    with open_store(project.db_url).connect() as conn:
+        found = conn.execute(text("SELECT kind, state, attempt FROM actions ORDER BY id"))
+        return [(r.kind, r.state, r.attempt) for r in found]
+
+
+def _row(project: Project, action_id: int) -> dict[str, Any]:
+    with open_store(project.db_url).connect() as conn:
+        return dict(conn.execute(select(rows).where(rows.c.id == action_id)).one()._mapping)
+
+
+def test_actions_are_planned_once_and_run_to_succeeded(project: Project) -> None:
+    holds = Evaluation("watch", JAN, True, True, "", {"accuracy": [0.5]})
+    actions.plan(project, holds, JAN)
+    actions.plan(project, holds, JAN)  # the same window again: nothing new
+    assert _states(project) == [("alert", "pending", 1), ("review", "pending", 1)]
+    done = actions.execute_pending(project, JAN)
+    assert [(a["kind"], a["state"]) for a in done] == [
+        ("alert", "succeeded"),
+        ("review", "succeeded"),
+    ]
+    assert _states(project) == [("alert", "succeeded", 1), ("review", "succeeded", 1)]
+    assert _row(project, done[0]["id"])["result"]["alert_id"] >= 1
+    assert actions.execute_pending(project, JAN) == []  # a finished action never runs again
+
+
+def test_an_action_of_a_dead_process_is_failed_and_retried(project: Project) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    owner = f"{socket.gethostname()}:{gone.pid}"
+    with open_store(project.db_url).begin() as conn:
+        stale = conn.execute(
+            insert(rows).values(
+                kind="alert",
+                policy="watch",
+                window_end=JAN,
+                state=ActionState.RUNNING.value,
+                created_at=JAN,
+                started_at=JAN,
+                owner=owner,
+                attempt=1,
+                evidence={"when": "accuracy < 0.75", "values": {}, "chain": ["alert"]},
+            )
+        ).inserted_primary_key[0]
+    assert actions.recover(project, JAN) == [stale]
+    assert actions.recover(project, JAN) == []  # recovered once, not twice
+    assert _states(project) == [("alert", "failed", 1), ("alert", "pending", 2)]
+    assert _row(project, stale)["error"] == f"interrupted: process {owner} ended during the action"
+    done = actions.execute_pending(project, JAN)
+    assert [(a["kind"], a["state"], a["evidence"]["retry_of"]) for a in done] == [
+        ("alert", "succeeded", stale)
+    ]
