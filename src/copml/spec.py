@@ -6,6 +6,7 @@ error back to the field path and the line of the YAML file, so a wrong spec is a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -340,11 +341,13 @@ def _metric_keys_schema(schema: dict[str, Any]) -> None:
     threshold = schema["properties"]["thresholds"]["additionalProperties"]
     families: set[str] = set()
     for task in known_tasks():
-        table = task_metrics(task)
-        assert table is not None
-        for name in table.metrics:
+        try:
+            table = task_metrics(task)
+        except ValueError:  # a broken kind: its spec is refused at model.task anyway
+            continue
+        for name in table.metrics if table else ():
             schema["properties"][name] = threshold
-        families |= set(table.per_class)
+        families |= set(table.per_class if table else ())
     if families:
         pattern = f"^({'|'.join(sorted(families))}){re.escape(metrics.CLASS_SEP)}.+$"
         schema["patternProperties"] = {pattern: threshold}
@@ -488,9 +491,10 @@ class Spec(_Model):
         promotion = value.get("promotion", {})
         task = value.get("model", {}).get("task", "binary")
         if isinstance(promotion, dict) and "metric" not in promotion and isinstance(task, str):
-            table = task_metrics(task)
-            if table is not None:
-                value = {**value, "promotion": {**promotion, "metric": table.promotion}}
+            with contextlib.suppress(ValueError):  # a broken kind is reported at model.task
+                table = task_metrics(task)
+                if table is not None:
+                    value = {**value, "promotion": {**promotion, "metric": table.promotion}}
         return value
 
     @model_validator(mode="after")
@@ -557,12 +561,15 @@ class Spec(_Model):
                 (
                     where,
                     f"a multiclass target is a category with its classes as 'categories' "
-                    f"(at least two); {data.target!r} is a {target.type}",
+                    f"(at least two); {data.target!r} is declared {target.type}",
                 )
             )
         if task == "regression" and target.type != "float":
             problems.append(
-                (where, f"a regression target is a float; {data.target!r} is a {target.type}")
+                (
+                    where,
+                    f"a regression target is a float; {data.target!r} is declared {target.type}",
+                )
             )
         return problems
 
@@ -645,16 +652,19 @@ def task_metrics(task: str) -> MetricTable | None:
     if task in metrics.TABLES:
         return metrics.TABLES[task]
     found = entry_points(group=KIND_GROUP, name=task)
-    if found:
-        kind = next(iter(found)).load()
-    elif task in _BUNDLED_KINDS:
-        module, _, name = _BUNDLED_KINDS[task].partition(":")
-        kind = getattr(import_module(module), name)
-    else:
-        return None
+    try:
+        if found:
+            kind = next(iter(found)).load()
+        elif task in _BUNDLED_KINDS:
+            module, _, name = _BUNDLED_KINDS[task].partition(":")
+            kind = getattr(import_module(module), name)
+        else:
+            return None
+    except Exception as exc:  # a third party's broken package must not crash validation
+        raise ValueError(f"the model kind {task!r} failed to load: {exc!r}") from None
     table = kind if isinstance(kind, MetricTable) else getattr(kind, "metrics", None)
     if not isinstance(table, MetricTable):
-        raise SpecError(f"the model kind {task!r} does not hand over its metric table")
+        raise ValueError(f"the model kind {task!r} has no metric table ('metrics')")
     return table
 
 
