@@ -366,7 +366,9 @@ def _copml(
     )
 
 
-def test_validate_refuses_a_regression_threshold_and_changes_nothing(tmp_path: Path) -> None:
+def test_validate_refuses_task_errors_with_field_and_line_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
     from sklearn.datasets import load_diabetes
 
     from store_state import assert_unchanged, capture
@@ -381,17 +383,34 @@ def test_validate_refuses_a_regression_threshold_and_changes_nothing(tmp_path: P
     assert _copml("snapshot", cwd=tmp_path).returncode == 0  # a project with state
     project = Project(tmp_path, load_spec(tmp_path))
     before = capture(project)
-    text = _replaced(
+    threshold = _replaced(
         diabetes_spec(), "  task: regression\n", "  task: regression\n  threshold: 0.5\n"
     )
-    spec.write_text(text)
-    for command in ("validate", "snapshot"):
-        done = _copml(command, cwd=tmp_path)
-        assert done.returncode == 1, done.stdout + done.stderr
-        assert done.stderr.strip().splitlines()[1:] == [
-            f"  - model.threshold (line {_line_of(text, 'threshold:')}): 'threshold' belongs "
-            "to binary tasks, not regression"
-        ]
+    unknown = _replaced(diabetes_spec(), "r2: {min: 0.3}", "roc_auc: {min: 0.3}")
+    classless = _replaced(diabetes_spec(), "task: regression", "task: multiclass")
+    for text, expected in [
+        (
+            threshold,
+            f"model.threshold (line {_line_of(threshold, 'threshold:')}): 'threshold' belongs "
+            "to binary tasks, not regression",
+        ),
+        (
+            unknown,
+            f"effectiveness.roc_auc (line {_line_of(unknown, 'roc_auc:')}): unknown "
+            "effectiveness metric 'roc_auc' for a regression task",
+        ),
+        (
+            classless,
+            f"data.columns.progression.type (line {_line_of(classless, 'progression: {')}): "
+            "a multiclass target is a category with its classes",
+        ),
+    ]:
+        spec.write_text(text)
+        # Every command reads the spec the same way: one that would write is tried once.
+        for command in ("validate", "snapshot") if text is threshold else ("validate",):
+            done = _copml(command, cwd=tmp_path)
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert "Traceback" not in done.stderr and f"  - {expected}" in done.stderr
     assert_unchanged(before, project)
 
 
