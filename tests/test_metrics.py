@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 from sklearn.datasets import load_diabetes, load_digits, load_wine
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import Ridge
 from sklearn.model_selection import train_test_split
 from sklearn.naive_bayes import GaussianNB
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeClassifier
 
 from copml.metrics import (
     BINARY,
@@ -41,6 +40,7 @@ def _fitted(loader, model, stratify: bool = True):  # type: ignore[no-untyped-de
 
 def _compare_with_sklearn(actual, predicted, proba, classes) -> dict[str, float]:  # type: ignore[no-untyped-def]
     found = multiclass_metrics(actual, predicted, classes, proba)
+    assert all(type(v) is float for v in found.values())  # JSON- and MLflow-ready
     assert found["accuracy"] == pytest.approx(skm.accuracy_score(actual, predicted))
     assert found["balanced_accuracy"] == pytest.approx(
         skm.balanced_accuracy_score(actual, predicted)
@@ -67,13 +67,17 @@ def _compare_with_sklearn(actual, predicted, proba, classes) -> dict[str, float]
 
 
 def test_multiclass_metrics_match_sklearn_on_wine_with_named_classes() -> None:
+    # A two-level tree: mistakes to count, and leaves that give a class probability 0 (the
+    # log loss clips them, as scikit-learn does).
     data, model, x_test, y_test = _fitted(
-        load_wine, make_pipeline(StandardScaler(), LogisticRegression())
+        load_wine, DecisionTreeClassifier(max_depth=2, random_state=0)
     )
     names = list(data.target_names)  # class_0, class_1, class_2: labels are text
     actual = np.asarray(names, dtype=object)[y_test]
     predicted = np.asarray(names, dtype=object)[model.predict(x_test)]
-    found = _compare_with_sklearn(actual, predicted, model.predict_proba(x_test), names)
+    proba = model.predict_proba(x_test)
+    assert (actual != predicted).sum() > 0 and (proba == 0).any()
+    found = _compare_with_sklearn(actual, predicted, proba, names)
     assert set(found) == set(MULTICLASS.names(names))
 
 
@@ -105,6 +109,7 @@ def test_regression_metrics_match_sklearn_on_diabetes_and_beat_the_mean() -> Non
     _, model, x_test, y_test = _fitted(load_diabetes, Ridge(alpha=0.1), stratify=False)
     predicted = model.predict(x_test)
     found = regression_metrics(y_test, predicted)
+    assert all(type(v) is float for v in found.values())
     assert found["rmse"] == pytest.approx(skm.root_mean_squared_error(y_test, predicted))
     assert found["mae"] == pytest.approx(skm.mean_absolute_error(y_test, predicted))
     assert found["mape"] == pytest.approx(skm.mean_absolute_percentage_error(y_test, predicted))

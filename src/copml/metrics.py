@@ -207,10 +207,10 @@ def multiclass_metrics(
         f1 = np.where(denominator > 0, 2 * hits / denominator, np.nan)
     seen = ~np.isnan(f1)
     out = {
-        "accuracy": _ratio(hits.sum(), cm.sum()),
+        "accuracy": _ratio(float(hits.sum()), float(cm.sum())),
         "balanced_accuracy": float(np.nanmean(recall)) if (support > 0).any() else math.nan,
         "f1_macro": float(f1[seen].mean()) if seen.any() else math.nan,
-        "f1_weighted": _ratio(float(np.nansum(f1 * support)), support.sum()),
+        "f1_weighted": _ratio(float(np.nansum(f1 * support)), float(support.sum())),
         "log_loss": math.nan if proba is None else log_loss(actual, proba, classes),
     }
     for i, c in enumerate(classes):
