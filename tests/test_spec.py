@@ -456,3 +456,27 @@ def test_a_registered_kind_brings_its_own_metric_table(tmp_path: Path) -> None:
     assert f"model.task (line {_line_of(text, 'task:')}): the model kind 'broken' failed" in (
         done.stderr
     )
+
+
+def test_integer_classes_are_named_in_per_class_metrics() -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    columns = "".join(f"    {name}: {{type: float}}\n" for name in digits.feature_names)
+    text = (
+        "project: digits\nobjective: Read handwritten digits from 8x8 scans.\n"
+        + _owners()
+        + "data:\n  source: data/digits.csv\n  id: id\n  target: digit\n  columns:\n"
+        "    id: {type: integer}\n"
+        + columns
+        + f"    digit: {{type: category, categories: {digits.target_names.tolist()}}}\n"
+        "model: {train: digits:train, task: multiclass}\n"
+        "effectiveness:\n  recall.class=3: {min: 0.8}\n"
+        "promotion: {metric: f1_macro}\n"
+        "policies:\n  - {name: threes, when: precision.class=3 < 0.7, do: [alert]}\n"
+    )
+    spec = parse_spec(text)
+    assert spec.classes == list(range(10)) and spec.promotion.metric == "f1_macro"
+    assert spec.metrics.direction("recall.class=3", spec.classes) == "higher"
+    bad = text.replace("recall.class=3:", "recall.class=10:")
+    assert f"effectiveness.recall.class=10 (line {_line_of(bad, 'class=10')})" in _error(bad)

@@ -613,6 +613,7 @@ class Spec(_Model):
 
     def _policy_problems(self) -> list[tuple[_Loc, str]]:
         known = self.metric_names()
+        others = sorted(known - set(self.metrics.names(self.classes)))
         problems: list[tuple[_Loc, str]] = []
         for i, policy in enumerate(self.policies):
             for metric in policies.metrics_of(policy.condition):
@@ -622,16 +623,20 @@ class Spec(_Model):
                     problems.append(
                         (
                             ("policies", i, "when"),
-                            f"unknown metric {metric!r} for a "
-                            f"{self.model.task} task; expected one of {', '.join(sorted(known))} "
-                            "or drift.<feature>",
+                            f"unknown metric {metric!r} for a {self.model.task} task; "
+                            f"expected one of {self._listed(*others, 'drift.<feature>')}",
                         )
                     )
         return problems
 
-    def _listed(self) -> str:
-        names = self.metrics.names(self.classes)
-        return ", ".join(names) if names else "(none)"
+    def _listed(self, *others: str) -> str:
+        """The task's metrics for a message: per-class ones once, with the classes."""
+        table = self.metrics
+        names = [*table.metrics, *(f"{f}{metrics.CLASS_SEP}<class>" for f in table.per_class)]
+        text = ", ".join([*names, *others]) or "(none)"
+        if table.per_class and self.classes:
+            text += f" (classes: {', '.join(str(c) for c in self.classes)})"
+        return text
 
 
 _Loc = tuple[str | int, ...]
