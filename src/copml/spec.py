@@ -554,8 +554,8 @@ class Spec(_Model):
                 problems.append(
                     (("model", "threshold"), f"'threshold' belongs to binary tasks, not {task}")
                 )
-        elif data.positive is None:
-            problems.append((("data", "positive"), f"a {task} task needs the positive class"))
+        elif task == "binary" and data.positive is None:  # a plug-in kind checks its own
+            problems.append((("data", "positive"), "a binary task needs the positive class"))
         if task == "multiclass" and (target.type != "category" or len(target.categories or []) < 2):
             problems.append(
                 (
