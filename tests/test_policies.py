@@ -65,3 +65,11 @@ def test_evaluation_is_three_valued(condition: str, windows: list, expected: boo
     verdict = policies.evaluate(policies.parse(condition), windows)
     assert verdict.outcome is expected
     assert set(verdict.values) == set(policies.metrics_of(policies.parse(condition)))
+
+
+def test_a_per_class_metric_names_its_class() -> None:
+    cond = parse("recall.class=virus < 0.8 and precision.class=3==1")
+    assert metrics_of(cond) == ["recall.class=virus", "precision.class=3"]
+    assert parse("accuracy==1") == Comparison("accuracy", "==", 1.0, 1)
+    with pytest.raises(PolicySyntaxError, match="unexpected character '='"):
+        parse("accuracy=1 < 2")

@@ -164,3 +164,319 @@ def test_aliases_within_the_budget_are_read_and_errors_name_the_alias_line() -> 
 def test_an_alias_that_refers_to_itself_is_refused() -> None:
     text = EXAMPLE + "loop: &loop [1, *loop]\n"
     assert _error(text) == f"copml.yaml: line {_line_of(text, 'loop:')}: an alias refers to itself"
+
+
+# ------------------------------------------------------------ tasks: multiclass, regression
+
+
+def _owners() -> str:
+    return "owners: {data_engineering: de@x.org, data_science: ds@x.org, ml_ops: ops@x.org}\n"
+
+
+def wine_spec() -> str:
+    """A multiclass project over scikit-learn's wine data (three cultivars)."""
+    from sklearn.datasets import load_wine
+
+    wine = load_wine()
+    classes = ", ".join(wine.target_names)
+    columns = "".join(f"    {name}: {{type: float}}\n" for name in wine.feature_names)
+    return (
+        "project: wine-cultivar\n"
+        "objective: Tell the cultivar of a wine from its chemistry.\n"
+        + _owners()
+        + "data:\n  source: data/wine.csv\n  id: id\n  target: cultivar\n  columns:\n"
+        "    id: {type: integer}\n"
+        + columns
+        + f"    cultivar: {{type: category, categories: [{classes}]}}\n"
+        "model:\n  train: wine:train\n  task: multiclass\n"
+        "effectiveness:\n  accuracy: {min: 0.8}\n  log_loss: {max: 0.5}\n"
+        "  recall.class=class_1: {min: 0.7}\n"
+        "policies:\n  - name: retrain-on-decay\n"
+        "    when: accuracy < 0.8 or recall.class=class_2 < 0.6\n    do: [retrain]\n"
+    )
+
+
+def diabetes_spec() -> str:
+    """A regression project over scikit-learn's diabetes data (progression after a year)."""
+    from sklearn.datasets import load_diabetes
+
+    columns = "".join(f"    {name}: {{type: float}}\n" for name in load_diabetes().feature_names)
+    return (
+        "project: diabetes-progression\n"
+        "objective: Forecast disease progression one year after baseline.\n"
+        + _owners()
+        + "data:\n  source: data/diabetes.csv\n  id: id\n  target: progression\n  columns:\n"
+        "    id: {type: integer}\n" + columns + "    progression: {type: float}\n"
+        "model:\n  train: diabetes:train\n  task: regression\n"
+        "effectiveness:\n  rmse: {max: 60}\n  r2: {min: 0.3}\n  bias: {min: -10, max: 10}\n"
+        "policies:\n  - name: retrain-on-error\n    when: rmse > 60 for 2 windows\n"
+        "    do: [retrain]\n"
+    )
+
+
+def _replaced(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def test_multiclass_and_regression_specs_are_valid_with_their_own_metrics() -> None:
+    import jsonschema
+
+    wine = parse_spec(wine_spec())
+    assert wine.classes == ["class_0", "class_1", "class_2"] and wine.data.positive is None
+    assert wine.promotion.metric == "accuracy"  # the task's default, not binary's roc_auc
+    assert {"recall.class=class_2", "log_loss"} <= wine.metric_names()
+    assert wine.metrics.direction("log_loss") == "lower"
+    diabetes = parse_spec(diabetes_spec())
+    assert diabetes.promotion.metric == "rmse" and diabetes.classes == []
+    assert diabetes.effectiveness.thresholds["rmse"].met(59) is True
+    assert "demographic_parity_difference.sex" not in diabetes.metric_names()
+    assert parse_spec(EXAMPLE).promotion.metric == "recall"
+    for text in (wine_spec(), diabetes_spec(), EXAMPLE):
+        jsonschema.validate(yaml.safe_load(text), json_schema())
+
+
+@pytest.mark.parametrize(
+    ("spec", "old", "new", "field", "fragment"),
+    [
+        (
+            "churn",
+            "  roc_auc: {min: 0.75}",
+            "  rmse: {max: 0.75}",
+            "effectiveness.rmse",
+            "unknown effectiveness metric 'rmse' for a binary task",
+        ),
+        (
+            "churn",
+            "{metric: recall,",
+            "{metric: mae,",
+            "promotion.metric",
+            "unknown metric 'mae' for a binary task",
+        ),
+        (
+            "churn",
+            "when: accuracy < 0.75\n",
+            "when: r2 < 0.75\n",
+            "policies[0].when",
+            "unknown metric 'r2' for a binary task",
+        ),
+        (
+            "diabetes",
+            "  r2: {min: 0.3}",
+            "  accuracy: {min: 0.3}",
+            "effectiveness.accuracy",
+            "unknown effectiveness metric 'accuracy' for a regression task",
+        ),
+        (
+            "wine",
+            "recall.class=class_2 < 0.6",
+            "recall.class=class_9 < 0.6",
+            "policies[0].when",
+            "unknown metric 'recall.class=class_9' for a multiclass task",
+        ),
+        (
+            "wine",
+            "  log_loss: {max: 0.5}",
+            "  roc_auc: {min: 0.5}",
+            "effectiveness.roc_auc",
+            "unknown effectiveness metric 'roc_auc' for a multiclass task",
+        ),
+    ],
+)
+def test_a_metric_the_task_lacks_is_refused_with_field_and_line(
+    spec: str, old: str, new: str, field: str, fragment: str
+) -> None:
+    base = {"churn": EXAMPLE, "wine": wine_spec(), "diabetes": diabetes_spec()}[spec]
+    text = _replaced(base, old, new)
+    message = _error(text)
+    assert f"{field} (line {_line_of(text, new.strip())}): {fragment}" in message
+
+
+def test_bounds_take_the_side_of_the_metric_direction() -> None:
+    text = _replaced(diabetes_spec(), "rmse: {max: 60}", "rmse: {min: 60}")
+    text = _replaced(text, "r2: {min: 0.3}", "r2: {max: 0.3}")
+    message = _error(text)
+    assert f"effectiveness.rmse.min (line {_line_of(text, 'rmse:')}): rmse is better lower" in (
+        message
+    )
+    assert f"effectiveness.r2.max (line {_line_of(text, 'r2:')}): r2 is better higher" in message
+    band = _error(diabetes_spec() + "promotion: {metric: bias}\n")
+    assert "promotion.metric (line" in band and "bias has no better side" in band
+
+
+def test_positive_and_threshold_belong_to_binary_tasks() -> None:
+    text = _replaced(
+        diabetes_spec(), "  task: regression\n", "  task: regression\n  threshold: 0.5\n"
+    )
+    assert (
+        f"model.threshold (line {_line_of(text, 'threshold:')}): 'threshold' belongs to "
+        "binary tasks, not regression"
+    ) in _error(text)
+    text = _replaced(
+        wine_spec(), "  target: cultivar\n", "  target: cultivar\n  positive: class_1\n"
+    )
+    assert f"data.positive (line {_line_of(text, 'positive:')})" in _error(text)
+    text = _replaced(EXAMPLE, '  positive: "Yes"\n', "")
+    assert "data.positive (line" in _error(text) and "needs the positive class" in _error(text)
+
+
+def test_a_multiclass_target_is_a_category_with_its_classes() -> None:
+    for target in ("{type: string}", "{type: category, categories: [class_0]}"):
+        text = _replaced(
+            wine_spec(),
+            "    cultivar: {type: category, categories: [class_0, class_1, class_2]}",
+            f"    cultivar: {target}",
+        )
+        message = _error(text)
+        assert f"data.columns.cultivar.type (line {_line_of(text, 'cultivar: {')})" in message
+        assert "a multiclass target is a category with its classes" in message
+
+
+def test_a_regression_target_is_a_float() -> None:
+    text = _replaced(diabetes_spec(), "progression: {type: float}", "progression: {type: integer}")
+    message = _error(text)
+    assert f"data.columns.progression.type (line {_line_of(text, 'progression: {')})" in message
+    assert "a regression target is a float; 'progression' is declared integer" in message
+
+
+def test_an_unknown_task_is_refused_naming_the_known_ones() -> None:
+    text = _replaced(EXAMPLE, "task: binary", "task: ranking")
+    message = _error(text)
+    assert f"model.task (line {_line_of(text, 'task:')}): unknown task 'ranking'" in message
+    assert "binary, multiclass, regression, cascade" in message
+
+
+def test_every_task_problem_is_reported_at_once() -> None:
+    text = _replaced(
+        diabetes_spec(), "  task: regression\n", "  task: regression\n  threshold: 0.5\n"
+    )
+    text = _replaced(text, "when: rmse > 60", "when: accuracy < 0.5")
+    message = _error(text)
+    assert "model.threshold" in message and "policies[0].when" in message
+
+
+def _copml(
+    *args: str, cwd: Path, pythonpath: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COPML_HOME", "COPML_DB_URL")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "copml", *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
+
+
+def test_validate_refuses_task_errors_with_field_and_line_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    from sklearn.datasets import load_diabetes
+
+    from store_state import assert_unchanged, capture
+
+    diabetes = load_diabetes(as_frame=True).frame.rename(columns={"target": "progression"})
+    diabetes.insert(0, "id", range(len(diabetes)))
+    (tmp_path / "data").mkdir()
+    diabetes.to_csv(tmp_path / "data" / "diabetes.csv", index=False)
+    (tmp_path / "diabetes.py").write_text("def train(data, params, seed):\n    return None\n")
+    spec = tmp_path / "copml.yaml"
+    spec.write_text(diabetes_spec())
+    assert _copml("snapshot", cwd=tmp_path).returncode == 0  # a project with state
+    project = Project(tmp_path, load_spec(tmp_path))
+    before = capture(project)
+    threshold = _replaced(
+        diabetes_spec(), "  task: regression\n", "  task: regression\n  threshold: 0.5\n"
+    )
+    unknown = _replaced(diabetes_spec(), "r2: {min: 0.3}", "roc_auc: {min: 0.3}")
+    classless = _replaced(diabetes_spec(), "task: regression", "task: multiclass")
+    for text, expected in [
+        (
+            threshold,
+            f"model.threshold (line {_line_of(threshold, 'threshold:')}): 'threshold' belongs "
+            "to binary tasks, not regression",
+        ),
+        (
+            unknown,
+            f"effectiveness.roc_auc (line {_line_of(unknown, 'roc_auc:')}): unknown "
+            "effectiveness metric 'roc_auc' for a regression task",
+        ),
+        (
+            classless,
+            f"data.columns.progression.type (line {_line_of(classless, 'progression: {')}): "
+            "a multiclass target is a category with its classes",
+        ),
+    ]:
+        spec.write_text(text)
+        # Every command reads the spec the same way: one that would write is tried once.
+        for command in ("validate", "snapshot") if text is threshold else ("validate",):
+            done = _copml(command, cwd=tmp_path)
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert "Traceback" not in done.stderr and f"  - {expected}" in done.stderr
+    assert_unchanged(before, project)
+
+
+def _install_kind(site: Path, module: str, body: str, entry: str) -> None:
+    """A third-party package as pip leaves it: a module and a dist-info with its entry point."""
+    (site / f"{module}.py").write_text(body)
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[copml.kinds]\n{entry}\n")
+
+
+def test_a_registered_kind_brings_its_own_metric_table(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    body = (
+        "from copml.metrics import MetricTable\n\n\nclass RankingKind:\n"
+        '    metrics = MetricTable("ranking", {"ndcg": "higher"}, promotion="ndcg")\n\n\n'
+        "KIND = RankingKind()\n"
+    )
+    _install_kind(site, "ranking_kind", body, "ranking = ranking_kind:KIND")
+    _install_kind(site, "broken_kind", "import no_such_module\n", "broken = broken_kind:KIND")
+    project = tmp_path / "ranking"
+    project.mkdir()
+    base = _replaced(EXAMPLE, "task: binary", "task: ranking")
+    base = _replaced(base, "{metric: recall,", "{metric: ndcg,")
+    text = _replaced(base, "  roc_auc: {min: 0.75}", "  ndcg: {max: 0.75}")
+    text = _replaced(text, "  accuracy: {min: 0.75}\n  recall: {min: 0.55}\n", "")
+    text = text.replace("when: accuracy <", "when: ndcg <")
+    (project / "copml.yaml").write_text(text)
+    done = _copml("validate", cwd=project, pythonpath=site)
+    assert done.returncode == 1
+    assert (
+        f"effectiveness.ndcg.max (line {_line_of(text, 'ndcg: {max')}): ndcg is better higher"
+        in (done.stderr)
+    )
+    (project / "copml.yaml").write_text(text.replace("ndcg: {max", "ndcg: {min"))
+    done = _copml("validate", cwd=project, pythonpath=site)
+    assert done.returncode == 0, done.stderr
+    (project / "copml.yaml").write_text(text.replace("task: ranking", "task: broken"))
+    done = _copml("validate", cwd=project, pythonpath=site)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"model.task (line {_line_of(text, 'task:')}): the model kind 'broken' failed" in (
+        done.stderr
+    )
+
+
+def test_integer_classes_are_named_in_per_class_metrics() -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    columns = "".join(f"    {name}: {{type: float}}\n" for name in digits.feature_names)
+    text = (
+        "project: digits\nobjective: Read handwritten digits from 8x8 scans.\n"
+        + _owners()
+        + "data:\n  source: data/digits.csv\n  id: id\n  target: digit\n  columns:\n"
+        "    id: {type: integer}\n"
+        + columns
+        + f"    digit: {{type: category, categories: {digits.target_names.tolist()}}}\n"
+        "model: {train: digits:train, task: multiclass}\n"
+        "effectiveness:\n  recall.class=3: {min: 0.8}\n"
+        "promotion: {metric: f1_macro}\n"
+        "policies:\n  - {name: threes, when: precision.class=3 < 0.7, do: [alert]}\n"
+    )
+    spec = parse_spec(text)
+    assert spec.classes == list(range(10)) and spec.promotion.metric == "f1_macro"
+    assert spec.metrics.direction("recall.class=3", spec.classes) == "higher"
+    bad = text.replace("recall.class=3:", "recall.class=10:")
+    assert f"effectiveness.recall.class=10 (line {_line_of(bad, 'class=10')})" in _error(bad)

@@ -7,6 +7,9 @@ Grammar (``for N windows`` binds to the comparison before it)::
     atom       := "(" expr ")" | comparison
     comparison := METRIC OP NUMBER ["for" INT ("window" | "windows")]
     OP         := "<" | "<=" | ">" | ">=" | "==" | "!="
+
+A per-class metric names its class after ``.class=`` (``recall.class=virus < 0.8``); a
+class whose label has spaces or operators cannot be named in a condition.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ _TOKEN = re.compile(
     r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?)"
     r"|(?P<op><=|>=|==|!=|<|>)"
     r"|(?P<paren>[()])"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*))"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*(?:(?<=\.class)=[A-Za-z0-9_.\-]+)?))"
 )
 _KEYWORDS = {"and", "or", "for", "window", "windows"}
 

@@ -6,8 +6,12 @@ error back to the field path and the line of the YAML file, so a wrong spec is a
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import re
+from importlib import import_module
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,11 +26,14 @@ from pydantic import (
     model_validator,
 )
 
-from copml import policies
+from copml import metrics, policies
 from copml.errors import SpecError
+from copml.metrics import MetricTable
 
 SPEC_FILE = "copml.yaml"
 
+# Every statistical metric of the binary and cascade tasks, in the order model cards list
+# them; what a project may name is its task's table (:attr:`Spec.metrics`).
 STATISTICAL_METRICS = (
     "accuracy",
     "precision",
@@ -51,6 +58,14 @@ ACTIONS = (
     "reevaluate",
     "retire",
 )
+
+KIND_GROUP = "copml.kinds"
+"""The entry-point group through which an application or a third party ships a model kind;
+its object carries the kind's :class:`~copml.metrics.MetricTable` as ``metrics``."""
+BUILT_IN_TASKS = tuple(metrics.TABLES)
+# Kinds shipped inside copml's own tree until their application registers them in
+# KIND_GROUP (the x-ray cascade); an entry point of the same name wins.
+_BUNDLED_KINDS = {"cascade": "copml.vision:CASCADE_METRICS"}
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week|month|year|window)s?\s*$", re.I)
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -180,7 +195,9 @@ class Data(_Model):
     query: str | None = Field(None, description="SQL query when source is a SQLAlchemy URL")
     id: str = "path"
     target: str = "label"
-    positive: Scalar
+    positive: Scalar | None = Field(
+        None, description="the target value a binary model predicts (binary tasks only)"
+    )
     columns: dict[str, Column] = Field(default_factory=dict)
     pii: list[str] = Field(default_factory=list)
     sensitive: list[str] = Field(default_factory=list)
@@ -197,6 +214,8 @@ class Data(_Model):
             # The label is one of two classes, like any binary target: the negative one
             # comes from ``images.negative``.
             negative = images.get("negative", Images.model_fields["negative"].default)
+            if value.get("positive") is None:
+                raise ValueError("image data needs 'positive', the label of the finding")
             label = {"type": "category", "categories": [negative, value.get("positive")]}
             value = {**value, "columns": {**_IMAGE_COLUMNS, "label": label}, "images": images}
         return value
@@ -233,11 +252,21 @@ class ModelConfig(_Model):
     train: DottedPath = Field(description="'module:function' of def train(data, params, seed)")
     params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 42
-    task: Literal["binary", "cascade"] = Field(
-        "binary", description="cascade: an image detector and a type model served as one unit"
+    task: str = Field(
+        "binary",
+        description="binary, multiclass, regression or the name of a registered model kind "
+        f"(entry-point group {KIND_GROUP!r}, e.g. cascade)",
+        examples=list(BUILT_IN_TASKS),
     )
-    threshold: float = Field(0.5, gt=0, lt=1)
+    threshold: float = Field(0.5, gt=0, lt=1, description="binary tasks only")
     holdout: float = Field(0.2, gt=0, lt=0.9, description="share of rows held out")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if task_metrics(value) is None:
+            raise ValueError(f"unknown task {value!r}; expected one of {', '.join(known_tasks())}")
+        return value
 
 
 class RateLimit(_Model):
@@ -307,14 +336,27 @@ class Threshold(_Model):
 
 
 def _metric_keys_schema(schema: dict[str, Any]) -> None:
-    # In YAML the thresholds sit beside ``window`` (``accuracy: {min: 0.75}``).
+    # In YAML the thresholds sit beside ``window`` (``accuracy: {min: 0.75}``): every metric
+    # of every known task, per-class ones by pattern; the task's own table is checked later.
     threshold = schema["properties"]["thresholds"]["additionalProperties"]
-    for name in STATISTICAL_METRICS:
-        schema["properties"][name] = threshold
+    families: set[str] = set()
+    for task in known_tasks():
+        try:
+            table = task_metrics(task)
+        except ValueError:  # a broken kind: its spec is refused at model.task anyway
+            continue
+        for name in table.metrics if table else ():
+            schema["properties"][name] = threshold
+        families |= set(table.per_class if table else ())
+    if families:
+        pattern = f"^({'|'.join(sorted(families))}){re.escape(metrics.CLASS_SEP)}.+$"
+        schema["patternProperties"] = {pattern: threshold}
 
 
 class Effectiveness(_Model):
-    """The monitoring window and the minimums to keep, e.g. ``accuracy: {min: 0.75}``."""
+    """The monitoring window and the bounds to keep, e.g. ``accuracy: {min: 0.75}`` or
+    ``rmse: {max: 60}``; which metrics exist, and on which side, is the task's
+    (checked by :class:`Spec`, which knows the task)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_metric_keys_schema)
 
@@ -331,14 +373,8 @@ class Effectiveness(_Model):
         out = {k: v for k, v in value.items() if k in known}
         thresholds = dict(out.get("thresholds") or {})
         for key, item in value.items():
-            if key in known:
-                continue
-            if key not in STATISTICAL_METRICS:
-                raise ValueError(
-                    f"unknown effectiveness metric {key!r}; "
-                    f"expected one of {', '.join(STATISTICAL_METRICS)}"
-                )
-            thresholds[key] = item
+            if key not in known:
+                thresholds[key] = item
         out["thresholds"] = thresholds
         return out
 
@@ -351,16 +387,11 @@ class Effectiveness(_Model):
 
 
 class Promotion(_Model):
-    metric: str = "roc_auc"
-    min_gain: float = 0.0
+    metric: str = Field(
+        "roc_auc", description="a metric of the task with a better side; default the task's"
+    )
+    min_gain: float = Field(0.0, description="improvement required, in the better direction")
     require_approval: bool = False
-
-    @field_validator("metric")
-    @classmethod
-    def _stat(cls, value: str) -> str:
-        if value not in STATISTICAL_METRICS:
-            raise ValueError(f"expected one of {', '.join(STATISTICAL_METRICS)}, got {value!r}")
-        return value
 
 
 class Policy(_Model):
@@ -451,39 +482,201 @@ class Spec(_Model):
     alerts: Alerts = Alerts()
     retention: Retention = Retention()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_promotion_default(cls, value: Any) -> Any:
+        # roc_auc means nothing to a regression: an unnamed promotion metric is the task's.
+        if not isinstance(value, dict) or not isinstance(value.get("model", {}), dict):
+            return value
+        promotion = value.get("promotion", {})
+        task = value.get("model", {}).get("task", "binary")
+        if isinstance(promotion, dict) and "metric" not in promotion and isinstance(task, str):
+            with contextlib.suppress(ValueError):  # a broken kind is reported at model.task
+                table = task_metrics(task)
+                if table is not None:
+                    value = {**value, "promotion": {**promotion, "metric": table.promotion}}
+        return value
+
     @model_validator(mode="after")
-    def _policy_metrics(self) -> Spec:
-        known = self.metric_names()
-        for i, policy in enumerate(self.policies):
-            for metric in policies.metrics_of(policy.condition):
-                if metric not in known and not (
-                    metric.startswith("drift.") and metric[6:] in self.data.features
-                ):
-                    raise _PolicyMetricError(i, metric, sorted(known))
+    def _task_rules(self) -> Spec:
+        problems = [
+            *self._target_problems(),
+            *self._threshold_problems(),
+            *self._promotion_problems(),
+            *self._policy_problems(),
+        ]
+        if problems:
+            raise _SpecProblems(problems)
         names = [p.name for p in self.policies]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"policy names must be unique: {', '.join(dupes)}")
         return self
 
+    @property
+    def metrics(self) -> MetricTable:
+        """The task's metric table: which metrics exist and which way each is better."""
+        table = task_metrics(self.model.task)
+        assert table is not None  # the task was checked when the spec was read
+        return table
+
+    @property
+    def classes(self) -> list[Scalar]:
+        """A multiclass target's classes, in their declared order; empty for other tasks."""
+        if self.model.task != "multiclass":
+            return []
+        return list(self.data.columns[self.data.target].categories or [])
+
     def metric_names(self) -> set[str]:
-        """Every metric a policy may read: statistical, operational, the declared KPIs and
-        the fairness differences of the ``sensitive`` columns."""
+        """Every metric a policy may read: the task's, operational, the declared KPIs and,
+        for a decision with a positive class, the fairness differences of the ``sensitive``
+        columns."""
         fairness = {
             f"{name}.{column}"
             for name in ("demographic_parity_difference", "equalized_odds_difference")
             for column in self.data.sensitive
+            if self.model.task not in ("multiclass", "regression")
         }
-        return set(STATISTICAL_METRICS) | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness
+        task = set(self.metrics.names(self.classes))
+        return task | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness
+
+    def _target_problems(self) -> list[tuple[_Loc, str]]:
+        task, data = self.model.task, self.data
+        target = data.columns[data.target]
+        where: _Loc = ("data", "columns", data.target, "type")
+        problems: list[tuple[_Loc, str]] = []
+        if task in ("multiclass", "regression"):
+            if data.positive is not None:
+                problems.append(
+                    (("data", "positive"), f"'positive' belongs to binary tasks, not {task}")
+                )
+            if "threshold" in self.model.model_fields_set:
+                problems.append(
+                    (("model", "threshold"), f"'threshold' belongs to binary tasks, not {task}")
+                )
+        elif task == "binary" and data.positive is None:  # a plug-in kind checks its own
+            problems.append((("data", "positive"), "a binary task needs the positive class"))
+        if task == "multiclass" and (target.type != "category" or len(target.categories or []) < 2):
+            problems.append(
+                (
+                    where,
+                    f"a multiclass target is a category with its classes as 'categories' "
+                    f"(at least two); {data.target!r} is declared {target.type}",
+                )
+            )
+        if task == "regression" and target.type != "float":
+            problems.append(
+                (
+                    where,
+                    f"a regression target is a float; {data.target!r} is declared {target.type}",
+                )
+            )
+        return problems
+
+    def _threshold_problems(self) -> list[tuple[_Loc, str]]:
+        problems: list[tuple[_Loc, str]] = []
+        for name, bound in self.effectiveness.thresholds.items():
+            direction = self.metrics.direction(name, self.classes)
+            if direction is None:
+                problems.append(
+                    (
+                        ("effectiveness", name),
+                        f"unknown effectiveness metric {name!r} "
+                        f"for a {self.model.task} task; expected one of {self._listed()}",
+                    )
+                )
+            elif direction == "higher" and bound.max is not None:
+                problems.append(
+                    (("effectiveness", name, "max"), f"{name} is better higher: give a 'min'")
+                )
+            elif direction == "lower" and bound.min is not None:
+                problems.append(
+                    (("effectiveness", name, "min"), f"{name} is better lower: give a 'max'")
+                )
+        return problems
+
+    def _promotion_problems(self) -> list[tuple[_Loc, str]]:
+        metric = self.promotion.metric
+        direction = self.metrics.direction(metric, self.classes)
+        where: _Loc = ("promotion", "metric")
+        if direction is None:
+            return [
+                (
+                    where,
+                    f"unknown metric {metric!r} for a {self.model.task} task; "
+                    f"expected one of {self._listed()}",
+                )
+            ]
+        if direction == "band":
+            return [(where, f"{metric} has no better side, so it cannot rank two versions")]
+        return []
+
+    def _policy_problems(self) -> list[tuple[_Loc, str]]:
+        known = self.metric_names()
+        others = sorted(known - set(self.metrics.names(self.classes)))
+        problems: list[tuple[_Loc, str]] = []
+        for i, policy in enumerate(self.policies):
+            for metric in policies.metrics_of(policy.condition):
+                if metric not in known and not (
+                    metric.startswith("drift.") and metric[6:] in self.data.features
+                ):
+                    problems.append(
+                        (
+                            ("policies", i, "when"),
+                            f"unknown metric {metric!r} for a {self.model.task} task; "
+                            f"expected one of {self._listed(*others, 'drift.<feature>')}",
+                        )
+                    )
+        return problems
+
+    def _listed(self, *others: str) -> str:
+        """The task's metrics for a message: per-class ones once, with the classes."""
+        table = self.metrics
+        names = [*table.metrics, *(f"{f}{metrics.CLASS_SEP}<class>" for f in table.per_class)]
+        text = ", ".join([*names, *others]) or "(none)"
+        if table.per_class and self.classes:
+            text += f" (classes: {', '.join(str(c) for c in self.classes)})"
+        return text
 
 
-class _PolicyMetricError(ValueError):
-    def __init__(self, index: int, metric: str, known: list[str]) -> None:
-        super().__init__(
-            f"policies[{index}].when: unknown metric {metric!r}; expected one of "
-            f"{', '.join(known)} or drift.<feature>"
-        )
-        self.index = index
+_Loc = tuple[str | int, ...]
+
+
+class _SpecProblems(ValueError):
+    """Rules across sections (the task decides which metrics exist), each reported at its
+    own field and line rather than at the top of the file."""
+
+    def __init__(self, problems: list[tuple[_Loc, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+@functools.cache
+def task_metrics(task: str) -> MetricTable | None:
+    """The metric table of a built-in task or of a registered kind; None if there is none."""
+    if task in metrics.TABLES:
+        return metrics.TABLES[task]
+    found = entry_points(group=KIND_GROUP, name=task)
+    try:
+        if found:
+            kind = next(iter(found)).load()
+        elif task in _BUNDLED_KINDS:
+            module, _, name = _BUNDLED_KINDS[task].partition(":")
+            kind = getattr(import_module(module), name)
+        else:
+            return None
+    except Exception as exc:  # a third party's broken package must not crash validation
+        raise ValueError(f"the model kind {task!r} failed to load: {exc!r}") from None
+    table = kind if isinstance(kind, MetricTable) else getattr(kind, "metrics", None)
+    if not isinstance(table, MetricTable):
+        raise ValueError(f"the model kind {task!r} has no metric table ('metrics')")
+    return table
+
+
+def known_tasks() -> list[str]:
+    """The built-in tasks, then every registered kind."""
+    registered = {ep.name for ep in entry_points(group=KIND_GROUP)} | set(_BUNDLED_KINDS)
+    return [*BUILT_IN_TASKS, *sorted(registered - set(BUILT_IN_TASKS))]
 
 
 def json_schema() -> dict[str, Any]:
@@ -582,6 +775,13 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     return tuple(p for p in loc if isinstance(p, int) or not str(p).endswith("]"))
 
 
+def _detail(lines: dict[tuple[str | int, ...], int], loc: _Loc, msg: str) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    path = path.lstrip(".") or "(top level)"
+    line = _line_of(lines, loc)
+    return f"{path} (line {line}): {msg}" if line else f"{path}: {msg}"
+
+
 def parse_spec(text: str, filename: str = SPEC_FILE) -> Spec:
     """Validate spec text; raise :class:`SpecError` naming every bad field with its line."""
     try:
@@ -604,19 +804,16 @@ def parse_spec(text: str, filename: str = SPEC_FILE) -> Spec:
             loc = _clean_loc(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             cause = err.get("ctx", {}).get("error")
-            if isinstance(cause, _PolicyMetricError):
-                loc = ("policies", cause.index, "when")
-                msg = str(cause).split(": ", 1)[1]
+            if isinstance(cause, _SpecProblems):
+                details += [_detail(lines, where, what) for where, what in cause.problems]
+                continue
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (not part of copml.yaml)"
             elif err["type"] == "missing":
                 msg = "required field is missing"
             elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
                 msg += f" (got {json.dumps(err['input'], default=str)[:60]})"
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-            path = path.lstrip(".") or "(top level)"
-            line = _line_of(lines, loc)
-            details.append(f"{path} (line {line}): {msg}" if line else f"{path}: {msg}")
+            details.append(_detail(lines, loc, msg))
         raise SpecError(f"{filename} is invalid:", details) from None
 
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from copml.metrics import BINARY
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from copml.vision.cascade import Cascade
+
+# The cascade reports a binary decision (model 1) and how well model 2 types the findings.
+CASCADE_METRICS = BINARY.extended(
+    "cascade", {"type_accuracy": "higher", "type_balanced_accuracy": "higher"}
+)
 
 
 def train_cascade(data: pd.DataFrame, params: dict[str, Any], seed: int) -> Cascade:
