@@ -125,7 +125,9 @@ class _Explainer:
         if self.explainer is None:
             values, base = (transformed - self.mean) * self.coef, self.base
         else:
-            values = np.asarray(self.explainer.shap_values(transformed))
+            # float64: XGBoost answers in float32, and a float32 sum of the values misses what
+            # a reader adding them up gets by ~1e-7
+            values = np.asarray(self.explainer.shap_values(transformed), dtype=np.float64)
             if values.ndim == 3:  # one slice per class: keep the positive class
                 values = values[..., -1]
             base = np.asarray(self.explainer.expected_value, dtype=np.float64).ravel()[-1]
