@@ -17,7 +17,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from batches import month
-from copml import events, registry, snapshots
+from copml import events, explain, registry, snapshots
 from copml.project import Project, load_project
 from copml.scaffold import init
 from copml.simulation import Population, as_source_csv
@@ -235,3 +235,21 @@ def test_a_row_scores_the_same_alone_in_a_batch_and_at_one_thread(
     np.testing.assert_array_equal(alone, together[::8])
     np.testing.assert_array_equal(by_37, together)
     np.testing.assert_array_equal(one_thread, together)
+
+
+def test_shap_explains_boosted_trees_in_their_log_odds(boosted: tuple[str, Project]) -> None:
+    """TreeExplainer reads XGBoost's and LightGBM's trees (their class names say neither
+    "Tree" nor "Boost"); base + values = the model's log-odds of each row, per input feature."""
+    library, project = boosted
+    run_id = registry.champion(project).run_id  # type: ignore[union-attr]
+    assert registry.client(project).get_run(run_id).data.tags["copml.explanation"] == "shap"
+    model = registry.load(project, registry.champion(project))  # type: ignore[arg-type]
+    snap = snapshots.latest(open_store(project.db_url))
+    assert snap is not None
+    rows = training_frame(project, snap)[project.spec.data.features].head(50)
+    values, base, _ = explain.explainer(project, "1").explain(rows)
+    assert values.shape == (50, len(project.spec.data.features)) and values.dtype == np.float64
+    p = positive_scores(model, rows)
+    tolerance = 1e-4 if library == "xgboost" else 1e-9  # XGBoost computes in float32
+    np.testing.assert_allclose(base + values.sum(axis=1), np.log(p / (1 - p)), atol=tolerance)
+    assert np.abs(values).sum(axis=0).max() > 0  # the features carry the explanation
