@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from copml.store import open_store
 from copml.train import positive_scores, train, training_frame
 from store_state import assert_unchanged, capture
 from test_cli import run
+from test_model_card import _section
 from test_serve import start
 
 pytest.importorskip("xgboost")
@@ -253,3 +255,22 @@ def test_shap_explains_boosted_trees_in_their_log_odds(boosted: tuple[str, Proje
     tolerance = 1e-4 if library == "xgboost" else 1e-9  # XGBoost computes in float32
     np.testing.assert_allclose(base + values.sum(axis=1), np.log(p / (1 - p)), atol=tolerance)
     assert np.abs(values).sum(axis=0).max() > 0  # the features carry the explanation
+
+
+def test_a_boosted_version_reproduces_and_has_a_card(
+    boosted: tuple[str, Project], tmp_path: Path
+) -> None:
+    """Retrained from its lineage, a boosted version scores the holdout as the archived one;
+    its model card shows the SHAP importance logged at training."""
+    from copml.model_card import write_card
+    from copml.reproduce import reproduce
+
+    _, project = boosted
+    again = reproduce(project, "1")
+    assert again.reproduced, again
+    assert again.max_prediction_difference <= 1e-9
+    markdown, _ = write_card(project, "1", tmp_path / "cards")
+    explanation = _section(markdown.read_text(encoding="utf-8"), "## 7. Explanation")
+    assert "explanation unavailable" not in explanation
+    top = re.search(r"^1\. (\w+): (\d+\.\d+)$", explanation, re.M)
+    assert top and top[1] in project.spec.data.features and float(top[2]) > 0
