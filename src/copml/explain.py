@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -84,6 +85,10 @@ def _tree_explainer(estimator: Any) -> Any:
     ``XGBClassifier`` or ``LGBMClassifier`` names no "Tree"); it refuses other models."""
     import shap
 
+    # shap warns on every call for a LightGBM binary model that its output "has changed to a
+    # list of ndarray" (an old change; the values are one row per input, as for XGBoost). A
+    # process-wide filter, not catch_warnings: that one is not thread-safe, and servers explain.
+    warnings.filterwarnings("ignore", message="LightGBM binary classifier with TreeExplainer")
     try:
         return shap.TreeExplainer(estimator)
     except ValueError as exc:  # shap's InvalidModelError: not a tree model it can read
