@@ -18,7 +18,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from batches import month
-from copml import events, explain, registry, snapshots
+from copml import audit, events, explain, feedback, registry, snapshots
+from copml.monitor.window import monitor
 from copml.project import Project, load_project
 from copml.scaffold import init
 from copml.simulation import Population, as_source_csv
@@ -190,16 +191,18 @@ def test_boosted_model_end_to_end(boosted: tuple[str, Project], tmp_path: Path) 
     finally:
         server.kill()
 
+    # In this process from here (each copml process costs seconds), but audit and explain.
     outcome.to_csv(root / "truth.csv", index=False)
-    assert _json("feedback", "truth.csv", project=project)["loaded"] >= 300
-    window = _json("monitor", project=project)
-    assert window["n_labelled"] >= 300 and 0 <= window["metrics"]["roc_auc"] <= 1
+    assert feedback.load(project, root / "truth.csv").loaded >= 300
+    window = monitor(project)
+    assert window.n_labelled >= 300 and 0 <= window.metrics["roc_auc"] <= 1
 
     served, from_file = predictions[0]["prediction_id"], by_customer["prediction_id"].iloc[-1]
-    for prediction_id in (served, from_file):
-        audited = _json("audit", prediction_id, "--replay", project=project)
-        assert audited["replay"]["identical"], audited["replay"]
-        assert "values" in audited["explanation"], audited["explanation"]
+    replayed = audit.replay(project, from_file)  # the file's row, from its input snapshot
+    assert replayed.identical and replayed.model_version == "2", replayed
+    audited = _json("audit", served, "--replay", project=project)  # the request's own input
+    assert audited["replay"]["identical"], audited["replay"]
+    assert "values" in audited["explanation"], audited["explanation"]
     explained = _json("explain", served, project=project)
     assert set(explained["values"]) == set(project.spec.data.features)
     output = explained["base_value"] + sum(explained["values"].values())
