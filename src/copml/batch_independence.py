@@ -32,6 +32,11 @@ Why that holds on any CPU, not just the one it was tested on:
   ``ColumnTransformer`` choosing sparse or dense output by the chunk's density), one input per
   chunk (``rows=1``) removes the question: the input is always computed alone. The x-ray
   networks use it, since an image costs far more than a call.
+- Tree ensembles (scikit-learn's, XGBoost, LightGBM) never mix rows either: their OpenMP
+  threads share out rows, and each row sums its trees in the same order (tests/test_boosters.py
+  checks alone = batch = one thread). What breaks them is their input changing form: XGBoost
+  reads a sparse matrix's absent entries as missing, not 0, so a ``ColumnTransformer`` that
+  turns sparse or dense by a chunk's density (``sparse_threshold``) changes a row's score.
 - The rule does not make two different CPUs or library builds agree (AVX2 and AVX-512 kernels
   round differently): a replay on another machine may still differ in the last bits.
 

@@ -1,10 +1,11 @@
 """SHAP explanations: global importance per version, local per prediction (design §1, §7).
 
-A scikit-learn ``Pipeline`` whose last step is a linear model or a tree ensemble is
-explained exactly in its own output space (log-odds), on the transformed features: the
-linear model by SHAP's interventional values in closed form, trees by
-``shap.TreeExplainer``. The values of the columns derived from one input feature (e.g. its
-one-hot columns) are summed back to that feature, so people read "Contract", not
+A scikit-learn ``Pipeline`` whose last step is a linear model or a tree ensemble
+(scikit-learn's, XGBoost's, LightGBM's) is explained exactly in its own output space
+(log-odds for a linear model and the boosted classifiers), on the transformed features: the
+linear model by SHAP's interventional values in closed form, trees by ``shap.TreeExplainer``.
+The values of the columns derived from one input feature (e.g. its one-hot columns) are
+summed back to that feature, so people read "Contract", not
 "categorical__Contract_Month-to-month". SHAP's additivity holds: base value + the values =
 the model's log-odds for that row.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -77,6 +79,25 @@ def _groups(prepare: Any, features: list[str], n_out: int) -> list[str]:
     return out
 
 
+def _tree_explainer(estimator: Any) -> Any:
+    """SHAP's TreeExplainer, when SHAP reads this estimator's trees: scikit-learn's trees and
+    ensembles, XGBoost, LightGBM, CatBoost. SHAP decides, not a list of class names here (an
+    ``XGBClassifier`` or ``LGBMClassifier`` names no "Tree"); it refuses other models."""
+    import shap
+
+    # shap warns on every call for a LightGBM binary model that its output "has changed to a
+    # list of ndarray" (an old change; the values are one row per input, as for XGBoost). A
+    # process-wide filter, not catch_warnings: that one is not thread-safe, and servers explain.
+    warnings.filterwarnings("ignore", message="LightGBM binary classifier with TreeExplainer")
+    try:
+        return shap.TreeExplainer(estimator)
+    except ValueError as exc:  # shap's InvalidModelError: not a tree model it can read
+        kind = type(estimator).__name__
+        raise CopmlError(
+            f"no SHAP explainer for a {kind}: linear models and tree ensembles only ({exc})"
+        ) from None
+
+
 class _Explainer:
     """A fitted explainer for one model, with its feature grouping."""
 
@@ -84,7 +105,6 @@ class _Explainer:
         self.features = features
         self.prepare, self.estimator = _parts(model)
         transformed = self._transform(background)
-        kind = type(self.estimator).__name__
         self.explainer: Any = None
         if hasattr(self.estimator, "coef_"):
             # Linear: SHAP's interventional values have a closed form, coef·(x − E[x]), which
@@ -94,12 +114,8 @@ class _Explainer:
             self.mean = transformed.mean(axis=0)
             intercept = np.asarray(self.estimator.intercept_, dtype=np.float64).ravel()[-1]
             self.base = float(intercept + self.coef @ self.mean)
-        elif "Forest" in kind or "Boost" in kind or "Tree" in kind:
-            import shap
-
-            self.explainer = shap.TreeExplainer(self.estimator)
         else:
-            raise CopmlError(f"no SHAP explainer for a {kind}: linear models and trees only")
+            self.explainer = _tree_explainer(self.estimator)
         self.groups = _groups(self.prepare, features, transformed.shape[1])
 
     def _transform(self, frame: pd.DataFrame) -> np.ndarray:
@@ -114,7 +130,9 @@ class _Explainer:
         if self.explainer is None:
             values, base = (transformed - self.mean) * self.coef, self.base
         else:
-            values = np.asarray(self.explainer.shap_values(transformed))
+            # float64: XGBoost answers in float32, and a float32 sum of the values misses what
+            # a reader adding them up gets by ~1e-7
+            values = np.asarray(self.explainer.shap_values(transformed), dtype=np.float64)
             if values.ndim == 3:  # one slice per class: keep the positive class
                 values = values[..., -1]
             base = np.asarray(self.explainer.expected_value, dtype=np.float64).ravel()[-1]

@@ -74,9 +74,23 @@ def git_state(root: Path) -> tuple[str, bool]:
     return commit, dirty
 
 
-def package_versions() -> dict[str, str]:
+def model_packages(model: Any) -> list[str]:
+    """The distributions the model's own classes come from (``xgboost``, ``lightgbm``, …),
+    found in it and its nested estimators: the run records their versions and the MLflow
+    model requires them, so a version scored or reproduced elsewhere gets the same library."""
+    found = [model]
+    if hasattr(model, "get_params"):
+        found += [v for v in model.get_params(deep=True).values() if hasattr(v, "get_params")]
+    # A module named as its distribution (xgboost, lightgbm, catboost); package_versions skips
+    # the others (sklearn is scikit-learn, recorded anyway). Mapping every installed
+    # distribution's files instead (metadata.packages_distributions) takes seconds.
+    roots = {type(part).__module__.split(".")[0] for part in found}
+    return sorted(roots - {"builtins", "copml", "sklearn", *_PACKAGES})
+
+
+def package_versions(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in _PACKAGES:
+    for name in (*_PACKAGES, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -268,8 +282,6 @@ def train(
                 **(run_tags or {}),
             }
         )
-        versions = package_versions()
-        mlflow.log_dict(versions, "environment/packages.json")
         seed_everything(seed)
         fit_part = frame.loc[~holdout].reset_index(drop=True)
         try:
@@ -277,6 +289,8 @@ def train(
                 model = train_fn(fit_part, dict(params), seed)
         except Exception as exc:
             raise UserCodeError(f"train() failed: {type(exc).__name__}: {exc}") from exc
+        versions = package_versions(model_packages(model))
+        mlflow.log_dict(versions, "environment/packages.json")
         inputs = model_inputs(project, frame)
         features = frame.loc[holdout, inputs].reset_index(drop=True)
         actual = frame.loc[holdout, spec.data.target].to_numpy()
