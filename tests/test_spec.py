@@ -292,6 +292,34 @@ def test_a_metric_the_task_lacks_is_refused_with_field_and_line(
     assert f"{field} (line {_line_of(text, new.strip())}): {fragment}" in message
 
 
+@pytest.mark.parametrize(
+    ("spec", "old", "residual"),
+    [
+        ("churn", "when: accuracy < 0.75\n", False),
+        ("wine", "when: accuracy < 0.8 or recall.class=class_2 < 0.6\n", False),
+        ("diabetes", "when: rmse > 60 for 2 windows\n", True),
+    ],
+)
+def test_drift_of_the_models_own_output_is_a_policy_metric(
+    spec: str, old: str, residual: bool
+) -> None:
+    """Every task watches its prediction for drift; only a regression has residuals. The
+    monitor does not compute either yet: until it does, such a policy reads *unknown*."""
+    base = {"churn": EXAMPLE, "wine": wine_spec(), "diabetes": diabetes_spec()}[spec]
+    task = parse_spec(base).model.task
+    parse_spec(_replaced(base, old, "when: drift.prediction > 0.2 for 2 windows\n"))
+    text = _replaced(base, old, "when: drift.residual > 0.2\n")
+    if residual:
+        assert "drift.residual" in parse_spec(text).metric_names()
+    else:
+        message = _error(text)
+        assert (
+            f"policies[0].when (line {_line_of(text, 'drift.residual')}): "
+            f"unknown metric 'drift.residual' for a {task} task"
+        ) in message
+        assert "drift.prediction" in message  # what the task does watch, in the list
+
+
 def test_bounds_take_the_side_of_the_metric_direction() -> None:
     text = _replaced(diabetes_spec(), "rmse: {max: 60}", "rmse: {min: 60}")
     text = _replaced(text, "r2: {min: 0.3}", "r2: {max: 0.3}")
