@@ -148,3 +148,6 @@ def test_tables_give_each_metric_its_direction() -> None:
         REGRESSION.gain("bias", 1.0, 2.0)
     cascade = BINARY.extended("cascade", {"type_accuracy": "higher"})
     assert cascade.direction("type_accuracy") == "higher" and cascade.direction("recall")
+    # What of the model's output is watched for drift: a residual only where there is a value.
+    assert BINARY.drift == MULTICLASS.drift == cascade.drift == ("prediction",)
+    assert REGRESSION.drift == ("prediction", "residual")

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import pytest
 
 from batches import month_with_truth
-from copml import registry
+from copml import events, metrics, registry
 from copml.model_card import (
     NOT_MEASURED,
     build_card,
@@ -25,6 +25,8 @@ from copml.model_card import (
 from copml.monitor.window import monitor
 from copml.operate import lifecycle
 from copml.project import Project, load_project
+from copml.store import open_store
+from test_spec import diabetes_spec
 
 END = datetime(2026, 4, 1, tzinfo=UTC)
 _EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
@@ -156,6 +158,12 @@ def test_card_shows_fairness_of_a_real_window(project: Project, tmp_path: Path) 
     production = _section(md, "## 5. Production performance")
     assert "2026-03-01 00:00 UTC to 2026-04-01 00:00 UTC | 500 | 500 |" in production
     assert fmt(m["accuracy"]) in production
+    # A binary card's window columns: the headline, the ranking and the thresholded metrics
+    # in the task's order, then the KPIs and drift.
+    columns = (
+        "| Window | Predictions | Labelled | accuracy | recall | roc_auc | churn_rate | drift |"
+    )
+    assert columns in production
     assert "No production window" not in _section(md, "## 8. Limitations")
     assert not _EXTERNAL.search(html)
 
@@ -176,3 +184,87 @@ def test_recorded_text_cannot_inject_markup(project: Project) -> None:
     assert "<script>" not in md and "<img" not in md
     assert "| model.approved | user:x | &lt;script&gt;alert(1)" in md
     assert "a \\| b |" in md  # a pipe in a reason does not split the table row
+
+
+def _register(project: Project, model: object, holdout: dict[str, float]) -> str:
+    """Log ``model`` and its holdout figures on a real run and register it; its version."""
+    import mlflow
+
+    registry.client(project)
+    with mlflow.start_run(experiment_id=registry.experiment_id(project)) as run:
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in holdout.items()})
+        folder = project.home / "logged" / run.info.run_id
+        # Requirements named: left out, MLflow infers them in a subprocess (slow).
+        mlflow.sklearn.save_model(model, folder, pip_requirements=["scikit-learn"])
+        mlflow.log_artifacts(str(folder), "model")
+    sha = registry.directory_sha256(folder)
+    tags = {registry.TAG + "artifact_sha256": sha}
+    return registry.register(project, run.info.run_id, "model", tags).version
+
+
+def test_card_of_a_regression_version_follows_its_metric_table(
+    trained_churn: Path, tmp_path: Path
+) -> None:
+    """RMSE ranks lower-is-better and a regression has no accuracy: the card lists the
+    task's own metrics, in its table's order, and says which way the promotion metric is
+    better. Two real models on the diabetes data: a linear model against the mean."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.dummy import DummyRegressor
+    from sklearn.linear_model import LinearRegression
+    from sklearn.model_selection import train_test_split
+
+    root = tmp_path / "diabetes"
+    root.mkdir()
+    (root / "copml.yaml").write_text(diabetes_spec(), encoding="utf-8")
+    (root / ".copml").mkdir()  # a tracking store already migrated: MLflow's take seconds
+    shutil.copy(trained_churn / ".copml" / "mlflow.db", root / ".copml" / "mlflow.db")
+    project = load_project(root)
+    x, y = load_diabetes(return_X_y=True)
+    x_fit, x_out, y_fit, y_out = train_test_split(x, y, test_size=0.25, random_state=0)
+    mean = DummyRegressor().fit(x_fit, y_fit)
+    linear = LinearRegression().fit(x_fit, y_fit)
+    theirs = metrics.regression_metrics(y_out, mean.predict(x_out))
+    mine = metrics.regression_metrics(y_out, linear.predict(x_out))
+    champion = _register(project, mean, theirs)
+    version = _register(project, linear, mine)
+    shortfall = lifecycle.champion_shortfall(project.spec, mine, theirs, champion)
+    assert shortfall is None  # the lower RMSE wins
+    report = lifecycle.GateReport(
+        candidate=version,
+        champion=champion,
+        passed=True,
+        reasons=[],
+        metric=project.spec.promotion.metric,
+        rows=len(y_out),
+        snapshot_id="",
+        candidate_metrics=mine,
+        champion_metrics=theirs,
+    )
+    with open_store(project.db_url).begin() as conn:
+        events.record(
+            conn,
+            "model.validated",
+            actor="user:ds",
+            subject=f"model:{project.spec.project}/{version}",
+            reason="passes the gate",
+            evidence=report.evidence(),
+        )
+
+    card = build_card(project, version)
+
+    task = ["rmse", "mae", "mape", "r2", "bias"]
+    assert card.gate is not None and card.gate.metric == "rmse"
+    assert card.gate.metrics == [(m, mine[m], theirs[m]) for m in task]
+    # rmse, r2 and bias carry thresholds; the others follow in the table's order.
+    assert [r.metric for r in card.holdout] == ["rmse", "r2", "bias"]
+    assert card.holdout_other == {"mae": mine["mae"], "mape": mine["mape"]}
+    assert list(card.holdout_other) == ["mae", "mape"]
+    assert card.window_metrics == ["rmse", "r2", "bias", "drift"]
+    assert card.gate.better == "lower"
+    md = render_markdown(card)
+    evaluation = _section(md, "## 4. Evaluation")
+    assert "promotion metric rmse (lower is better)." in evaluation
+    assert f"| rmse | {fmt(mine['rmse'])} | {fmt(theirs['rmse'])} |" in evaluation
+    assert "accuracy" not in md and "roc_auc" not in md
+    html = render_html(card)
+    assert "promotion metric rmse (lower is better)." in html

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from copml.errors import SpecError
+from copml.policies import evaluate
 from copml.project import Project
 from copml.scaffold import EXAMPLES
 from copml.spec import json_schema, load_spec, parse_spec
@@ -290,6 +291,37 @@ def test_a_metric_the_task_lacks_is_refused_with_field_and_line(
     text = _replaced(base, old, new)
     message = _error(text)
     assert f"{field} (line {_line_of(text, new.strip())}): {fragment}" in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "old", "residual"),
+    [
+        ("churn", "when: accuracy < 0.75\n", False),
+        ("wine", "when: accuracy < 0.8 or recall.class=class_2 < 0.6\n", False),
+        ("diabetes", "when: rmse > 60 for 2 windows\n", True),
+    ],
+)
+def test_drift_of_the_models_own_output_is_a_policy_metric(
+    spec: str, old: str, residual: bool
+) -> None:
+    """Every task watches its prediction for drift; only a regression has residuals. The
+    monitor does not compute either yet: until it does, such a policy reads *unknown*."""
+    base = {"churn": EXAMPLE, "wine": wine_spec(), "diabetes": diabetes_spec()}[spec]
+    task = parse_spec(base).model.task
+    spec = parse_spec(_replaced(base, old, "when: drift.prediction > 0.2 for 2 windows\n"))
+    # Today's windows carry no such figure: the policy is unknown and does not act.
+    window = {"drift": 0.5, "drift.age": 0.4}
+    assert evaluate(spec.policies[0].condition, [window, window]).outcome is None
+    text = _replaced(base, old, "when: drift.residual > 0.2\n")
+    if residual:
+        assert "drift.residual" in parse_spec(text).metric_names()
+    else:
+        message = _error(text)
+        assert (
+            f"policies[0].when (line {_line_of(text, 'drift.residual')}): "
+            f"unknown metric 'drift.residual' for a {task} task"
+        ) in message
+        assert "drift.prediction" in message  # what the task does watch, in the list
 
 
 def test_bounds_take_the_side_of_the_metric_direction() -> None:

@@ -33,12 +33,15 @@ class MetricTable:
     """The metrics of one task, each with its direction, and the default promotion metric.
 
     ``per_class`` lists families (``recall``) that exist once per class of the target
-    (``recall.class=virus``)."""
+    (``recall.class=virus``). ``drift`` names what of the model's own output is watched for
+    drift, as the policy metric ``drift.<name>``: every task's prediction (its score, class
+    or value), and a regression's residual once the truth lands."""
 
     task: str
     metrics: Mapping[str, Direction]
     promotion: str
     per_class: Mapping[str, Direction] = field(default_factory=dict)
+    drift: tuple[str, ...] = ("prediction",)
 
     def direction(self, name: str, classes: Sequence[object] = ()) -> Direction | None:
         """The direction of ``name``, or None when the task has no such metric (a per-class
@@ -68,7 +71,9 @@ class MetricTable:
     def extended(self, task: str, metrics: Mapping[str, Direction]) -> MetricTable:
         """This table with more metrics, for a kind that reports more than its base task
         (an image cascade is a binary decision plus a typing model)."""
-        return MetricTable(task, {**self.metrics, **metrics}, self.promotion, self.per_class)
+        return MetricTable(
+            task, {**self.metrics, **metrics}, self.promotion, self.per_class, self.drift
+        )
 
 
 BINARY = MetricTable(
@@ -100,6 +105,7 @@ REGRESSION = MetricTable(
     "regression",
     {"rmse": "lower", "mae": "lower", "mape": "lower", "r2": "higher", "bias": "band"},
     promotion="rmse",
+    drift=("prediction", "residual"),
 )
 TABLES: Mapping[str, MetricTable] = {t.task: t for t in (BINARY, MULTICLASS, REGRESSION)}
 

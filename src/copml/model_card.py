@@ -23,7 +23,7 @@ from typing import Any
 from copml import display, events, registry, snapshots, times
 from copml.monitor import window as windows_module
 from copml.project import Project
-from copml.spec import STATISTICAL_METRICS, Threshold
+from copml.spec import Spec, Threshold
 from copml.store import open_store
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -103,6 +103,7 @@ class Gate:
     passed: bool
     reasons: list[str]
     metric: str
+    better: str | None  # which way the promotion metric is better, from the task's table
     champion: str | None
     rows: int | None
     metrics: list[tuple[str, float | None, float | None]]  # (name, candidate, champion)
@@ -204,21 +205,24 @@ def _holdout(project: Project, mv: registry.ModelVersion) -> dict[str, float]:
     return {k[len(prefix) :]: float(v) for k, v in logged.items() if k.startswith(prefix)}
 
 
-def _gate(history: list[dict[str, Any]]) -> Gate | None:
-    """The newest gate report among the version's events (history is newest first)."""
+def _gate(spec: Spec, history: list[dict[str, Any]]) -> Gate | None:
+    """The newest gate report among the version's events (history is newest first), its
+    metrics in the order of the task's metric table."""
     found = next((e for e in history if e["kind"] in ("model.validated", "model.refused")), None)
     if found is None:
         return None
     evidence = found.get("evidence") or {}
     mine = evidence.get("candidate_metrics") or {}
     theirs = evidence.get("champion_metrics") or {}
-    names = [m for m in STATISTICAL_METRICS if m in mine or m in theirs]
+    names = [m for m in spec.metrics.names(spec.classes) if m in mine or m in theirs]
+    metric = str(evidence.get("metric", display.MISSING))
     return Gate(
         kind=found["kind"],
         at=_when(found["at"]),
         passed=bool(evidence.get("passed", found["kind"] == "model.validated")),
         reasons=list(evidence.get("reasons") or []),
-        metric=str(evidence.get("metric", display.MISSING)),
+        metric=metric,
+        better=spec.metrics.direction(metric, spec.classes),
         champion=evidence.get("champion"),
         rows=evidence.get("rows"),
         metrics=[(m, _finite(mine.get(m)), _finite(theirs.get(m))) for m in names],
@@ -226,9 +230,14 @@ def _gate(history: list[dict[str, Any]]) -> Gate | None:
 
 
 def _key_metrics(project: Project) -> list[str]:
+    """The window columns: of the task's metrics, in its table's order, the headline (the
+    table's first), those that rank models (the task's default promotion metric and the
+    project's) and those with a declared threshold; then the KPIs and drift."""
     spec = project.spec
-    names = ["accuracy", "recall", "roc_auc", *spec.effectiveness.thresholds, *spec.kpis, "drift"]
-    return list(dict.fromkeys(names))
+    names = spec.metrics.names(spec.classes)
+    key = {*names[:1], spec.metrics.promotion, spec.promotion.metric}
+    key |= set(spec.effectiveness.thresholds)
+    return [*(name for name in names if name in key), *spec.kpis, "drift"]
 
 
 def _fairness(project: Project, latest: windows_module.Window | None) -> list[Fairness]:
@@ -411,7 +420,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
     ]
     other = {
         k: holdout[k]
-        for k in STATISTICAL_METRICS
+        for k in spec.metrics.names(spec.classes)
         if k in holdout and k not in spec.effectiveness.thresholds
     }
 
@@ -486,7 +495,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         sensitive=list(spec.data.sensitive),
         holdout=rows,
         holdout_other=other,
-        gate=_gate(history),
+        gate=_gate(spec, history),
         window_metrics=key,
         windows=window_rows,
         fairness_window=(f"{_when(latest.start)} to {_when(latest.end)}" if latest else None),

@@ -32,19 +32,6 @@ from copml.metrics import MetricTable
 
 SPEC_FILE = "copml.yaml"
 
-# Every statistical metric of the binary and cascade tasks, in the order model cards list
-# them; what a project may name is its task's table (:attr:`Spec.metrics`).
-STATISTICAL_METRICS = (
-    "accuracy",
-    "precision",
-    "recall",
-    "specificity",
-    "f1",
-    "roc_auc",
-    "positive_rate",
-    "type_accuracy",
-    "type_balanced_accuracy",
-)
 OPERATIONAL_METRICS = ("drift", "availability", "latency_p99_ms", "cost", "reviews")
 ACTIONS = (
     "retrain",
@@ -528,9 +515,10 @@ class Spec(_Model):
         return list(self.data.columns[self.data.target].categories or [])
 
     def metric_names(self) -> set[str]:
-        """Every metric a policy may read: the task's, operational, the declared KPIs and,
-        for a decision with a positive class, the fairness differences of the ``sensitive``
-        columns."""
+        """Every metric a policy may read: the task's, the drift of its output
+        (``drift.prediction``, a regression's ``drift.residual``), operational, the declared
+        KPIs and, for a decision with a positive class, the fairness differences of the
+        ``sensitive`` columns."""
         fairness = {
             f"{name}.{column}"
             for name in ("demographic_parity_difference", "equalized_odds_difference")
@@ -538,7 +526,8 @@ class Spec(_Model):
             if self.model.task not in ("multiclass", "regression")
         }
         task = set(self.metrics.names(self.classes))
-        return task | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness
+        output = {f"drift.{name}" for name in self.metrics.drift}
+        return task | output | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness
 
     def _target_problems(self) -> list[tuple[_Loc, str]]:
         task, data = self.model.task, self.data

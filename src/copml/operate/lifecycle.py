@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from copml import events, registry, snapshots
 from copml.errors import CopmlError
 from copml.project import Project
+from copml.spec import Spec
 from copml.store import open_store
 from copml.train import (
     holdout_metrics,
@@ -51,12 +53,37 @@ class GateReport:
         return asdict(self)
 
 
+def champion_shortfall(
+    spec: Spec, mine: Mapping[str, float], theirs: Mapping[str, float], champion: str
+) -> str | None:
+    """Why a candidate with figures ``mine`` does not beat the champion's ``theirs`` by the
+    promotion metric, or None when it does.
+
+    The gain is taken the way the task's metric table says is better (a lower RMSE or log
+    loss is a gain) and must reach ``min_gain``; a figure missing or undefined on either
+    side is no evidence of a gain, so it refuses."""
+    metric, min_gain = spec.promotion.metric, spec.promotion.min_gain
+    new, old = mine.get(metric, math.nan), theirs.get(metric, math.nan)
+    gain = spec.metrics.gain(metric, new, old)
+    if gain >= min_gain:
+        return None
+    if math.isnan(gain):
+        side = "the candidate" if math.isnan(new) else f"champion v{champion}"
+        return f"{metric} is not measured for {side}: nothing shows the candidate is better"
+    better = spec.metrics.direction(metric, spec.classes)
+    return (
+        f"{metric} {new:.4f} against champion v{champion}'s {old:.4f} ({better} is "
+        f"better): a gain of {gain:+.4f}, short of min_gain {min_gain:g}"
+    )
+
+
 def gate(
     project: Project, version: str, *, actor: str = "system", at: datetime | None = None
 ) -> GateReport:
     """Validate ``version``: it must meet the declared minimums and match or beat the
-    champion by the promotion metric (plus ``min_gain``) on the candidate's holdout rows,
-    which both models score. The report is stored as an event either way."""
+    champion by the promotion metric (a gain of ``min_gain`` or more, the metric's better
+    way: see :func:`champion_shortfall`) on the candidate's holdout rows, which both
+    models score. The report is stored as an event either way."""
     spec = project.spec
     engine = open_store(project.db_url)
     candidate = registry.get(project, version)
@@ -75,21 +102,17 @@ def gate(
     mine = measure(candidate)
     reasons = minimum_failures(project, mine)
     theirs: dict[str, float] = {}
-    metric = spec.promotion.metric
     if current is not None and current.version != candidate.version:
         theirs = measure(current)
-        needed = theirs[metric] + spec.promotion.min_gain
-        if not mine[metric] >= needed:
-            reasons.append(
-                f"{metric} {mine[metric]:.4f} < champion v{current.version}'s "
-                f"{theirs[metric]:.4f} + min_gain {spec.promotion.min_gain:g}"
-            )
+        shortfall = champion_shortfall(spec, mine, theirs, current.version)
+        if shortfall:
+            reasons.append(shortfall)
     report = GateReport(
         candidate=version,
         champion=current.version if current else None,
         passed=not reasons,
         reasons=reasons,
-        metric=metric,
+        metric=spec.promotion.metric,
         rows=int(holdout.sum()),
         snapshot_id=snap.id,
         candidate_metrics=_finite(mine),
