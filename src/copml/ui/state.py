@@ -26,7 +26,7 @@ from copml.ui.auth import PERMISSIONS, SESSION_COOKIE, Session, Sessions, allowe
 from copml.ui.projects import Shown
 
 _TEMPLATES = Path(__file__).parent / "templates"
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class LoginNeeded(Exception):
@@ -70,10 +70,10 @@ class Dashboard:
         self.by_slug = {s.slug: s for s in self.shown}
         self.sessions = Sessions(lambda slug, key: self.by_slug[slug].verifier.current(key))
 
-    async def work(self, fn: Callable[[], T]) -> T:
+    async def work(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` in a worker thread, one page's work at a time."""
 
-        def locked() -> T:
+        def locked() -> _T:
             with self._one_at_a_time:
                 return fn()
 
