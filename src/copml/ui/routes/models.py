@@ -1,0 +1,103 @@
+"""The model versions of a project, one version with its card, and the lifecycle acts a
+person records from here: approve, promote (through the gate), roll back."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from copml import registry
+from copml.model_card import build_card, render_html
+from copml.operate import lifecycle
+from copml.project import Project
+from copml.ui import forms
+from copml.ui.auth import actor
+from copml.ui.headers import CARD_CSP
+from copml.ui.state import Board
+
+router = APIRouter()
+
+
+def _holdout(project: Project, mv: registry.ModelVersion) -> dict[str, float]:
+    """The holdout metrics logged on the version's MLflow run (``holdout_<name>``)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logged = registry.client(project).get_run(mv.run_id).data.metrics
+    except MlflowException:
+        return {}
+    return {k.removeprefix("holdout_"): v for k, v in logged.items() if k.startswith("holdout_")}
+
+
+def _versions(project: Project) -> dict[str, Any]:
+    found = registry.versions(project)
+    return {
+        "versions": found,
+        "approvals": {v.version: lifecycle.approved(project, v.version) for v in found},
+        "holdout": {v.version: _holdout(project, v) for v in found},
+        "metrics": list(project.spec.effectiveness.thresholds),
+    }
+
+
+def _version(project: Project, version: str) -> dict[str, Any]:
+    return {
+        "card": build_card(project, version),
+        "needs_approval": lifecycle.needs_approval(project),
+        "approved": lifecycle.approved(project, version),
+    }
+
+
+@router.get("/p/{slug}/models")
+async def models_page(request: Request, board: Board, slug: str) -> Response:
+    here = board.access(request, slug, "read").here
+    found = await board.work(lambda: _versions(here.project))
+    return board.page(request, "models.html.j2", here=here, **found)
+
+
+@router.get("/p/{slug}/models/{version}")
+async def model_page(request: Request, board: Board, slug: str, version: str) -> Response:
+    here = board.access(request, slug, "read").here
+    found = await board.work(lambda: _version(here.project, version))
+    return board.page(request, "model.html.j2", here=here, **found)
+
+
+@router.get("/p/{slug}/models/{version}/card")
+async def model_card(request: Request, board: Board, slug: str, version: str) -> Response:
+    here = board.access(request, slug, "read").here
+    html = await board.work(lambda: render_html(build_card(here.project, version)))
+    return HTMLResponse(html, headers={"Content-Security-Policy": CARD_CSP})
+
+
+@router.post("/p/{slug}/models/{version}/approve")
+async def approve(request: Request, board: Board, slug: str, version: str) -> Response:
+    access = board.access(request, slug, "approve")
+    why = forms.reason(await forms.read(request, access.session), "approval")
+    who = actor(access.key)
+    await board.work(lambda: lifecycle.approve(access.here.project, version, actor=who, reason=why))
+    access.session.flashes.append(f"approval of v{version} recorded")
+    return forms.back(f"/p/{slug}/models/{quote(version)}")
+
+
+@router.post("/p/{slug}/models/{version}/promote")
+async def promote(request: Request, board: Board, slug: str, version: str) -> Response:
+    access = board.access(request, slug, "promote")
+    why = forms.reason(await forms.read(request, access.session), "promotion")
+    project, who = access.here.project, actor(access.key)
+    await board.work(
+        lambda: lifecycle.promote(project, version, actor=who, reason=why, gate_first=True)
+    )
+    access.session.flashes.append(f"v{version} passed the gate and is now champion")
+    return forms.back(f"/p/{slug}/models/{quote(version)}")
+
+
+@router.post("/p/{slug}/rollback")
+async def rollback(request: Request, board: Board, slug: str) -> Response:
+    access = board.access(request, slug, "rollback")
+    why = forms.reason(await forms.read(request, access.session), "roll-back")
+    project, who = access.here.project, actor(access.key)
+    version = await board.work(lambda: lifecycle.rollback(project, actor=who, reason=why))
+    access.session.flashes.append(f"rolled back: v{version} is champion again")
+    return forms.back(f"/p/{slug}/models")

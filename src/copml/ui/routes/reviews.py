@@ -1,0 +1,40 @@
+"""The human-review queue: the open items, and a person's label stored as feedback."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+
+from copml import reviews
+from copml.labels import class_labels
+from copml.ui import forms
+from copml.ui.auth import actor
+from copml.ui.state import Board
+
+router = APIRouter()
+
+
+@router.get("/p/{slug}/reviews")
+async def reviews_page(request: Request, board: Board, slug: str) -> Response:
+    here = board.access(request, slug, "reviews").here
+    items = await board.work(lambda: reviews.open_items(here.engine))
+    return board.page(
+        request,
+        "reviews.html.j2",
+        here=here,
+        items=items,
+        labels=class_labels(here.project.spec.data),
+        band=here.project.spec.serving.review_band,
+    )
+
+
+@router.post("/p/{slug}/reviews/{prediction_id}")
+async def resolve_review(request: Request, board: Board, slug: str, prediction_id: str) -> Response:
+    access = board.access(request, slug, "reviews")
+    label = (await forms.read(request, access.session)).get("label", "").strip()
+    if not label:
+        raise HTTPException(422, "label: choose the label a person decided")
+    engine, data, who = access.here.engine, access.here.project.spec.data, actor(access.key)
+    await board.work(lambda: reviews.resolve(engine, data, prediction_id, label, actor=who))
+    access.session.flashes.append(f"{prediction_id} labelled {label!r}; stored as feedback")
+    return forms.back(f"/p/{slug}/reviews")
