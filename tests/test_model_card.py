@@ -121,10 +121,16 @@ def test_card_says_why_a_version_has_no_explanation(project: Project, tmp_path: 
     client = registry.client(project)
     explain_dir = Path(urlparse(client.get_run(version.run_id).info.artifact_uri).path) / "explain"
     assert explain_dir.is_dir()
-    shutil.rmtree(explain_dir)
-    client.set_tag(version.run_id, "copml.explanation", "unavailable: NotImplementedError: x")
-
-    md_path, html_path = write_card(project, version.version, tmp_path / "cards")
+    # The run's artifacts are the session's trained project's (a copied project keeps its
+    # absolute artifact paths): set them aside and put them back, or later tests in this
+    # process would find no explanation.
+    aside = tmp_path / "explain-aside"
+    shutil.move(explain_dir, aside)
+    try:
+        client.set_tag(version.run_id, "copml.explanation", "unavailable: NotImplementedError: x")
+        md_path, html_path = write_card(project, version.version, tmp_path / "cards")
+    finally:
+        shutil.move(aside, explain_dir)
 
     md, html = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
     explanation = _section(md, "## 7. Explanation")
