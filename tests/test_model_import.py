@@ -104,7 +104,8 @@ def test_an_imported_model_is_gated_promoted_served_audited_and_replayed(
         ).stdout
     )
     assert imported["version"] == "1" and imported["source_run_id"] == team["run_id"]
-    assert imported["checked_rows"] > 0
+    latest = snapshots.latest(open_store(project.db_url))
+    assert imported["reference_snapshot_id"] == latest.id
 
     listing = json.loads(run("models", "list", "--json", cwd=root).stdout)
     (v1,) = listing
@@ -119,7 +120,6 @@ def test_an_imported_model_is_gated_promoted_served_audited_and_replayed(
     assert "imported from models:/team-churn@prod" in run("models", "list", cwd=root).stdout
 
     gated = json.loads(run("models", "validate", "1", "--json", cwd=root).stdout)
-    latest = snapshots.latest(open_store(project.db_url))
     assert gated["passed"] and gated["snapshot_id"] == latest.id and gated["rows"] > 0
     assert set(project.spec.effectiveness.thresholds) <= set(gated["candidate_metrics"])
     run("models", "promote", "1", "--reason", "the team's model, gated", cwd=root)
@@ -143,6 +143,8 @@ def test_an_imported_model_is_gated_promoted_served_audited_and_replayed(
         assert audited["lineage"]["source_uri"] == "models:/team-churn@prod"
         assert audited["lineage"]["artifact_sha256"] == imported["artifact_sha256"]
         assert audited["replay"]["identical"] and audited["score"] == p["score"]
+        # explained against the snapshot it was checked on (it has no training snapshot)
+        assert audited["explanation"]["values"].keys() == set(project.spec.data.features)
 
     before = capture(project)
     refused = run("reproduce", "1", cwd=root, check_exit=1)

@@ -34,7 +34,7 @@ class ImportResult:
     flavors: list[str]
     artifact_sha256: str
     signature: dict[str, Any] | None = None
-    checked_rows: int = 0
+    reference_snapshot_id: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -50,14 +50,15 @@ def _check_binary(project: Project, uri: str, model: Any) -> None:
         )
 
 
-def _check_scores(project: Project, uri: str, model: Any) -> int:
-    """Score the first rows of the latest snapshot (none yet: the gate checks later)."""
+def _check_scores(project: Project, uri: str, model: Any) -> snapshots.Snapshot | None:
+    """Score the first rows of the latest snapshot, which becomes the version's reference
+    for drift and explanations (none yet: the gate checks later)."""
     from copml.train import positive_scores, training_frame
 
     try:
         snap = snapshots.latest(open_store(project.db_url))
     except NotFoundError:
-        return 0
+        return None
     features = training_frame(project, snap)[project.spec.data.features].head(CHECK_ROWS)
     try:
         positive_scores(model, features)
@@ -66,7 +67,7 @@ def _check_scores(project: Project, uri: str, model: Any) -> int:
         raise CopmlError(
             f"cannot import {uri}: it does not score the declared features ({reason})"
         ) from None
-    return len(features)
+    return snap
 
 
 def import_model(
@@ -97,7 +98,7 @@ def import_model(
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
             raise CopmlError(f"cannot import {uri}: its model does not load ({reason})") from None
         _check_binary(project, uri, model)
-        checked = _check_scores(project, uri, model)
+        reference = _check_scores(project, uri, model)
         sha = registry.directory_sha256(source.folder)
         tags = {
             registry.TAG + "lineage": registry.IMPORTED,
@@ -108,13 +109,23 @@ def import_model(
             registry.TAG + "signature": json.dumps(source.signature) if source.signature else "",
             registry.TAG + "artifact_sha256": sha,
             registry.TAG + "state": "registered",
+            **({registry.TAG + "reference_snapshot_id": reference.id} if reference else {}),
         }
         mv = registry.register_imported(project, source, tags)
     result = ImportResult(
-        mv.version, uri, source.run_id, list(source.flavors), sha, source.signature, checked
+        mv.version,
+        uri,
+        source.run_id,
+        list(source.flavors),
+        sha,
+        source.signature,
+        reference.id if reference else None,
     )
-    if not checked:
-        result.notes.append("no snapshot yet: scored on none of the declared features")
+    if reference is None:
+        result.notes.append(
+            "no snapshot yet: not checked against the declared features; drift and "
+            "explanations will have no reference"
+        )
     lineage.emit(
         project,
         "import",
@@ -134,6 +145,7 @@ def import_model(
                 "lineage": registry.IMPORTED,
                 "run_id": mv.run_id,
                 "snapshot_id": None,
+                "reference_snapshot_id": reference.id if reference else None,
                 "source_uri": uri,
                 "source_tracking_uri": source.tracking_uri,
                 "source_run_id": source.run_id,

@@ -79,6 +79,12 @@ class ModelVersion:
         return self.tags.get(TAG + "source_uri", "")
 
     @property
+    def reference_snapshot_id(self) -> str:
+        """The snapshot that drift and explanations compare with: the training snapshot, or
+        for an imported version the one it was checked on when imported."""
+        return self.snapshot_id or self.tags.get(TAG + "reference_snapshot_id", "")
+
+    @property
     def source_run_id(self) -> str:
         """The run that logged an imported version, in its own store."""
         return self.tags.get(TAG + "source_run_id", "")
@@ -358,11 +364,12 @@ def fetch(uri: str, tracking_uri: str, into: Path) -> SourceModel:
     c = _source_client(uri, tracking_uri)
     try:
         location, run_id = _artifact_location(c, uri)
-        folder = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow's progress bar
+            folder = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri
+                )
             )
-        )
     except MlflowException as exc:
         reason = " ".join(exc.message.split())[:200]
         raise CopmlError(f"cannot import {uri}: {reason}") from None
@@ -388,7 +395,10 @@ def register_imported(project: Project, source: SourceModel, tags: dict[str, str
     """Register a fetched model as a new version: a run of the project's experiment holds
     the copy (so the project's store keeps it, whatever becomes of the source store)."""
     c = client(project)
-    run = c.create_run(experiment_id(project), tags={**tags, "mlflow.runName": "import"})
+    # A run's tag holds at most 8,000 characters, a version's 100,000: a wide signature
+    # goes on the version only (the run holds it in its MLmodel file anyway).
+    small = {k: v for k, v in tags.items() if k != TAG + "signature"}
+    run = c.create_run(experiment_id(project), tags={**small, "mlflow.runName": "import"})
     c.log_artifacts(run.info.run_id, str(source.folder), "model")
     c.set_terminated(run.info.run_id)
     return register(project, run.info.run_id, "model", tags)
@@ -554,6 +564,7 @@ def recorded(project: Project, version: str) -> dict[str, Any]:
         return {
             "run_id": evidence["run_id"],
             "snapshot_id": "",
+            "reference_snapshot_id": evidence.get("reference_snapshot_id") or "",
             "lineage": IMPORTED,
             "source_uri": evidence["source_uri"],
             "source_run_id": evidence["source_run_id"],
@@ -583,4 +594,9 @@ def recorded(project: Project, version: str) -> dict[str, Any]:
         "params": mv.tags.get(TAG + "params"),
         "seed": mv.tags.get(TAG + "seed"),
         "artifact_sha256": mv.artifact_sha256,
+        **(
+            {"lineage": IMPORTED, "reference_snapshot_id": mv.reference_snapshot_id}
+            if mv.lineage == IMPORTED
+            else {}
+        ),
     }
