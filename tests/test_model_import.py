@@ -19,7 +19,7 @@ from copml.store import open_store
 from copml.train import training_frame
 from store_state import assert_unchanged, capture
 from test_cli import run
-from test_serve import REALTIME, _instances, start
+from test_serve import REALTIME, Server, _instances, start
 
 # The team's own code: plain MLflow, no copml. Its model is trained on the features and
 # the 0/1 target, as copml's binary models are, and logged the way MLflow's docs show.
@@ -80,15 +80,15 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture
-def server_of() -> Iterator[list]:
-    started: list = []
+def server_of() -> Iterator[list[Server]]:
+    started: list[Server] = []
     yield started
     for srv in started:
         srv.kill()
 
 
 def test_an_imported_model_is_gated_promoted_served_audited_and_replayed(
-    team: dict[str, str], tmp_path: Path, server_of: list
+    team: dict[str, str], tmp_path: Path, server_of: list[Server]
 ) -> None:
     project = _snapshotted(tmp_path / "churn", REALTIME)
     root, source = project.root, team["tracking_uri"]
@@ -135,16 +135,14 @@ def test_an_imported_model_is_gated_promoted_served_audited_and_replayed(
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == "1"
-    for p in answer.json()["predictions"]:
-        audited = json.loads(
-            run("audit", p["prediction_id"], "--replay", "--json", cwd=root).stdout
-        )
-        assert audited["lineage"]["lineage"] == "imported"
-        assert audited["lineage"]["source_uri"] == "models:/team-churn@prod"
-        assert audited["lineage"]["artifact_sha256"] == imported["artifact_sha256"]
-        assert audited["replay"]["identical"] and audited["score"] == p["score"]
-        # explained against the snapshot it was checked on (it has no training snapshot)
-        assert audited["explanation"]["values"].keys() == set(project.spec.data.features)
+    last = answer.json()["predictions"][-1]  # one of a batch, replayed alone
+    audited = json.loads(run("audit", last["prediction_id"], "--replay", "--json", cwd=root).stdout)
+    assert audited["lineage"]["lineage"] == "imported"
+    assert audited["lineage"]["source_uri"] == "models:/team-churn@prod"
+    assert audited["lineage"]["artifact_sha256"] == imported["artifact_sha256"]
+    assert audited["replay"]["identical"] and audited["score"] == last["score"]
+    # explained against the snapshot it was checked on (it has no training snapshot)
+    assert audited["explanation"]["values"].keys() == set(project.spec.data.features)
 
     before = capture(project)
     refused = run("reproduce", "1", cwd=root, check_exit=1)
@@ -154,10 +152,12 @@ def test_an_imported_model_is_gated_promoted_served_audited_and_replayed(
     assert_unchanged(before, project)
 
 
-def test_a_run_uri_and_a_version_uri_import_the_same_artifact(
+def test_a_run_uri_and_a_version_uri_import_the_same_artifact_and_a_retrain_faces_it(
     team: dict[str, str], tmp_path: Path
 ) -> None:
     from copml.model_import import import_model
+    from copml.operate import lifecycle
+    from copml.train import train
 
     project = _snapshotted(tmp_path / "churn")
     source = team["tracking_uri"]
@@ -167,6 +167,15 @@ def test_a_run_uri_and_a_version_uri_import_the_same_artifact(
     assert by_run.artifact_sha256 == by_version.artifact_sha256
     assert by_run.source_run_id == by_version.source_run_id == team["run_id"]
     assert [v.lineage for v in registry.versions(project)] == ["imported", "imported"]
+
+    # A retrain runs the spec's train() as usual; the gate measures the imported champion
+    # on the new version's holdout rows.
+    lifecycle.promote(project, "1", actor="user:team", reason="imported", gate_first=True)
+    retrained = train(project)
+    assert retrained.version == "3" and not retrained.champion
+    report = lifecycle.gate(project, "3")
+    assert report.champion == "1" and report.metric in report.champion_metrics
+    assert registry.get(project, "3").lineage == "trained"
 
 
 _BAD = [
