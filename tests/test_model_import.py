@@ -40,6 +40,13 @@ with mlflow.start_run() as run:
         skops_trusted_types=["numpy.dtype"],  # MLflow 3's skops format asks for it
     )
 mlflow.MlflowClient().set_registered_model_alias("team-churn", "prod", "1")
+# Another team's habit: the target left as its labels ("Yes"/"No"), not 0/1.
+labelled = data.assign(Churn=data["Churn"].map({1: "Yes", 0: "No"}))
+with mlflow.start_run():
+    mlflow.sklearn.log_model(
+        train(labelled, {"C": 0.5}, 7), name="model", registered_model_name="team-labels",
+        pip_requirements=["scikit-learn"], skops_trusted_types=["numpy.dtype"],
+    )
 print(json.dumps({"run_id": run.info.run_id}))
 """
 
@@ -183,6 +190,7 @@ _BAD = [
     ("models:/team-churn/99", "team", "not found"),
     ("models:/team-churn@nosuch", "team", "not found"),
     ("runs:/{run_id}/elsewhere", "team", "has no model at 'elsewhere'"),
+    ("models:/team-labels/1", "team", "its classes are ['No', 'Yes']"),
     ("models:/team-churn/1", "absent", "no MLflow tracking store"),
     ("models:/team-churn/1", "project", "no MLflow tracking store"),  # not created yet
 ]
