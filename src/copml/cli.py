@@ -239,6 +239,18 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
                     "state": v.state,
                     "run_id": v.run_id,
                     "snapshot_id": v.snapshot_id,
+                    "lineage": v.lineage,
+                    "artifact_sha256": v.artifact_sha256,
+                    **(
+                        {
+                            "source_uri": v.source_uri,
+                            "source_run_id": v.source_run_id,
+                            "flavors": v.flavors,
+                            "signature": v.signature,
+                        }
+                        if v.lineage == registry.IMPORTED
+                        else {}
+                    ),
                 }
                 for v in found
             ]
@@ -246,7 +258,7 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
         return
     from rich.table import Table
 
-    table = Table("version", "state", "run", "snapshot", "commit")
+    table = Table("version", "state", "run", "snapshot", "commit", "lineage")
     for v in found:
         table.add_row(
             v.version,
@@ -254,8 +266,40 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
             v.run_id[:12],
             v.snapshot_id[:12],
             v.tags.get("copml.git_commit", "")[:10],
+            f"imported from {v.source_uri}" if v.lineage == registry.IMPORTED else v.lineage,
         )
     _console().print(table)
+
+
+@models_app.command("import")
+@_fails_cleanly
+def models_import(
+    uri: Annotated[
+        str, typer.Argument(help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH.")
+    ],
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="The MLflow store that holds it (default: the project's).")
+    ] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a model your team already has in MLflow as a new version (lineage: imported);
+    it is then gated and promoted like a trained one."""
+    from copml.events import user_actor
+    from copml.model_import import import_model
+
+    result = import_model(_project(project), uri, tracking_uri=tracking_uri, actor=user_actor())
+    if as_json:
+        _print_json(result.__dict__)
+        return
+    console = _console()
+    console.print(
+        f"imported {uri} (run {result.source_run_id}, flavors {', '.join(result.flavors)}) "
+        f"→ model version [bold]{result.version}[/], sha256 {result.artifact_sha256[:12]}…"
+    )
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"next: copml models validate {result.version}")
 
 
 @models_app.command("show")
@@ -707,11 +751,17 @@ def audit(
         )
         console.print(f"input: {json.dumps(found['input'], default=str)}")
         lineage = found["lineage"]
-        console.print(
-            f"run {lineage['run_id']}, snapshot {lineage['training_snapshot']['id'][:12]}, "
-            f"commit {lineage['git_commit']}{' (dirty)' if lineage['git_dirty'] else ''}, "
-            f"params {lineage['params']}, seed {lineage['seed']}"
-        )
+        if lineage.get("lineage") == "imported":
+            console.print(
+                f"imported from {lineage['source_uri']} (source run {lineage['source_run_id']}, "
+                f"flavors {', '.join(lineage['flavors'])}), copml run {lineage['run_id']}"
+            )
+        else:
+            console.print(
+                f"run {lineage['run_id']}, snapshot {lineage['training_snapshot']['id'][:12]}, "
+                f"commit {lineage['git_commit']}{' (dirty)' if lineage['git_dirty'] else ''}, "
+                f"params {lineage['params']}, seed {lineage['seed']}"
+            )
         explained = found.get("explanation", {})
         if "values" in explained:
             top = sorted(explained["values"].items(), key=lambda kv: -abs(kv[1]))[:5]

@@ -149,7 +149,9 @@ def _explainer(project_root: str, version: str) -> _Explainer:
     project = load_project(project_root)
     lineage = registry.recorded(project, version)
     model = registry.load_recorded(project, version, lineage["artifact_sha256"])
-    snap = snapshots.get(open_store(project.db_url), lineage["snapshot_id"])
+    # An imported version has no training snapshot: the one it was checked on stands in.
+    reference = lineage["snapshot_id"] or lineage.get("reference_snapshot_id") or ""
+    snap = snapshots.get(open_store(project.db_url), reference, missing_ok=True)
     if snap is None:
         raise NotFoundError(f"the training snapshot of v{version} is not in this store")
     frame = training_frame(project, snap)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 TAG = "copml."
+TRAINED = "trained"
+IMPORTED = "imported"
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,36 @@ class ModelVersion:
         if CHAMPION in self.aliases:
             return CHAMPION
         return self.tags.get(TAG + "state", "registered")
+
+    @property
+    def lineage(self) -> str:
+        """``trained`` by copml from a snapshot, or ``imported`` from another MLflow store."""
+        return self.tags.get(TAG + "lineage", TRAINED)
+
+    @property
+    def source_uri(self) -> str:
+        """The MLflow URI an imported version came from (empty for a trained one)."""
+        return self.tags.get(TAG + "source_uri", "")
+
+    @property
+    def reference_snapshot_id(self) -> str:
+        """The snapshot that drift and explanations compare with: the training snapshot, or
+        for an imported version the one it was checked on when imported."""
+        return self.snapshot_id or self.tags.get(TAG + "reference_snapshot_id", "")
+
+    @property
+    def source_run_id(self) -> str:
+        """The run that logged an imported version, in its own store."""
+        return self.tags.get(TAG + "source_run_id", "")
+
+    @property
+    def flavors(self) -> list[str]:
+        return list(json.loads(self.tags.get(TAG + "flavors", "[]")))
+
+    @property
+    def signature(self) -> dict[str, Any] | None:
+        text = self.tags.get(TAG + "signature", "")
+        return json.loads(text) if text else None
 
 
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -236,6 +269,141 @@ def register_part(
     return str(c.create_model_version(name, source, run_id=run_id, tags=tags).version)
 
 
+@dataclass(frozen=True)
+class SourceModel:
+    """A model found in another MLflow store, copied into a local folder to be imported."""
+
+    uri: str
+    tracking_uri: str
+    run_id: str
+    flavors: tuple[str, ...]
+    signature: dict[str, Any] | None
+    folder: Path
+
+
+_MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))")
+_RUNS_URI = re.compile(r"runs:/(?P<run>[0-9a-zA-Z]+)/(?P<path>[\w.\-/]+)")
+_URI_FORMS = "models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH"
+
+
+def _without_password(uri: str) -> str:
+    """A tracking URI fit to record: a password in it is replaced by ``***``."""
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
+
+
+def _source_client(uri: str, tracking_uri: str) -> MlflowClient:
+    """A client on the store ``uri`` names, which must exist: importing creates nothing."""
+    import mlflow
+
+    _quiet_mlflow()
+    path = _sqlite_path(tracking_uri)
+    if tracking_uri.startswith("sqlite:") and (path is None or not path.is_file()):
+        raise CopmlError(
+            f"cannot import {uri}: no MLflow tracking store at {path or tracking_uri} "
+            "(--tracking-uri)"
+        )
+    try:
+        _opened(tracking_uri)
+    except CopmlError as exc:
+        raise CopmlError(f"cannot import {uri}: {exc}") from None
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _artifact_location(c: MlflowClient, uri: str) -> tuple[str, str]:
+    """(the model folder's artifact URI, the run that logged it) for a models:/ or runs:/ URI.
+
+    MLflow 3 keeps a model logged with ``log_model`` as a *logged model* of its own
+    (``models:/m-…``), older versions in the run's artifacts: both are looked up."""
+    models, runs = _MODELS_URI.fullmatch(uri), _RUNS_URI.fullmatch(uri)
+    if models is not None:
+        name = models["name"]
+        if models["alias"]:
+            mv = c.get_model_version_by_alias(name, models["alias"])
+        else:
+            mv = c.get_model_version(name, models["version"])
+        source = str(mv.source)
+        if source.startswith("models:/"):
+            return c.get_logged_model(source.removeprefix("models:/")).artifact_location, mv.run_id
+        if source.startswith("runs:/"):
+            return _artifact_location(c, source)
+        return source, mv.run_id
+    if runs is None:
+        raise CopmlError(f"cannot import {uri}: expected {_URI_FORMS}")
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    run_id, path = runs["run"], runs["path"].strip("/")
+    run = c.get_run(run_id)
+    logged = c.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{path}'",
+    )
+    if logged:
+        return logged[0].artifact_location, run_id
+    # Not the client's list_artifacts: for a runs:/ path it looks for logged models through
+    # the process-global tracking URI, which is not this store.
+    repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=c.tracking_uri)
+    if repo.list_artifacts(path):
+        return f"{run.info.artifact_uri}/{path}", run_id
+    raise CopmlError(f"cannot import {uri}: run {run_id} has no model at {path!r}")
+
+
+def fetch(uri: str, tracking_uri: str, into: Path) -> SourceModel:
+    """Copy the MLflow model ``uri`` names, in the store at ``tracking_uri``, into ``into``.
+
+    Nothing is written anywhere else: a URI that names nothing is one clear error."""
+    if not (_MODELS_URI.fullmatch(uri) or _RUNS_URI.fullmatch(uri)):
+        raise CopmlError(f"cannot import {uri}: expected {_URI_FORMS}")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    c = _source_client(uri, tracking_uri)
+    try:
+        location, run_id = _artifact_location(c, uri)
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow's progress bar
+            folder = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri
+                )
+            )
+    except MlflowException as exc:
+        reason = " ".join(exc.message.split())[:200]
+        raise CopmlError(f"cannot import {uri}: {reason}") from None
+    if not (folder / "MLmodel").is_file():
+        raise CopmlError(f"cannot import {uri}: it is not an MLflow model (no MLmodel file)")
+    model = Model.load(str(folder))
+    return SourceModel(
+        uri=uri,
+        tracking_uri=_without_password(tracking_uri),
+        run_id=run_id or "",
+        flavors=tuple(model.flavors),
+        signature=model.signature.to_dict() if model.signature is not None else None,
+        folder=folder,
+    )
+
+
+def load_folder(folder: Path) -> Any:
+    """The estimator of a model folder that is not registered yet (not cached)."""
+    return _load.__wrapped__(str(folder), "")
+
+
+def register_imported(project: Project, source: SourceModel, tags: dict[str, str]) -> ModelVersion:
+    """Register a fetched model as a new version: a run of the project's experiment holds
+    the copy (so the project's store keeps it, whatever becomes of the source store)."""
+    c = client(project)
+    # A run's tag holds at most 8,000 characters, a version's 100,000: a wide signature
+    # goes on the version only (the run holds it in its MLmodel file anyway).
+    small = {k: v for k, v in tags.items() if k != TAG + "signature"}
+    run = c.create_run(experiment_id(project), tags={**small, "mlflow.runName": "import"})
+    c.log_artifacts(run.info.run_id, str(source.folder), "model")
+    c.set_terminated(run.info.run_id)
+    return register(project, run.info.run_id, "model", tags)
+
+
 def parts(mv: ModelVersion) -> dict[str, str]:
     """The registered versions of a cascade's networks (empty for a single model)."""
     return json.loads(mv.tags.get(TAG + "parts", "{}"))
@@ -383,7 +551,8 @@ def load_recorded(project: Project, version: str, sha256: str) -> Any:
 
 
 def recorded(project: Project, version: str) -> dict[str, Any]:
-    """Where a version came from: run, snapshot, commit, params, seed, artifact sha256.
+    """Where a version came from: run, snapshot, commit, params, seed, artifact sha256
+    (for an imported version: its source URI, source run and flavors instead).
 
     From the registration event in copml's store (no MLflow round trip: an audit in a fresh
     process stays fast), else from the registry's tags (a store that did not see it).
@@ -391,6 +560,21 @@ def recorded(project: Project, version: str) -> dict[str, Any]:
     engine = open_store(project.db_url)
     event = events.latest(engine, "model.registered", f"model:{project.spec.project}/{version}")
     evidence = (event or {}).get("evidence") or {}
+    if evidence.get("lineage") == IMPORTED:
+        return {
+            "run_id": evidence["run_id"],
+            "snapshot_id": "",
+            "reference_snapshot_id": evidence.get("reference_snapshot_id") or "",
+            "lineage": IMPORTED,
+            "source_uri": evidence["source_uri"],
+            "source_run_id": evidence["source_run_id"],
+            "flavors": evidence["flavors"],
+            "git_commit": None,
+            "git_dirty": False,
+            "params": None,
+            "seed": None,
+            "artifact_sha256": evidence["artifact_sha256"],
+        }
     if "params" in evidence:
         return {
             "run_id": evidence["run_id"],
@@ -410,4 +594,9 @@ def recorded(project: Project, version: str) -> dict[str, Any]:
         "params": mv.tags.get(TAG + "params"),
         "seed": mv.tags.get(TAG + "seed"),
         "artifact_sha256": mv.artifact_sha256,
+        **(
+            {"lineage": IMPORTED, "reference_snapshot_id": mv.reference_snapshot_id}
+            if mv.lineage == IMPORTED
+            else {}
+        ),
     }

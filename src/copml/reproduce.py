@@ -78,6 +78,11 @@ def _forget(dotted: str) -> None:
 
 def reproduce(project: Project, version: str, *, actor: str = "system") -> Reproduction:
     mv = registry.get(project, version)
+    if mv.lineage == registry.IMPORTED:
+        raise CopmlError(
+            f"v{version} was imported from {mv.source_uri}: it has no recorded snapshot and "
+            "code, so copml cannot reproduce it (reproduce it where it was trained)"
+        )
     engine = open_store(project.db_url)
     snap = snapshots.get(engine, mv.snapshot_id)
     if snap is None:

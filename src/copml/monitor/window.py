@@ -163,7 +163,8 @@ def _kpis(project: Project, frame: pd.DataFrame) -> dict[str, float]:
 def _reference_snapshot(
     project: Project, engine: Engine, version: str
 ) -> snapshots.Snapshot | None:
-    """The training snapshot of ``version``: its profile is what drift is measured against.
+    """The training snapshot of ``version`` (for an imported version, the snapshot it was
+    checked on when imported): its profile is what drift is measured against.
 
     The lineage event written at registration answers without an MLflow round trip; the
     registry's tags answer when this store did not see the registration.
@@ -172,11 +173,12 @@ def _reference_snapshot(
         engine, "model.registered", f"model:{project.spec.project}/{version}"
     )
     if registered is not None:
-        snapshot_id = registered["evidence"]["snapshot_id"]
+        evidence = registered["evidence"]
+        snapshot_id = evidence["snapshot_id"] or evidence.get("reference_snapshot_id")
     else:
         from copml import registry
 
-        snapshot_id = registry.get(project, version).snapshot_id
+        snapshot_id = registry.get(project, version).reference_snapshot_id
     return snapshots.get(engine, snapshot_id, missing_ok=True) if snapshot_id else None
 
 

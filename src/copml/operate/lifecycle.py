@@ -88,7 +88,12 @@ def gate(
     engine = open_store(project.db_url)
     candidate = registry.get(project, version)
     current = registry.champion(project)
-    snap = snapshots.get(engine, candidate.snapshot_id)
+    # An imported version has no training snapshot: it is measured on the latest one's
+    # holdout, split as training splits it.
+    if candidate.snapshot_id:
+        snap = snapshots.get(engine, candidate.snapshot_id)
+    else:
+        snap = snapshots.latest(engine)
     assert snap is not None
     frame = training_frame(project, snap)
     seed = int(candidate.tags.get(registry.TAG + "seed", spec.model.seed))
