@@ -14,15 +14,10 @@ from typing import Any
 
 from copml import events, registry, snapshots
 from copml.errors import CopmlError
+from copml.evaluation import minimum_failures, split_holdout
+from copml.kinds import kind_for
 from copml.project import Project
 from copml.store import open_store
-from copml.train import (
-    holdout_metrics,
-    minimum_failures,
-    model_inputs,
-    split_holdout,
-    training_frame,
-)
 
 
 def _subject(project: Project, version: str) -> str:
@@ -63,14 +58,15 @@ def gate(
     current = registry.champion(project)
     snap = snapshots.get(engine, candidate.snapshot_id)
     assert snap is not None
-    frame = training_frame(project, snap)
+    kind = kind_for(spec)
+    frame = kind.training_frame(project, snap)
     seed = int(candidate.tags.get(registry.TAG + "seed", spec.model.seed))
     holdout = split_holdout(frame, spec.data.target, spec.model.holdout, seed)
-    features = frame.loc[holdout, model_inputs(project, frame)].reset_index(drop=True)
+    features = frame.loc[holdout, kind.model_inputs(project, frame)].reset_index(drop=True)
     actual = frame.loc[holdout, spec.data.target].to_numpy()
 
     def measure(mv: registry.ModelVersion) -> dict[str, float]:
-        return holdout_metrics(project, registry.load(project, mv), features, actual)[1]
+        return kind.holdout_metrics(project, registry.load(project, mv), features, actual)[1]
 
     mine = measure(candidate)
     reasons = minimum_failures(project, mine)
@@ -78,8 +74,7 @@ def gate(
     metric = spec.promotion.metric
     if current is not None and current.version != candidate.version:
         theirs = measure(current)
-        needed = theirs[metric] + spec.promotion.min_gain
-        if not mine[metric] >= needed:
+        if not kind.better(metric, mine[metric], theirs[metric], spec.promotion.min_gain):
             reasons.append(
                 f"{metric} {mine[metric]:.4f} < champion v{current.version}'s "
                 f"{theirs[metric]:.4f} + min_gain {spec.promotion.min_gain:g}"
