@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 pytest.importorskip("torch", reason="the x-ray application needs the vision extra (torch)")
 
 from copml import audit, image_archive, keys, prediction_log, registry, snapshots
+from copml.apps.xray.explanation import explain_image
 from copml.apps.xray.vision import images as vision
 from copml.errors import SpecError
-from copml.explain import explain_image
 from copml.operate import lifecycle
 from copml.project import Project, load_project
 from copml.scaffold import init
@@ -302,7 +302,7 @@ def test_an_image_that_fails_inside_its_group_fails_alone(project: Project) -> N
     """An image that passed the upload checks but still fails its group (here an empty
     array) fails only its own request: the 15 others are answered and logged, and
     its image is not archived."""
-    from copml.serve import images as image_api
+    from copml.apps.xray import api as image_api
     from copml.serve.champion import ChampionSlot
 
     engine = open_store(project.db_url)
