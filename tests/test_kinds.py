@@ -5,6 +5,7 @@ or copml's own table; the layers it keeps apart."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from copml import kinds
 from copml.errors import CopmlError
 from copml.kinds import ModelKind, kind_named, names
+from copml.project import Project
 
 SRC = Path(__file__).parents[1] / "src" / "copml"
 
@@ -123,3 +125,42 @@ def test_services_that_use_a_model_do_not_load_the_training_service() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_third_party_kind_is_served_without_touching_copml(
+    churn: Project, tmp_path: Path
+) -> None:
+    """An installed package registers its own ``binary`` kind (one that sends every decision
+    to a person) through the entry point group; a real ``copml serve`` process finds it and
+    decides by it, with no change to copml's code."""
+    import httpx
+
+    from test_serve import _instances, start
+
+    site = tmp_path / "site"
+    site.mkdir()
+    _install(
+        site,
+        "acme_review",
+        "[copml.kinds]\nbinary = acme_review:ReviewEverything\n",
+        "import numpy as np\n\nfrom copml.kinds.binary import BinaryKind\n\n\n"
+        "class ReviewEverything(BinaryKind):\n"
+        "    def decide(self, project, model, scores):\n"
+        "        positive, _ = super().decide(project, model, scores)\n"
+        "        return positive, np.ones(len(scores), dtype=bool)\n",
+    )
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    server = start(churn, env={"PYTHONPATH": path})
+    try:
+        reply = httpx.post(
+            f"{server.url}/v1/predict",
+            json={"instances": _instances(churn, 3)},
+            headers=server.headers("service"),
+            timeout=60,
+        )
+        assert reply.status_code == 200, reply.text
+        assert [p["review"] for p in reply.json()["predictions"]] == [True, True, True]
+    finally:
+        server.kill()
+    # The same project served by copml's own binary kind reviews none of these (no band).
+    assert churn.spec.serving.review_band is None
