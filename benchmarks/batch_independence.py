@@ -26,12 +26,12 @@ import torch
 from workload import HGB_TRAIN
 
 from copml import batch_independence
+from copml.apps.churn.simulation import Population
+from copml.apps.xray.vision import models
+from copml.apps.xray.vision.images import load_arrays
+from copml.apps.xray.vision.synthetic import generate
+from copml.evaluation import positive_scores
 from copml.scaffold import EXAMPLES
-from copml.simulation import Population
-from copml.train import positive_scores
-from copml.vision import models
-from copml.vision.images import load_arrays
-from copml.vision.synthetic import generate
 
 ROWS = 20_000
 
@@ -102,7 +102,7 @@ def main(repeat: int) -> dict[str, Any]:
     return {
         "rows_per_chunk": batch_independence.ROWS,
         "logistic": table(
-            "churn logistic", fitted((EXAMPLES / "churn" / "churn.py").read_text()), repeat
+            "churn logistic", fitted((EXAMPLES["churn"] / "churn.py").read_text()), repeat
         ),
         "hgb": table("HistGradientBoosting", fitted(HGB_TRAIN), repeat),
         "cnn": cnn(repeat),

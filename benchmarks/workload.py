@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from copml import snapshots
+from copml.apps.churn.simulation import BEFORE_SHIFT, Population
 from copml.project import Project, load_project
 from copml.scaffold import init
-from copml.simulation import BEFORE_SHIFT, Population
 from copml.store import open_store
 from copml.train import train
 

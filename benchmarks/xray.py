@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from copml.vision import models
+from copml.apps.xray.vision import models
 
 DATA = Path("/work/shared/data/chest-xray")
 WORK = Path(__file__).parent / ".work"

@@ -21,9 +21,9 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuB
 import numpy as np
 import torch
 
-from copml.vision import models
-from copml.vision.images import load_arrays
-from copml.vision.synthetic import generate
+from copml.apps.xray.vision import models
+from copml.apps.xray.vision.images import load_arrays
+from copml.apps.xray.vision.synthetic import generate
 
 
 def _run(device: str, x: np.ndarray, y: np.ndarray, epochs: int, threads: int) -> dict:

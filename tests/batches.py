@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from copml.apps.churn.simulation import Population, as_source_csv
 from copml.project import Project
-from copml.simulation import Population, as_source_csv
 
 
 def month(folder: Path, *, seed: int = 11, size: int = 500) -> tuple[Path, pd.DataFrame]:

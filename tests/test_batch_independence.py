@@ -12,9 +12,9 @@ import pytest
 
 from batches import month
 from copml import audit, registry, snapshots
+from copml.evaluation import positive_scores
 from copml.project import Project
 from copml.score import score
-from copml.train import positive_scores
 
 # Where the 37 inputs sit in the batch of 1,000: spread over a chunk, never at their place in
 # the batch of 37 (input i at 1 + 27 i: positions 1 … 973).
@@ -80,8 +80,8 @@ def test_a_batch_decision_replays_exactly_from_its_row_alone(
 @pytest.fixture(scope="module")
 def cascade(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     """A small cascade trained on generated x-rays, and the generated files."""
-    from copml.vision import cascade as cascades
-    from copml.vision.synthetic import generate
+    from copml.apps.xray.vision import cascade as cascades
+    from copml.apps.xray.vision.synthetic import generate
 
     found = generate(
         tmp_path_factory.mktemp("xrays"), {"normal": 40, "bacteria": 30, "virus": 30}, size=64
@@ -91,7 +91,7 @@ def cascade(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
 
 
 def test_an_xray_scores_the_same_bits_alone_and_in_any_batch(cascade: tuple[Any, Any]) -> None:
-    from copml.vision.images import load_arrays
+    from copml.apps.xray.vision.images import load_arrays
 
     model, found = cascade
     images = load_arrays(found, 64)

@@ -19,12 +19,14 @@ from threadpoolctl import threadpool_limits
 
 from batches import month
 from copml import audit, events, explain, feedback, registry, snapshots
+from copml.apps.churn.simulation import Population, as_source_csv
+from copml.evaluation import positive_scores
+from copml.kinds import kind_for
 from copml.monitor.window import monitor
 from copml.project import Project, load_project
 from copml.scaffold import init
-from copml.simulation import Population, as_source_csv
 from copml.store import open_store
-from copml.train import positive_scores, train, training_frame
+from copml.train import train
 from store_state import assert_unchanged, capture
 from test_cli import run
 from test_model_card import _section
@@ -222,7 +224,7 @@ def test_a_row_scores_the_same_alone_in_a_batch_and_at_one_thread(
     model = registry.load(project, registry.champion(project))  # type: ignore[arg-type]
     snap = snapshots.latest(open_store(project.db_url))
     assert snap is not None
-    rows = training_frame(project, snap)[project.spec.data.features]
+    rows = kind_for(project.spec).training_frame(project, snap)[project.spec.data.features]
     together = positive_scores(model, rows)
     alone = [positive_scores(model, rows.iloc[[i]])[0] for i in range(0, len(rows), 8)]
     by_37 = np.concatenate(
@@ -251,7 +253,7 @@ def test_shap_explains_boosted_trees_in_their_log_odds(boosted: tuple[str, Proje
     model = registry.load(project, registry.champion(project))  # type: ignore[arg-type]
     snap = snapshots.latest(open_store(project.db_url))
     assert snap is not None
-    rows = training_frame(project, snap)[project.spec.data.features].head(50)
+    rows = kind_for(project.spec).training_frame(project, snap)[project.spec.data.features].head(50)
     values, base, _ = explain.explainer(project, "1").explain(rows)
     assert values.shape == (50, len(project.spec.data.features)) and values.dtype == np.float64
     p = positive_scores(model, rows)

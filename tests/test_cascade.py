@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from copml.vision import cascade
-from copml.vision.images import load_arrays
-from copml.vision.synthetic import generate
+from copml.apps.xray.vision import cascade
+from copml.apps.xray.vision.images import load_arrays
+from copml.apps.xray.vision.synthetic import generate
 
 
 @pytest.fixture(scope="module")

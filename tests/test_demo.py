@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from copml import events, registry
-from copml.demo import run_churn_demo
+from copml.apps.churn.demo import run_churn_demo
 from copml.monitor.window import history
 from copml.project import load_project
 from copml.store import open_store
@@ -67,7 +67,7 @@ def test_xray_demo_alerts_on_missed_pneumonia_and_an_approved_retrain_recovers(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("torch", reason="the x-ray demo needs the vision extra (torch)")
-    from copml.xray_demo import ACTOR, run_xray_demo
+    from copml.apps.xray.demo import ACTOR, run_xray_demo
 
     out = io.StringIO()
     run_xray_demo(tmp_path / "xray", weeks=5, shift_week=2, console=Console(file=out, width=160))

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from conftest import shared_file
+from copml.apps.xray.vision import images as img
+from copml.apps.xray.vision.synthetic import generate
 from copml.errors import CopmlError, DataValidationError
-from copml.vision import images as img
-from copml.vision.synthetic import generate
 
 SMALL = {"normal": 12, "bacteria": 10, "virus": 8}
 

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from copml import registry, snapshots
+from copml.kinds import kind_for
 from copml.project import Project, load_project
 from copml.scaffold import init
 from copml.store import open_store
-from copml.train import training_frame
 from store_state import assert_unchanged, capture
 from test_cli import run
 from test_serve import REALTIME, Server, _instances, start
@@ -73,7 +73,8 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("team")
     donor = _snapshotted(folder / "donor")
     data = folder / "train.parquet"
-    training_frame(donor, snapshots.latest(open_store(donor.db_url))).to_parquet(data)
+    snap = snapshots.latest(open_store(donor.db_url))
+    kind_for(donor.spec).training_frame(donor, snap).to_parquet(data)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     done = subprocess.run(
         [sys.executable, "-c", _TEAM_SCRIPT, str(data), str(donor.root), uri],

@@ -9,13 +9,13 @@ import pytest
 from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
 from batches import month, month_with_truth
+from copml.apps.churn.simulation import AFTER_SHIFT, Population, as_source_csv
 from copml.monitor.drift import categorical_drift, drift_share, feature_drift, numeric_drift, psi
 from copml.monitor.status import requirements
 from copml.monitor.window import history, monitor
 from copml.profiles import profile
 from copml.project import Project
 from copml.score import score
-from copml.simulation import AFTER_SHIFT, Population, as_source_csv
 
 END = datetime(2026, 4, 1, tzinfo=UTC)
 

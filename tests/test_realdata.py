@@ -39,9 +39,9 @@ def test_real_xrays_model_1_keeps_recall_095_at_specificity_070() -> None:
     2 epochs, its threshold chosen for recall 0.98 on a patient-disjoint calibration part of
     train/, judged on val/ (other patients). About 90 s of CPU on one thread (decoding 4,871
     images 12 s, an epoch 33 s); it saw recall 0.979 at specificity 0.789."""
-    from copml.vision import models
-    from copml.vision.cascade import train_detector
-    from copml.vision.images import load_arrays, read_folder
+    from copml.apps.xray.vision import models
+    from copml.apps.xray.vision.cascade import train_detector
+    from copml.apps.xray.vision.images import load_arrays, read_folder
 
     found = read_folder(shared_file("chest-xray", "manifest.csv").parent)
     arrays = load_arrays(found, models.SIZE)

@@ -203,10 +203,11 @@ def test_linear_explanations_equal_shaps_linear_explainer(churn: Project) -> Non
     import shap
 
     from copml import snapshots
+    from copml.kinds import kind_for
     from copml.store import open_store
-    from copml.train import training_frame
 
-    snap_frame = training_frame(churn, snapshots.latest(open_store(churn.db_url)))
+    latest = snapshots.latest(open_store(churn.db_url))
+    snap_frame = kind_for(churn.spec).training_frame(churn, latest)
     features = churn.spec.data.features
     model = registry.load(churn, registry.get(churn, "1"))
     # shap keeps at most 100 background rows (its Independent masker): give it exactly 100.

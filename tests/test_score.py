@@ -13,11 +13,11 @@ from sqlalchemy import func, select
 from batches import month
 from copml import prediction_log, registry, snapshots
 from copml.errors import CopmlError, DataValidationError, NotFoundError
+from copml.evaluation import positive_scores
 from copml.project import Project
 from copml.score import score
 from copml.store import events, open_store, predictions
 from copml.store import snapshots as snapshots_table
-from copml.train import positive_scores
 from store_state import capture
 
 

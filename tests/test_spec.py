@@ -13,7 +13,7 @@ from copml.project import Project
 from copml.scaffold import EXAMPLES
 from copml.spec import json_schema, load_spec, parse_spec
 
-EXAMPLE = (EXAMPLES / "churn" / "copml.yaml").read_text()
+EXAMPLE = (EXAMPLES["churn"] / "copml.yaml").read_text()
 
 
 def _edited(old: str, new: str) -> str:

@@ -8,9 +8,11 @@ from sqlalchemy import func, select
 
 from copml import events, registry, snapshots
 from copml.errors import NotFoundError, UserCodeError
+from copml.evaluation import split_holdout
+from copml.kinds import kind_for
 from copml.project import Project, load_project
 from copml.store import open_store
-from copml.train import split_holdout, train, training_frame
+from copml.train import train
 
 
 def test_champion_version_has_lineage(trained_churn: Path) -> None:
@@ -48,7 +50,9 @@ def test_run_logs_everything_needed_to_reproduce(trained_churn: Path) -> None:
 
 def test_holdout_split_is_deterministic(trained_churn: Path) -> None:
     project = load_project(trained_churn)
-    frame = training_frame(project, snapshots.latest(open_store(project.db_url)))
+    frame = kind_for(project.spec).training_frame(
+        project, snapshots.latest(open_store(project.db_url))
+    )
     a = split_holdout(frame, "Churn", 0.2, 42)
     assert np.array_equal(a, split_holdout(frame, "Churn", 0.2, 42))
     assert not np.array_equal(a, split_holdout(frame, "Churn", 0.2, 43))

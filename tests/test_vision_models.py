@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from copml.vision import models  # noqa: E402
+from copml.apps.xray.vision import models  # noqa: E402
 
 # One thread: tests run beside other test workers, where two OpenMP threads per process collapse.
 FAST = {

@@ -22,15 +22,15 @@ from sqlalchemy import func, select
 pytest.importorskip("torch", reason="the x-ray application needs the vision extra (torch)")
 
 from copml import audit, image_archive, keys, prediction_log, registry, snapshots
+from copml.apps.xray.explanation import explain_image
+from copml.apps.xray.vision import images as vision
 from copml.errors import SpecError
-from copml.explain import explain_image
 from copml.operate import lifecycle
 from copml.project import Project, load_project
 from copml.scaffold import init
 from copml.spec import parse_spec
 from copml.store import cascade_answers, open_store, reviews
 from copml.train import train
-from copml.vision import images as vision
 from store_state import assert_unchanged, capture
 from test_serve import Server, in_one_group, start
 
@@ -116,7 +116,7 @@ def test_the_cascade_is_one_version_with_both_networks_registered(xray: Path) ->
 
 
 def test_spec_refuses_columns_for_images() -> None:
-    text = (Path(__file__).parents[1] / "src/copml/examples/xray/copml.yaml").read_text()
+    text = (Path(__file__).parents[1] / "src/copml/apps/xray/example/copml.yaml").read_text()
     bad = text.replace("  kind: images\n", "  kind: images\n  columns: {x: {type: string}}\n")
     line = bad.splitlines().index("data:") + 1
     with pytest.raises(SpecError) as caught:
@@ -160,7 +160,7 @@ def test_score_folder_writes_the_declared_columns(project: Project, tmp_path: Pa
 
 
 def test_attribution_map_of_a_decision(project: Project, tmp_path: Path) -> None:
-    from copml.image_scoring import score_folder
+    from copml.apps.xray.scoring import score_folder
 
     folder = tmp_path / "one"
     folder.mkdir()
@@ -302,7 +302,7 @@ def test_an_image_that_fails_inside_its_group_fails_alone(project: Project) -> N
     """An image that passed the upload checks but still fails its group (here an empty
     array) fails only its own request: the 15 others are answered and logged, and
     its image is not archived."""
-    from copml.serve import images as image_api
+    from copml.apps.xray import api as image_api
     from copml.serve.champion import ChampionSlot
 
     engine = open_store(project.db_url)
@@ -334,7 +334,7 @@ def test_an_image_that_fails_inside_its_group_fails_alone(project: Project) -> N
 
 
 def test_the_dashboard_shows_the_attribution_map(project: Project, tmp_path: Path) -> None:
-    from copml.image_scoring import score_folder
+    from copml.apps.xray.scoring import score_folder
     from test_serve import _free_port, _wait_ready
 
     folder = tmp_path / "two"

@@ -17,6 +17,7 @@ from sqlalchemy import or_, select
 
 from copml import events, prediction_log, registry, snapshots
 from copml.errors import UnknownPrediction
+from copml.kinds import kind_for
 from copml.project import Project
 from copml.store import events as events_table
 from copml.store import open_store
@@ -80,57 +81,14 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
             for ev in reversed(events.history(engine, subject=subject, limit=1000))
         ],
     }
-    if project.spec.data.kind == "images":
-        from copml import image_scoring
-
-        out["cascade"] = image_scoring.answer(project, found["seq"])
-        if explanation:
-            out["explanation"] = _image_explanation(project, prediction_id)
-        return out
-    if explanation:
-        from copml.explain import explain_prediction
-
-        try:
-            explained = explain_prediction(project, prediction_id, record=found)
-            out["explanation"] = {
-                "space": "log-odds",
-                "base_value": explained.base_value,
-                "output": explained.output,
-                "values": explained.values,
-            }
-        except Exception as exc:  # an audit record is still an audit record
-            out["explanation"] = {"unavailable": f"{type(exc).__name__}: {exc}"}
+    out.update(kind_for(project.spec).audit_entries(project, found, explanation=explanation))
     return out
-
-
-def _image_explanation(project: Project, prediction_id: str) -> dict[str, Any]:
-    from copml.explain import explain_image
-
-    try:
-        found = explain_image(project, prediction_id)
-    except Exception as exc:  # an audit record is still an audit record
-        return {"unavailable": f"{type(exc).__name__}: {exc}"}
-    return {"kind": "occlusion attribution map of model 1", **found.__dict__}
 
 
 def archived_model(project: Project, version: str) -> Any:
     """The archived version, its local copy checked against the sha256 recorded at
     registration."""
     return registry.load_recorded(project, version, _lineage(project, version)["artifact_sha256"])
-
-
-def _replayed_score(project: Project, model: Any, found: dict[str, Any]) -> float:
-    if project.spec.data.kind == "images":
-        from copml import image_scoring
-        from copml.vision.images import decode
-
-        image = image_scoring.image_of(project, found)  # refuses an altered image
-        grey, _, _ = decode(image.read_bytes(), model.rules.input_size)
-        return float(model.predict(grey[None])["score"].iloc[0])
-    from copml.explain import prediction_frame
-    from copml.train import positive_scores
-
-    return float(positive_scores(model, prediction_frame(project, found))[0])
 
 
 @dataclass
@@ -156,7 +114,7 @@ def replay(
     if found is None:
         raise UnknownPrediction(prediction_id)
     version = found["model_version"]
-    score = _replayed_score(project, archived_model(project, version), found)
+    score = kind_for(project.spec).replay_score(project, archived_model(project, version), found)
     stored = float(found["score"])
     same = bool(np.float64(score) == np.float64(stored))
     with engine.begin() as conn:

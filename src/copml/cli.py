@@ -482,16 +482,9 @@ def score(
     when = times.parse_optional(at, "--at")
     p = _project(project)
     output = _writable_file(output, "--output")
-    if p.spec.data.kind == "images":
-        from copml.image_scoring import score_folder
+    from copml.score import score as run_scoring
 
-        result = score_folder(p, input_path, output, at=when, actor=user_actor())
-    else:
-        from copml.score import score as run_scoring
-
-        result = run_scoring(
-            p, input_path, output, at=when, actor=user_actor(), progress=not as_json
-        )
+    result = run_scoring(p, input_path, output, at=when, actor=user_actor(), progress=not as_json)
     if as_json:
         _print_json(result.__dict__)
         return
@@ -623,7 +616,7 @@ def demo(
 ) -> None:
     """The whole lifecycle on simulated time; ends with a table and an HTML report."""
     if example == "xray":
-        from copml.xray_demo import run_xray_demo
+        from copml.apps.xray.demo import run_xray_demo
 
         run_xray_demo(
             directory,
@@ -638,7 +631,7 @@ def demo(
         from copml.errors import CopmlError
 
         raise CopmlError(f"no demo {example!r}; available: churn, xray")
-    from copml.demo import run_churn_demo
+    from copml.apps.churn.demo import run_churn_demo
 
     run_churn_demo(
         directory,
@@ -792,34 +785,17 @@ def explain(
 ) -> None:
     """Why the model decided as it did for one prediction (SHAP, in log-odds; for an x-ray,
     model 1's attribution map as a PNG)."""
-    from copml.explain import explain_image, explain_prediction
+    from copml.kinds import kind_for
 
     p = _project(project)
-    if p.spec.data.kind == "images":
-        image = explain_image(p, prediction_id)
-        if as_json:
-            _print_json(image.__dict__)
-            return
-        region = image.strongest_region
-        _console().print(
-            f"v{image.model_version}: P(pneumonia) {image.score:.4f}; strongest evidence at "
-            f"x={region['x']:.2f}, y={region['y']:.2f} ({region['log_odds']:+.2f} log-odds)\n"
-            f"attribution map: {image.attribution_png}"
-        )
-        return
-    found = explain_prediction(p, prediction_id)
+    kind = kind_for(p.spec)
+    found = kind.explain(p, prediction_id)
     if as_json:
-        _print_json(found.__dict__)
+        _print_json(found)
         return
     console = _console()
-    console.print(
-        f"v{found.model_version}: score {found.score:.4f} = log-odds {found.output:+.3f} = "
-        f"base {found.base_value:+.3f} plus"
-    )
-    for name, value in found.top(len(found.values)):
-        bar = "█" * min(40, int(abs(value) * 20))
-        colour = "red" if value > 0 else "green"
-        console.print(f"  {name:<18} {value:+.3f} [{colour}]{bar}[/]  ({found.input.get(name)})")
+    for line in kind.explanation_lines(found):
+        console.print(line)
 
 
 @app.command()

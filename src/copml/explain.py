@@ -143,8 +143,9 @@ class _Explainer:
 
 @cache
 def _explainer(project_root: str, version: str) -> _Explainer:
+    from copml.evaluation import split_holdout
+    from copml.kinds import kind_for
     from copml.project import load_project
-    from copml.train import split_holdout, training_frame
 
     project = load_project(project_root)
     lineage = registry.recorded(project, version)
@@ -154,8 +155,8 @@ def _explainer(project_root: str, version: str) -> _Explainer:
     snap = snapshots.get(open_store(project.db_url), reference, missing_ok=True)
     if snap is None:
         raise NotFoundError(f"the training snapshot of v{version} is not in this store")
-    frame = training_frame(project, snap)
     spec = project.spec
+    frame = kind_for(spec).training_frame(project, snap)
     seed = int(lineage["seed"] or spec.model.seed)
     fit_rows = ~split_holdout(frame, spec.data.target, spec.model.holdout, seed)
     background = frame.loc[fit_rows, spec.data.features].sample(
@@ -192,7 +193,7 @@ def importance_figure(importance: dict[str, float], title: str) -> Any:
     return fig
 
 
-def _cache_path(project: Project, prediction_id: str) -> Path:
+def cache_path(project: Project, prediction_id: str) -> Path:
     return project.home / "explanations" / f"{prediction_id}.json"
 
 
@@ -218,7 +219,7 @@ def explain_prediction(
     ``record`` and ``frame``, when the caller has them already, save reading them again."""
     if prediction_log.split_id(prediction_id) is None:  # before the id names a cache file
         raise UnknownPrediction(prediction_id)
-    cached = _cache_path(project, prediction_id)
+    cached = cache_path(project, prediction_id)
     if cached.exists():
         return Explanation(**json.loads(cached.read_text()))
     record = record or prediction_log.record(open_store(project.db_url), prediction_id)
@@ -240,51 +241,6 @@ def explain_prediction(
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(asdict(found)))
     return found
-
-
-@dataclass
-class ImageExplanation:
-    """Model 1's attribution map for one image decision (occlusion sensitivity)."""
-
-    prediction_id: str
-    model_version: str
-    score: float
-    base_log_odds: float
-    attribution_png: str
-    image_sha256: str
-    strongest_region: dict[str, float]
-
-
-def explain_image(project: Project, prediction_id: str) -> ImageExplanation:
-    """Where model 1 saw pneumonia in this x-ray: an overlay PNG (cached), from the very
-    image that was scored (verified by its sha256) and the archived version that scored it."""
-    from copml import audit, image_scoring
-    from copml.vision.attribution import occlusion, overlay
-    from copml.vision.images import decode
-
-    record = prediction_log.record(open_store(project.db_url), prediction_id)
-    if record is None:
-        raise UnknownPrediction(prediction_id)
-    version = record["model_version"]
-    cached = _cache_path(project, prediction_id).with_suffix(".png")
-    image = image_scoring.image_of(project, record)
-    cascade = audit.archived_model(project, version)
-    grey, _, _ = decode(image.read_bytes(), cascade.rules.input_size)
-    heat, base = occlusion(cascade.detector, grey)
-    if not cached.exists():
-        title = f"prediction {prediction_id} · v{version} · P(pneumonia) {record['score']:.3f}"
-        overlay(grey, heat, cached, title)
-    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    side = heat.shape[0]
-    return ImageExplanation(
-        prediction_id=prediction_id,
-        model_version=version,
-        score=float(record["score"]),
-        base_log_odds=base,
-        attribution_png=str(cached),
-        image_sha256=record["input"]["sha256"],
-        strongest_region={"x": x / side, "y": y / side, "log_odds": float(heat[y, x])},
-    )
 
 
 def logit(p: float) -> float:

@@ -3,7 +3,7 @@
 Everything on the card is read from where copml records it (the spec, the registry's
 lineage tags, the MLflow run, the snapshot, the event log and the stored metric windows),
 never typed by hand, so a reviewer or an auditor reads facts rather than claims. The HTML
-inlines its style and images, so it opens offline and can be attached to a ticket.
+inlines its style and pictures, so it opens offline and can be attached to a ticket.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from copml import display, events, registry, snapshots, times
+from copml.kinds import kind_for
 from copml.monitor import window as windows_module
 from copml.project import Project
 from copml.spec import Spec, Threshold
@@ -455,15 +456,8 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
     else:
         impact_note = f"{spec.impact.capitalize()} impact; promotions follow the gate alone."
 
-    threshold, review_rule = spec.model.threshold, None
-    if spec.model.task == "cascade":  # the cascade decides by its own calibrated rules
-        rules = registry.load(project, mv).rules
-        threshold = round(rules.threshold, 4)
-        review_rule = (
-            f"model 1 within {rules.review_margin:g} log-odds of its threshold (chosen for "
-            f"recall {rules.recall_target:g} on calibration images), or model 2's type "
-            f"probability within {rules.type_margin:g} of 0.5, go to a person"
-        )
+    rule = kind_for(spec).decision_rule(project, mv)
+    threshold, review_rule = rule.threshold, rule.review
     card = ModelCard(
         project=spec.project,
         version=mv.version,

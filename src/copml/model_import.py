@@ -53,13 +53,18 @@ def _check_binary(project: Project, uri: str, model: Any) -> None:
 def _check_scores(project: Project, uri: str, model: Any) -> snapshots.Snapshot | None:
     """Score the first rows of the latest snapshot, which becomes the version's reference
     for drift and explanations (none yet: the gate checks later)."""
-    from copml.train import positive_scores, training_frame
+    from copml.evaluation import positive_scores
+    from copml.kinds import kind_for
 
     try:
         snap = snapshots.latest(open_store(project.db_url))
     except NotFoundError:
         return None
-    features = training_frame(project, snap)[project.spec.data.features].head(CHECK_ROWS)
+    features = (
+        kind_for(project.spec)
+        .training_frame(project, snap)[project.spec.data.features]
+        .head(CHECK_ROWS)
+    )
     try:
         positive_scores(model, features)
     except Exception as exc:

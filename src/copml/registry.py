@@ -255,10 +255,10 @@ def register(
 def register_part(
     project: Project, part: str, run_id: str, artifact_path: str, tags: dict[str, str]
 ) -> str:
-    """Register one network of a cascade under ``<project>-<part>``; its version number.
+    """Register one part of a composite model under ``<project>-<part>``; its version number.
 
-    The cascade version is what is promoted and served; the parts are registered too, so
-    each network has its own version in MLflow and every answer can name both."""
+    The composite version is what is promoted and served; the parts are registered too, so
+    each has its own version in MLflow and every answer can name them all."""
     from mlflow.exceptions import MlflowException
 
     c = client(project)
@@ -405,7 +405,7 @@ def register_imported(project: Project, source: SourceModel, tags: dict[str, str
 
 
 def parts(mv: ModelVersion) -> dict[str, str]:
-    """The registered versions of a cascade's networks (empty for a single model)."""
+    """The registered versions of a composite model's parts (empty for a single model)."""
     return json.loads(mv.tags.get(TAG + "parts", "{}"))
 
 
@@ -511,28 +511,15 @@ def local_copy(project: Project, mv: ModelVersion) -> Path:
 
 
 @cache
-def _load(path: str, sha256: str) -> Any:
-    cascade = Path(path) / "artifacts" / "cascade"
-    if cascade.is_dir():  # an image cascade (MLflow pyfunc): its networks and rules
-        from copml.vision.cascade import Cascade
+def _load(path: str, sha256: str, task: str) -> Any:
+    from copml.kinds import kind_named
 
-        return Cascade.load(cascade)
-    model_file = Path(path) / "model.pkl"
-    if model_file.exists():
-        # What mlflow.sklearn.load_model does for a cloudpickle'd model, without importing
-        # MLflow (a second and a half): an audit's replay answers in a fresh process.
-        import cloudpickle
-
-        with model_file.open("rb") as fh:
-            return cloudpickle.load(fh)
-    import mlflow.sklearn
-
-    return mlflow.sklearn.load_model(path)
+    return kind_named(task).load(Path(path))
 
 
 def load(project: Project, mv: ModelVersion) -> Any:
     """The fitted estimator of a version (checked against its sha256, cached per process)."""
-    return _load(str(local_copy(project, mv)), mv.artifact_sha256)
+    return _load(str(local_copy(project, mv)), mv.artifact_sha256, project.spec.model.task)
 
 
 def load_recorded(project: Project, version: str, sha256: str) -> Any:
@@ -547,7 +534,7 @@ def load_recorded(project: Project, version: str, sha256: str) -> Any:
             f"model version {version}: artifact sha256 {actual[:12]}… does not match the "
             f"{sha256[:12]}… recorded at registration; refusing to load it"
         )
-    return _load(str(target), sha256)
+    return _load(str(target), sha256, project.spec.model.task)
 
 
 def recorded(project: Project, version: str) -> dict[str, Any]:

@@ -24,16 +24,11 @@ import numpy as np
 
 from copml import events, registry, snapshots
 from copml.errors import CopmlError, UserCodeError
+from copml.evaluation import split_holdout
+from copml.kinds import kind_for
 from copml.project import Project, load_project
 from copml.store import open_store
-from copml.train import (
-    holdout_metrics,
-    model_inputs,
-    positive_scores,
-    seed_everything,
-    split_holdout,
-    training_frame,
-)
+from copml.train import seed_everything
 from copml.usercode import load_function
 
 TOLERANCE = 1e-9
@@ -120,7 +115,8 @@ def reproduce(project: Project, version: str, *, actor: str = "system") -> Repro
         seed = int(mv.tags.get(registry.TAG + "seed", spec.model.seed))
         _forget(spec.model.train)  # read the code from disk, not an earlier import
         train_fn = load_function(code_root, spec.model.train, "train function")
-        frame = training_frame(project, snap)
+        kind = kind_for(project.spec)
+        frame = kind.training_frame(project, snap)
         holdout = split_holdout(frame, spec.data.target, spec.model.holdout, seed)
         seed_everything(seed)
         try:
@@ -131,10 +127,10 @@ def reproduce(project: Project, version: str, *, actor: str = "system") -> Repro
             sys.path[:] = [p for p in sys.path if not p.startswith(tmp)]
             _forget(spec.model.train)
     original = registry.load(project, mv)
-    features = frame[model_inputs(project, frame)]
-    mine, theirs = positive_scores(model, features), positive_scores(original, features)
+    features = frame[kind.model_inputs(project, frame)]
+    mine, theirs = kind.scores(model, features), kind.scores(original, features)
     actual = frame.loc[holdout, spec.data.target].to_numpy()
-    new_metrics = holdout_metrics(
+    new_metrics = kind.holdout_metrics(
         project, model, features.loc[holdout].reset_index(drop=True), actual
     )[1]
     client = registry.client(project)

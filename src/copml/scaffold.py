@@ -1,17 +1,16 @@
-"""``copml init``: a new project from one of the reference applications."""
+"""``copml init``: a new project from one of the reference applications (``copml.apps``),
+each with its spec and code in ``apps/<name>/example/`` and its starting dataset."""
 
 from __future__ import annotations
 
 import shutil
+from importlib import import_module
 from pathlib import Path
 
 from copml.errors import CopmlError
 
-EXAMPLES = Path(__file__).parent / "examples"
-HISTORY_ROWS = 6000
-# Generated x-rays: enough for both networks to learn, few enough to train in a minute.
-XRAY_IMAGES = {"normal": 240, "bacteria": 200, "virus": 160}
-XRAY_SIZE = 128
+APPS = Path(__file__).parent / "apps"
+EXAMPLES = {p.name: p / "example" for p in sorted(APPS.iterdir()) if (p / "example").is_dir()}
 
 
 def init(
@@ -19,10 +18,9 @@ def init(
 ) -> list[Path]:
     """Copy the example's spec and code and generate its starting dataset (``generate``
     False: the caller brings its own data)."""
-    source = EXAMPLES / example
-    if not source.is_dir():
-        choices = ", ".join(sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir()))
-        raise CopmlError(f"unknown example {example!r}; choose one of: {choices}")
+    source = EXAMPLES.get(example)
+    if source is None:
+        raise CopmlError(f"unknown example {example!r}; choose one of: {', '.join(EXAMPLES)}")
     if (directory / "copml.yaml").exists():
         raise CopmlError(f"{directory / 'copml.yaml'} already exists; refusing to overwrite it")
     directory.mkdir(parents=True, exist_ok=True)
@@ -32,17 +30,7 @@ def init(
             shutil.copy(file, directory / file.name)
             written.append(directory / file.name)
     (directory / ".gitignore").write_text(".copml/\n__pycache__/\noutputs/\n")
-    if example == "churn" and generate:
-        from copml.simulation import Population, as_source_csv
-
-        data = directory / "data" / "customers.csv"
-        data.parent.mkdir(exist_ok=True)
-        as_source_csv(Population(seed=seed).history(HISTORY_ROWS)).to_csv(data, index=False)
-        written.append(data)
-    if example == "xray" and generate:
-        from copml.vision.synthetic import generate
-
-        images = directory / "data" / "images"
-        generate(images, XRAY_IMAGES, size=XRAY_SIZE, seed=seed)
-        written.append(images)
+    if generate:
+        app = import_module(f"copml.apps.{example}")
+        written.append(app.starting_data(directory, seed))
     return written

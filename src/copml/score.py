@@ -21,11 +21,11 @@ from sqlalchemy import Connection
 
 from copml import costs, events, lineage, prediction_log, registry, snapshots, times
 from copml.errors import NotFoundError
-from copml.labels import class_labels, decide
+from copml.kinds import ModelKind, kind_for
+from copml.labels import class_labels
 from copml.project import Project
 from copml.redaction import redact
 from copml.store import open_store
-from copml.train import positive_scores
 
 CHUNK_ROWS = 100_000
 
@@ -41,7 +41,7 @@ class ScoreResult:
     reviews: int
 
 
-def _predict(model: object, features: pd.DataFrame, progress: bool) -> np.ndarray:
+def _predict(kind: ModelKind, model: object, features: pd.DataFrame, progress: bool) -> np.ndarray:
     chunks = range(0, len(features), CHUNK_ROWS)
     scores = np.empty(len(features), dtype=np.float64)
     if progress:
@@ -50,7 +50,7 @@ def _predict(model: object, features: pd.DataFrame, progress: bool) -> np.ndarra
         chunks = track(chunks, description="scoring", total=len(chunks), transient=True)
     for start in chunks:
         part = features.iloc[start : start + CHUNK_ROWS]
-        scores[start : start + len(part)] = positive_scores(model, part)
+        scores[start : start + len(part)] = kind.scores(model, part)
     return scores
 
 
@@ -102,6 +102,9 @@ def score(
     output file appears (atomically renamed) only after that commit.
     """
     spec = project.spec
+    kind = kind_for(spec)
+    if (own := kind.batch_scorer()) is not None:  # input that is not a table file
+        return own(project, source, output, at=at, actor=actor)
     data = spec.data
     engine = open_store(project.db_url)
     champion = registry.champion(project)
@@ -136,9 +139,9 @@ def score(
             kind="batch",
         )
         with costs.metered(engine, "score", at=when, detail=source):
-            scores = _predict(model, frame[data.features], progress)
+            scores = _predict(kind, model, frame[data.features], progress)
         snap = frozen.result()
-    positive, review = decide(scores, spec.model.threshold, band)
+    positive, review = kind.decide(project, model, scores)
 
     def finish(conn: Connection, _first: int) -> None:
         snapshots.record(conn, snap, actor=actor)  # in the log's transaction: all or nothing

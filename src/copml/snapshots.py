@@ -504,8 +504,10 @@ def create(
     """Read, validate and freeze the training data declared in the spec (or ``source``)."""
     if source is None:
         source, query = data.source, data.query
-    if data.kind == "images":
-        return _create_images(
+    if data.kind != "table":  # read by the model kind that knows such data
+        from copml.kinds import kind_reading
+
+        return kind_reading(data.kind).snapshot(
             engine, data, root=root, directory=directory, source=source, actor=actor
         )
     if by_reference:
@@ -529,84 +531,40 @@ def create(
         return record(conn, snap, actor=actor)
 
 
-def image_table(images: Any, archive: Path | None = None) -> pd.DataFrame:
-    """An image set as copml's table: file facts plus the monitored statistics; each file
-    copied into the content-addressed archive when ``archive`` is given."""
-    from copml import image_archive
-    from copml.vision.images import load_arrays, statistics
-
-    frame = images.frame.copy()
-    for extra in ("group", "split"):
-        if extra not in frame:
-            frame[extra] = None
-    mean, std = statistics(load_arrays(images))
-    frame["intensity_mean"], frame["intensity_std"] = mean, std
-    if archive is not None:
-        for file, digest in zip(images.files(), frame["sha256"], strict=True):
-            image_archive.put_file(archive, file, digest)
-    return frame
-
-
-def _create_images(
-    engine: Engine, data: Data, *, root: Path, directory: Path, source: str, actor: str
-) -> Snapshot:
-    """Freeze an image folder: every file validated and archived by its sha256."""
-    from copml import image_archive
-    from copml.vision import images as vision
-
-    folder = Path(source) if Path(source).is_absolute() else root / source
-    options = data.images
-    assert options is not None
-    found = vision.read_folder(folder)
-    vision.validate(
-        found,
-        size=options.size,
-        labels=[str(data.positive), options.negative],
-        allow_duplicates=options.allow_duplicates,
-    )
-    frame = image_table(found, image_archive.directory(directory.parent))
-    return freeze_images(
-        engine, data, frame, directory=directory, source=str(source), actor=actor, images=found
-    )
-
-
-def freeze_images(
+def freeze(
     engine: Engine,
     data: Data,
     frame: pd.DataFrame,
     *,
+    snapshot_id: str,
     directory: Path,
     source: str,
+    storage: str,
+    profile: dict[str, Any] | None = None,
     actor: str = "system",
-    images: Any = None,
 ) -> Snapshot:
-    """Record a table of archived images as a training snapshot. Its id is the hash over
-    paths, labels, subtypes and file hashes, so the same images and labels give the same id."""
-    from copml.vision import images as vision
-
+    """Record ``frame`` as a training snapshot under an id its reader computed (a kind whose
+    data is not a table file hashes its own content); ``profile`` adds to the columns'."""
     frame = frame[list(data.columns)].reset_index(drop=True)
-    listed = images if images is not None else vision.ImageSet(frame, directory)
-    snapshot_id = vision.content_sha256(listed)
     path = directory / f"{snapshot_id}.parquet"
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         pq.write_table(_arrow_table(frame, data), tmp, compression="zstd")
         os.replace(tmp, path)
-    profile = profiles.profile(frame[data.features], _kinds(data, data.features))
-    if images is not None:
-        profile["__images__"] = {"kind": "images", **vision.profile(images)}
+    profiled = profiles.profile(frame[data.features], _kinds(data, data.features))
+    profiled.update(profile or {})
     positive = float((frame[data.target] == str(data.positive)).mean())
-    profile["__target__"] = {"kind": "target", "positive_rate": positive}
+    profiled["__target__"] = {"kind": "target", "positive_rate": positive}
     snap = Snapshot(
         id=snapshot_id,
         kind="training",
-        storage="images",
+        storage=storage,
         source=source,
         path=str(path),
         n_rows=len(frame),
         schema=_schema(data, list(frame.columns)),
-        profile=profile,
+        profile=profiled,
         created_at=datetime.now(UTC),
     )
     with engine.begin() as conn:

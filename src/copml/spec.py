@@ -52,7 +52,7 @@ its object carries the kind's :class:`~copml.metrics.MetricTable` as ``metrics``
 BUILT_IN_TASKS = tuple(metrics.TABLES)
 # Kinds shipped inside copml's own tree until their application registers them in
 # KIND_GROUP (the x-ray cascade); an entry point of the same name wins.
-_BUNDLED_KINDS = {"cascade": "copml.vision:CASCADE_METRICS"}
+_BUNDLED_KINDS = {"cascade": "copml.apps.xray.kind:CascadeKind"}
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week|month|year|window)s?\s*$", re.I)
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

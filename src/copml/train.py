@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from copml import batch_independence, costs, events, lineage, registry, snapshots
+from copml import costs, events, lineage, registry, snapshots
 from copml.errors import CopmlError, UserCodeError
-from copml.metrics import classification_metrics
+from copml.evaluation import minimum_failures, split_holdout
+from copml.kinds import ModelKind, kind_for
 from copml.project import Project
 from copml.store import open_store
 from copml.usercode import load_function
@@ -98,139 +98,12 @@ def package_versions(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     return versions
 
 
-def split_holdout(frame: pd.DataFrame, target: str, share: float, seed: int) -> np.ndarray:
-    """A stratified, seeded holdout mask: the same snapshot and seed give the same split.
-
-    Data that names its own split (a ``split`` column, as image sets do: ``train``/``val``)
-    is held out as named, so the reported figures are those of the team's evaluation set."""
-    from sklearn.model_selection import train_test_split
-
-    if "split" in frame:
-        named = frame["split"].notna() & (frame["split"] != "train")
-        if named.any() and not named.all():
-            return named.to_numpy()
-
-    index = np.arange(len(frame))
-    stratify = frame[target] if frame[target].nunique() > 1 else None
-    _, test = train_test_split(index, test_size=share, random_state=seed, stratify=stratify)
-    mask = np.zeros(len(frame), dtype=bool)
-    mask[test] = True
-    return mask
-
-
-def model_inputs(project: Project, frame: pd.DataFrame) -> list[str]:
-    """The columns ``train()`` and the model get: the features, or for images the whole
-    table of files (``file`` is the verified archived copy the networks read)."""
-    data = project.spec.data
-    if data.kind == "images":
-        return [c for c in frame.columns if c != data.target]
-    return data.features
-
-
-def training_frame(project: Project, snap: snapshots.Snapshot) -> pd.DataFrame:
-    """Features plus the target as 0/1 (1 = the declared positive), as ``train()`` gets it."""
-    data = project.spec.data
-    frame = snap.load()
-    if data.kind == "images":
-        from copml import image_archive
-
-        archive = image_archive.directory(project.home)
-        frame["file"] = [str(image_archive.get(archive, d)) for d in frame["sha256"]]
-    out = frame[model_inputs(project, frame)].copy()
-    out[data.target] = (frame[data.target].astype(str) == str(data.positive)).astype(np.int8)
-    return out
-
-
-def positive_scores(model: Any, features: pd.DataFrame) -> np.ndarray:
-    """Probability of the positive class (label 1) from a fitted classifier, each row's the
-    same whatever else is in ``features`` (see :mod:`copml.batch_independence`); a model that
-    says ``score_rows`` is scored that many rows per call."""
-    if not hasattr(model, "predict_proba"):
-        raise UserCodeError("train() must return a classifier with predict_proba()")
-    column = list(getattr(model, "classes_", [0, 1])).index(1)
-    rows = int(getattr(model, "score_rows", batch_independence.ROWS))
-    return batch_independence.scores(
-        lambda part: model.predict_proba(part)[:, column], features, rows
-    )
-
-
-def decision_threshold(project: Project, model: Any) -> float:
-    """A cascade decides at its own threshold (chosen for recall); others at the spec's."""
-    return float(getattr(model, "decision_threshold", project.spec.model.threshold))
-
-
-def holdout_metrics(
-    project: Project, model: Any, features: pd.DataFrame, actual: np.ndarray
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Scores and figures of ``model`` on held-out rows, as training and the gate see them."""
-    score = positive_scores(model, features)
-    metrics = classification_metrics(actual, score >= decision_threshold(project, model), score)
-    if hasattr(model, "type_metrics"):  # a cascade's second model, on the same holdout
-        metrics.update(model.type_metrics(features[actual == 1]))
-    return score, metrics
-
-
-def minimum_failures(project: Project, metrics: dict[str, float]) -> list[str]:
-    """The declared effectiveness thresholds this version misses on the holdout."""
-    failures = []
-    for name, bound in project.spec.effectiveness.thresholds.items():
-        value = metrics.get(name, float("nan"))
-        if np.isnan(value) or not bound.met(value):
-            failures.append(f"{name} = {value:.3f} (needs {bound.model_dump(exclude_none=True)})")
-    return failures
-
-
-def _confusion_figure(metrics: dict[str, float]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cells = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
-    fig, ax = plt.subplots(figsize=(3.6, 3.2))
-    ax.imshow(cells, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cells):
-        ax.text(j, i, f"{int(v)}", ha="center", va="center")
-    ax.set_xticks([0, 1], ["predicted 0", "predicted 1"])
-    ax.set_yticks([0, 1], ["actual 0", "actual 1"])
-    ax.set_title("holdout confusion matrix")
-    fig.tight_layout()
-    return fig
-
-
-def _log_importance(
-    model: Any, fit: pd.DataFrame, holdout: pd.DataFrame, features: list[str], seed: int
-) -> None:
-    """Global SHAP importance on the holdout, as a JSON artifact and a plot. A model SHAP
-    cannot explain still trains: the run says why there is no explanation."""
-    import mlflow
-
-    from copml import explain
-
-    try:
-        importance = explain.global_importance(
-            model,
-            fit.sample(min(explain.BACKGROUND_ROWS, len(fit)), random_state=seed),
-            holdout.head(explain.IMPORTANCE_ROWS),
-            features,
-        )
-    except Exception as exc:
-        mlflow.set_tag("copml.explanation", f"unavailable: {type(exc).__name__}: {exc}"[:250])
-        return
-    mlflow.log_dict(importance, f"{explain.ARTIFACT_DIR}/importance.json")
-    figure = explain.importance_figure(importance, "global importance (holdout)")
-    mlflow.log_figure(figure, f"{explain.ARTIFACT_DIR}/importance.png")
-    mlflow.set_tag("copml.explanation", "shap")
-
-
-def _register_parts(project: Project, run_id: str, tags: dict[str, str]) -> dict[str, str]:
-    """Each network of a cascade as its own registered model version."""
-    folder = f"{MODEL_ARTIFACT}/artifacts/cascade"
+def _register_parts(
+    project: Project, kind: ModelKind, run_id: str, tags: dict[str, str]
+) -> dict[str, str]:
+    """A composite model's parts as their own registered versions ({} for one model)."""
     lineage_tags = {k: v for k, v in tags.items() if k != "copml.state"}
-    return {
-        part: registry.register_part(project, part, run_id, f"{folder}/{sub}", lineage_tags)
-        for part, sub in (("pneumonia", "detector"), ("type", "typer"))
-    }
+    return kind.register_parts(project, run_id, MODEL_ARTIFACT, lineage_tags)
 
 
 def train(
@@ -253,12 +126,12 @@ def train(
         raise CopmlError(f"snapshot {snap.id[:12]} has no target column; it cannot train")
     params = {**spec.model.params, **(params or {})}
     seed = spec.model.seed if seed is None else seed
-    frame = training_frame(project, snap)
+    kind = kind_for(spec)
+    frame = kind.training_frame(project, snap)
     holdout = split_holdout(frame, spec.data.target, spec.model.holdout, seed)
     commit, dirty = git_state(project.root)
 
     import mlflow
-    from mlflow.models import infer_signature
 
     registry.client(project)
     exp_id = registry.experiment_id(project)
@@ -291,39 +164,26 @@ def train(
             raise UserCodeError(f"train() failed: {type(exc).__name__}: {exc}") from exc
         versions = package_versions(model_packages(model))
         mlflow.log_dict(versions, "environment/packages.json")
-        inputs = model_inputs(project, frame)
+        inputs = kind.model_inputs(project, frame)
         features = frame.loc[holdout, inputs].reset_index(drop=True)
         actual = frame.loc[holdout, spec.data.target].to_numpy()
-        score, metrics = holdout_metrics(project, model, features, actual)
-        mlflow.log_param("decision_threshold", decision_threshold(project, model))
+        score, metrics = kind.holdout_metrics(project, model, features, actual)
+        mlflow.log_param("decision_threshold", kind.decision_threshold(project, model))
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if not np.isnan(v)})
-        mlflow.log_dict(
-            {
-                "labels": [0, 1],
-                "matrix": [[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]],
-            },
-            "holdout/confusion_matrix.json",
-        )
-        mlflow.log_figure(_confusion_figure(metrics), "holdout/confusion_matrix.png")
         requirements = [f"{k}=={v}" for k, v in versions.items() if k != "python"]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / MODEL_ARTIFACT
-            if spec.model.task == "cascade":
-                from copml.vision import pyfunc
-
-                mlflow.set_tag("copml.explanation", "attribution maps of model 1 on request")
-                pyfunc.save(model, folder, requirements)
-            else:
-                _log_importance(model, fit_part[inputs], features, inputs, seed)
-                example = features.head(5)
-                mlflow.sklearn.save_model(
-                    model,
-                    folder,
-                    signature=infer_signature(example, score[:5]),
-                    input_example=example,
-                    serialization_format="cloudpickle",
-                    pip_requirements=requirements,
-                )
+            kind.save(
+                model,
+                folder,
+                fit=fit_part,
+                holdout=features,
+                scores=score,
+                metrics=metrics,
+                inputs=inputs,
+                requirements=requirements,
+                seed=seed,
+            )
             sha = registry.directory_sha256(folder)
             mlflow.log_artifacts(str(folder), MODEL_ARTIFACT)
         failures = minimum_failures(project, metrics)
@@ -337,8 +197,8 @@ def train(
             "copml.params": json.dumps(params, sort_keys=True, default=str),
             "copml.state": "validated" if not failures else "registered",
         }
-        if spec.model.task == "cascade":
-            tags["copml.parts"] = json.dumps(_register_parts(project, run.info.run_id, tags))
+        if parts := _register_parts(project, kind, run.info.run_id, tags):
+            tags["copml.parts"] = json.dumps(parts)
         mv = registry.register(project, run.info.run_id, MODEL_ARTIFACT, tags)
     result = TrainResult(run.info.run_id, mv.version, snap.id, metrics, not failures, failures)
     lineage.emit(

@@ -73,7 +73,7 @@ def demo_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     from rich.console import Console
 
     from copml import keys
-    from copml.demo import run_churn_demo
+    from copml.apps.churn.demo import run_churn_demo
     from copml.project import load_project
     from copml.store import open_store
 

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, delete, insert, select
 
 from copml import costs, events, prediction_log, snapshots, times
 from copml.errors import UserCodeError
+from copml.kinds import kind_for
 from copml.metrics import classification_metrics
 from copml.monitor.drift import drift_share, feature_drift
 from copml.monitor.fairness import fairness
@@ -187,7 +188,7 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     spec = project.spec
     engine = open_store(project.db_url)
     start, end = period(spec.effectiveness.window, end or datetime.now(UTC))
-    features = spec.data.features
+    features = kind_for(spec).monitored_features(spec.data)
     frame = window_frame(engine, start, end, features)
     labelled = frame[frame["actual"].notna()]
     metrics: dict[str, float] = dict.fromkeys(

@@ -15,16 +15,11 @@ from typing import Any
 
 from copml import events, registry, snapshots
 from copml.errors import CopmlError
+from copml.evaluation import minimum_failures, split_holdout
+from copml.kinds import kind_for
 from copml.project import Project
 from copml.spec import Spec
 from copml.store import open_store
-from copml.train import (
-    holdout_metrics,
-    minimum_failures,
-    model_inputs,
-    split_holdout,
-    training_frame,
-)
 
 
 def _subject(project: Project, version: str) -> str:
@@ -95,14 +90,15 @@ def gate(
     else:
         snap = snapshots.latest(engine)
     assert snap is not None
-    frame = training_frame(project, snap)
+    kind = kind_for(spec)
+    frame = kind.training_frame(project, snap)
     seed = int(candidate.tags.get(registry.TAG + "seed", spec.model.seed))
     holdout = split_holdout(frame, spec.data.target, spec.model.holdout, seed)
-    features = frame.loc[holdout, model_inputs(project, frame)].reset_index(drop=True)
+    features = frame.loc[holdout, kind.model_inputs(project, frame)].reset_index(drop=True)
     actual = frame.loc[holdout, spec.data.target].to_numpy()
 
     def measure(mv: registry.ModelVersion) -> dict[str, float]:
-        return holdout_metrics(project, registry.load(project, mv), features, actual)[1]
+        return kind.holdout_metrics(project, registry.load(project, mv), features, actual)[1]
 
     mine = measure(candidate)
     reasons = minimum_failures(project, mine)

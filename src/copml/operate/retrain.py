@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from copml import lineage, snapshots
+from copml.kinds import kind_for
 from copml.labels import class_labels
 from copml.monitor.window import window_frame
 from copml.project import Project
@@ -35,10 +36,10 @@ def _labelled(project: Project, at: datetime) -> pd.DataFrame:
     return frame[frame["actual"].notna()]
 
 
-def production_rows(project: Project, at: datetime) -> pd.DataFrame:
-    """Labelled predictions of the look-back period as training rows (declared types)."""
+def production_rows(project: Project, frame: pd.DataFrame) -> pd.DataFrame:
+    """Labelled predictions (``frame``, from :func:`_labelled`) as training rows (declared
+    types)."""
     data = project.spec.data
-    frame = _labelled(project, at)
     if frame.empty or any(f not in frame.columns for f in data.features):
         return pd.DataFrame(columns=list(data.columns))
     negative, positive = class_labels(data)
@@ -56,84 +57,22 @@ def production_rows(project: Project, at: datetime) -> pd.DataFrame:
     return snapshots.validate(rows, data)
 
 
-def _production_images(project: Project, at: datetime) -> pd.DataFrame:
-    """Archived images of the look-back period with their ground truth, as snapshot rows."""
-    from sqlalchemy import select
-
-    from copml import image_archive
-    from copml.store import cascade_answers
-
-    data = project.spec.data
-    frame = _labelled(project, at)
-    if frame.empty:
-        return pd.DataFrame(columns=list(data.columns))
-    with open_store(project.db_url).connect() as conn:
-        found = dict(
-            conn.execute(
-                select(cascade_answers.c.seq, cascade_answers.c.image_sha256).where(
-                    cascade_answers.c.seq.in_([int(s) for s in frame["seq"]])
-                )
-            ).all()
-        )
-    archive = image_archive.directory(project.home)
-    frame = frame[frame["seq"].map(lambda s: s in found)].copy()
-    frame["sha256"] = frame["seq"].map(found)
-    frame = frame[frame["sha256"].map(lambda d: image_archive.path_of(archive, d).exists())]
-    negative, positive = class_labels(data)
-    return pd.DataFrame(
-        {
-            "path": [f"production/{d}" for d in frame["sha256"]],
-            "label": np.where(frame["actual"].to_numpy() == 1, positive, negative),
-            "subtype": None,  # feedback says pneumonia or not; the type is not confirmed
-            "group": None,
-            "split": None,
-            "sha256": frame["sha256"].to_numpy(),
-            **{f: frame[f].to_numpy() for f in data.features},
-        }
-    ).drop_duplicates("sha256")
-
-
-def _retrain_images(
-    project: Project, *, actor: str, at: datetime, run_tags: dict[str, str] | None
-) -> Retrained:
-    """The declared image folder plus the archived, labelled production images."""
-    spec = project.spec
-    engine = open_store(project.db_url)
-    source = snapshots.create(
-        engine, spec.data, root=project.root, directory=project.snapshots_dir, actor=actor
-    ).load()
-    production = (
-        _production_images(project, at)
-        if spec.retraining.include_production
-        else pd.DataFrame(columns=list(spec.data.columns))
-    )
-    parts = [source] if spec.retraining.include_source or production.empty else []
-    combined = pd.concat([*parts, production], ignore_index=True)
-    snap = snapshots.freeze_images(
-        engine,
-        spec.data,
-        combined,
-        directory=project.snapshots_dir,
-        source=f"{spec.data.source if parts else 'no source'} + {len(production)} labelled "
-        "production images",
-        actor=actor,
-    )
-    result = train(project, snapshot_id=snap.id, actor=actor, at=at, run_tags=run_tags)
-    return Retrained(snap.id, len(source) if parts else 0, len(production), result)
-
-
 def retrain(
     project: Project, *, actor: str, at: datetime, run_tags: dict[str, str] | None = None
 ) -> Retrained:
     spec = project.spec
-    if spec.data.kind == "images":
-        return _retrain_images(project, actor=actor, at=at, run_tags=run_tags)
+    labelled = _labelled(project, at)
+    own = kind_for(spec).retraining_snapshot(project, labelled, actor=actor)
+    if own is not None:  # data that is not a table file: the kind freezes it
+        snap, source_rows, production_rows_ = own
+        result = train(project, snapshot_id=snap.id, actor=actor, at=at, run_tags=run_tags)
+        return Retrained(snap.id, source_rows, production_rows_, result)
     engine = open_store(project.db_url)
     source = snapshots.validate(
         snapshots.read_source(spec.data.source, project.root, spec.data.query), spec.data
     )
     production = (
-        production_rows(project, at)
+        production_rows(project, labelled)
         if spec.retraining.include_production
         else pd.DataFrame(columns=list(spec.data.columns))
     )

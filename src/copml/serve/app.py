@@ -6,13 +6,12 @@ the champion's training snapshot, so bad bodies are refused with a 422 naming th
 """
 
 import asyncio
-import base64
+import functools
 import json
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from copml import audit, costs, feedback, keys, prediction_log, registry, reviews, snapshots
 from copml.errors import NotFoundError, UnknownPrediction
-from copml.explain import explain_image, explain_prediction
+from copml.kinds import kind_for
 from copml.labels import encode_actual
 from copml.project import Project
 from copml.redaction import keyed_hash
@@ -79,15 +78,11 @@ def create_app(
     slot = ChampionSlot(project, engine)
     first = slot.refresh()
     metrics.model_loads.labels("loaded" if first.swapped else "none").inc()
-    images = data.kind == "images"
-    if images:
-        from copml.serve import images as image_api
-
-        assert data.images is not None
-        image_limit = data.images.max_bytes
-        # One image at its limit, base64 in JSON, must pass; anything larger is refused.
-        max_body_bytes = max(max_body_bytes, image_limit * 2)
-        scorer: Any = image_api.ImageScorer(project, engine, slot, clock)
+    kind = kind_for(spec)
+    own_api = kind.predict_api(project, engine, slot, clock)
+    if own_api is not None:  # a body that is not a table of instances
+        max_body_bytes = max(max_body_bytes, own_api.max_body_bytes)
+        scorer: Any = own_api.scorer
     else:
         mv = registry.champion(project)
         snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv else None
@@ -229,26 +224,25 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
-    if images:
+    if own_api is not None:
+        api = own_api
 
         @app.post(
             "/v1/predict",
             response_class=Response,
-            openapi_extra=image_api.OPENAPI,
+            openapi_extra=api.openapi,
             responses=errors(*AUTH, 415, *BODY),
             dependencies=[BEARER],
+            description=api.description,
         )
-        async def predict_images(request: Request, key: Any = require("service")) -> Response:
-            """An x-ray (JSON base64 or multipart 'file') → both networks' answers."""
+        async def predict_uploads(request: Request, key: Any = require("service")) -> Response:
             champion = slot.current
             if champion is None:
                 raise HTTPException(503, "no champion model is loaded")
-            uploads = await image_api.read_uploads(request, image_limit)
-            charge(key, len(uploads), "/v1/predict")  # before decoding: that is the work
-            size = champion.model.rules.input_size
-            rows = await asyncio.to_thread(image_api.prepare, uploads, size, image_limit)
-            version, models, answers = await batcher.submit(rows)
-            text = json.dumps({"model_version": version, "models": models, "predictions": answers})
+            items = await api.read(request)
+            charge(key, len(items), "/v1/predict")  # before preparing: that is the work
+            rows = await asyncio.to_thread(api.prepare, items, champion.model)
+            text = json.dumps(api.respond(await batcher.submit(rows)))
             return Response(text, media_type="application/json")
 
     else:
@@ -345,20 +339,13 @@ def create_app(
         """Why: SHAP values per feature in log-odds; base + values = the model's output."""
         await asyncio.to_thread(known, prediction_id)
         try:
-            if images:
-                image = await asyncio.to_thread(explain_image, project, prediction_id)
-                png = Path(image.attribution_png).read_bytes()
-                return {
-                    "kind": "occlusion attribution map of model 1",
-                    **image.__dict__,
-                    "attribution_png": base64.b64encode(png).decode(),
-                }
-            found = await asyncio.to_thread(explain_prediction, project, prediction_id)
+            return await asyncio.to_thread(
+                functools.partial(kind.explain, project, prediction_id, inline=True)
+            )
         except UnknownPrediction:
             raise HTTPException(404, NO_PREDICTION) from None
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from None
-        return {"space": "log-odds", **found.__dict__}
 
     @app.get("/v1/reviews", responses=errors(*AUTH, 422), dependencies=[BEARER])
     async def open_reviews(

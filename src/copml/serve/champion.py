@@ -12,12 +12,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Engine
 
 from copml import events, registry
+from copml.kinds import kind_for
 from copml.project import Project
-from copml.train import positive_scores
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class Champion:
     version: str
     model: Any
     features: list[str]
-    models: dict[str, str] = field(default_factory=dict)  # a cascade's networks' versions
+    models: dict[str, str] = field(default_factory=dict)  # a composite model's parts
 
 
 @dataclass(frozen=True)
@@ -51,20 +50,13 @@ class ChampionSlot:
         return events.latest(self._engine, "model.retired", self._subject(version)) is not None
 
     def _load(self, mv: registry.ModelVersion) -> Champion:
-        from mlflow.models import Model
-
+        kind = kind_for(self._project.spec)
         path = registry.local_copy(self._project, mv)  # refuses a tampered artifact
         model = registry.load(self._project, mv)
         features = self._project.spec.data.features
-        parts = registry.parts(mv)
-        if parts:  # a cascade: warmed on a blank image of its input size
-            side = model.rules.input_size
-            model.predict(np.zeros((1, side, side), dtype=np.float32))
-            return Champion(mv.version, model, features, {"cascade": mv.version, **parts})
-        example = Model.load(str(path)).load_input_example(str(path))
-        if example is not None:
-            positive_scores(model, example[features])  # warm: the first request pays nothing
-        return Champion(mv.version, model, features)
+        kind.warm(model, path, features)  # the first request pays nothing
+        models = kind.served_models(mv.version, registry.parts(mv))
+        return Champion(mv.version, model, features, models)
 
     def refresh(self, actor: str = "system") -> Refresh:
         """Follow the registry's ``champion`` alias; swap when it moved and the new one works."""

@@ -23,13 +23,13 @@ from fastapi import HTTPException
 from sqlalchemy import Connection, Engine
 
 from copml import prediction_log
-from copml.labels import class_labels, decide
+from copml.kinds import kind_for
+from copml.labels import class_labels
 from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve.batcher import Pending, report_scored
 from copml.serve.champion import ChampionSlot
 from copml.store import bind_value, bulk_insert, prediction_inputs, reviews
-from copml.train import positive_scores
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,8 @@ class GroupScorer:
         self._key = project.pii_key
         self._engine = engine
         self._slot = slot
+        self._project = project
+        self._kind = kind_for(project.spec)
         self._labels = class_labels(project.spec.data)
         self._redact = sorted({project.spec.data.id, *project.spec.data.pii})
         self.on_scored: list[Any] = []  # callbacks(version, labels, reviews) for metrics
@@ -98,8 +100,8 @@ class GroupScorer:
         rows: list[Instance] = [row for pending in group for row in pending.rows]
         # Column by column: a third of the cost of a frame from records, the same scores.
         frame = pd.DataFrame({c: [row.features[c] for row in rows] for c in champion.features})
-        scores = positive_scores(champion.model, frame)
-        positive, review = decide(scores, spec.model.threshold, spec.serving.review_band)
+        scores = self._kind.scores(champion.model, frame)
+        positive, review = self._kind.decide(self._project, champion.model, scores)
         done = time.perf_counter()
         latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
         now = self._clock()

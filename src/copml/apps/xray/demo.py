@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from copml import keys, registry, snapshots
-from copml.demo import _describe, _Hook, summarise
+from copml.apps.narration import Hook, describe, summarise
 from copml.errors import CopmlError
 from copml.monitor.window import monitor
 from copml.operate import lifecycle
@@ -65,7 +65,7 @@ def _new_scanner(folder: Path) -> None:
 
 
 def _week_images(folder: Path, week: int, seed: int, shifted: bool) -> list[tuple[Path, int]]:
-    from copml.vision.synthetic import generate
+    from copml.apps.xray.vision.synthetic import generate
 
     found = generate(folder, WEEKLY, size=128, seed=seed * 1000 + week)
     if shifted:
@@ -123,7 +123,7 @@ def run_xray_demo(
     if directory.exists() and any(directory.iterdir()):
         raise CopmlError(f"{directory} is not empty; remove it or choose another --dir")
     began = time.perf_counter()
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), type("Hook", (_Hook,), {"received": []}))
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), type("Hook", (Hook,), {"received": []}))
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     if data is not None and not Path(data).is_dir():
         raise CopmlError(f"{data}: no image folder there")
@@ -167,7 +167,7 @@ def run_xray_demo(
     markers = [Marker(START, f"v{result.version} champion")]
     real: list[tuple[Path, int]] = []
     if data is not None:
-        from copml.vision.images import read_folder
+        from copml.apps.xray.vision.images import read_folder
 
         found = read_folder(Path(data))
         held = found.frame["split"].fillna("train") != "train" if "split" in found.frame else None
@@ -195,7 +195,7 @@ def run_xray_demo(
             reviewed = _resolve_reviews(url, headers, truth)
             _follow_up(url, headers, truth, skip=reviewed)
             window = monitor(project, end=ends)
-            acted, happened = _describe(operate_once(project, at=ends))
+            acted, happened = describe(operate_once(project, at=ends))
             markers += happened
             promoted = _approve_waiting(project, ends)
             if promoted:

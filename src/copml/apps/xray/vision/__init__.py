@@ -9,7 +9,7 @@ from copml.metrics import BINARY
 if TYPE_CHECKING:
     import pandas as pd
 
-    from copml.vision.cascade import Cascade
+    from copml.apps.xray.vision.cascade import Cascade
 
 # The cascade reports a binary decision (model 1) and how well model 2 types the findings.
 CASCADE_METRICS = BINARY.extended(
@@ -18,8 +18,8 @@ CASCADE_METRICS = BINARY.extended(
 
 
 def train_cascade(data: pd.DataFrame, params: dict[str, Any], seed: int) -> Cascade:
-    """Train the x-ray cascade from copml's training frame (see ``copml.vision.cascade``);
+    """Train the x-ray cascade from copml's training frame (see ``copml.apps.xray.vision.cascade``);
     imported lazily so that copml without the vision extra still starts."""
-    from copml.vision.cascade import train_frame
+    from copml.apps.xray.vision.cascade import train_frame
 
     return train_frame(data, params, seed)

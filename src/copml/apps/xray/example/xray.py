@@ -9,7 +9,7 @@ two-model cascade. The KPI functions get one monitoring window: a row per scored
 
 import pandas as pd
 
-from copml.vision import train_cascade
+from copml.apps.xray.vision import train_cascade
 
 
 def train(data: pd.DataFrame, params: dict, seed: int):

@@ -23,14 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, Engine
 
 from copml import image_archive, prediction_log
+from copml.apps.xray.scoring import record_answers
+from copml.apps.xray.vision.images import decode, statistics
 from copml.errors import DataValidationError
-from copml.image_scoring import record_answers
 from copml.project import Project
 from copml.serve.batcher import Pending, report_scored
 from copml.serve.champion import ChampionSlot
 from copml.serve.requests import parse_json
 from copml.store import bulk_insert, prediction_inputs
-from copml.vision.images import decode, statistics
 
 MAX_IMAGES = 16
 STATISTICS_SIZE = 64  # as load_arrays' default, used for snapshot statistics

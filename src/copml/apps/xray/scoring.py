@@ -20,6 +20,7 @@ import pandas as pd
 from sqlalchemy import Connection, insert, select
 
 from copml import costs, events, image_archive, lineage, prediction_log, registry, snapshots
+from copml.apps.xray import image_sets
 from copml.errors import DataValidationError, NotFoundError
 from copml.project import Project
 from copml.store import cascade_answers, open_store, reviews
@@ -94,7 +95,7 @@ def score_folder(
     All or nothing, as tabular scoring: an unreadable image stops the batch before anything
     is logged (every bad file named), and the output appears only after the log commits.
     """
-    from copml.vision import images as vision
+    from copml.apps.xray.vision import images as vision
 
     spec = project.spec
     engine = open_store(project.db_url)
@@ -106,7 +107,7 @@ def score_folder(
     found = vision.validate(vision.listing(folder), allow_duplicates=True)
     when = at or datetime.now(UTC)
     with costs.metered(engine, "score", at=when, detail=str(folder)):
-        table = snapshots.image_table(found)
+        table = image_sets.image_table(found)
         decided = cascade.predict(cascade.arrays([str(f) for f in found.files()]))
     options = spec.data.images
     if options is not None and options.keep:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from copml.apps.xray.vision.images import ImageSet, read_folder
 from copml.errors import CopmlError
-from copml.vision.images import ImageSet, read_folder
 
 DEFAULT_COUNTS = {"normal": 300, "bacteria": 300, "virus": 200}
 _KIND_CODE = {"normal": 0, "bacteria": 1, "virus": 2}

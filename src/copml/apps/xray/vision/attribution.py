@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from copml.vision import models
+from copml.apps.xray.vision import models
 
 PATCH = 8
 STRIDE = 4

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from copml.vision import models
-from copml.vision.images import ImageSet, load_arrays
+from copml.apps.xray.vision import models
+from copml.apps.xray.vision.images import ImageSet, load_arrays
 
 RULES_FILE = "cascade.json"
 

@@ -11,7 +11,7 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-from copml.vision.cascade import Cascade
+from copml.apps.xray.vision.cascade import Cascade
 
 ARTIFACT = "cascade"
 

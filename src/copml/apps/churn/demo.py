@@ -10,29 +10,27 @@ brings it back; in the ``persistent`` one nothing can, the escalation policy ale
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
 
 from copml import feedback, snapshots
-from copml.display import figure
+from copml.apps.churn.simulation import SCENARIOS, Population, as_source_csv
+from copml.apps.narration import Hook, describe, summarise
 from copml.errors import CopmlError
-from copml.monitor.status import requirements
-from copml.monitor.window import history, monitor
+from copml.monitor.window import monitor
 from copml.operate.reevaluation import suspended
 from copml.operate.runner import operate_once
-from copml.project import Project, load_project
+from copml.project import load_project
 from copml.report import Marker, write_report
 from copml.scaffold import init
 from copml.score import score
-from copml.simulation import SCENARIOS, Population, as_source_csv
 from copml.store import open_store
 from copml.train import train
 
@@ -62,88 +60,6 @@ def _row(
     }
 
 
-class _Hook(BaseHTTPRequestHandler):
-    """The demo's stand-in for the team's chat or paging webhook: records what arrives."""
-
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.received.append(json.loads(body or b"{}"))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
-def summarise(
-    console: Any,
-    project: Project,
-    rows: list[dict[str, Any]],
-    title: str,
-    received: list[dict[str, Any]],
-) -> list[Any]:
-    """Print a demo's period table (figures that miss a minimum in red), the last window's
-    requirements and the alerts the webhook received; return the stored windows."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    first = next(iter(rows[0]))
-    for key in rows[0]:
-        table.add_column(key, justify="left" if key == first else "right")
-    thresholds = project.spec.effectiveness.thresholds
-    for row in rows:
-        cells = []
-        for key, value in row.items():
-            text = figure(value)
-            if key in thresholds and isinstance(value, float) and not thresholds[key].met(value):
-                text = f"[red]{text}[/]"
-            cells.append(text)
-        table.add_row(*cells)
-    console.print(table)
-    windows = history(project)
-    status = requirements(project.spec, windows[-1] if windows else None)
-    console.print("last window: " + ", ".join(f"{r.name} {r.state}" for r in status))
-    if received:
-        console.print(
-            f"webhook received {len(received)} alert(s): "
-            + "; ".join(a.get("title", "?") for a in received)
-        )
-    return windows
-
-
-def _describe(result: Any) -> tuple[str, list[Marker]]:
-    """A table cell and report markers for what the policies did this month."""
-    parts, markers = [], []
-    for a in result.actions:
-        if a["state"] != "succeeded":
-            if not (a.get("error") or "").startswith("skipped"):
-                parts.append(f"{a['kind']} ✗")
-            if a["kind"] == "validate":
-                markers.append(Marker(result.at, "challenger refused"))
-            continue
-        got = a.get("result") or {}
-        if a["kind"] == "retrain":
-            parts.append(f"retrain→v{got['version']}")
-        elif a["kind"] == "promote":
-            parts.append(f"promote v{got['version']}")
-            markers.append(Marker(result.at, f"v{got['version']} promoted"))
-        elif a["kind"] == "alert":
-            parts.append("alert" + (" (open)" if got.get("deduplicated") else ""))
-            if not got.get("deduplicated"):
-                markers.append(Marker(result.at, "alert"))
-        elif a["kind"] == "reevaluate" and not got.get("already"):
-            parts.append("re-evaluate")
-            markers.append(Marker(result.at, "re-evaluation"))
-        elif a["kind"] not in ("redeploy", "reevaluate"):
-            parts.append(a["kind"])
-    suspended = [e for e in result.evaluations if "suspended" in (e.note or "")]
-    if suspended:
-        parts.append("retrain suspended")
-    return ", ".join(parts), markers
-
-
 def run_churn_demo(
     directory: Path | None,
     *,
@@ -163,7 +79,7 @@ def run_churn_demo(
     if scenario not in SCENARIOS:
         raise CopmlError(f"no scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
     init(directory, "churn", seed=seed)
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), type("Hook", (_Hook,), {"received": []}))
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), type("Hook", (Hook,), {"received": []}))
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
     spec_file = directory / "copml.yaml"
@@ -218,7 +134,7 @@ def run_churn_demo(
                 project, outcomes / f"{label}.csv", at=ends - timedelta(days=1), actor=ACTOR
             )
             window = monitor(project, end=ends)
-            acted, happened = _describe(operate_once(project, at=ends))
+            acted, happened = describe(operate_once(project, at=ends))
             markers += happened
             rows.append(_row(month, begins, window, scored.model_version, shifted, acted))
             progress.advance(task)

@@ -1,0 +1,250 @@
+"""The model-kind contract: what copml needs to know about a model to operate it.
+
+A *model kind* (chosen by ``model.task`` in ``copml.yaml``) says how its training data and
+requests look, how it predicts and decides, how it is measured and compared by the gate,
+how its artifact is saved, loaded and checked, how a decision is explained, and what the
+server publishes. Services call the kind; they never branch on the task or on the data.
+
+Kinds are found through the ``copml.kinds`` entry-point group, so an application (or a
+third party) ships one by declaring, in its ``pyproject.toml``::
+
+    [project.entry-points."copml.kinds"]
+    mykind = "mypackage.kind:MyKind"
+
+copml's own kinds are also found without installed metadata (a source checkout), from a
+table of their import paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from copml.errors import CopmlError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from fastapi import Request
+    from sqlalchemy import Engine
+
+    from copml.metrics import MetricTable
+    from copml.project import Project
+    from copml.registry import ModelVersion
+    from copml.snapshots import Snapshot
+    from copml.spec import Data, Spec
+
+GROUP = "copml.kinds"
+Direction = Literal["higher", "lower"]
+
+# copml's own kinds, for when the package's entry points are not installed.
+_BUILT_IN = {
+    "binary": "copml.kinds.binary:BinaryKind",
+    "cascade": "copml.apps.xray.kind:CascadeKind",
+}
+
+
+@dataclass(frozen=True)
+class PredictApi:
+    """A ``/v1/predict`` whose body is not a table of instances (uploads, say): the server
+    reads the body with ``read``, charges the rate limit per item, turns items into rows
+    with ``prepare`` (off the event loop) and answers with ``respond(batcher result)``."""
+
+    scorer: Any  # the micro-batcher's scorer: ``__call__(group)`` and ``on_scored``
+    read: Callable[[Request], Awaitable[list[Any]]]
+    prepare: Callable[[list[Any], Any], list[Any]]  # (items, model) -> rows
+    respond: Callable[[Any], dict[str, Any]]
+    max_body_bytes: int
+    openapi: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How a version turns a score into a decision, as a model card states it."""
+
+    threshold: float
+    review: str | None = None
+
+
+@runtime_checkable
+class ModelKind(Protocol):
+    """One kind of model copml operates (see the module's docstring)."""
+
+    name: str  # the ``model.task`` that selects it
+    data_kind: str  # the ``data.kind`` it reads: "table", "images", …
+    metrics: MetricTable  # the kind's metric table: name → better direction, promotion
+
+    def training_frame(self, project: Project, snap: Snapshot) -> pd.DataFrame:
+        """The snapshot as ``train()`` gets it: the model's inputs plus the encoded target."""
+        ...
+
+    def model_inputs(self, project: Project, frame: pd.DataFrame) -> list[str]:
+        """The columns of ``frame`` the model reads."""
+        ...
+
+    def scores(self, model: Any, features: pd.DataFrame) -> np.ndarray:
+        """One score per row, each independent of the other rows."""
+        ...
+
+    def decision_threshold(self, project: Project, model: Any) -> float:
+        """The score at and above which a row is positive."""
+        ...
+
+    def decide(
+        self, project: Project, model: Any, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(positive, review) for each score: the decision rule, the same in batch and API."""
+        ...
+
+    def holdout_metrics(
+        self, project: Project, model: Any, features: pd.DataFrame, actual: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """(scores, figures) of ``model`` on held-out rows, as training and the gate see them."""
+        ...
+
+    def better(self, metric: str, candidate: float, champion: float, min_gain: float) -> bool:
+        """The gate's comparison: does the candidate match or beat the champion?"""
+        ...
+
+    def save(
+        self,
+        model: Any,
+        folder: Path,
+        *,
+        fit: pd.DataFrame,
+        holdout: pd.DataFrame,
+        scores: np.ndarray,
+        metrics: dict[str, float],
+        inputs: list[str],
+        requirements: list[str],
+        seed: int,
+    ) -> None:
+        """Write the model as an MLflow model folder; the active run also gets the kind's
+        evaluation (e.g. a confusion matrix of ``metrics``) and explanation artifacts."""
+        ...
+
+    def register_parts(
+        self, project: Project, run_id: str, artifact: str, tags: dict[str, str]
+    ) -> dict[str, str]:
+        """Register a composite model's parts as their own versions; {} for one model."""
+        ...
+
+    def load(self, path: Path) -> Any:
+        """The fitted model from a local copy of its (already verified) artifact."""
+        ...
+
+    def warm(self, model: Any, path: Path, features: list[str]) -> None:
+        """Run the model once so that the first request pays no start-up cost."""
+        ...
+
+    def served_models(self, version: str, parts: dict[str, str]) -> dict[str, str]:
+        """The versions a server names beside its answers ({} for one model)."""
+        ...
+
+    def explain(
+        self,
+        project: Project,
+        prediction_id: str,
+        *,
+        record: dict[str, Any] | None = None,
+        inline: bool = False,
+    ) -> dict[str, Any]:
+        """The local explanation of one stored decision, as JSON; ``inline``: files it
+        refers to (a picture) embedded as base64, for an HTTP answer."""
+        ...
+
+    def explanation_lines(self, found: dict[str, Any]) -> list[str]:
+        """An explanation from :meth:`explain` as a person reads it (Rich markup)."""
+        ...
+
+    def audit_entries(
+        self, project: Project, record: dict[str, Any], *, explanation: bool
+    ) -> dict[str, Any]:
+        """What the kind adds to a decision's audit record (its explanation among them)."""
+        ...
+
+    def replay_score(self, project: Project, model: Any, record: dict[str, Any]) -> float:
+        """The stored input of ``record`` scored again by ``model``."""
+        ...
+
+    def monitored_features(self, data: Data) -> list[str]:
+        """The features whose drift monitoring watches."""
+        ...
+
+    def decision_rule(self, project: Project, mv: ModelVersion) -> DecisionRule:
+        """The threshold and review rule of a version, for its model card."""
+        ...
+
+    def predict_api(
+        self, project: Project, engine: Engine, slot: Any, clock: Callable[[], datetime] | None
+    ) -> PredictApi | None:
+        """The kind's own ``/v1/predict``; None: instances of the training columns."""
+        ...
+
+    def batch_scorer(self) -> Callable[..., Any] | None:
+        """The kind's own ``copml score`` (``(project, source, output, *, at, actor)``);
+        None: a table file scored by :func:`copml.score.score`."""
+        ...
+
+    def snapshot(
+        self, engine: Engine, data: Data, *, root: Path, directory: Path, source: str, actor: str
+    ) -> Snapshot:
+        """Freeze training data that is not a table file (only for ``data_kind`` != table)."""
+        ...
+
+    def retraining_snapshot(
+        self, project: Project, labelled: pd.DataFrame, *, actor: str
+    ) -> tuple[Snapshot, int, int] | None:
+        """(snapshot, source rows, production rows) for a retrain from ``labelled`` (the
+        look-back period's predictions with ground truth); None: the table way."""
+        ...
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def names() -> list[str]:
+    """Every kind this installation can operate (entry points and copml's own)."""
+    return sorted({*_BUILT_IN, *_entry_points()})
+
+
+def _instantiate(found: Any, name: str) -> ModelKind:
+    kind = found() if isinstance(found, type) else found
+    if not isinstance(kind, ModelKind):
+        raise CopmlError(f"model kind {name!r} ({found!r}) does not implement copml's ModelKind")
+    return kind
+
+
+@cache
+def kind_named(name: str) -> ModelKind:
+    """The kind registered as ``name``: an installed ``copml.kinds`` entry point first,
+    then copml's own table."""
+    installed = _entry_points()
+    if name in installed:
+        return _instantiate(installed[name].load(), name)
+    if name in _BUILT_IN:
+        module, _, attribute = _BUILT_IN[name].partition(":")
+        return _instantiate(getattr(import_module(module), attribute), name)
+    raise CopmlError(f"model.task: no model kind {name!r}; available: {', '.join(names())}")
+
+
+def kind_for(spec: Spec) -> ModelKind:
+    """The kind that operates the model of ``spec`` (its ``model.task``)."""
+    return kind_named(spec.model.task)
+
+
+def kind_reading(data_kind: str) -> ModelKind:
+    """The kind that freezes data of ``data.kind`` = ``data_kind`` (e.g. images)."""
+    for name in names():
+        kind = kind_named(name)
+        if kind.data_kind == data_kind:
+            return kind
+    raise CopmlError(f"data.kind: no installed model kind reads {data_kind!r} data")
