@@ -20,8 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from copml import display, events, registry, snapshots, times
-from copml.kinds import kind_for
+from copml import display, events, kinds, registry, snapshots, times
 from copml.monitor import window as windows_module
 from copml.project import Project
 from copml.spec import Spec, Threshold
@@ -166,7 +165,7 @@ class ModelCard:
     owners: dict[str, str]
     target: str
     positive: str
-    threshold: float
+    threshold: float | None  # None: no installed kind operates the task yet
     review_band: tuple[float, float] | None
     review_rule: str | None
     snapshot_id: str
@@ -456,8 +455,11 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
     else:
         impact_note = f"{spec.impact.capitalize()} impact; promotions follow the gate alone."
 
-    rule = kind_for(spec).decision_rule(project, mv)
-    threshold, review_rule = rule.threshold, rule.review
+    threshold: float | None = None
+    review_rule: str | None = None
+    if spec.model.task in kinds.names():  # multiclass and regression have no kind yet
+        rule = kinds.kind_for(spec).decision_rule(project, mv)
+        threshold, review_rule = rule.threshold, rule.review
     card = ModelCard(
         project=spec.project,
         version=mv.version,
