@@ -98,7 +98,7 @@ def import_model(
                 f"'sklearn'); this one has {', '.join(source.flavors) or 'no flavor'}"
             )
         try:
-            model = registry.load_folder(source.folder)
+            model = registry.load_folder(source.folder, project.spec.model.task)
         except Exception as exc:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
             raise CopmlError(f"cannot import {uri}: its model does not load ({reason})") from None

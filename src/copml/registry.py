@@ -386,9 +386,9 @@ def fetch(uri: str, tracking_uri: str, into: Path) -> SourceModel:
     )
 
 
-def load_folder(folder: Path) -> Any:
+def load_folder(folder: Path, task: str) -> Any:
     """The estimator of a model folder that is not registered yet (not cached)."""
-    return _load.__wrapped__(str(folder), "")
+    return _load.__wrapped__(str(folder), "", task)
 
 
 def register_imported(project: Project, source: SourceModel, tags: dict[str, str]) -> ModelVersion:
