@@ -81,11 +81,14 @@ def model_packages(model: Any) -> list[str]:
     found = [model]
     if hasattr(model, "get_params"):
         found += [v for v in model.get_params(deep=True).values() if hasattr(v, "get_params")]
-    # A module named as its distribution (xgboost, lightgbm, catboost); package_versions skips
-    # the others (sklearn is scikit-learn, recorded anyway). Mapping every installed
-    # distribution's files instead (metadata.packages_distributions) takes seconds.
+    # A module may come from a distribution of another name (xgboost from xgboost-cpu):
+    # packages_distributions maps them (a few hundred ms, once per training run).
     roots = {type(part).__module__.split(".")[0] for part in found}
-    return sorted(roots - {"builtins", "copml", "sklearn", *_PACKAGES})
+    roots -= {"builtins", "copml", "sklearn", *_PACKAGES}
+    if not roots:
+        return []
+    owners = metadata.packages_distributions()
+    return sorted({dist for root in roots for dist in owners.get(root, [root])} - {*_PACKAGES})
 
 
 def package_versions(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
