@@ -1,7 +1,7 @@
 """The model-kind contract: what copml needs to know about a model to operate it.
 
 A *model kind* (chosen by ``model.task`` in ``copml.yaml``) says how its training data and
-requests look, how it predicts and decides, how it is measured and compared by the gate,
+requests look, how it predicts and decides, how it is measured (its ``MetricTable``, by which the gate compares versions),
 how its artifact is saved, loaded and checked, how a decision is explained, and what the
 server publishes. Services call the kind; they never branch on the task or on the data.
 
@@ -107,10 +107,6 @@ class ModelKind(Protocol):
         self, project: Project, model: Any, features: pd.DataFrame, actual: np.ndarray
     ) -> tuple[np.ndarray, dict[str, float]]:
         """(scores, figures) of ``model`` on held-out rows, as training and the gate see them."""
-        ...
-
-    def better(self, metric: str, candidate: float, champion: float, min_gain: float) -> bool:
-        """The gate's comparison: does the candidate match or beat the champion?"""
         ...
 
     def save(

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from copml.spec import Data
 
 # name → the direction in which it is better (the confusion counts are reported, not gated)
-METRICS = BINARY  # the task's metric table (copml.metrics)
+METRICS = BINARY
 
 
 def _confusion_figure(metrics: dict[str, float]) -> Any:
@@ -117,11 +117,6 @@ class BinaryKind:
         score = self.scores(model, features)
         predicted = score >= self.decision_threshold(project, model)
         return score, classification_metrics(actual, predicted, score)
-
-    def better(self, metric: str, candidate: float, champion: float, min_gain: float) -> bool:
-        if self.metrics.metrics.get(metric, "higher") == "lower":
-            return candidate <= champion - min_gain
-        return candidate >= champion + min_gain
 
     def save(
         self,
