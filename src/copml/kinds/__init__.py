@@ -1,9 +1,10 @@
 """The model-kind contract: what copml needs to know about a model to operate it.
 
 A *model kind* (chosen by ``model.task`` in ``copml.yaml``) says how its training data and
-requests look, how it predicts and decides, how it is measured (its ``MetricTable``, by which the gate compares versions),
-how its artifact is saved, loaded and checked, how a decision is explained, and what the
-server publishes. Services call the kind; they never branch on the task or on the data.
+requests look, how it predicts and decides, how it is measured (its ``MetricTable``, by
+which the gate compares versions), how its artifact is saved, loaded and checked, how a
+decision is explained, and what the server publishes. Services call the kind; they never
+branch on the task or on the data.
 
 Kinds are found through the ``copml.kinds`` entry-point group, so an application (or a
 third party) ships one by declaring, in its ``pyproject.toml``::
