@@ -205,7 +205,14 @@ class ModelKind(Protocol):
 
 
 def _entry_points() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    """Installed kinds by name. Another distribution's kind of a name copml also declares
+    wins: that is how a team replaces one of copml's own kinds."""
+    found: dict[str, Any] = {}
+    for ep in entry_points(group=GROUP):
+        ours = ep.dist is not None and ep.dist.name == "copml"
+        if ep.name not in found or not ours:
+            found[ep.name] = ep
+    return found
 
 
 def names() -> list[str]:
