@@ -647,8 +647,9 @@ def task_metrics(task: str) -> MetricTable | None:
         return metrics.TABLES[task]
     found = entry_points(group=KIND_GROUP, name=task)
     try:
-        if found:
-            kind = next(iter(found)).load()
+        if found:  # another distribution's kind replaces copml's own (as copml.kinds does)
+            ours = lambda ep: ep.dist is not None and ep.dist.name == "copml"  # noqa: E731
+            kind = min(found, key=ours).load()
         elif task in _BUNDLED_KINDS:
             module, _, name = _BUNDLED_KINDS[task].partition(":")
             kind = getattr(import_module(module), name)
