@@ -291,10 +291,6 @@ def gate_evidence(project: Project, kind: str, version: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- multiclass
 
 
-def _row(data: Dataset, prediction_id: str, ids: dict[str, int]) -> pd.DataFrame:
-    return data.new.set_index("id").loc[[ids[prediction_id]], data.features]
-
-
 def _margin(model: Any, row: pd.DataFrame, label: str, classes: list[str]) -> float:
     """The raw decision value of the predicted class (the model may know the classes by
     their names or by their positions)."""
