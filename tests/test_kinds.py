@@ -143,11 +143,12 @@ def test_a_third_party_kind_is_served_without_touching_copml(
         site,
         "acme_review",
         "[copml.kinds]\nbinary = acme_review:ReviewEverything\n",
-        "import numpy as np\n\nfrom copml.kinds.binary import BinaryKind\n\n\n"
+        "import dataclasses\n\nimport numpy as np\n\n"
+        "from copml.kinds.binary import BinaryKind\n\n\n"
         "class ReviewEverything(BinaryKind):\n"
         "    def decide(self, project, model, scores):\n"
-        "        positive, _ = super().decide(project, model, scores)\n"
-        "        return positive, np.ones(len(scores), dtype=bool)\n",
+        "        decided = super().decide(project, model, scores)\n"
+        "        return dataclasses.replace(decided, review=np.ones(len(scores), dtype=bool))\n",
     )
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     server = start(churn, env={"PYTHONPATH": path})

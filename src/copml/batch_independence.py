@@ -91,15 +91,22 @@ def _one_thread() -> Iterator[None]:
 
 
 def _take(inputs: Any, index: np.ndarray | slice) -> Any:
-    return inputs.iloc[index] if isinstance(inputs, pd.DataFrame | pd.Series) else inputs[index]
+    """The chunk at ``index``; a frame's rebuilt column by column, so that its memory layout
+    (which a model's arrays inherit, and with them the BLAS kernel: ``gemv_n`` or
+    ``gemv_t``) is the same whether the rows came from a CSV file, a Parquet snapshot or a
+    request. Without it a Ridge regression's replay from its snapshot differed by an ulp."""
+    if isinstance(inputs, pd.DataFrame):
+        chunk = inputs.iloc[index]
+        return pd.DataFrame({c: chunk[c].array for c in chunk.columns}, index=chunk.index)
+    return inputs.iloc[index] if isinstance(inputs, pd.Series) else inputs[index]
 
 
 def scores(predict: Callable[[Any], Any], inputs: Any, rows: int = ROWS) -> np.ndarray:
-    """``predict`` (one score per input, 1-D) over ``inputs`` (a frame or an array, by row),
-    called only on chunks of exactly ``rows`` inputs, one thread each: every input gets the
-    score it would get alone."""
+    """``predict`` (one score per input, or one row of scores per input: 1-D or 2-D) over
+    ``inputs`` (a frame or an array, by row), called only on chunks of exactly ``rows``
+    inputs, one thread each: every input gets the scores it would get alone."""
     n = len(inputs)
-    out = np.empty(n, dtype=np.float64)
+    out = np.empty(0, dtype=np.float64)
     with _LOCK, _one_thread():
         for start in range(0, n, rows):
             size = min(rows, n - start)
@@ -107,5 +114,8 @@ def scores(predict: Callable[[Any], Any], inputs: Any, rows: int = ROWS) -> np.n
                 chunk = _take(inputs, slice(start, start + rows))
             else:  # the last chunk: padded with its last input, always the same shape
                 chunk = _take(inputs, np.minimum(np.arange(start, start + rows), n - 1))
-            out[start : start + size] = np.asarray(predict(chunk), dtype=np.float64)[:size]
+            part = np.asarray(predict(chunk), dtype=np.float64)[:size]
+            if start == 0:
+                out = np.empty((n, *part.shape[1:]), dtype=np.float64)
+            out[start : start + size] = part
     return out

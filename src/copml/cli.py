@@ -215,7 +215,7 @@ def train(
         return
     console = _console()
     console.print(f"run [bold]{result.run_id}[/] → model version [bold]{result.version}[/]")
-    shown = ("accuracy", "precision", "recall", "f1", "roc_auc")
+    shown = [k for k in p.spec.metrics.metrics if k in result.metrics]  # the task's, in order
     console.print("holdout: " + ", ".join(f"{k} {figure(result.metrics[k])}" for k in shown))
     if result.failures:
         console.print("[yellow]misses the declared minimums:[/] " + "; ".join(result.failures))
@@ -488,9 +488,10 @@ def score(
     if as_json:
         _print_json(result.__dict__)
         return
+    positives = "" if result.positives is None else f" ({result.positives} positive)"
     _console().print(
-        f"scored {result.rows} rows with model version {result.model_version} "
-        f"({result.positives} positive) → {result.output}"
+        f"scored {result.rows} rows with model version {result.model_version}"
+        f"{positives} → {result.output}"
     )
 
 

@@ -18,7 +18,8 @@ from copml.project import Project
 
 
 def split_holdout(frame: pd.DataFrame, target: str, share: float, seed: int) -> np.ndarray:
-    """A stratified, seeded holdout mask: the same snapshot and seed give the same split.
+    """A seeded holdout mask, stratified by class: the same snapshot and seed give the same
+    split.
 
     Data that names its own split (a ``split`` column, as image sets do: ``train``/``val``)
     is held out as named, so the reported figures are those of the team's evaluation set."""
@@ -30,7 +31,9 @@ def split_holdout(frame: pd.DataFrame, target: str, share: float, seed: int) -> 
             return named.to_numpy()
 
     index = np.arange(len(frame))
-    stratify = frame[target] if frame[target].nunique() > 1 else None
+    # Classes (coded as integers) are stratified; a value (a regression's float) is not.
+    classes = pd.api.types.is_integer_dtype(frame[target]) and frame[target].nunique() > 1
+    stratify = frame[target] if classes else None
     _, test = train_test_split(index, test_size=share, random_state=seed, stratify=stratify)
     mask = np.zeros(len(frame), dtype=bool)
     mask[test] = True
@@ -43,7 +46,12 @@ def positive_scores(model: Any, features: pd.DataFrame) -> np.ndarray:
     says ``score_rows`` is scored that many rows per call."""
     if not hasattr(model, "predict_proba"):
         raise UserCodeError("train() must return a classifier with predict_proba()")
-    column = list(getattr(model, "classes_", [0, 1])).index(1)
+    classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [0, 1])]
+    if sorted(map(str, classes)) != ["0", "1"] or 1 not in classes:
+        raise UserCodeError(
+            f"its classes are {classes}; a binary model predicts 0/1 with 1 = the positive class"
+        )
+    column = classes.index(1)
     rows = int(getattr(model, "score_rows", batch_independence.ROWS))
     return batch_independence.scores(
         lambda part: model.predict_proba(part)[:, column], features, rows

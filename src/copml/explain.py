@@ -35,7 +35,8 @@ ARTIFACT_DIR = "explain"
 
 @dataclass
 class Explanation:
-    """One prediction's explanation, in log-odds: ``base + sum(values) == output``."""
+    """One prediction's explanation in the model's own output (a binary's log-odds, a
+    class's margin, a value): ``base + sum(values) == output``."""
 
     prediction_id: str | None
     model_version: str
@@ -109,14 +110,21 @@ class _Explainer:
         if hasattr(self.estimator, "coef_"):
             # Linear: SHAP's interventional values have a closed form, coef·(x − E[x]), which
             # is what shap.LinearExplainer computes (a test holds them equal); doing it here
-            # spares an audit the second it takes to import shap.
-            self.coef = np.asarray(self.estimator.coef_, dtype=np.float64)[-1]
+            # spares an audit the second it takes to import shap. One row of coefficients
+            # per output: a binary's positive class, each class of a multiclass, a value.
+            self.coef = np.atleast_2d(np.asarray(self.estimator.coef_, dtype=np.float64))
             self.mean = transformed.mean(axis=0)
-            intercept = np.asarray(self.estimator.intercept_, dtype=np.float64).ravel()[-1]
-            self.base = float(intercept + self.coef @ self.mean)
+            intercept = np.atleast_1d(np.asarray(self.estimator.intercept_, dtype=np.float64))
+            self.base = intercept + self.coef @ self.mean
         else:
             self.explainer = _tree_explainer(self.estimator)
         self.groups = _groups(self.prepare, features, transformed.shape[1])
+
+    def outputs(self) -> int:
+        """How many outputs the model has to explain (one per class of a multiclass one)."""
+        if self.explainer is None:
+            return len(self.coef)
+        return len(np.atleast_1d(self.explainer.expected_value))
 
     def _transform(self, frame: pd.DataFrame) -> np.ndarray:
         data = self.prepare.transform(frame[self.features]) if self.prepare else frame
@@ -124,18 +132,25 @@ class _Explainer:
             data = data.toarray()
         return np.asarray(data, dtype=np.float64)
 
-    def explain(self, frame: pd.DataFrame) -> tuple[np.ndarray, float, pd.DataFrame]:
-        """(per-row values grouped by feature, base value, the rows' log-odds)."""
+    def explain(
+        self, frame: pd.DataFrame, output: int = -1
+    ) -> tuple[np.ndarray, float, pd.DataFrame]:
+        """(per-row values grouped by feature, base value, the rows' model output) of the
+        model's ``output`` (-1: the last, a binary's positive class or a value; a class's
+        position for a multiclass model)."""
         transformed = self._transform(frame)
         if self.explainer is None:
-            values, base = (transformed - self.mean) * self.coef, self.base
+            values = (transformed - self.mean) * self.coef[output]
+            base = float(self.base[output])
         else:
             # float64: XGBoost answers in float32, and a float32 sum of the values misses what
             # a reader adding them up gets by ~1e-7
             values = np.asarray(self.explainer.shap_values(transformed), dtype=np.float64)
-            if values.ndim == 3:  # one slice per class: keep the positive class
-                values = values[..., -1]
-            base = np.asarray(self.explainer.expected_value, dtype=np.float64).ravel()[-1]
+            if values.ndim == 3:  # one slice per class
+                values = values[..., output]
+            base = float(
+                np.asarray(self.explainer.expected_value, dtype=np.float64).ravel()[output]
+            )
         grouped = pd.DataFrame(values).T.groupby(np.array(self.groups), sort=False).sum().T
         grouped = grouped.reindex(columns=self.features, fill_value=0.0)
         return grouped.to_numpy(), float(base), grouped
@@ -172,9 +187,11 @@ def explainer(project: Project, version: str) -> _Explainer:
 def global_importance(
     model: Any, background: pd.DataFrame, rows: pd.DataFrame, features: list[str]
 ) -> dict[str, float]:
-    """Mean |SHAP| per feature over ``rows``, largest first."""
-    values, _, _ = _Explainer(model, background, features).explain(rows)
-    mean = np.abs(values).mean(axis=0)
+    """Mean |SHAP| per feature over ``rows`` (and over the classes of a multiclass model),
+    largest first."""
+    found = _Explainer(model, background, features)
+    outputs = range(found.outputs())
+    mean = np.mean([np.abs(found.explain(rows, i)[0]).mean(axis=0) for i in outputs], axis=0)
     return dict(sorted(zip(features, map(float, mean), strict=True), key=lambda kv: -kv[1]))
 
 
@@ -214,9 +231,11 @@ def explain_prediction(
     *,
     record: dict[str, Any] | None = None,
     frame: pd.DataFrame | None = None,
+    output: int = -1,
 ) -> Explanation:
-    """The local explanation of one stored decision (computed once, then cached).
-    ``record`` and ``frame``, when the caller has them already, save reading them again."""
+    """The local explanation of one stored decision (computed once, then cached), of the
+    model's ``output`` (see :meth:`_Explainer.explain`). ``record`` and ``frame``, when
+    the caller has them already, save reading them again."""
     if prediction_log.split_id(prediction_id) is None:  # before the id names a cache file
         raise UnknownPrediction(prediction_id)
     cached = cache_path(project, prediction_id)
@@ -227,7 +246,7 @@ def explain_prediction(
         raise UnknownPrediction(prediction_id)
     version = record["model_version"]
     frame = prediction_frame(project, record) if frame is None else frame
-    values, base, _ = explainer(project, version).explain(frame)
+    values, base, _ = explainer(project, version).explain(frame, output)
     row = values[0]
     found = Explanation(
         prediction_id=prediction_id,

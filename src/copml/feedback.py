@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from copml import events, prediction_log, snapshots, times
 from copml.errors import DataValidationError
-from copml.labels import encode_actual
+from copml.kinds import kind_for
 from copml.project import Project
 from copml.redaction import redact_series
 from copml.store import (
@@ -183,12 +183,14 @@ def load(
         observed = times.parse_column(frame["observed_at"], f"{path}: observed_at")
     else:
         observed = pd.Series(pd.Timestamp(now), index=frame.index)
-    actual = pd.Series(encode_actual(frame[actual_col].tolist(), data), index=frame.index)
+    target = kind_for(project.spec).target(data)
+    codes = target.encode(frame[actual_col].tolist())
+    actual = pd.Series(codes, index=frame.index, dtype="float64")
     if actual.isna().any():
         rows = np.flatnonzero(actual.isna().to_numpy())[:5] + 2
         raise DataValidationError(
-            f"{path}: {actual_col}: {int(actual.isna().sum())} values are neither the positive "
-            f"nor the negative label (lines {', '.join(map(str, rows))})"
+            f"{path}: {actual_col}: {int(actual.isna().sum())} values are {target.refusal()} "
+            f"(lines {', '.join(map(str, rows))})"
         )
     ids = frame[id_col].astype("string")
     if id_col == "prediction_id":

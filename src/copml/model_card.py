@@ -164,8 +164,9 @@ class ModelCard:
     impact_note: str
     owners: dict[str, str]
     target: str
-    positive: str
-    threshold: float | None  # None: no installed kind operates the task yet
+    predicts: str  # the target and what of it: the positive class, the classes, a value
+    threshold: float | None  # None: no threshold (see no_threshold)
+    no_threshold: str  # why there is none
     review_band: tuple[float, float] | None
     review_rule: str | None
     snapshot_id: str
@@ -191,18 +192,6 @@ class ModelCard:
 
 
 # ------------------------------------------------------------------------------ gathering
-
-
-def _holdout(project: Project, mv: registry.ModelVersion) -> dict[str, float]:
-    """The holdout metrics logged on the version's run (``holdout_<name>``)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        logged = registry.client(project).get_run(mv.run_id).data.metrics
-    except MlflowException:
-        return {}
-    prefix = "holdout_"
-    return {k[len(prefix) :]: float(v) for k, v in logged.items() if k.startswith(prefix)}
 
 
 def _gate(spec: Spec, history: list[dict[str, Any]]) -> Gate | None:
@@ -413,7 +402,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
     snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv.snapshot_id else None
     target_profile = (snap.profile or {}).get("__target__", {}) if snap else {}
 
-    holdout = _holdout(project, mv)
+    holdout = registry.holdout_metrics(project, mv)
     rows = [
         ThresholdRow(name, _bound(bound), holdout.get(name), _state(bound, holdout.get(name)))
         for name, bound in spec.effectiveness.thresholds.items()
@@ -457,9 +446,21 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
 
     threshold: float | None = None
     review_rule: str | None = None
-    if spec.model.task in kinds.names():  # multiclass and regression have no kind yet
-        rule = kinds.kind_for(spec).decision_rule(project, mv)
-        threshold, review_rule = rule.threshold, rule.review
+    predicts = str(spec.data.target)
+    no_threshold = "none (no model kind for this task is installed)"
+    if spec.model.task in kinds.names():
+        kind = kinds.kind_for(spec)
+        rule = kind.decision_rule(project, mv)
+        threshold = None if math.isnan(rule.threshold) else rule.threshold
+        review_rule = rule.review
+        target = kind.target(spec.data)
+        if target.is_value:
+            predicts, no_threshold = f"{predicts} (a value)", "none (the predicted value)"
+        elif spec.data.positive is not None:
+            predicts = f"{predicts} = {spec.data.positive}"
+        else:
+            predicts = f"{predicts}: one of {', '.join(map(str, target.classes))}"
+            no_threshold = "none (the most probable class)"
     card = ModelCard(
         project=spec.project,
         version=mv.version,
@@ -476,8 +477,9 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         impact_note=impact_note,
         owners={k: v for k, v in spec.owners.model_dump().items() if v},
         target=spec.data.target,
-        positive=str(spec.data.positive),
+        predicts=predicts,
         threshold=threshold,
+        no_threshold=no_threshold,
         review_band=spec.serving.review_band,
         review_rule=review_rule,
         snapshot_id=mv.snapshot_id,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from copml import events, lineage, registry, snapshots
-from copml.errors import CopmlError, NotFoundError
+from copml.errors import CopmlError, NotFoundError, UserCodeError
 from copml.project import Project
 from copml.store import open_store
 
@@ -38,35 +38,21 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_binary(project: Project, uri: str, model: Any) -> None:
-    """Today's binary path scores ``predict_proba``'s column for class 1 (the positive)."""
-    if not hasattr(model, "predict_proba"):
-        raise CopmlError(f"cannot import {uri}: the model has no predict_proba()")
-    classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
-    if sorted(map(str, classes)) != ["0", "1"] or 1 not in classes:
-        raise CopmlError(
-            f"cannot import {uri}: its classes are {classes}; a binary copml model predicts "
-            f"0/1 with 1 = the positive class {project.spec.data.positive!r}"
-        )
-
-
 def _check_scores(project: Project, uri: str, model: Any) -> snapshots.Snapshot | None:
     """Score the first rows of the latest snapshot, which becomes the version's reference
     for drift and explanations (none yet: the gate checks later)."""
-    from copml.evaluation import positive_scores
     from copml.kinds import kind_for
 
     try:
         snap = snapshots.latest(open_store(project.db_url))
     except NotFoundError:
         return None
-    features = (
-        kind_for(project.spec)
-        .training_frame(project, snap)[project.spec.data.features]
-        .head(CHECK_ROWS)
-    )
+    kind = kind_for(project.spec)
+    features = kind.training_frame(project, snap)[project.spec.data.features].head(CHECK_ROWS)
     try:
-        positive_scores(model, features)
+        kind.decide(project, model, kind.scores(model, features))
+    except UserCodeError as exc:  # the kind says what is wrong with the model
+        raise CopmlError(f"cannot import {uri}: {exc}") from None
     except Exception as exc:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise CopmlError(
@@ -102,7 +88,6 @@ def import_model(
         except Exception as exc:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
             raise CopmlError(f"cannot import {uri}: its model does not load ({reason})") from None
-        _check_binary(project, uri, model)
         reference = _check_scores(project, uri, model)
         sha = registry.directory_sha256(source.folder)
         tags = {

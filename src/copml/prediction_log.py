@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, text
 from copml.store import (
     batches,
     bulk_insert,
+    class_probabilities,
     feedback,
     lock_for_writing,
     prediction_inputs,
@@ -112,8 +113,11 @@ def write(
     score: np.ndarray,
     review: np.ndarray,
     before_commit: Callable[[Connection, int], None] | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> Batch:
     """Append a batch in one transaction; nothing is visible until it commits.
+    ``probabilities`` (one row per prediction) keeps every class's probability of a
+    multiclass decision.
 
     ``before_commit(conn, first_seq)`` runs inside the same transaction before the header
     is written (for the input snapshot the header refers to, per-row inputs, the event),
@@ -135,6 +139,17 @@ def write(
             columns = ("label", "score", "review")
             rows = zip(label_ints, score.tolist(), review.astype(np.int8).tolist(), strict=True)
         bulk_insert(conn, predictions, columns, rows)
+        if probabilities is not None:
+            bulk_insert(
+                conn,
+                class_probabilities,
+                ("seq", "probabilities"),
+                zip(
+                    range(first, first + n),
+                    map(json.dumps, np.asarray(probabilities).tolist()),
+                    strict=True,
+                ),
+            )
         if before_commit is not None:
             before_commit(conn, first)
         batch_id = conn.execute(
@@ -203,21 +218,31 @@ def resolve(engine: Engine, prediction_ids: list[str]) -> pd.Series:
 
 
 def read(engine: Engine, batch: Batch) -> pd.DataFrame:
-    """A batch's predictions with their ground truth (``actual`` NaN when not yet known)."""
-    p, f = predictions.c, feedback.c
+    """A batch's predictions with their ground truth (``actual`` NaN when not yet known)
+    and, for multiclass decisions, each class's probabilities (a list per row)."""
+    p, f, c = predictions.c, feedback.c, class_probabilities.c
+    last = batch.first_seq + batch.n_rows - 1
     query = (
         select(p.seq, p.label, p.score, p.review, f.actual)
         .select_from(predictions.outerjoin(feedback, f.prediction_seq == p.seq))
-        .where(p.seq.between(batch.first_seq, batch.first_seq + batch.n_rows - 1))
+        .where(p.seq.between(batch.first_seq, last))
         .order_by(p.seq)
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
+        # Apart, not joined: a range of the primary key, nothing to read for other tasks.
+        weighed = dict(
+            conn.execute(
+                select(c.seq, c.probabilities).where(c.seq.between(batch.first_seq, last))
+            ).all()
+        )
     names = ["seq", "label", "score", "review", "actual"]
     # Column-wise from tuples: pandas' record path looks every field up by name on
     # SQLAlchemy rows, which costs seconds for a million of them.
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
     frame = pd.DataFrame({n: np.asarray(c) for n, c in zip(names, columns, strict=True)})
+    if weighed:
+        frame["probabilities"] = pd.Series([weighed.get(s) for s in frame["seq"].tolist()])
     frame["actual"] = pd.to_numeric(frame["actual"], errors="coerce")
     frame["review"] = frame["review"].astype(bool)
     frame.insert(1, "row_index", (frame["seq"] - batch.first_seq).astype("int64"))
@@ -248,14 +273,23 @@ def record(engine: Engine, prediction_id: str) -> dict[str, Any] | None:
             return None
         batch = _batch(row)
         seq = batch.first_seq + part[1]
-        p, f, i = predictions.c, feedback.c, prediction_inputs.c
+        p, f, i, c = predictions.c, feedback.c, prediction_inputs.c, class_probabilities.c
         found = (
             conn.execute(
-                select(p.label, p.score, p.review, f.actual, i.input, i.input_hash, i.latency_ms)
+                select(
+                    p.label,
+                    p.score,
+                    p.review,
+                    f.actual,
+                    i.input,
+                    i.input_hash,
+                    i.latency_ms,
+                    c.probabilities,
+                )
                 .select_from(
-                    predictions.outerjoin(feedback, f.prediction_seq == p.seq).outerjoin(
-                        prediction_inputs, i.seq == p.seq
-                    )
+                    predictions.outerjoin(feedback, f.prediction_seq == p.seq)
+                    .outerjoin(prediction_inputs, i.seq == p.seq)
+                    .outerjoin(class_probabilities, c.seq == p.seq)
                 )
                 .where(p.seq == seq)
             )
@@ -278,6 +312,8 @@ def record(engine: Engine, prediction_id: str) -> dict[str, Any] | None:
         "snapshot_id": batch.snapshot_id,
         "snapshot_row": part[1] if batch.snapshot_id else None,
     }
+    if found["probabilities"] is not None:  # a multiclass decision's, by class
+        out["probabilities"] = found["probabilities"]
     if out["input"] is None and batch.snapshot_id:
         from copml import snapshots
 

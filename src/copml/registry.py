@@ -238,6 +238,35 @@ def _convert(mv: Any) -> ModelVersion:
     )
 
 
+_HOLDOUT = "holdout_"
+
+
+def holdout_names(metrics: dict[str, float]) -> dict[str, float]:
+    """Holdout metrics as a run logs them: ``holdout_<name>``, a per-class metric's ``=``
+    as ``:`` (MLflow refuses ``=`` in a name); NaN (undefined) left out."""
+    return {
+        _HOLDOUT + name.replace("=", ":"): value
+        for name, value in metrics.items()
+        if value == value
+    }
+
+
+def holdout_metrics(project: Project, mv: ModelVersion) -> dict[str, float]:
+    """The holdout metrics logged on a version's run, by copml's names; {} when the run is
+    gone (an imported version's lives in another store)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logged = client(project).get_run(mv.run_id).data.metrics
+    except MlflowException:
+        return {}
+    return {
+        key.removeprefix(_HOLDOUT).replace(".class:", ".class="): float(value)
+        for key, value in logged.items()
+        if key.startswith(_HOLDOUT)
+    }
+
+
 def register(
     project: Project, run_id: str, artifact_path: str, tags: dict[str, str]
 ) -> ModelVersion:

@@ -133,12 +133,7 @@ def reproduce(project: Project, version: str, *, actor: str = "system") -> Repro
     new_metrics = kind.holdout_metrics(
         project, model, features.loc[holdout].reset_index(drop=True), actual
     )[1]
-    client = registry.client(project)
-    logged = {
-        k.removeprefix("holdout_"): v
-        for k, v in client.get_run(mv.run_id).data.metrics.items()
-        if k.startswith("holdout_")
-    }
+    logged = registry.holdout_metrics(project, mv)
     differences = {
         name: {"recorded": value, "reproduced": float(new_metrics[name])}
         for name, value in logged.items()

@@ -18,6 +18,7 @@ from copml.project import Project
 from copml.store import (
     batches,
     cascade_answers,
+    class_probabilities,
     feedback,
     lock_for_writing,
     open_store,
@@ -87,6 +88,7 @@ def purge(project: Project, *, actor: str, at: datetime | None = None) -> Purge:
                 (feedback, feedback.c.prediction_seq),
                 (reviews, reviews.c.seq),
                 (cascade_answers, cascade_answers.c.seq),
+                (class_probabilities, class_probabilities.c.seq),
                 (prediction_inputs, prediction_inputs.c.seq),
                 (predictions, predictions.c.seq),
             ):

@@ -16,8 +16,8 @@ from sqlalchemy import Engine, func, select, update
 
 from copml import events, feedback, prediction_log
 from copml.errors import CopmlError, NotFoundError, UnknownPrediction
-from copml.labels import encode_actual
-from copml.spec import Data
+from copml.kinds import kind_for
+from copml.spec import Spec
 from copml.store import lock_for_writing, reviews
 
 
@@ -45,15 +45,16 @@ def open_items(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
     return out
 
 
-def resolve(engine: Engine, data: Data, prediction_id: str, label: str, *, actor: str) -> int:
+def resolve(engine: Engine, spec: Spec, prediction_id: str, label: object, *, actor: str) -> float:
     """Close the open review of ``prediction_id`` with the person's ``label`` (stored as
-    feedback); returns the encoded label (1 = the declared positive class)."""
+    feedback); returns it coded (:mod:`copml.labels`: 1 = a binary's positive class)."""
     seq = prediction_log.resolve(engine, [prediction_id]).iloc[0]
     if pd.isna(seq):
         raise UnknownPrediction(prediction_id)
-    (actual,) = encode_actual([label], data)
+    target = kind_for(spec).target(spec.data)
+    (actual,) = target.encode([label])
     if actual is None:
-        raise CopmlError(f"label: {label!r} is neither the positive nor the negative label")
+        raise CopmlError(f"label: {label!r} is {target.refusal()}")
     now = datetime.now(UTC)
     with engine.begin() as conn:
         lock_for_writing(conn)

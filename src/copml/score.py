@@ -21,8 +21,8 @@ from sqlalchemy import Connection
 
 from copml import costs, events, lineage, prediction_log, registry, snapshots, times
 from copml.errors import NotFoundError
-from copml.kinds import ModelKind, kind_for
-from copml.labels import class_labels
+from copml.kinds import Decisions, ModelKind, kind_for
+from copml.labels import Target
 from copml.project import Project
 from copml.redaction import redact
 from copml.store import open_store
@@ -37,44 +37,50 @@ class ScoreResult:
     snapshot_id: str
     prediction_batch: str
     output: Path
-    positives: int
+    positives: int | None  # decisions for the positive class (None without two classes)
     reviews: int
+
+
+def _positives(target: Target, decisions: Decisions) -> int | None:
+    return int(decisions.label.sum()) if len(target.classes) == 2 else None
 
 
 def _predict(kind: ModelKind, model: object, features: pd.DataFrame, progress: bool) -> np.ndarray:
     chunks = range(0, len(features), CHUNK_ROWS)
-    scores = np.empty(len(features), dtype=np.float64)
+    parts = []
     if progress:
         from rich.progress import track
 
         chunks = track(chunks, description="scoring", total=len(chunks), transient=True)
     for start in chunks:
-        part = features.iloc[start : start + CHUNK_ROWS]
-        scores[start : start + len(part)] = kind.scores(model, part)
-    return scores
+        parts.append(kind.scores(model, features.iloc[start : start + CHUNK_ROWS]))
+    return np.concatenate(parts) if parts else kind.scores(model, features)
 
 
 def _write_output(
     ids: pd.Series,
-    labels: tuple[object, object],
-    positive: np.ndarray,
-    scores: np.ndarray,
-    review: np.ndarray | None,
+    target: Target,
+    decisions: Decisions,
+    review: bool,
     version: str,
     key: str,
     output: Path,
 ) -> None:
-    """The scored file, as CSV or Parquet by its suffix (built in Arrow: no Python loops)."""
-    negative_label, positive_label = labels
+    """The scored file, as CSV or Parquet by its suffix (built in Arrow: no Python loops):
+    a multiclass decision has a ``probability.<class>`` column per class too."""
+    n = len(decisions)
     columns = {
         ids.name: pa.array(ids, from_pandas=True),
-        "label": pa.array(np.where(positive, positive_label, negative_label)),
-        "score": pa.array(scores),
-        "model_version": pa.array(np.full(len(scores), version)),
-        "prediction_id": prediction_log.prediction_ids(key, len(scores)),
+        "label": pa.array(target.shown(decisions.label, decisions.score), from_pandas=True),
+        "score": pa.array(decisions.score),
+        "model_version": pa.array(np.full(n, version)),
+        "prediction_id": prediction_log.prediction_ids(key, n),
     }
-    if review is not None:
-        columns["review"] = pa.array(review)
+    if review:
+        columns["review"] = pa.array(decisions.review)
+    if decisions.probabilities is not None:
+        for i, name in enumerate(target.classes):
+            columns[f"probability.{name}"] = pa.array(decisions.probabilities[:, i])
     table = pa.table(columns)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() in (".parquet", ".pq"):
@@ -124,7 +130,6 @@ def score(
     # Hashing PII is pure Python: done here, it does not fight the prediction for the GIL;
     # the rest of freezing (Arrow, sha256, Parquet) releases the GIL and runs beside it.
     redacted = redact(frame, sorted({data.id, *data.pii}), project.pii_key)
-    band = spec.serving.review_band
     key = prediction_log.new_key()
     output = Path(output)
     staged = output.with_name(f".{output.stem}.staged{output.suffix}")
@@ -141,7 +146,7 @@ def score(
         with costs.metered(engine, "score", at=when, detail=source):
             scores = _predict(kind, model, frame[data.features], progress)
         snap = frozen.result()
-    positive, review = kind.decide(project, model, scores)
+    decided = kind.decide(project, model, scores)
 
     def finish(conn: Connection, _first: int) -> None:
         snapshots.record(conn, snap, actor=actor)  # in the log's transaction: all or nothing
@@ -155,7 +160,7 @@ def score(
                 "rows": len(frame),
                 "snapshot_id": snap.id,
                 "batch": key,
-                "positives": int(positive.sum()),
+                "positives": _positives(kind.target(data), decided),
                 "output": str(output),
             },
             at=when,
@@ -168,15 +173,22 @@ def score(
             written = pool.submit(
                 _write_output,
                 frame[data.id],
-                class_labels(data),
-                positive,
-                scores,
-                review if band else None,
+                kind.target(data),
+                decided,
+                spec.serving.review_band is not None or spec.model.review_margin is not None,
                 champion.version,
                 key,
                 staged,
             )
-            prediction_log.write(engine, header, positive, scores, review, finish)
+            prediction_log.write(
+                engine,
+                header,
+                decided.label,
+                decided.score,
+                decided.review,
+                finish,
+                probabilities=decided.probabilities,
+            )
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
@@ -190,5 +202,11 @@ def score(
         at=when,
     )
     return ScoreResult(
-        len(frame), champion.version, snap.id, key, output, int(positive.sum()), int(review.sum())
+        len(frame),
+        champion.version,
+        snap.id,
+        key,
+        output,
+        _positives(kind.target(data), decided),
+        int(decided.review.sum()),
     )

@@ -453,7 +453,7 @@ def prepare(
         manifest=manifest,
         created_at=datetime.now(UTC),
     )
-    if data.target in frame.columns:
+    if data.target in frame.columns and data.positive is not None:  # a binary target
         positive = (frame[data.target].astype(str) == str(data.positive)).mean()
         snap.profile["__target__"] = {"kind": "target", "positive_rate": float(positive)}
     return snap

@@ -246,6 +246,13 @@ class ModelConfig(_Model):
         examples=list(BUILT_IN_TASKS),
     )
     threshold: float = Field(0.5, gt=0, lt=1, description="binary tasks only")
+    review_margin: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="multiclass only: a decision whose top two class probabilities are "
+        "closer than this goes to human review",
+    )
     holdout: float = Field(0.2, gt=0, lt=0.9, description="share of rows held out")
 
     @field_validator("task")
@@ -543,7 +550,11 @@ class Spec(_Model):
                 problems.append(
                     (("model", "threshold"), f"'threshold' belongs to binary tasks, not {task}")
                 )
-        elif task == "binary" and data.positive is None:  # a plug-in kind checks its own
+        if task != "multiclass" and self.model.review_margin is not None:
+            problems.append(
+                (("model", "review_margin"), f"'review_margin' belongs to multiclass, not {task}")
+            )
+        if task == "binary" and data.positive is None:  # a plug-in kind checks its own
             problems.append((("data", "positive"), "a binary task needs the positive class"))
         if task == "multiclass" and (target.type != "category" or len(target.categories or []) < 2):
             problems.append(

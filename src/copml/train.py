@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from copml import costs, events, lineage, registry, snapshots
+from copml import costs, events, lineage, profiles, registry, snapshots
 from copml.errors import CopmlError, UserCodeError
 from copml.evaluation import minimum_failures, split_holdout
-from copml.kinds import ModelKind, kind_for
+from copml.kinds import Holdout, ModelKind, kind_for
 from copml.project import Project
 from copml.store import open_store
 from copml.usercode import load_function
@@ -109,6 +110,25 @@ def _register_parts(
     return kind.register_parts(project, run_id, MODEL_ARTIFACT, lineage_tags)
 
 
+def output_profile(
+    project: Project, kind: ModelKind, model: Any, scores: np.ndarray, actual: np.ndarray
+) -> dict[str, Any]:
+    """Profiles of the model's own output on the holdout (its prediction and, for a
+    regression, its residual): the reference that monitoring measures output drift against."""
+    decisions = kind.decide(project, model, scores)
+    decided = pd.DataFrame(
+        {"label": decisions.label, "score": decisions.score, "review": decisions.review}
+    )
+    decided["actual"] = np.asarray(actual, dtype=np.float64)
+    found = kind.output_drift(project, decided)
+    return {
+        name: profiles.profile_column(
+            values, "numeric" if pd.api.types.is_numeric_dtype(values) else "categorical"
+        )
+        for name, values in found.items()
+    }
+
+
 def train(
     project: Project,
     *,
@@ -145,7 +165,6 @@ def train(
                 "seed": seed,
                 "snapshot_id": snap.id,
                 "holdout": spec.model.holdout,
-                "threshold": spec.model.threshold,
             }
         )
         mlflow.set_tags(
@@ -171,22 +190,18 @@ def train(
         features = frame.loc[holdout, inputs].reset_index(drop=True)
         actual = frame.loc[holdout, spec.data.target].to_numpy()
         score, metrics = kind.holdout_metrics(project, model, features, actual)
-        mlflow.log_param("decision_threshold", kind.decision_threshold(project, model))
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if not np.isnan(v)})
+        if (threshold := kind.decision_threshold(project, model)) is not None:
+            mlflow.log_param("decision_threshold", threshold)
+        mlflow.log_metrics(registry.holdout_names(metrics))
         requirements = [f"{k}=={v}" for k, v in versions.items() if k != "python"]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / MODEL_ARTIFACT
-            kind.save(
-                model,
-                folder,
-                fit=fit_part,
-                holdout=features,
-                scores=score,
-                metrics=metrics,
-                inputs=inputs,
-                requirements=requirements,
-                seed=seed,
+            decided = kind.decide(project, model, score)
+            classes = kind.target(spec.data).classes
+            measured = Holdout(
+                fit_part, features, actual, score, metrics, inputs, seed, decided, classes
             )
+            kind.save(model, folder, measured, requirements=requirements)
             sha = registry.directory_sha256(folder)
             mlflow.log_artifacts(str(folder), MODEL_ARTIFACT)
         failures = minimum_failures(project, metrics)
@@ -228,6 +243,7 @@ def train(
                 "git_commit": commit,
                 "git_dirty": dirty,
                 "params": params,
+                "output_profile": output_profile(project, kind, model, score, actual),
             },
             at=at,
         )

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from fastapi import Request
     from sqlalchemy import Engine
 
+    from copml.labels import Target
     from copml.metrics import MetricTable
     from copml.project import Project
     from copml.registry import ModelVersion
@@ -47,6 +48,8 @@ Direction = Literal["higher", "lower"]
 # copml's own kinds, for when the package's entry points are not installed.
 _BUILT_IN = {
     "binary": "copml.kinds.binary:BinaryKind",
+    "multiclass": "copml.kinds.multiclass:MulticlassKind",
+    "regression": "copml.kinds.regression:RegressionKind",
     "cascade": "copml.apps.xray.kind:CascadeKind",
 }
 
@@ -64,6 +67,42 @@ class PredictApi:
     max_body_bytes: int
     openapi: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """What a kind decides for each row, as the log stores it and the answers say it:
+    ``label`` a class code (a binary's positive is 1; 0 for a value), ``score`` the
+    positive's or the chosen class's probability or the predicted value, ``review`` whether
+    a person must look, and ``probabilities`` one column per class where there are classes."""
+
+    label: np.ndarray
+    score: np.ndarray
+    review: np.ndarray
+    probabilities: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def part(self, rows: slice) -> Decisions:
+        """The decisions of ``rows`` only."""
+        probabilities = None if self.probabilities is None else self.probabilities[rows]
+        return Decisions(self.label[rows], self.score[rows], self.review[rows], probabilities)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """What training measured a model on, for its kind to save beside it."""
+
+    fit: pd.DataFrame  # the rows it was fitted on: its inputs and the coded target
+    features: pd.DataFrame  # the held-out rows' inputs
+    actual: np.ndarray  # their truth, coded (:meth:`ModelKind.target`)
+    scores: np.ndarray  # the model's output on them (:meth:`ModelKind.scores`)
+    metrics: dict[str, float]
+    inputs: list[str]
+    seed: int
+    decisions: Decisions  # :meth:`ModelKind.decide` of ``scores``
+    classes: tuple[object, ...] = ()  # the target's classes as the data spells them
 
 
 @dataclass(frozen=True)
@@ -90,18 +129,32 @@ class ModelKind(Protocol):
         """The columns of ``frame`` the model reads."""
         ...
 
+    def target(self, data: Data) -> Target:
+        """How the target's classes or values are coded in the log and in ground truth."""
+        ...
+
     def scores(self, model: Any, features: pd.DataFrame) -> np.ndarray:
-        """One score per row, each independent of the other rows."""
+        """The model's output per row (a score, a value, or one probability per class as a
+        row of a 2-D array), each row's independent of the other rows."""
         ...
 
-    def decision_threshold(self, project: Project, model: Any) -> float:
-        """The score at and above which a row is positive."""
+    def decision_threshold(self, project: Project, model: Any) -> float | None:
+        """The score at and above which a row is positive; None without a threshold."""
         ...
 
-    def decide(
-        self, project: Project, model: Any, scores: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(positive, review) for each score: the decision rule, the same in batch and API."""
+    def decide(self, project: Project, model: Any, scores: np.ndarray) -> Decisions:
+        """The decision rule over :meth:`scores`' output, the same in batch and API."""
+        ...
+
+    def window_metrics(self, project: Project, labelled: pd.DataFrame) -> dict[str, float]:
+        """The task's metrics over logged decisions with their ground truth (columns
+        ``label``, ``score``, ``actual`` as codes, ``probabilities`` where logged)."""
+        ...
+
+    def output_drift(self, project: Project, decided: pd.DataFrame) -> dict[str, pd.Series]:
+        """What of the model's own output is watched for drift (its metric table's
+        ``drift`` names), from logged decisions (the columns of :meth:`window_metrics`;
+        ``actual`` NaN where unknown): a numeric series or one of class names each."""
         ...
 
     def holdout_metrics(
@@ -110,21 +163,9 @@ class ModelKind(Protocol):
         """(scores, figures) of ``model`` on held-out rows, as training and the gate see them."""
         ...
 
-    def save(
-        self,
-        model: Any,
-        folder: Path,
-        *,
-        fit: pd.DataFrame,
-        holdout: pd.DataFrame,
-        scores: np.ndarray,
-        metrics: dict[str, float],
-        inputs: list[str],
-        requirements: list[str],
-        seed: int,
-    ) -> None:
+    def save(self, model: Any, folder: Path, holdout: Holdout, *, requirements: list[str]) -> None:
         """Write the model as an MLflow model folder; the active run also gets the kind's
-        evaluation (e.g. a confusion matrix of ``metrics``) and explanation artifacts."""
+        evaluation of ``holdout`` (e.g. a confusion matrix) and explanation artifacts."""
         ...
 
     def register_parts(

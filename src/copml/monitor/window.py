@@ -24,7 +24,6 @@ from sqlalchemy import Engine, delete, insert, select
 from copml import costs, events, prediction_log, snapshots, times
 from copml.errors import UserCodeError
 from copml.kinds import kind_for
-from copml.metrics import classification_metrics
 from copml.monitor.drift import drift_share, feature_drift
 from copml.monitor.fairness import fairness
 from copml.project import Project
@@ -161,26 +160,45 @@ def _kpis(project: Project, frame: pd.DataFrame) -> dict[str, float]:
     return values
 
 
-def _reference_snapshot(
-    project: Project, engine: Engine, version: str
-) -> snapshots.Snapshot | None:
-    """The training snapshot of ``version`` (for an imported version, the snapshot it was
-    checked on when imported): its profile is what drift is measured against.
-
-    The lineage event written at registration answers without an MLflow round trip; the
-    registry's tags answer when this store did not see the registration.
+def _registration(project: Project, engine: Engine, version: str) -> dict[str, Any]:
+    """What the registration of ``version`` recorded: its snapshot and the profile of its
+    output on the holdout. The lineage event answers without an MLflow round trip; the
+    registry's tags answer (the snapshot only) when this store did not see the registration.
     """
     registered = events.latest(
         engine, "model.registered", f"model:{project.spec.project}/{version}"
     )
     if registered is not None:
-        evidence = registered["evidence"]
-        snapshot_id = evidence["snapshot_id"] or evidence.get("reference_snapshot_id")
-    else:
-        from copml import registry
+        return registered["evidence"]
+    from copml import registry
 
-        snapshot_id = registry.get(project, version).reference_snapshot_id
+    return {"snapshot_id": registry.get(project, version).reference_snapshot_id}
+
+
+def _reference_snapshot(
+    project: Project, engine: Engine, registered: dict[str, Any]
+) -> snapshots.Snapshot | None:
+    """The training snapshot of a version (for an imported version, the snapshot it was
+    checked on when imported): its profile is what feature drift is measured against."""
+    snapshot_id = registered.get("snapshot_id") or registered.get("reference_snapshot_id")
     return snapshots.get(engine, snapshot_id, missing_ok=True) if snapshot_id else None
+
+
+def _output_drift(
+    project: Project, registered: dict[str, Any] | None, frame: pd.DataFrame
+) -> dict[str, float]:
+    """PSI of the model's own output (``drift.prediction``, a regression's
+    ``drift.residual``) against its holdout's at training; NaN without a reference (an
+    imported version) or without values (residuals before any truth)."""
+    names = project.spec.metrics.drift
+    found = dict.fromkeys((f"drift.{name}" for name in names), math.nan)
+    reference = (registered or {}).get("output_profile") or {}
+    if not reference or not len(frame):
+        return found
+    current = pd.DataFrame(kind_for(project.spec).output_drift(project, frame))
+    drifted = feature_drift(reference, current, list(names), project.spec.effectiveness.drift_psi)
+    found.update({f"drift.{name}": result["psi"] for name, result in drifted.items()})
+    return found
 
 
 def compute(project: Project, *, end: datetime | None = None) -> Window:
@@ -188,21 +206,13 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     spec = project.spec
     engine = open_store(project.db_url)
     start, end = period(spec.effectiveness.window, end or datetime.now(UTC))
-    features = kind_for(spec).monitored_features(spec.data)
+    kind = kind_for(spec)
+    features = kind.monitored_features(spec.data)
     frame = window_frame(engine, start, end, features)
     labelled = frame[frame["actual"].notna()]
-    metrics: dict[str, float] = dict.fromkeys(
-        ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "positive_rate"),
-        math.nan,
-    )
+    metrics: dict[str, float] = dict.fromkeys(spec.metrics.names(spec.classes), math.nan)
     if len(labelled):
-        metrics.update(
-            classification_metrics(
-                labelled["actual"].to_numpy(),
-                labelled["label"].to_numpy() == 1,
-                labelled["score"].to_numpy(),
-            )
-        )
+        metrics.update(kind.window_metrics(project, labelled))
     metrics["predictions"] = float(len(frame))
     metrics["labelled"] = float(len(labelled))
     metrics["reviews"] = float(frame["review"].astype(bool).sum()) if len(frame) else 0.0
@@ -215,12 +225,14 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
         metrics.update(fairness(frame, spec.data.sensitive)[0])
     version = frame["model_version"].mode().iloc[0] if len(frame) else None
     drift: dict[str, dict[str, Any]] = {}
-    reference = _reference_snapshot(project, engine, version) if version else None
+    registered = _registration(project, engine, version) if version else None
+    reference = _reference_snapshot(project, engine, registered) if registered else None
     if reference is not None:
         drift = feature_drift(reference.profile, frame, features, spec.effectiveness.drift_psi)
     metrics["drift"] = drift_share(drift)
     for feature, result in drift.items():
         metrics[f"drift.{feature}"] = result["psi"]
+    metrics.update(_output_drift(project, registered, frame))
     return Window(start, end, version, len(frame), len(labelled), metrics, drift)
 
 

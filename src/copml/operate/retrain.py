@@ -8,12 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 import pandas as pd
 
 from copml import lineage, snapshots
 from copml.kinds import kind_for
-from copml.labels import class_labels
 from copml.monitor.window import window_frame
 from copml.project import Project
 from copml.store import open_store
@@ -42,13 +40,13 @@ def production_rows(project: Project, frame: pd.DataFrame) -> pd.DataFrame:
     data = project.spec.data
     if frame.empty or any(f not in frame.columns for f in data.features):
         return pd.DataFrame(columns=list(data.columns))
-    negative, positive = class_labels(data)
+    target = kind_for(project.spec).target(data)
     rows = pd.DataFrame(
         {
             # Entity ids were redacted at scoring; a row's prediction number is unique.
             data.id: [f"prediction-{int(s)}" for s in frame["seq"]],
             **{f: frame[f].to_numpy() for f in data.features},
-            data.target: np.where(frame["actual"].to_numpy() == 1, positive, negative),
+            data.target: target.decode(frame["actual"].to_numpy()),
         }
     )
     for column in data.features:  # categoricals from Parquet back to plain values

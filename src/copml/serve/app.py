@@ -22,7 +22,6 @@ from fastapi.responses import JSONResponse
 from copml import audit, costs, feedback, keys, prediction_log, registry, reviews, snapshots
 from copml.errors import NotFoundError, UnknownPrediction
 from copml.kinds import kind_for
-from copml.labels import encode_actual
 from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve.batcher import MicroBatcher, Occupancy
@@ -92,8 +91,9 @@ def create_app(
         PredictRequest = predict_request_model(Instance, MAX_INSTANCES)
         scorer = GroupScorer(project, engine, slot, clock)
     scorer.on_scored.append(metrics.scored)
-    FeedbackRequest = feedback_request_model(data)
-    ReviewResolution = review_resolution_model(data)
+    target = kind.target(data)
+    FeedbackRequest = feedback_request_model(target)
+    ReviewResolution = review_resolution_model(target)
     batcher = MicroBatcher(scorer)
 
     def refresh(actor: str = "system") -> Any:
@@ -268,7 +268,7 @@ def create_app(
             text = json.dumps({"model_version": version, "predictions": answers})
             return Response(text, media_type="application/json")
 
-    def _record_feedback(seq: int, actual: int, observed: datetime, source: str) -> str:
+    def _record_feedback(seq: int, actual: float, observed: datetime, source: str) -> str:
         outcome = pd.DataFrame({"seq": [seq], "actual": [actual], "observed_at": [observed]})
         with engine.begin() as conn:
             loaded, corrected, _ = feedback.apply(
@@ -276,18 +276,11 @@ def create_app(
             )
         return "loaded" if loaded else "corrected" if corrected else "unchanged"
 
-    def _actual(value: object, field: str) -> int:
-        (code,) = encode_actual([value], data)
+    def _actual(value: object, field: str) -> float:
+        (code,) = target.encode([value])
         if code is None:
             raise HTTPException(
-                422,
-                [
-                    {
-                        "loc": ["body", field],
-                        "type": "value_error",
-                        "msg": "neither the positive nor the negative label",
-                    }
-                ],
+                422, [{"loc": ["body", field], "type": "value_error", "msg": target.refusal()}]
             )
         return code
 
@@ -361,10 +354,10 @@ def create_app(
         prediction_id: str, body: ReviewResolution, key: Any = require("operator")
     ) -> dict[str, Any]:
         await asyncio.to_thread(known, prediction_id)
-        _actual(body.label, "label")  # 422 naming the field when it is neither label
+        _actual(body.label, "label")  # 422 naming the field when it is no class or value
         try:
             await asyncio.to_thread(
-                reviews.resolve, engine, data, prediction_id, str(body.label), actor=actor(key)
+                reviews.resolve, engine, project.spec, prediction_id, body.label, actor=actor(key)
             )
         except UnknownPrediction:
             raise HTTPException(404, NO_PREDICTION) from None

@@ -27,7 +27,7 @@ class ServerMetrics:
         )
         self.predictions = Counter(
             "copml_predictions_total",
-            "Predictions by model version and label",
+            "Predictions by model version and class code (1: a binary's positive)",
             ["model_version", "label"],
             registry=self.registry,
         )
@@ -41,10 +41,11 @@ class ServerMetrics:
             registry=self.registry,
         )
 
-    def scored(self, version: str, positive: np.ndarray, review: np.ndarray) -> None:
-        n_positive = int(positive.sum())
-        self.predictions.labels(version, "1").inc(n_positive)
-        self.predictions.labels(version, "0").inc(len(positive) - n_positive)
+    def scored(self, version: str, label: np.ndarray, review: np.ndarray) -> None:
+        """Count a committed group by its decisions' class codes (1: a binary's positive)."""
+        codes, counts = np.unique(np.asarray(label, dtype=np.int64), return_counts=True)
+        for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
+            self.predictions.labels(version, str(code)).inc(count)
         self.reviews.inc(int(review.sum()))
 
     def exposition(self) -> bytes:

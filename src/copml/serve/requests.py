@@ -32,8 +32,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from copml import times
-from copml.labels import class_labels
-from copml.spec import Column, Data
+from copml.labels import Target
+from copml.spec import Column
 
 
 def _number(value: Any) -> Any:
@@ -102,17 +102,6 @@ def predict_request_model(instance: type[BaseModel], max_instances: int) -> type
     )
 
 
-def label_type(data: Data) -> Any:
-    """The values that name a class in feedback and reviews: the target's two labels as
-    the data spells them, or ``true``/``false`` for positive/negative."""
-    negative, positive = class_labels(data)
-    values: list[Any] = []
-    for value in (positive, negative, True, False):  # 1 and True are both kept
-        if not any(type(v) is type(value) and v == value for v in values):
-            values.append(value)
-    return Literal[tuple(values)]  # type: ignore[valid-type]
-
-
 def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)  # absent, never null: the schema says a string
 
@@ -135,7 +124,7 @@ _TIME_SCHEMA = {
 Time = Annotated[datetime, BeforeValidator(_time), WithJsonSchema(_TIME_SCHEMA)]
 
 
-def feedback_request_model(data: Data) -> type[BaseModel]:
+def feedback_request_model(target: Target) -> type[BaseModel]:
     """Ground truth for one prediction, named by its id or by the entity's id (exactly one:
     ``oneOf`` in the schema, a 422 otherwise)."""
 
@@ -148,7 +137,7 @@ def feedback_request_model(data: Data) -> type[BaseModel]:
             None, min_length=24, max_length=24, json_schema_extra=_no_default
         )
         id: str = Field(None, min_length=1, max_length=256, json_schema_extra=_no_default)
-        actual: label_type(data)  # type: ignore[valid-type]
+        actual: target.annotation()  # type: ignore[valid-type]
         observed_at: Time | None = None
 
         @model_validator(mode="before")
@@ -161,10 +150,12 @@ def feedback_request_model(data: Data) -> type[BaseModel]:
     return FeedbackRequest
 
 
-def review_resolution_model(data: Data) -> type[BaseModel]:
-    """A human's label for a prediction in the review queue."""
+def review_resolution_model(target: Target) -> type[BaseModel]:
+    """A human's label (a class, or a value) for a prediction in the review queue."""
     return create_model(
-        "ReviewResolution", __config__=ConfigDict(extra="forbid"), label=(label_type(data), ...)
+        "ReviewResolution",
+        __config__=ConfigDict(extra="forbid"),
+        label=(target.annotation(), ...),
     )
 
 

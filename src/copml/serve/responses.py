@@ -12,10 +12,15 @@ from pydantic import BaseModel
 
 
 class Prediction(BaseModel):
+    """One decision: ``label`` the class (or a regression's value), ``score`` the positive
+    class's or the chosen class's probability (or the value); a multiclass model answers
+    every class's probability too."""
+
     prediction_id: str
     label: Any
     score: float
     review: bool
+    probabilities: dict[str, float] | None = None
 
 
 class PredictResponse(BaseModel):

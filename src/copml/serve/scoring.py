@@ -23,8 +23,7 @@ from fastapi import HTTPException
 from sqlalchemy import Connection, Engine
 
 from copml import prediction_log
-from copml.kinds import kind_for
-from copml.labels import class_labels
+from copml.kinds import Decisions, kind_for
 from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve.batcher import Pending, report_scored
@@ -57,7 +56,7 @@ class GroupScorer:
         self._slot = slot
         self._project = project
         self._kind = kind_for(project.spec)
-        self._labels = class_labels(project.spec.data)
+        self._target = self._kind.target(project.spec.data)
         self._redact = sorted({project.spec.data.id, *project.spec.data.pii})
         self.on_scored: list[Any] = []  # callbacks(version, labels, reviews) for metrics
 
@@ -100,8 +99,10 @@ class GroupScorer:
         rows: list[Instance] = [row for pending in group for row in pending.rows]
         # Column by column: a third of the cost of a frame from records, the same scores.
         frame = pd.DataFrame({c: [row.features[c] for row in rows] for c in champion.features})
-        scores = self._kind.scores(champion.model, frame)
-        positive, review = self._kind.decide(self._project, champion.model, scores)
+        decided = self._kind.decide(
+            self._project, champion.model, self._kind.scores(champion.model, frame)
+        )
+        review = decided.review
         done = time.perf_counter()
         latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
         now = self._clock()
@@ -125,23 +126,39 @@ class GroupScorer:
 
         key = prediction_log.new_key()
         header = prediction_log.Header(key, now, spec.project, champion.version, None, "api")
-        prediction_log.write(self._engine, header, positive, scores, review, alongside)
-        report_scored(self.on_scored, champion.version, positive, review)
-        precision = spec.serving.score_precision
-        negative_label, positive_label = self._labels
-        out, i = [], 0
+        prediction_log.write(
+            self._engine,
+            header,
+            decided.label,
+            decided.score,
+            review,
+            alongside,
+            probabilities=decided.probabilities,
+        )
+        report_scored(self.on_scored, champion.version, decided.label, review)
+        return self._answers(group, key, champion.version, decided)
+
+    def _answers(
+        self, group: list[Pending], key: str, version: str, decided: Decisions
+    ) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Each request's answers, in plain JSON types: its class or value, its score and
+        review flag, and each class's probability where there are classes to weigh."""
+        precision = self._spec.serving.score_precision
+        scores = decided.score.tolist()
+        if precision:
+            scores = [round(score, precision) for score in scores]
+        shown = self._target.shown(decided.label, decided.score).tolist()
+        flags = decided.review.tolist()
+        answers = [
+            {"prediction_id": f"{key}{i:08x}", "label": label, "score": score, "review": flag}
+            for i, (label, score, flag) in enumerate(zip(shown, scores, flags, strict=True))
+        ]
+        if decided.probabilities is not None:
+            names = [str(c) for c in self._target.classes]
+            for answer, row in zip(answers, decided.probabilities.tolist(), strict=True):
+                answer["probabilities"] = dict(zip(names, row, strict=True))
+        out, start = [], 0
         for pending in group:
-            answers = []
-            for _ in pending.rows:
-                score = float(scores[i])
-                answers.append(
-                    {
-                        "prediction_id": f"{key}{i:08x}",
-                        "label": positive_label if positive[i] else negative_label,
-                        "score": round(score, precision) if precision else score,
-                        "review": bool(review[i]),
-                    }
-                )
-                i += 1
-            out.append((champion.version, answers))
+            out.append((version, answers[start : start + len(pending.rows)]))
+            start += len(pending.rows)
         return out

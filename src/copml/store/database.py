@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, inspect, text
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 

@@ -100,7 +100,8 @@ predictions = Table(
     "predictions",
     metadata,
     Column("seq", Seq, primary_key=True, autoincrement=False),
-    Column("label", SmallInteger, nullable=False),  # 1 = the declared positive class
+    # The class's code (1 = a binary's declared positive); 0 for a value (see copml.labels).
+    Column("label", SmallInteger, nullable=False),
     Column("score", Float, nullable=False),
     Column("review", Boolean, nullable=False),
 )
@@ -111,7 +112,8 @@ feedback = Table(
     Column(
         "prediction_seq", Seq, ForeignKey("predictions.seq"), primary_key=True, autoincrement=False
     ),
-    Column("actual", SmallInteger, nullable=False),  # 1 = the declared positive class
+    # A class's code (1 = a binary's declared positive) or a value (a regression's truth).
+    Column("actual", Float, nullable=False),
     Column("observed_at", UTCDateTime(), nullable=False),
     Column("loaded_at", UTCDateTime(), nullable=False),
     Column("source", Text, nullable=False),
@@ -157,6 +159,15 @@ prediction_inputs = Table(
     Column("entity_key", String(32), nullable=True),
     Column("latency_ms", Float, nullable=False),
     Index("ix_prediction_inputs_entity_key", "entity_key"),
+)
+
+# Every class's probability of a multiclass decision, in the declared order of the classes
+# (the prediction's score is the chosen class's): what log loss and an audit read.
+class_probabilities = Table(
+    "class_probabilities",
+    metadata,
+    Column("seq", Seq, ForeignKey("predictions.seq"), primary_key=True, autoincrement=False),
+    Column("probabilities", JSON, nullable=False),
 )
 
 # The second answer of a cascade (model 2: the type of pneumonia), beside the prediction

@@ -16,8 +16,8 @@ import pandas as pd
 
 from copml import image_archive, registry
 from copml.apps.xray.vision import CASCADE_METRICS
-from copml.kinds import DecisionRule, PredictApi
-from copml.kinds.binary import BinaryKind, log_confusion
+from copml.kinds import DecisionRule, Holdout, PredictApi
+from copml.kinds.binary import BinaryKind, log_binary_confusion
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -61,24 +61,12 @@ class CascadeKind(BinaryKind):
         metrics.update(model.type_metrics(features[actual == 1]))  # model 2, same holdout
         return score, metrics
 
-    def save(
-        self,
-        model: Any,
-        folder: Path,
-        *,
-        fit: pd.DataFrame,
-        holdout: pd.DataFrame,
-        scores: np.ndarray,
-        metrics: dict[str, float],
-        inputs: list[str],
-        requirements: list[str],
-        seed: int,
-    ) -> None:
+    def save(self, model: Any, folder: Path, holdout: Holdout, *, requirements: list[str]) -> None:
         import mlflow
 
         from copml.apps.xray.vision import pyfunc
 
-        log_confusion(metrics)
+        log_binary_confusion(holdout.metrics)
         mlflow.set_tag("copml.explanation", "attribution maps of model 1 on request")
         pyfunc.save(model, folder, requirements)
 

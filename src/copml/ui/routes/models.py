@@ -21,23 +21,12 @@ from copml.ui.state import Board
 router = APIRouter()
 
 
-def _holdout(project: Project, mv: registry.ModelVersion) -> dict[str, float]:
-    """The holdout metrics logged on the version's MLflow run (``holdout_<name>``)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        logged = registry.client(project).get_run(mv.run_id).data.metrics
-    except MlflowException:
-        return {}
-    return {k.removeprefix("holdout_"): v for k, v in logged.items() if k.startswith("holdout_")}
-
-
 def _versions(project: Project) -> dict[str, Any]:
     found = registry.versions(project)
     return {
         "versions": found,
         "approvals": {v.version: lifecycle.approved(project, v.version) for v in found},
-        "holdout": {v.version: _holdout(project, v) for v in found},
+        "holdout": {v.version: registry.holdout_metrics(project, v) for v in found},
         "metrics": list(project.spec.effectiveness.thresholds),
     }
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
 from copml import audit, prediction_log, times
-from copml.labels import class_labels
+from copml.kinds import kind_for
 from copml.ui import charts, forms, records
 from copml.ui.auth import actor
 from copml.ui.projects import Shown
@@ -67,7 +67,7 @@ def _decision(here: Shown, prediction_id: str) -> dict[str, Any]:
         "record": found,
         "chart": chart,
         "attribution": _attribution(found),
-        "labels": class_labels(here.project.spec.data),
+        "target": kind_for(here.project.spec).target(here.project.spec.data),
     }
 
 
@@ -98,7 +98,7 @@ async def predictions_page(
         total=total,
         start=start or "",
         end=end or "",
-        labels=class_labels(here.project.spec.data),
+        target=kind_for(here.project.spec).target(here.project.spec.data),
     )
 
 

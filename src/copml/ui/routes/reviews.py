@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
 from copml import reviews
-from copml.labels import class_labels
+from copml.kinds import kind_for
 from copml.ui import forms
 from copml.ui.auth import actor
 from copml.ui.state import Board
@@ -23,7 +23,7 @@ async def reviews_page(request: Request, board: Board, slug: str) -> Response:
         "reviews.html.j2",
         here=here,
         items=items,
-        labels=class_labels(here.project.spec.data),
+        target=kind_for(here.project.spec).target(here.project.spec.data),
         band=here.project.spec.serving.review_band,
     )
 
@@ -34,7 +34,7 @@ async def resolve_review(request: Request, board: Board, slug: str, prediction_i
     label = (await forms.read(request, access.session)).get("label", "").strip()
     if not label:
         raise HTTPException(422, "label: choose the label a person decided")
-    engine, data, who = access.here.engine, access.here.project.spec.data, actor(access.key)
-    await board.work(lambda: reviews.resolve(engine, data, prediction_id, label, actor=who))
+    engine, spec, who = access.here.engine, access.here.project.spec, actor(access.key)
+    await board.work(lambda: reviews.resolve(engine, spec, prediction_id, label, actor=who))
     access.session.flashes.append(f"{prediction_id} labelled {label!r}; stored as feedback")
     return forms.back(f"/p/{slug}/reviews")
