@@ -253,6 +253,12 @@ class ModelConfig(_Model):
         description="multiclass only: a decision whose top two class probabilities are "
         "closer than this goes to human review",
     )
+    review_interval: float | None = Field(
+        None,
+        gt=0,
+        description="regression only: a prediction whose 95% interval is wider than this "
+        "goes to human review (the model's predict() must take return_std=True)",
+    )
     holdout: float = Field(0.2, gt=0, lt=0.9, description="share of rows held out")
 
     @field_validator("task")
@@ -515,6 +521,13 @@ class Spec(_Model):
         return table
 
     @property
+    def reviews(self) -> bool:
+        """Whether a rule sends decisions to human review: a binary's ``review_band``, a
+        multiclass ``review_margin``, a regression's ``review_interval``."""
+        rules = (self.serving.review_band, self.model.review_margin, self.model.review_interval)
+        return any(rule is not None for rule in rules)
+
+    @property
     def classes(self) -> list[Scalar]:
         """A multiclass target's classes, in their declared order; empty for other tasks."""
         if self.model.task != "multiclass":
@@ -553,6 +566,13 @@ class Spec(_Model):
         if task != "multiclass" and self.model.review_margin is not None:
             problems.append(
                 (("model", "review_margin"), f"'review_margin' belongs to multiclass, not {task}")
+            )
+        if task != "regression" and self.model.review_interval is not None:
+            problems.append(
+                (
+                    ("model", "review_interval"),
+                    f"'review_interval' belongs to regression, not {task}",
+                )
             )
         if task == "binary" and data.positive is None:  # a plug-in kind checks its own
             problems.append((("data", "positive"), "a binary task needs the positive class"))
