@@ -31,7 +31,9 @@ def _champion_at(project: Project, at: datetime) -> str | None:
         select(e.subject, e.kind)
         .where(
             or_(
-                e.kind == "model.promoted", e.kind == "model.rolled_back", e.kind == "model.retired"
+                e.kind == events.Kind.MODEL_PROMOTED,
+                e.kind == events.Kind.MODEL_ROLLED_BACK,
+                e.kind == events.Kind.MODEL_RETIRED,
             ),
             e.at <= at,
         )
@@ -40,9 +42,9 @@ def _champion_at(project: Project, at: datetime) -> str | None:
     )
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    if row is None or row.kind == "model.retired":
+    if row is None or row.kind == events.Kind.MODEL_RETIRED:
         return None
-    return str(row.subject).rsplit("/", 1)[1]
+    return events.subject_version(str(row.subject))
 
 
 def _lineage(project: Project, version: str) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
     if found is None:
         raise UnknownPrediction(prediction_id)
     version = found["model_version"]
-    subject = f"model:{project.spec.project}/{version}"
+    subject = events.model_subject(project.spec.project, version)
     lineage = _lineage(project, version)
     created = datetime.fromisoformat(found["created_at"])
     out: dict[str, Any] = {
@@ -120,7 +122,7 @@ def replay(
     with engine.begin() as conn:
         events.record(
             conn,
-            "prediction.replayed",
+            events.Kind.PREDICTION_REPLAYED,
             actor=actor or events.user_actor(),
             subject=f"prediction:{prediction_id}",
             reason="identical" if same else "DIFFERENT",

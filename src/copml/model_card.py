@@ -197,7 +197,8 @@ class ModelCard:
 def _gate(spec: Spec, history: list[dict[str, Any]]) -> Gate | None:
     """The newest gate report among the version's events (history is newest first), its
     metrics in the order of the task's metric table."""
-    found = next((e for e in history if e["kind"] in ("model.validated", "model.refused")), None)
+    gated = (events.Kind.MODEL_VALIDATED, events.Kind.MODEL_REFUSED)
+    found = next((e for e in history if e["kind"] in gated), None)
     if found is None:
         return None
     evidence = found.get("evidence") or {}
@@ -208,7 +209,7 @@ def _gate(spec: Spec, history: list[dict[str, Any]]) -> Gate | None:
     return Gate(
         kind=found["kind"],
         at=_when(found["at"]),
-        passed=bool(evidence.get("passed", found["kind"] == "model.validated")),
+        passed=bool(evidence.get("passed", found["kind"] == events.Kind.MODEL_VALIDATED)),
         reasons=list(evidence.get("reasons") or []),
         metric=metric,
         better=spec.metrics.direction(metric, spec.classes),
@@ -379,7 +380,7 @@ def _limitations(
     if not card.explanation.available:
         mandatory = " (mandatory at high impact)" if spec.impact == "high" else ""
         out.append(f"No global explanation is available{mandatory}.")
-    approved = any(e["kind"] == "model.approved" for e in card.history)
+    approved = any(e["kind"] == events.Kind.MODEL_APPROVED for e in card.history)
     if spec.impact == "high" and card.state == registry.CHAMPION and not approved:
         out.append("This high-impact version serves without a recorded approval.")
     return out
@@ -413,7 +414,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         if k in holdout and k not in spec.effectiveness.thresholds
     }
 
-    subject = f"model:{spec.project}/{mv.version}"
+    subject = events.model_subject(spec.project, mv.version)
     history = events.history(engine, subject=subject, limit=_EVENT_LIMIT)
 
     served = [

@@ -484,7 +484,7 @@ def promote(
     reason: str,
     evidence: dict[str, Any] | None = None,
     at: datetime | None = None,
-    kind: str = "model.promoted",
+    kind: events.Kind = events.Kind.MODEL_PROMOTED,
 ) -> None:
     """Move the ``champion`` alias to ``version`` and record who did it and why."""
     previous = champion(project)
@@ -494,7 +494,7 @@ def promote(
             conn,
             kind,
             actor=actor,
-            subject=f"model:{project.spec.project}/{version}",
+            subject=events.model_subject(project.spec.project, version),
             reason=reason,
             evidence={"previous": previous.version if previous else None, **(evidence or {})},
             at=at,
@@ -574,7 +574,9 @@ def recorded(project: Project, version: str) -> dict[str, Any]:
     process stays fast), else from the registry's tags (a store that did not see it).
     """
     engine = open_store(project.db_url)
-    event = events.latest(engine, "model.registered", f"model:{project.spec.project}/{version}")
+    event = events.latest(
+        engine, events.Kind.MODEL_REGISTERED, events.model_subject(project.spec.project, version)
+    )
     evidence = (event or {}).get("evidence") or {}
     if evidence.get("lineage") == IMPORTED:
         return {

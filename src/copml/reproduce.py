@@ -146,9 +146,9 @@ def reproduce(project: Project, version: str, *, actor: str = "system") -> Repro
     with engine.begin() as conn:
         events.record(
             conn,
-            "model.reproduced" if result.reproduced else "model.not_reproduced",
+            events.Kind.MODEL_REPRODUCED if result.reproduced else events.Kind.MODEL_NOT_REPRODUCED,
             actor=actor,
-            subject=f"model:{project.spec.project}/{version}",
+            subject=events.model_subject(project.spec.project, version),
             reason=code,
             evidence={
                 "max_prediction_difference": gap,

@@ -152,9 +152,9 @@ def score(
         snapshots.record(conn, snap, actor=actor)  # in the log's transaction: all or nothing
         events.record(
             conn,
-            "batch.scored",
+            events.Kind.BATCH_SCORED,
             actor=actor,
-            subject=f"model:{spec.project}/{champion.version}",
+            subject=events.model_subject(spec.project, champion.version),
             reason=f"scored {source}",
             evidence={
                 "rows": len(frame),

@@ -166,7 +166,7 @@ def _registration(project: Project, engine: Engine, version: str) -> dict[str, A
     registry's tags answer (the snapshot only) when this store did not see the registration.
     """
     registered = events.latest(
-        engine, "model.registered", f"model:{project.spec.project}/{version}"
+        engine, events.Kind.MODEL_REGISTERED, events.model_subject(project.spec.project, version)
     )
     if registered is not None:
         return registered["evidence"]

@@ -145,9 +145,9 @@ def score_folder(
         record_answers(conn, first, decided, table["sha256"].tolist(), models, when)
         events.record(
             conn,
-            "batch.scored",
+            events.Kind.BATCH_SCORED,
             actor=actor,
-            subject=f"model:{spec.project}/{champion.version}",
+            subject=events.model_subject(spec.project, champion.version),
             reason=f"scored {folder}",
             evidence={
                 "rows": len(table),
