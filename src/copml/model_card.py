@@ -394,11 +394,11 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
     mv = registry.get(project, version)
     current = registry.champion(project)
     state = registry.CHAMPION if current and current.version == mv.version else mv.state
-    tags = mv.tags
-    try:
-        params = json.loads(tags.get(registry.TAG + "params", "{}"))
-    except json.JSONDecodeError:
-        params = {"(unreadable)": tags.get(registry.TAG + "params", "")}
+    lineage = mv.tagged_lineage
+    params = lineage.params
+    if params is None:  # not recorded, or a tag edited by hand: show it, never guess
+        text = mv.tags.get(registry.TAG + "params", "")
+        params = {"(unreadable)": text} if text else {}
 
     snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv.snapshot_id else None
     target_profile = (snap.profile or {}).get("__target__", {}) if snap else {}
@@ -469,10 +469,10 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         created=_when(datetime.fromtimestamp(mv.created_at_ms / 1000, UTC)),
         run_id=mv.run_id,
         artifact_sha256=mv.artifact_sha256,
-        git_commit=tags.get(registry.TAG + "git_commit", ""),
-        git_dirty=tags.get(registry.TAG + "git_dirty", "true").lower() != "false",
+        git_commit=lineage.git_commit or "",
+        git_dirty=lineage.git_dirty is not False,  # unknown is not clean
         params=params,
-        seed=tags.get(registry.TAG + "seed", ""),
+        seed="" if lineage.seed is None else str(lineage.seed),
         objective=spec.objective,
         impact=spec.impact,
         impact_note=impact_note,

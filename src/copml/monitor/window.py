@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select
 
-from copml import costs, events, prediction_log, snapshots, times
+from copml import costs, prediction_log, registry, snapshots, times
 from copml.errors import UserCodeError
 from copml.kinds import kind_for
 from copml.monitor.drift import drift_share, feature_drift
@@ -160,39 +160,24 @@ def _kpis(project: Project, frame: pd.DataFrame) -> dict[str, float]:
     return values
 
 
-def _registration(project: Project, engine: Engine, version: str) -> dict[str, Any]:
-    """What the registration of ``version`` recorded: its snapshot and the profile of its
-    output on the holdout. The lineage event answers without an MLflow round trip; the
-    registry's tags answer (the snapshot only) when this store did not see the registration.
-    """
-    registered = events.latest(
-        engine, events.Kind.MODEL_REGISTERED, events.model_subject(project.spec.project, version)
-    )
-    if registered is not None:
-        return registered["evidence"]
-    from copml import registry
-
-    return {"snapshot_id": registry.get(project, version).reference_snapshot_id}
-
-
 def _reference_snapshot(
-    project: Project, engine: Engine, registered: dict[str, Any]
+    project: Project, engine: Engine, lineage: registry.Lineage
 ) -> snapshots.Snapshot | None:
     """The training snapshot of a version (for an imported version, the snapshot it was
     checked on when imported): its profile is what feature drift is measured against."""
-    snapshot_id = registered.get("snapshot_id") or registered.get("reference_snapshot_id")
+    snapshot_id = lineage.reference_snapshot_id
     return snapshots.get(engine, snapshot_id, missing_ok=True) if snapshot_id else None
 
 
 def _output_drift(
-    project: Project, registered: dict[str, Any] | None, frame: pd.DataFrame
+    project: Project, lineage: registry.Lineage | None, frame: pd.DataFrame
 ) -> dict[str, float]:
     """PSI of the model's own output (``drift.prediction``, a regression's
     ``drift.residual``) against its holdout's at training; NaN without a reference (an
     imported version) or without values (residuals before any truth)."""
     names = project.spec.metrics.drift
     found = dict.fromkeys((f"drift.{name}" for name in names), math.nan)
-    reference = (registered or {}).get("output_profile") or {}
+    reference = (lineage.output_profile if lineage else None) or {}
     if not reference or not len(frame):
         return found
     current = pd.DataFrame(kind_for(project.spec).output_drift(project, frame))
@@ -225,14 +210,16 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
         metrics.update(fairness(frame, spec.data.sensitive)[0])
     version = frame["model_version"].mode().iloc[0] if len(frame) else None
     drift: dict[str, dict[str, Any]] = {}
-    registered = _registration(project, engine, version) if version else None
-    reference = _reference_snapshot(project, engine, registered) if registered else None
+    # The registration event answers without an MLflow round trip; the registry's tags
+    # answer (no output profile) when this store did not see the registration.
+    lineage = registry.recorded(project, version) if version else None
+    reference = _reference_snapshot(project, engine, lineage) if lineage else None
     if reference is not None:
         drift = feature_drift(reference.profile, frame, features, spec.effectiveness.drift_psi)
     metrics["drift"] = drift_share(drift)
     for feature, result in drift.items():
         metrics[f"drift.{feature}"] = result["psi"]
-    metrics.update(_output_drift(project, registered, frame))
+    metrics.update(_output_drift(project, lineage, frame))
     return Window(start, end, version, len(frame), len(labelled), metrics, drift)
 
 

@@ -92,7 +92,7 @@ def gate(
     assert snap is not None
     kind = kind_for(spec)
     frame = kind.training_frame(project, snap)
-    seed = int(candidate.tags.get(registry.TAG + "seed", spec.model.seed))
+    seed = candidate.tagged_lineage.seed_or(spec.model.seed)
     holdout = split_holdout(frame, spec.data.target, spec.model.holdout, seed)
     features = frame.loc[holdout, kind.model_inputs(project, frame)].reset_index(drop=True)
     actual = frame.loc[holdout, spec.data.target].to_numpy()
