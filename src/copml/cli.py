@@ -6,6 +6,7 @@ Heavy libraries (pandas, scikit-learn, MLflow) are imported inside the commands,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -89,6 +90,8 @@ def _print_json(value: Any) -> None:
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return None
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):  # a window's drift
+            v = dataclasses.asdict(v)
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items()}
         if isinstance(v, list | tuple):
@@ -551,7 +554,7 @@ def monitor(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt 
         return
     console = _console()
     console.print(_window_table(window))
-    drifted = [f for f, d in window.drift.items() if d["drifted"]]
+    drifted = [f for f, d in window.drift.items() if d.drifted]
     if drifted:
         console.print(f"[yellow]drifted features:[/] {', '.join(drifted)}")
 

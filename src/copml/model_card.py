@@ -343,10 +343,10 @@ def _limitations(
                     f"does not meet the declared {_bound(bound)}."
                 )
         for feature, result in sorted((latest.drift or {}).items()):
-            if result.get("drifted"):
+            if result.drifted:
                 out.append(
                     f"Feature {feature} has drifted in the window ending {_when(latest.end)} "
-                    f"(PSI {fmt(_finite(result.get('psi')))}, above the declared "
+                    f"(PSI {fmt(_finite(result.psi))}, above the declared "
                     f"{spec.effectiveness.drift_psi:g})."
                 )
     for item in card.fairness:

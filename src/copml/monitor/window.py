@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy import Engine, delete, insert, select
 from copml import costs, prediction_log, registry, snapshots, times
 from copml.errors import UserCodeError
 from copml.kinds import kind_for
-from copml.monitor.drift import drift_share, feature_drift
+from copml.monitor.drift import FeatureDrift, drift_share, feature_drift
 from copml.monitor.fairness import fairness
 from copml.project import Project
 from copml.spec import Duration
@@ -34,13 +34,16 @@ from copml.usercode import load_function
 
 @dataclass
 class Window:
+    """One stored (or just computed) metric window: the period, the version that served
+    most of it, its figures by metric name (NaN when unknown) and each feature's drift."""
+
     start: datetime
     end: datetime
     model_version: str | None
     n_predictions: int
     n_labelled: int
     metrics: dict[str, float]
-    drift: dict[str, dict[str, Any]]
+    drift: dict[str, FeatureDrift]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -182,7 +185,7 @@ def _output_drift(
         return found
     current = pd.DataFrame(kind_for(project.spec).output_drift(project, frame))
     drifted = feature_drift(reference, current, list(names), project.spec.effectiveness.drift_psi)
-    found.update({f"drift.{name}": result["psi"] for name, result in drifted.items()})
+    found.update({f"drift.{name}": result.psi for name, result in drifted.items()})
     return found
 
 
@@ -209,7 +212,7 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     if spec.data.sensitive:
         metrics.update(fairness(frame, spec.data.sensitive)[0])
     version = frame["model_version"].mode().iloc[0] if len(frame) else None
-    drift: dict[str, dict[str, Any]] = {}
+    drift: dict[str, FeatureDrift] = {}
     # The registration event answers without an MLflow round trip; the registry's tags
     # answer (no output profile) when this store did not see the registration.
     lineage = registry.recorded(project, version) if version else None
@@ -218,7 +221,7 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
         drift = feature_drift(reference.profile, frame, features, spec.effectiveness.drift_psi)
     metrics["drift"] = drift_share(drift)
     for feature, result in drift.items():
-        metrics[f"drift.{feature}"] = result["psi"]
+        metrics[f"drift.{feature}"] = result.psi
     metrics.update(_output_drift(project, lineage, frame))
     return Window(start, end, version, len(frame), len(labelled), metrics, drift)
 
@@ -237,7 +240,7 @@ def store(project: Project, window: Window) -> None:
                 n_predictions=window.n_predictions,
                 n_labelled=window.n_labelled,
                 metrics=json_safe(window.metrics),
-                drift=json_safe(window.drift),
+                drift=json_safe({k: asdict(v) for k, v in window.drift.items()}),
             )
         )
 
@@ -282,7 +285,7 @@ def _window(row: Any) -> Window:
         m["n_predictions"],
         m["n_labelled"],
         metrics,
-        m["drift"],
+        {feature: FeatureDrift.stored(found) for feature, found in (m["drift"] or {}).items()},
     )
 
 
