@@ -10,6 +10,7 @@ from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
 from batches import month, month_with_truth
 from copml.apps.churn.simulation import AFTER_SHIFT, Population, as_source_csv
+from copml.model_card import build_card, fmt, render_markdown
 from copml.monitor.drift import (
     FeatureDrift,
     categorical_drift,
@@ -90,6 +91,13 @@ def test_market_shift_is_seen_as_drift(churn: Project, tmp_path: Path) -> None:
     assert stored == window.drift and isinstance(stored["tenure"], FeatureDrift)
     assert window.metrics["drift.tenure"] > 0.2 and window.metrics["drift"] > 0
     assert math.isnan(window.metrics["accuracy"])  # no ground truth yet: unknown
+    # The model card reads the stored drift back and names the drifted feature.
+    card = " ".join(render_markdown(build_card(churn, "1")).split())  # lines may wrap
+    shown = fmt(window.drift["tenure"].psi)
+    assert (
+        f"Feature tenure has drifted in the window ending 2026-04-01 00:00 UTC (PSI {shown},"
+        in card
+    )
 
 
 def test_empty_window_is_unknown_not_failed(churn: Project) -> None:
