@@ -74,6 +74,8 @@ def test_window_metrics_match_an_independent_computation(churn: Project, tmp_pat
     assert (window.n_predictions, window.n_labelled, window.model_version) == (500, 500, "1")
     assert window.start == datetime(2026, 3, 1, tzinfo=UTC)
     assert m["drift"] < 0.2 and set(window.drift) == set(churn.spec.data.features)
+    # The score's own drift, against the holdout profile the registration recorded.
+    assert math.isfinite(m["drift.prediction"]) and m["drift.prediction"] >= 0
     stored = history(churn)
     assert len(stored) == 1 and stored[0].metrics["accuracy"] == pytest.approx(m["accuracy"])
     monitor(churn, end=END)  # recomputing replaces the window
