@@ -127,6 +127,11 @@ def test_tour_from_the_readme(churn: Project) -> None:
     assert again["loaded"] == 0 and again["unchanged"] == 500
     window = json.loads(run("monitor", "--json", cwd=root).stdout)
     assert window["n_labelled"] == 500 and 0 <= window["metrics"]["accuracy"] <= 1
+    drift = window["drift"]  # each feature's drift as plain JSON fields, NaN as null
+    assert set(drift) == set(churn.spec.data.features)
+    assert set(drift["tenure"]) == {"psi", "p_value", "test", "drifted"}
+    assert isinstance(drift["tenure"]["drifted"], bool)
+    assert "drift" in run("monitor", cwd=root).stdout  # the table, drifted features named
     status = json.loads(run("status", "--json", cwd=root).stdout)
     assert status["champion"] == "1"
     by_name = {r["name"]: r for r in status["requirements"]}

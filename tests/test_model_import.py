@@ -177,6 +177,13 @@ def test_a_run_uri_and_a_version_uri_import_the_same_artifact_and_a_retrain_face
     assert by_run.artifact_sha256 == by_version.artifact_sha256
     assert by_run.source_run_id == by_version.source_run_id == team["run_id"]
     assert [v.lineage for v in registry.versions(project)] == ["imported", "imported"]
+    lineage = registry.recorded(project, "1")
+    assert lineage.imported and lineage.source_run_id == team["run_id"] and not lineage.seed
+    assert lineage.snapshot_id == "" and "sklearn" in lineage.flavors
+    assert lineage.source_uri == f"runs:/{team['run_id']}/model"
+    latest = snapshots.latest(open_store(project.db_url))
+    assert lineage.reference_snapshot_id == latest.id
+    assert registry.get(project, "1").tagged_lineage == lineage  # the tags say the same
 
     # A retrain runs the spec's train() as usual; the gate measures the imported champion
     # on the new version's holdout rows.

@@ -10,7 +10,15 @@ from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
 from batches import month, month_with_truth
 from copml.apps.churn.simulation import AFTER_SHIFT, Population, as_source_csv
-from copml.monitor.drift import categorical_drift, drift_share, feature_drift, numeric_drift, psi
+from copml.model_card import build_card, fmt, render_markdown
+from copml.monitor.drift import (
+    FeatureDrift,
+    categorical_drift,
+    drift_share,
+    feature_drift,
+    numeric_drift,
+    psi,
+)
 from copml.monitor.status import requirements
 from copml.monitor.window import history, monitor
 from copml.profiles import profile
@@ -33,16 +41,24 @@ def test_numeric_and_categorical_drift() -> None:
     )
     same = numeric_drift(ref["x"], pd.Series(rng.normal(0, 1, 2000)))
     moved = numeric_drift(ref["x"], pd.Series(rng.normal(1, 1, 2000)))
-    assert same["psi"] < 0.05 and same["p_value"] > 0.01
-    assert moved["psi"] > 0.2 and moved["p_value"] < 1e-6
+    assert same.psi < 0.05 and same.p_value > 0.01
+    assert moved.psi > 0.2 and moved.p_value < 1e-6
     shifted = categorical_drift(
         ref["c"], pd.Series(rng.choice(list("abz"), 2000, p=[0.2, 0.2, 0.6]))
     )
-    assert shifted["psi"] > 0.2 and shifted["p_value"] < 1e-6
+    assert shifted.psi > 0.2 and shifted.p_value < 1e-6
     frame = pd.DataFrame({"x": rng.normal(1, 1, 2000), "c": rng.choice(list("ab"), 2000)})
     drift = feature_drift(ref, frame, ["x", "c"], 0.2)
-    assert drift["x"]["drifted"] and not drift["c"]["drifted"]
+    assert drift["x"].drifted and not drift["c"].drifted
     assert drift_share(drift) == 0.5
+
+
+def test_a_stored_drift_without_data_reads_back_as_nan_not_none() -> None:
+    """A window stores NaN as null (JSON has no NaN); reading it back gives NaN again, so
+    a figure is a float wherever a window is read."""
+    found = FeatureDrift.stored({"psi": None, "p_value": None, "test": "ks", "drifted": False})
+    assert math.isnan(found.psi) and math.isnan(found.p_value) and not found.drifted
+    assert math.isnan(drift_share({"x": found}))  # no feature with data: nothing to share
 
 
 def test_window_metrics_match_an_independent_computation(churn: Project, tmp_path: Path) -> None:
@@ -58,6 +74,8 @@ def test_window_metrics_match_an_independent_computation(churn: Project, tmp_pat
     assert (window.n_predictions, window.n_labelled, window.model_version) == (500, 500, "1")
     assert window.start == datetime(2026, 3, 1, tzinfo=UTC)
     assert m["drift"] < 0.2 and set(window.drift) == set(churn.spec.data.features)
+    # The score's own drift, against the holdout profile the registration recorded.
+    assert math.isfinite(m["drift.prediction"]) and m["drift.prediction"] >= 0
     stored = history(churn)
     assert len(stored) == 1 and stored[0].metrics["accuracy"] == pytest.approx(m["accuracy"])
     monitor(churn, end=END)  # recomputing replaces the window
@@ -70,9 +88,18 @@ def test_market_shift_is_seen_as_drift(churn: Project, tmp_path: Path) -> None:
     as_source_csv(population.new_customers(800, AFTER_SHIFT)).to_csv(batch, index=False)
     score(churn, batch, tmp_path / "out.csv", at=datetime(2026, 3, 2, tzinfo=UTC))
     window = monitor(churn, end=END)
-    assert window.drift["tenure"]["drifted"]  # new customers only: tenure 0
+    assert window.drift["tenure"].drifted  # new customers only: tenure 0
+    stored = history(churn)[-1].drift  # read back as the same typed records
+    assert stored == window.drift and isinstance(stored["tenure"], FeatureDrift)
     assert window.metrics["drift.tenure"] > 0.2 and window.metrics["drift"] > 0
     assert math.isnan(window.metrics["accuracy"])  # no ground truth yet: unknown
+    # The model card reads the stored drift back and names the drifted feature.
+    card = " ".join(render_markdown(build_card(churn, "1")).split())  # lines may wrap
+    shown = fmt(window.drift["tenure"].psi)
+    assert (
+        f"Feature tenure has drifted in the window ending 2026-04-01 00:00 UTC (PSI {shown},"
+        in card
+    )
 
 
 def test_empty_window_is_unknown_not_failed(churn: Project) -> None:

@@ -49,6 +49,10 @@ def test_the_audit_record_has_everything_and_replay_is_identical(
     lineage = record["lineage"]
     assert lineage["run_id"] == mv.run_id and lineage["training_snapshot"]["id"] == mv.snapshot_id
     assert lineage["seed"] == "42" and lineage["artifact_sha256"] == mv.artifact_sha256
+    # Text as the registry's tags write it, whether the store or the tags answered.
+    assert lineage["params"] == mv.tags["copml.params"]
+    assert lineage["git_commit"] == mv.tags["copml.git_commit"]
+    assert lineage["git_dirty"] == (mv.tags["copml.git_dirty"] == "true")
     kinds = [e["kind"] for e in record["events"]]
     assert kinds[:2] == ["model.registered", "model.promoted"] and "batch.scored" in kinds
     assert record["explanation"]["values"].keys() == set(churn.spec.data.features)

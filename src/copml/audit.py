@@ -8,6 +8,7 @@ archived version (its artifact sha256 checked) and re-scores the stored input.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,7 +32,9 @@ def _champion_at(project: Project, at: datetime) -> str | None:
         select(e.subject, e.kind)
         .where(
             or_(
-                e.kind == "model.promoted", e.kind == "model.rolled_back", e.kind == "model.retired"
+                e.kind == events.Kind.MODEL_PROMOTED,
+                e.kind == events.Kind.MODEL_ROLLED_BACK,
+                e.kind == events.Kind.MODEL_RETIRED,
             ),
             e.at <= at,
         )
@@ -40,25 +43,42 @@ def _champion_at(project: Project, at: datetime) -> str | None:
     )
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    if row is None or row.kind == "model.retired":
+    if row is None or row.kind == events.Kind.MODEL_RETIRED:
         return None
-    return str(row.subject).rsplit("/", 1)[1]
+    return events.subject_version(str(row.subject))
 
 
 def _lineage(project: Project, version: str) -> dict[str, Any]:
-    recorded = dict(registry.recorded(project, version))
+    """The version's lineage as the decision record reports it: text as the registry's tags
+    write it (params as JSON, seed as text), the training snapshot with its size."""
+    recorded = registry.recorded(project, version)
     engine = open_store(project.db_url)
-    snap = snapshots.get(engine, recorded["snapshot_id"], missing_ok=True)
-    snapshot_id = recorded.pop("snapshot_id")
-    return {
-        "run_id": recorded.pop("run_id"),
+    snap = snapshots.get(engine, recorded.snapshot_id, missing_ok=True)
+    out: dict[str, Any] = {
+        "run_id": recorded.run_id,
         "training_snapshot": {
-            "id": snapshot_id,
-            "sha256": snapshot_id,  # a snapshot's id is the sha256 of its content
+            "id": recorded.snapshot_id,
+            "sha256": recorded.snapshot_id,  # a snapshot's id is the sha256 of its content
             "rows": snap.n_rows if snap else None,
             "source": snap.source if snap else None,
         },
-        **recorded,
+    }
+    if recorded.imported:
+        out.update(
+            reference_snapshot_id=recorded.reference_snapshot_id,
+            lineage=registry.IMPORTED,
+            source_uri=recorded.source_uri,
+            source_run_id=recorded.source_run_id,
+            flavors=list(recorded.flavors),
+        )
+    params = recorded.params
+    return {
+        **out,
+        "git_commit": recorded.git_commit,
+        "git_dirty": bool(recorded.git_dirty),
+        "params": None if params is None else json.dumps(params, sort_keys=True, default=str),
+        "seed": None if recorded.seed is None else str(recorded.seed),
+        "artifact_sha256": recorded.artifact_sha256,
     }
 
 
@@ -69,7 +89,7 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
     if found is None:
         raise UnknownPrediction(prediction_id)
     version = found["model_version"]
-    subject = f"model:{project.spec.project}/{version}"
+    subject = events.model_subject(project.spec.project, version)
     lineage = _lineage(project, version)
     created = datetime.fromisoformat(found["created_at"])
     out: dict[str, Any] = {
@@ -88,7 +108,9 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
 def archived_model(project: Project, version: str) -> Any:
     """The archived version, its local copy checked against the sha256 recorded at
     registration."""
-    return registry.load_recorded(project, version, _lineage(project, version)["artifact_sha256"])
+    return registry.load_recorded(
+        project, version, registry.recorded(project, version).artifact_sha256
+    )
 
 
 @dataclass
@@ -120,7 +142,7 @@ def replay(
     with engine.begin() as conn:
         events.record(
             conn,
-            "prediction.replayed",
+            events.Kind.PREDICTION_REPLAYED,
             actor=actor or events.user_actor(),
             subject=f"prediction:{prediction_id}",
             reason="identical" if same else "DIFFERENT",

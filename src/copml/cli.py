@@ -6,6 +6,7 @@ Heavy libraries (pandas, scikit-learn, MLflow) are imported inside the commands,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -89,6 +90,8 @@ def _print_json(value: Any) -> None:
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return None
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):  # a window's drift
+            v = dataclasses.asdict(v)
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items()}
         if isinstance(v, list | tuple):
@@ -230,7 +233,7 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
     from copml import registry
 
     p = _project(project)
-    found = registry.versions(p)
+    found = [(v, v.tagged_lineage) for v in registry.versions(p)]
     if as_json:
         _print_json(
             [
@@ -238,35 +241,35 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
                     "version": v.version,
                     "state": v.state,
                     "run_id": v.run_id,
-                    "snapshot_id": v.snapshot_id,
-                    "lineage": v.lineage,
-                    "artifact_sha256": v.artifact_sha256,
+                    "snapshot_id": lineage.snapshot_id,
+                    "lineage": lineage.origin,
+                    "artifact_sha256": lineage.artifact_sha256,
                     **(
                         {
-                            "source_uri": v.source_uri,
-                            "source_run_id": v.source_run_id,
-                            "flavors": v.flavors,
-                            "signature": v.signature,
+                            "source_uri": lineage.source_uri,
+                            "source_run_id": lineage.source_run_id,
+                            "flavors": list(lineage.flavors),
+                            "signature": lineage.signature,
                         }
-                        if v.lineage == registry.IMPORTED
+                        if lineage.imported
                         else {}
                     ),
                 }
-                for v in found
+                for v, lineage in found
             ]
         )
         return
     from rich.table import Table
 
     table = Table("version", "state", "run", "snapshot", "commit", "lineage")
-    for v in found:
+    for v, lineage in found:
         table.add_row(
             v.version,
             v.state,
             v.run_id[:12],
-            v.snapshot_id[:12],
-            v.tags.get("copml.git_commit", "")[:10],
-            f"imported from {v.source_uri}" if v.lineage == registry.IMPORTED else v.lineage,
+            lineage.snapshot_id[:12],
+            (lineage.git_commit or "")[:10],
+            f"imported from {lineage.source_uri}" if lineage.imported else lineage.origin,
         )
     _console().print(table)
 
@@ -551,7 +554,7 @@ def monitor(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt 
         return
     console = _console()
     console.print(_window_table(window))
-    drifted = [f for f, d in window.drift.items() if d["drifted"]]
+    drifted = [f for f, d in window.drift.items() if d.drifted]
     if drifted:
         console.print(f"[yellow]drifted features:[/] {', '.join(drifted)}")
 

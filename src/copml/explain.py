@@ -164,15 +164,14 @@ def _explainer(project_root: str, version: str) -> _Explainer:
 
     project = load_project(project_root)
     lineage = registry.recorded(project, version)
-    model = registry.load_recorded(project, version, lineage["artifact_sha256"])
+    model = registry.load_recorded(project, version, lineage.artifact_sha256)
     # An imported version has no training snapshot: the one it was checked on stands in.
-    reference = lineage["snapshot_id"] or lineage.get("reference_snapshot_id") or ""
-    snap = snapshots.get(open_store(project.db_url), reference, missing_ok=True)
+    snap = snapshots.get(open_store(project.db_url), lineage.reference_snapshot_id, missing_ok=True)
     if snap is None:
         raise NotFoundError(f"the training snapshot of v{version} is not in this store")
     spec = project.spec
     frame = kind_for(spec).training_frame(project, snap)
-    seed = int(lineage["seed"] or spec.model.seed)
+    seed = lineage.seed_or(spec.model.seed)
     fit_rows = ~split_holdout(frame, spec.data.target, spec.model.holdout, seed)
     background = frame.loc[fit_rows, spec.data.features].sample(
         min(BACKGROUND_ROWS, int(fit_rows.sum())), random_state=seed

@@ -221,7 +221,7 @@ def load(
         if result.loaded or result.corrected:
             events.record(
                 conn,
-                "feedback.loaded",
+                events.Kind.FEEDBACK_LOADED,
                 actor=actor,
                 subject=f"feedback:{source}",
                 reason=f"ground truth from {path}",

@@ -145,7 +145,7 @@ def create(
         )
         events.record(
             conn,
-            "key.created",
+            events.Kind.KEY_CREATED,
             actor=actor,
             subject=f"key:{prefix}",
             reason=f"role {role}",
@@ -176,7 +176,7 @@ def revoke(engine: Engine, prefix: str, *, reason: str, actor: str = "system") -
         conn.execute(update(api_keys).where(api_keys.c.id == row.id).values(revoked_at=now))
         events.record(
             conn,
-            "key.revoked",
+            events.Kind.KEY_REVOKED,
             actor=actor,
             subject=f"key:{prefix}",
             reason=reason.strip(),

@@ -197,7 +197,8 @@ class ModelCard:
 def _gate(spec: Spec, history: list[dict[str, Any]]) -> Gate | None:
     """The newest gate report among the version's events (history is newest first), its
     metrics in the order of the task's metric table."""
-    found = next((e for e in history if e["kind"] in ("model.validated", "model.refused")), None)
+    gated = (events.Kind.MODEL_VALIDATED, events.Kind.MODEL_REFUSED)
+    found = next((e for e in history if e["kind"] in gated), None)
     if found is None:
         return None
     evidence = found.get("evidence") or {}
@@ -208,7 +209,7 @@ def _gate(spec: Spec, history: list[dict[str, Any]]) -> Gate | None:
     return Gate(
         kind=found["kind"],
         at=_when(found["at"]),
-        passed=bool(evidence.get("passed", found["kind"] == "model.validated")),
+        passed=bool(evidence.get("passed", found["kind"] == events.Kind.MODEL_VALIDATED)),
         reasons=list(evidence.get("reasons") or []),
         metric=metric,
         better=spec.metrics.direction(metric, spec.classes),
@@ -342,10 +343,10 @@ def _limitations(
                     f"does not meet the declared {_bound(bound)}."
                 )
         for feature, result in sorted((latest.drift or {}).items()):
-            if result.get("drifted"):
+            if result.drifted:
                 out.append(
                     f"Feature {feature} has drifted in the window ending {_when(latest.end)} "
-                    f"(PSI {fmt(_finite(result.get('psi')))}, above the declared "
+                    f"(PSI {fmt(_finite(result.psi))}, above the declared "
                     f"{spec.effectiveness.drift_psi:g})."
                 )
     for item in card.fairness:
@@ -379,7 +380,7 @@ def _limitations(
     if not card.explanation.available:
         mandatory = " (mandatory at high impact)" if spec.impact == "high" else ""
         out.append(f"No global explanation is available{mandatory}.")
-    approved = any(e["kind"] == "model.approved" for e in card.history)
+    approved = any(e["kind"] == events.Kind.MODEL_APPROVED for e in card.history)
     if spec.impact == "high" and card.state == registry.CHAMPION and not approved:
         out.append("This high-impact version serves without a recorded approval.")
     return out
@@ -393,11 +394,11 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
     mv = registry.get(project, version)
     current = registry.champion(project)
     state = registry.CHAMPION if current and current.version == mv.version else mv.state
-    tags = mv.tags
-    try:
-        params = json.loads(tags.get(registry.TAG + "params", "{}"))
-    except json.JSONDecodeError:
-        params = {"(unreadable)": tags.get(registry.TAG + "params", "")}
+    lineage = mv.tagged_lineage
+    params = lineage.params
+    if params is None:  # not recorded, or a tag edited by hand: show it, never guess
+        text = mv.tags.get(registry.TAG + "params", "")
+        params = {"(unreadable)": text} if text else {}
 
     snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv.snapshot_id else None
     target_profile = (snap.profile or {}).get("__target__", {}) if snap else {}
@@ -413,7 +414,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         if k in holdout and k not in spec.effectiveness.thresholds
     }
 
-    subject = f"model:{spec.project}/{mv.version}"
+    subject = events.model_subject(spec.project, mv.version)
     history = events.history(engine, subject=subject, limit=_EVENT_LIMIT)
 
     served = [
@@ -468,10 +469,10 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         created=_when(datetime.fromtimestamp(mv.created_at_ms / 1000, UTC)),
         run_id=mv.run_id,
         artifact_sha256=mv.artifact_sha256,
-        git_commit=tags.get(registry.TAG + "git_commit", ""),
-        git_dirty=tags.get(registry.TAG + "git_dirty", "true").lower() != "false",
+        git_commit=lineage.git_commit or "",
+        git_dirty=lineage.git_dirty is not False,  # unknown is not clean
         params=params,
-        seed=tags.get(registry.TAG + "seed", ""),
+        seed="" if lineage.seed is None else str(lineage.seed),
         objective=spec.objective,
         impact=spec.impact,
         impact_note=impact_note,

@@ -127,9 +127,9 @@ def import_model(
     with open_store(project.db_url).begin() as conn:
         events.record(
             conn,
-            "model.registered",
+            events.Kind.MODEL_REGISTERED,
             actor=actor,
-            subject=f"model:{project.spec.project}/{mv.version}",
+            subject=events.model_subject(project.spec.project, mv.version),
             reason=f"imported from {uri}",
             evidence={
                 "lineage": registry.IMPORTED,

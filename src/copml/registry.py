@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -43,6 +44,104 @@ IMPORTED = "imported"
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """Where a version came from, read back typed from its registration event or its tags.
+
+    ``trained`` by copml: its training snapshot, seed, params and commit. ``imported`` from
+    another MLflow store: its source URI, source run and flavors, and none of the former.
+    ``reference_snapshot_id`` is what drift and explanations compare with (the training
+    snapshot, or the one an imported version was checked on); ``output_profile`` is the
+    profile of the model's output on its holdout. ``None`` marks what was not recorded.
+    """
+
+    run_id: str
+    artifact_sha256: str
+    origin: str = TRAINED
+    snapshot_id: str = ""
+    reference_snapshot_id: str = ""
+    seed: int | None = None
+    params: dict[str, Any] | None = None  # also None when the recorded text is unreadable
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    source_uri: str = ""
+    source_run_id: str = ""
+    flavors: tuple[str, ...] = ()
+    signature: dict[str, Any] | None = None
+    output_profile: dict[str, Any] | None = None
+
+    @property
+    def imported(self) -> bool:
+        return self.origin == IMPORTED
+
+    @classmethod
+    def from_evidence(cls, evidence: Mapping[str, Any]) -> Lineage:
+        """From the evidence of the ``model.registered`` event that ``copml train`` or
+        ``copml models import`` records."""
+        if evidence.get("lineage") == IMPORTED:
+            return cls(
+                run_id=evidence["run_id"],
+                artifact_sha256=evidence["artifact_sha256"],
+                origin=IMPORTED,
+                reference_snapshot_id=evidence.get("reference_snapshot_id") or "",
+                source_uri=evidence["source_uri"],
+                source_run_id=evidence["source_run_id"],
+                flavors=tuple(evidence["flavors"]),
+                signature=evidence.get("signature"),
+            )
+        return cls(
+            run_id=evidence["run_id"],
+            artifact_sha256=evidence["artifact_sha256"],
+            snapshot_id=evidence["snapshot_id"],
+            reference_snapshot_id=evidence["snapshot_id"],
+            seed=int(evidence["seed"]),
+            params=dict(evidence["params"]),
+            git_commit=evidence["git_commit"],
+            git_dirty=bool(evidence["git_dirty"]),
+            output_profile=evidence.get("output_profile"),
+        )
+
+    @classmethod
+    def from_tags(cls, run_id: str, tags: Mapping[str, str]) -> Lineage:
+        """From a version's ``copml.*`` registry tags (all text)."""
+        seed, dirty = tags.get(TAG + "seed", ""), tags.get(TAG + "git_dirty")
+        snapshot_id = tags.get(TAG + "snapshot_id", "")
+        flavors = _json_value(tags.get(TAG + "flavors"))
+        return cls(
+            run_id=run_id,
+            artifact_sha256=tags.get(TAG + "artifact_sha256", ""),
+            origin=tags.get(TAG + "lineage", TRAINED),
+            snapshot_id=snapshot_id,
+            reference_snapshot_id=snapshot_id or tags.get(TAG + "reference_snapshot_id", ""),
+            seed=int(seed) if seed.lstrip("-").isdigit() else None,
+            params=_json_object(tags.get(TAG + "params")),
+            git_commit=tags.get(TAG + "git_commit"),
+            git_dirty=None if dirty is None else dirty == "true",
+            source_uri=tags.get(TAG + "source_uri", ""),
+            source_run_id=tags.get(TAG + "source_run_id", ""),
+            flavors=tuple(map(str, flavors)) if isinstance(flavors, list) else (),
+            signature=_json_object(tags.get(TAG + "signature")),
+        )
+
+    def seed_or(self, default: int) -> int:
+        """The recorded seed (0 included), else ``default`` (the spec's)."""
+        return default if self.seed is None else self.seed
+
+
+def _json_value(text: str | None) -> Any:
+    """The JSON value of a tag's text; None for no text or unreadable text."""
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    """A JSON object's dict; None for no text, unreadable text or another JSON value."""
+    found = _json_value(text)
+    return found if isinstance(found, dict) else None
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     """A registered version as copml sees it."""
 
@@ -63,6 +162,11 @@ class ModelVersion:
         return self.tags.get(TAG + "artifact_sha256", "")
 
     @property
+    def tagged_lineage(self) -> Lineage:
+        """The lineage the version's registry tags record, typed."""
+        return Lineage.from_tags(self.run_id, self.tags)
+
+    @property
     def state(self) -> str:
         if CHAMPION in self.aliases:
             return CHAMPION
@@ -72,31 +176,6 @@ class ModelVersion:
     def lineage(self) -> str:
         """``trained`` by copml from a snapshot, or ``imported`` from another MLflow store."""
         return self.tags.get(TAG + "lineage", TRAINED)
-
-    @property
-    def source_uri(self) -> str:
-        """The MLflow URI an imported version came from (empty for a trained one)."""
-        return self.tags.get(TAG + "source_uri", "")
-
-    @property
-    def reference_snapshot_id(self) -> str:
-        """The snapshot that drift and explanations compare with: the training snapshot, or
-        for an imported version the one it was checked on when imported."""
-        return self.snapshot_id or self.tags.get(TAG + "reference_snapshot_id", "")
-
-    @property
-    def source_run_id(self) -> str:
-        """The run that logged an imported version, in its own store."""
-        return self.tags.get(TAG + "source_run_id", "")
-
-    @property
-    def flavors(self) -> list[str]:
-        return list(json.loads(self.tags.get(TAG + "flavors", "[]")))
-
-    @property
-    def signature(self) -> dict[str, Any] | None:
-        text = self.tags.get(TAG + "signature", "")
-        return json.loads(text) if text else None
 
 
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -484,7 +563,7 @@ def promote(
     reason: str,
     evidence: dict[str, Any] | None = None,
     at: datetime | None = None,
-    kind: str = "model.promoted",
+    kind: events.Kind = events.Kind.MODEL_PROMOTED,
 ) -> None:
     """Move the ``champion`` alias to ``version`` and record who did it and why."""
     previous = champion(project)
@@ -494,7 +573,7 @@ def promote(
             conn,
             kind,
             actor=actor,
-            subject=f"model:{project.spec.project}/{version}",
+            subject=events.model_subject(project.spec.project, version),
             reason=reason,
             evidence={"previous": previous.version if previous else None, **(evidence or {})},
             at=at,
@@ -566,7 +645,7 @@ def load_recorded(project: Project, version: str, sha256: str) -> Any:
     return _load(str(target), sha256, project.spec.model.task)
 
 
-def recorded(project: Project, version: str) -> dict[str, Any]:
+def recorded(project: Project, version: str) -> Lineage:
     """Where a version came from: run, snapshot, commit, params, seed, artifact sha256
     (for an imported version: its source URI, source run and flavors instead).
 
@@ -574,45 +653,10 @@ def recorded(project: Project, version: str) -> dict[str, Any]:
     process stays fast), else from the registry's tags (a store that did not see it).
     """
     engine = open_store(project.db_url)
-    event = events.latest(engine, "model.registered", f"model:{project.spec.project}/{version}")
+    event = events.latest(
+        engine, events.Kind.MODEL_REGISTERED, events.model_subject(project.spec.project, version)
+    )
     evidence = (event or {}).get("evidence") or {}
-    if evidence.get("lineage") == IMPORTED:
-        return {
-            "run_id": evidence["run_id"],
-            "snapshot_id": "",
-            "reference_snapshot_id": evidence.get("reference_snapshot_id") or "",
-            "lineage": IMPORTED,
-            "source_uri": evidence["source_uri"],
-            "source_run_id": evidence["source_run_id"],
-            "flavors": evidence["flavors"],
-            "git_commit": None,
-            "git_dirty": False,
-            "params": None,
-            "seed": None,
-            "artifact_sha256": evidence["artifact_sha256"],
-        }
-    if "params" in evidence:
-        return {
-            "run_id": evidence["run_id"],
-            "snapshot_id": evidence["snapshot_id"],
-            "git_commit": evidence["git_commit"],
-            "git_dirty": bool(evidence["git_dirty"]),
-            "params": json.dumps(evidence["params"], sort_keys=True, default=str),
-            "seed": str(evidence["seed"]),
-            "artifact_sha256": evidence["artifact_sha256"],
-        }
-    mv = get(project, version)
-    return {
-        "run_id": mv.run_id,
-        "snapshot_id": mv.snapshot_id,
-        "git_commit": mv.tags.get(TAG + "git_commit"),
-        "git_dirty": mv.tags.get(TAG + "git_dirty") == "true",
-        "params": mv.tags.get(TAG + "params"),
-        "seed": mv.tags.get(TAG + "seed"),
-        "artifact_sha256": mv.artifact_sha256,
-        **(
-            {"lineage": IMPORTED, "reference_snapshot_id": mv.reference_snapshot_id}
-            if mv.lineage == IMPORTED
-            else {}
-        ),
-    }
+    if evidence.get("lineage") == IMPORTED or "params" in evidence:
+        return Lineage.from_evidence(evidence)
+    return get(project, version).tagged_lineage

@@ -11,14 +11,12 @@ is registered: reproducing is a check, and its result is an event.
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -73,17 +71,17 @@ def _forget(dotted: str) -> None:
 
 def reproduce(project: Project, version: str, *, actor: str = "system") -> Reproduction:
     mv = registry.get(project, version)
-    if mv.lineage == registry.IMPORTED:
+    lineage = mv.tagged_lineage
+    if lineage.imported:
         raise CopmlError(
-            f"v{version} was imported from {mv.source_uri}: it has no recorded snapshot and "
+            f"v{version} was imported from {lineage.source_uri}: it has no recorded snapshot and "
             "code, so copml cannot reproduce it (reproduce it where it was trained)"
         )
     engine = open_store(project.db_url)
     snap = snapshots.get(engine, mv.snapshot_id)
     if snap is None:
         raise CopmlError(f"the training snapshot of v{version} is not in this store")
-    commit = mv.tags.get(registry.TAG + "git_commit", "none")
-    dirty = mv.tags.get(registry.TAG + "git_dirty") == "true"
+    commit, dirty = lineage.git_commit or "none", bool(lineage.git_dirty)
     warnings = []
     with tempfile.TemporaryDirectory(prefix="copml-reproduce-") as tmp:
         code_root = project.root
@@ -108,11 +106,8 @@ def reproduce(project: Project, version: str, *, actor: str = "system") -> Repro
             )
         recorded = load_project(code_root) if code_root != project.root else project
         spec = recorded.spec
-        try:
-            params: dict[str, Any] = json.loads(mv.tags.get(registry.TAG + "params", "{}"))
-        except ValueError:
-            params = dict(spec.model.params)
-        seed = int(mv.tags.get(registry.TAG + "seed", spec.model.seed))
+        params = dict(spec.model.params) if lineage.params is None else lineage.params
+        seed = lineage.seed_or(spec.model.seed)
         _forget(spec.model.train)  # read the code from disk, not an earlier import
         train_fn = load_function(code_root, spec.model.train, "train function")
         kind = kind_for(project.spec)
@@ -146,9 +141,9 @@ def reproduce(project: Project, version: str, *, actor: str = "system") -> Repro
     with engine.begin() as conn:
         events.record(
             conn,
-            "model.reproduced" if result.reproduced else "model.not_reproduced",
+            events.Kind.MODEL_REPRODUCED if result.reproduced else events.Kind.MODEL_NOT_REPRODUCED,
             actor=actor,
-            subject=f"model:{project.spec.project}/{version}",
+            subject=events.model_subject(project.spec.project, version),
             reason=code,
             evidence={
                 "max_prediction_difference": gap,

@@ -30,19 +30,19 @@ from copml.store import (
 
 
 def _subject(project: Project, version: str) -> str:
-    return f"model:{project.spec.project}/{version}"
+    return events.model_subject(project.spec.project, version)
 
 
 def held_versions(project: Project) -> set[str]:
     """Versions whose latest hold event is a hold, not a release."""
     engine = open_store(project.db_url)
     latest: dict[str, tuple[int, str]] = {}
-    for kind in ("model.hold", "model.hold_released"):
+    for kind in (events.Kind.MODEL_HOLD, events.Kind.MODEL_HOLD_RELEASED):
         for ev in events.history(engine, kind=kind, limit=100_000):
-            version = ev["subject"].rsplit("/", 1)[1]
+            version = events.subject_version(ev["subject"])
             if ev["id"] > latest.get(version, (0, ""))[0]:
                 latest[version] = (ev["id"], kind)
-    return {v for v, (_, kind) in latest.items() if kind == "model.hold"}
+    return {v for v, (_, kind) in latest.items() if kind == events.Kind.MODEL_HOLD}
 
 
 def hold(project: Project, version: str, *, actor: str, reason: str, release: bool = False) -> None:
@@ -52,7 +52,7 @@ def hold(project: Project, version: str, *, actor: str, reason: str, release: bo
     with open_store(project.db_url).begin() as conn:
         events.record(
             conn,
-            "model.hold_released" if release else "model.hold",
+            events.Kind.MODEL_HOLD_RELEASED if release else events.Kind.MODEL_HOLD,
             actor=actor,
             subject=_subject(project, version),
             reason=reason,
@@ -114,9 +114,9 @@ def purge(project: Project, *, actor: str, at: datetime | None = None) -> Purge:
         result = Purge(cutoff, len(doomed), n, len(gone), kept, freed)
         events.record(
             conn,
-            "predictions.purged",
+            events.Kind.PREDICTIONS_PURGED,
             actor=actor,
-            subject=f"project:{project.spec.project}",
+            subject=events.project_subject(project.spec.project),
             reason=f"older than the retention of {project.spec.retention.predictions.amount} "
             f"{project.spec.retention.predictions.unit}(s)",
             evidence={

@@ -69,7 +69,7 @@ def resolve(engine: Engine, spec: Spec, prediction_id: str, label: object, *, ac
         feedback.apply(conn, outcome, source=f"review:{actor}", at=now)
         events.record(
             conn,
-            "review.resolved",
+            events.Kind.REVIEW_RESOLVED,
             actor=actor,
             subject=f"prediction:{prediction_id}",
             reason=f"labelled {label!r} by a person",

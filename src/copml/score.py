@@ -54,9 +54,9 @@ def record_scored(
     """The ``batch.scored`` event, in the transaction of the batch's log."""
     events.record(
         conn,
-        "batch.scored",
+        events.Kind.BATCH_SCORED,
         actor=actor,
-        subject=f"model:{project.spec.project}/{version}",
+        subject=events.model_subject(project.spec.project, version),
         reason=f"scored {source}",
         evidence=evidence,
         at=at,

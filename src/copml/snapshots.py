@@ -485,7 +485,7 @@ def record(conn: Connection, snap: Snapshot, *, actor: str = "system") -> Snapsh
     )
     events.record(
         conn,
-        "snapshot.created",
+        events.Kind.SNAPSHOT_CREATED,
         actor=actor,
         subject=f"snapshot:{snap.id}",
         reason=f"{snap.kind} data from {snap.source}",

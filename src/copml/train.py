@@ -230,9 +230,9 @@ def train(
     with engine.begin() as conn:
         events.record(
             conn,
-            "model.registered",
+            events.Kind.MODEL_REGISTERED,
             actor=actor,
-            subject=f"model:{spec.project}/{mv.version}",
+            subject=events.model_subject(spec.project, mv.version),
             reason="meets the declared minimums" if not failures else "; ".join(failures),
             evidence={
                 "run_id": run.info.run_id,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,10 +21,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select
 
-from copml import costs, events, prediction_log, snapshots, times
+from copml import costs, prediction_log, registry, snapshots, times
 from copml.errors import UserCodeError
 from copml.kinds import kind_for
-from copml.monitor.drift import drift_share, feature_drift
+from copml.monitor.drift import FeatureDrift, drift_share, feature_drift
 from copml.monitor.fairness import fairness
 from copml.project import Project
 from copml.spec import Duration
@@ -34,13 +34,16 @@ from copml.usercode import load_function
 
 @dataclass
 class Window:
+    """One stored (or just computed) metric window: the period, the version that served
+    most of it, its figures by metric name (NaN when unknown) and each feature's drift."""
+
     start: datetime
     end: datetime
     model_version: str | None
     n_predictions: int
     n_labelled: int
     metrics: dict[str, float]
-    drift: dict[str, dict[str, Any]]
+    drift: dict[str, FeatureDrift]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -160,44 +163,29 @@ def _kpis(project: Project, frame: pd.DataFrame) -> dict[str, float]:
     return values
 
 
-def _registration(project: Project, engine: Engine, version: str) -> dict[str, Any]:
-    """What the registration of ``version`` recorded: its snapshot and the profile of its
-    output on the holdout. The lineage event answers without an MLflow round trip; the
-    registry's tags answer (the snapshot only) when this store did not see the registration.
-    """
-    registered = events.latest(
-        engine, "model.registered", f"model:{project.spec.project}/{version}"
-    )
-    if registered is not None:
-        return registered["evidence"]
-    from copml import registry
-
-    return {"snapshot_id": registry.get(project, version).reference_snapshot_id}
-
-
 def _reference_snapshot(
-    project: Project, engine: Engine, registered: dict[str, Any]
+    project: Project, engine: Engine, lineage: registry.Lineage
 ) -> snapshots.Snapshot | None:
     """The training snapshot of a version (for an imported version, the snapshot it was
     checked on when imported): its profile is what feature drift is measured against."""
-    snapshot_id = registered.get("snapshot_id") or registered.get("reference_snapshot_id")
+    snapshot_id = lineage.reference_snapshot_id
     return snapshots.get(engine, snapshot_id, missing_ok=True) if snapshot_id else None
 
 
 def _output_drift(
-    project: Project, registered: dict[str, Any] | None, frame: pd.DataFrame
+    project: Project, lineage: registry.Lineage | None, frame: pd.DataFrame
 ) -> dict[str, float]:
     """PSI of the model's own output (``drift.prediction``, a regression's
     ``drift.residual``) against its holdout's at training; NaN without a reference (an
     imported version) or without values (residuals before any truth)."""
     names = project.spec.metrics.drift
     found = dict.fromkeys((f"drift.{name}" for name in names), math.nan)
-    reference = (registered or {}).get("output_profile") or {}
+    reference = (lineage.output_profile if lineage else None) or {}
     if not reference or not len(frame):
         return found
     current = pd.DataFrame(kind_for(project.spec).output_drift(project, frame))
     drifted = feature_drift(reference, current, list(names), project.spec.effectiveness.drift_psi)
-    found.update({f"drift.{name}": result["psi"] for name, result in drifted.items()})
+    found.update({f"drift.{name}": result.psi for name, result in drifted.items()})
     return found
 
 
@@ -224,15 +212,17 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     if spec.data.sensitive:
         metrics.update(fairness(frame, spec.data.sensitive)[0])
     version = frame["model_version"].mode().iloc[0] if len(frame) else None
-    drift: dict[str, dict[str, Any]] = {}
-    registered = _registration(project, engine, version) if version else None
-    reference = _reference_snapshot(project, engine, registered) if registered else None
+    drift: dict[str, FeatureDrift] = {}
+    # The registration event answers without an MLflow round trip; the registry's tags
+    # answer (no output profile) when this store did not see the registration.
+    lineage = registry.recorded(project, version) if version else None
+    reference = _reference_snapshot(project, engine, lineage) if lineage else None
     if reference is not None:
         drift = feature_drift(reference.profile, frame, features, spec.effectiveness.drift_psi)
     metrics["drift"] = drift_share(drift)
     for feature, result in drift.items():
-        metrics[f"drift.{feature}"] = result["psi"]
-    metrics.update(_output_drift(project, registered, frame))
+        metrics[f"drift.{feature}"] = result.psi
+    metrics.update(_output_drift(project, lineage, frame))
     return Window(start, end, version, len(frame), len(labelled), metrics, drift)
 
 
@@ -250,7 +240,7 @@ def store(project: Project, window: Window) -> None:
                 n_predictions=window.n_predictions,
                 n_labelled=window.n_labelled,
                 metrics=json_safe(window.metrics),
-                drift=json_safe(window.drift),
+                drift=json_safe({k: asdict(v) for k, v in window.drift.items()}),
             )
         )
 
@@ -295,7 +285,7 @@ def _window(row: Any) -> Window:
         m["n_predictions"],
         m["n_labelled"],
         metrics,
-        m["drift"],
+        {feature: FeatureDrift.stored(found) for feature, found in (m["drift"] or {}).items()},
     )
 
 

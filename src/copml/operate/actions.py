@@ -119,9 +119,9 @@ def plan(project: Project, evaluation: Evaluation, at: datetime) -> None:
             )
         events.record(
             conn,
-            "policy.fired",
+            events.Kind.POLICY_FIRED,
             actor=f"policy:{policy.name}",
-            subject=f"project:{project.spec.project}",
+            subject=events.project_subject(project.spec.project),
             reason=policy.when,
             evidence=json_safe({"values": evaluation.values, "do": policy.do}),
             at=at,
@@ -168,7 +168,7 @@ def recover(project: Project, at: datetime) -> list[int]:
                 )
             events.record(
                 conn,
-                "action.recovered",
+                events.Kind.ACTION_RECOVERED,
                 actor="system",
                 subject=f"action:{row['id']}",
                 reason=f"{row['kind']} interrupted (owner {row['owner']} is gone)",

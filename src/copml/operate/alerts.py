@@ -72,7 +72,7 @@ def open_alert(
         ).inserted_primary_key[0]
         events.record(
             conn,
-            "alert.opened",
+            events.Kind.ALERT_OPENED,
             actor="system",
             subject=f"alert:{alert_id}",
             reason=title,
@@ -94,7 +94,7 @@ def close_alerts(project: Project, key: str, at: datetime, reason: str) -> int:
         if closed:
             events.record(
                 conn,
-                "alert.closed",
+                events.Kind.ALERT_CLOSED,
                 actor="system",
                 subject=f"alert-key:{key}",
                 reason=reason,

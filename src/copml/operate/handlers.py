@@ -130,9 +130,9 @@ def _redeploy(step: Step) -> dict[str, Any]:
     with open_store(project.db_url).begin() as conn:
         events.record(
             conn,
-            "model.redeployed",
+            events.Kind.MODEL_REDEPLOYED,
             actor=step.actor,
-            subject=f"model:{project.spec.project}/{current.version}",
+            subject=events.model_subject(project.spec.project, current.version),
             reason=(
                 "the next batch run scores with it"
                 if mode == "batch"

@@ -23,7 +23,7 @@ from copml.store import open_store
 
 
 def _subject(project: Project, version: str) -> str:
-    return f"model:{project.spec.project}/{version}"
+    return events.model_subject(project.spec.project, version)
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
@@ -92,7 +92,7 @@ def gate(
     assert snap is not None
     kind = kind_for(spec)
     frame = kind.training_frame(project, snap)
-    seed = int(candidate.tags.get(registry.TAG + "seed", spec.model.seed))
+    seed = candidate.tagged_lineage.seed_or(spec.model.seed)
     holdout = split_holdout(frame, spec.data.target, spec.model.holdout, seed)
     features = frame.loc[holdout, kind.model_inputs(project, frame)].reset_index(drop=True)
     actual = frame.loc[holdout, spec.data.target].to_numpy()
@@ -123,7 +123,7 @@ def gate(
     with engine.begin() as conn:
         events.record(
             conn,
-            "model.validated" if report.passed else "model.refused",
+            events.Kind.MODEL_VALIDATED if report.passed else events.Kind.MODEL_REFUSED,
             actor=actor,
             subject=_subject(project, version),
             reason="passes the gate" if report.passed else "; ".join(reasons),
@@ -149,7 +149,7 @@ def approve(
     with open_store(project.db_url).begin() as conn:
         events.record(
             conn,
-            "model.approved",
+            events.Kind.MODEL_APPROVED,
             actor=actor,
             subject=_subject(project, version),
             reason=reason,
@@ -157,20 +157,20 @@ def approve(
         )
 
 
-def _latest(project: Project, kind: str, version: str) -> dict[str, Any] | None:
+def _latest(project: Project, kind: events.Kind, version: str) -> dict[str, Any] | None:
     return events.latest(open_store(project.db_url), kind, _subject(project, version))
 
 
 def approved(project: Project, version: str) -> bool:
     """Whether a person's approval of ``version`` is recorded."""
-    return _latest(project, "model.approved", version) is not None
+    return _latest(project, events.Kind.MODEL_APPROVED, version) is not None
 
 
 def promotable(project: Project, version: str) -> list[str]:
     """Why ``version`` may not be promoted now; empty when it may."""
     why = []
-    validated = _latest(project, "model.validated", version)
-    refused = _latest(project, "model.refused", version)
+    validated = _latest(project, events.Kind.MODEL_VALIDATED, version)
+    refused = _latest(project, events.Kind.MODEL_REFUSED, version)
     if validated is None or (refused is not None and refused["id"] > validated["id"]):
         why.append(f"v{version} has not passed the gate (copml models validate {version})")
     if needs_approval(project) and not approved(project, version):
@@ -179,7 +179,7 @@ def promotable(project: Project, version: str) -> list[str]:
             f"{', require_approval' if project.spec.promotion.require_approval else ''}): "
             f"copml models approve {version} --reason ..."
         )
-    retired = _latest(project, "model.retired", version)
+    retired = _latest(project, events.Kind.MODEL_RETIRED, version)
     if retired is not None:
         why.append(f"v{version} is retired")
     return why
@@ -214,7 +214,7 @@ def rollback(project: Project, *, actor: str, reason: str, at: datetime | None =
     current = registry.champion(project)
     if current is None:
         raise CopmlError("there is no champion to roll back")
-    promoted = _latest(project, "model.promoted", current.version)
+    promoted = _latest(project, events.Kind.MODEL_PROMOTED, current.version)
     previous = (promoted or {}).get("evidence", {}).get("previous")
     if not previous:
         raise CopmlError(
@@ -228,7 +228,7 @@ def rollback(project: Project, *, actor: str, reason: str, at: datetime | None =
         actor=actor,
         reason=reason,
         at=at,
-        kind="model.rolled_back",
+        kind=events.Kind.MODEL_ROLLED_BACK,
         evidence={"from": current.version},
     )
     registry.set_state(project, current.version, "rolled_back")
@@ -273,7 +273,7 @@ def retire(
         for mv in chosen:
             events.record(
                 conn,
-                "model.retired",
+                events.Kind.MODEL_RETIRED,
                 actor=actor,
                 subject=_subject(project, mv.version),
                 reason=reason,
@@ -282,9 +282,9 @@ def retire(
         if version is None:
             events.record(
                 conn,
-                "project.retired",
+                events.Kind.PROJECT_RETIRED,
                 actor=actor,
-                subject=f"project:{project.spec.project}",
+                subject=events.project_subject(project.spec.project),
                 reason=reason,
                 evidence={"versions": [mv.version for mv in chosen], "freed_bytes": freed},
                 at=at,
@@ -294,4 +294,9 @@ def retire(
 
 def is_retired(project: Project) -> bool:
     engine = open_store(project.db_url)
-    return events.latest(engine, "project.retired", f"project:{project.spec.project}") is not None
+    return (
+        events.latest(
+            engine, events.Kind.PROJECT_RETIRED, events.project_subject(project.spec.project)
+        )
+        is not None
+    )

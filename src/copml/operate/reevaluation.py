@@ -20,15 +20,15 @@ from copml.store import open_store
 
 
 def _subject(project: Project) -> str:
-    return f"project:{project.spec.project}"
+    return events.project_subject(project.spec.project)
 
 
 def suspended(engine: Engine, project: Project) -> dict[str, Any] | None:
     """The re-evaluation flag, while no owner has acknowledged it."""
-    flagged = events.latest(engine, "project.reevaluate", _subject(project))
+    flagged = events.latest(engine, events.Kind.PROJECT_REEVALUATE, _subject(project))
     if flagged is None:
         return None
-    acked = events.latest(engine, "project.acknowledged", _subject(project))
+    acked = events.latest(engine, events.Kind.PROJECT_ACKNOWLEDGED, _subject(project))
     return flagged if acked is None or acked["id"] < flagged["id"] else None
 
 
@@ -39,7 +39,7 @@ def flag(
     with open_store(project.db_url).begin() as conn:
         events.record(
             conn,
-            "project.reevaluate",
+            events.Kind.PROJECT_REEVALUATE,
             actor=actor,
             subject=_subject(project),
             reason=reason,
@@ -56,7 +56,7 @@ def acknowledge(project: Project, *, actor: str, reason: str, at: datetime | Non
     with engine.begin() as conn:
         events.record(
             conn,
-            "project.acknowledged",
+            events.Kind.PROJECT_ACKNOWLEDGED,
             actor=actor,
             subject=_subject(project),
             reason=reason,

@@ -42,12 +42,13 @@ class ChampionSlot:
         self.current: Champion | None = None
 
     def _subject(self, version: str) -> str:
-        return f"model:{self._project.spec.project}/{version}"
+        return events.model_subject(self._project.spec.project, version)
 
     def _retired(self, version: str) -> bool:
         """Only a recorded retirement unloads a model: a registry that does not answer
         (also ``None`` from ``champion()``) must never stop the service."""
-        return events.latest(self._engine, "model.retired", self._subject(version)) is not None
+        retired = events.latest(self._engine, events.Kind.MODEL_RETIRED, self._subject(version))
+        return retired is not None
 
     def _load(self, mv: registry.ModelVersion) -> Champion:
         kind = kind_for(self._project.spec)
@@ -68,7 +69,7 @@ class ChampionSlot:
                 with self._engine.begin() as conn:
                     events.record(
                         conn,
-                        "serve.stopped",
+                        events.Kind.SERVE_STOPPED,
                         actor=actor,
                         subject=self._subject(current.version),
                         reason="the model was retired",
@@ -76,21 +77,25 @@ class ChampionSlot:
                 return Refresh(None, True)
             if mv is None or (current is not None and current.version == mv.version):
                 return Refresh(current.version if current else None, False)
-            subject = f"model:{self._project.spec.project}/{mv.version}"
+            subject = self._subject(mv.version)
             try:
                 loaded = self._load(mv)
             except Exception as exc:  # whatever fails, the current model keeps serving
                 reason = f"{type(exc).__name__}: {exc}"
                 with self._engine.begin() as conn:
                     events.record(
-                        conn, "serve.refused", actor=actor, subject=subject, reason=reason[:500]
+                        conn,
+                        events.Kind.SERVE_REFUSED,
+                        actor=actor,
+                        subject=subject,
+                        reason=reason[:500],
                     )
                 return Refresh(current.version if current else None, False, reason)
             self.current = loaded
             with self._engine.begin() as conn:
                 events.record(
                     conn,
-                    "serve.deployed",
+                    events.Kind.SERVE_DEPLOYED,
                     actor=actor,
                     subject=subject,
                     reason="the registry's champion moved",

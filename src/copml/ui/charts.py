@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from copml import events
 from copml.explain import importance_figure
 from copml.monitor.window import Window
 from copml.project import Project
@@ -29,12 +30,12 @@ from copml.ui import records
 
 # Event kinds drawn on timelines, and how each is labelled.
 MARKED = (
-    "model.registered",
-    "model.refused",
-    "model.promoted",
-    "model.rolled_back",
-    "alert.opened",
-    "project.reevaluate",
+    events.Kind.MODEL_REGISTERED,
+    events.Kind.MODEL_REFUSED,
+    events.Kind.MODEL_PROMOTED,
+    events.Kind.MODEL_ROLLED_BACK,
+    events.Kind.ALERT_OPENED,
+    events.Kind.PROJECT_REEVALUATE,
 )
 
 
@@ -52,12 +53,12 @@ def _version(subject: str | None) -> str:
 def _label(event: dict[str, Any]) -> str:
     kind, version = event["kind"], _version(event["subject"])
     return {
-        "model.registered": f"v{version} trained",
-        "model.refused": f"v{version} refused",
-        "model.promoted": f"v{version} promoted",
-        "model.rolled_back": f"back to v{version}",
-        "alert.opened": "alert",
-        "project.reevaluate": "re-evaluation",
+        events.Kind.MODEL_REGISTERED: f"v{version} trained",
+        events.Kind.MODEL_REFUSED: f"v{version} refused",
+        events.Kind.MODEL_PROMOTED: f"v{version} promoted",
+        events.Kind.MODEL_ROLLED_BACK: f"back to v{version}",
+        events.Kind.ALERT_OPENED: "alert",
+        events.Kind.PROJECT_REEVALUATE: "re-evaluation",
     }.get(kind, kind)
 
 
