@@ -78,19 +78,23 @@ def _free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    """Poll /healthz until it answers (each try waits on the network, not on a timer)."""
-    for _ in range(600):
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}; see its stderr")
+def _wait_ready(url: str, process: subprocess.Popen[bytes], limit_s: float = 300.0) -> None:
+    """Poll /healthz until it answers, up to a deadline: a refused connection answers at
+    once, so a count of tries (as before) ran out in seconds when a loaded machine took
+    long to start the server. Between tries the wait is on the process (its exit ends it)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
                 return
         except httpx.TransportError:
-            with socket.socket() as probe:  # block until the port is at least bound
-                probe.settimeout(0.1)
-                probe.connect_ex(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-    raise RuntimeError("server did not become healthy")
+            pass
+        try:
+            process.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            continue
+        raise RuntimeError(f"server exited with {process.returncode}; see its stderr")
+    raise RuntimeError(f"server did not become healthy in {limit_s:.0f} s")
 
 
 def _serve_command(project: Project, port: int, *extra: str) -> list[str]:
