@@ -27,7 +27,7 @@ def test_champion_version_has_lineage(trained_churn: Path) -> None:
     assert registry.directory_sha256(registry.local_copy(project, mv)) == mv.artifact_sha256
 
 
-def test_run_logs_everything_needed_to_reproduce(trained_churn: Path) -> None:
+def test_run_logs_everything_needed_to_reproduce(trained_churn: Path, tmp_path: Path) -> None:
     project = load_project(trained_churn)
     mv = registry.champion(project)
     assert mv is not None
@@ -42,7 +42,8 @@ def test_run_logs_everything_needed_to_reproduce(trained_churn: Path) -> None:
     assert files == {"holdout/confusion_matrix.json", "holdout/confusion_matrix.png"}
     model = mlflow.models.Model.load(str(registry.local_copy(project, mv)))
     assert model.signature is not None and "sklearn" in model.flavors
-    packages = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/environment/packages.json")
+    logged = registry.download_artifact(project, mv.run_id, "environment/packages.json", tmp_path)
+    packages = json.loads(logged.read_text())
     assert "scikit-learn" in packages and "python" in packages
     history = events.history(open_store(project.db_url), subject=f"model:telco-churn/{mv.version}")
     assert [e["kind"] for e in history] == ["model.promoted", "model.registered"]
@@ -116,7 +117,9 @@ def test_train_that_raises(churn: Project) -> None:
     with pytest.raises(UserCodeError, match=r"train\(\) failed: ValueError: bad C"):
         train(broken)
     assert _state(broken) == before
-    runs = mlflow.search_runs(experiment_names=["telco-churn"], filter_string="status = 'FAILED'")
+    runs = registry.client(broken).search_runs(
+        [registry.experiment_id(broken)], filter_string="status = 'FAILED'"
+    )
     assert len(runs) == 1  # the failed attempt is visible in MLflow, not registered
 
 
