@@ -196,13 +196,13 @@ def global_importance(
 
 
 def importance_figure(importance: dict[str, float], title: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Importance as horizontal bars; a figure of its own (not pyplot's global list), so
+    threads may draw at once."""
+    from matplotlib.figure import Figure
 
     items = list(importance.items())[:15][::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1.2))
+    fig = Figure(figsize=(7, 0.35 * len(items) + 1.2))
+    ax = fig.subplots()
     ax.barh([k for k, _ in items], [v for _, v in items], color="#1f4e79")
     ax.set_xlabel("mean |SHAP value| (log-odds)")
     ax.set_title(title)
