@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -258,7 +260,10 @@ def explain_prediction(
         input=json.loads(frame.to_json(orient="records"))[0],
     )
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(asdict(found)))
+    # Whole or absent: a request reading it meanwhile never sees half a file.
+    staged = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
+    staged.write_text(json.dumps(asdict(found)))
+    os.replace(staged, cached)
     return found
 
 
