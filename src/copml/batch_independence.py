@@ -90,15 +90,28 @@ def _one_thread() -> Iterator[None]:
                 torch.set_num_threads(before)
 
 
-def _take(inputs: Any, index: np.ndarray | slice) -> Any:
-    """The chunk at ``index``; a frame's rebuilt column by column, so that its memory layout
-    (which a model's arrays inherit, and with them the BLAS kernel: ``gemv_n`` or
-    ``gemv_t``) is the same whether the rows came from a CSV file, a Parquet snapshot or a
-    request. Without it a Ridge regression's replay from its snapshot differed by an ulp."""
-    if isinstance(inputs, pd.DataFrame):
-        chunk = inputs.iloc[index]
-        return pd.DataFrame({c: chunk[c].array for c in chunk.columns}, index=chunk.index)
-    return inputs.iloc[index] if isinstance(inputs, pd.Series) else inputs[index]
+def _taker(inputs: Any) -> Callable[[np.ndarray | slice], Any]:
+    """How to take a chunk of ``inputs`` by row. A frame of one numeric type is given one
+    memory layout (its values column-major, as a frame built column by column has them),
+    whether its rows came from a CSV file, a Parquet snapshot or a request: a model's arrays
+    inherit the layout and with it the BLAS kernel (``gemv_n`` or ``gemv_t``), so without
+    this a ridge regression's replay from its snapshot differed from its batch score by an
+    ulp. (Frames of mixed types reach a model through a ``ColumnTransformer``, whose output
+    is built anew.)"""
+    if isinstance(inputs, pd.Series):
+        return lambda index: inputs.iloc[index]
+    if not isinstance(inputs, pd.DataFrame):
+        return lambda index: inputs[index]
+    dtypes = set(inputs.dtypes)
+    if len(dtypes) != 1 or not all(isinstance(t, np.dtype) and t.kind in "fiu" for t in dtypes):
+        return lambda index: inputs.iloc[index]
+    by_column = np.ascontiguousarray(inputs.to_numpy().T)  # no copy for a frame of one block
+
+    def take(index: np.ndarray | slice) -> pd.DataFrame:
+        values = np.ascontiguousarray(by_column[:, index])  # one row per column
+        return pd.DataFrame(values.T, columns=inputs.columns, index=inputs.index[index], copy=False)
+
+    return take
 
 
 def scores(predict: Callable[[Any], Any], inputs: Any, rows: int = ROWS) -> np.ndarray:
@@ -107,13 +120,14 @@ def scores(predict: Callable[[Any], Any], inputs: Any, rows: int = ROWS) -> np.n
     inputs, one thread each: every input gets the scores it would get alone."""
     n = len(inputs)
     out = np.empty(0, dtype=np.float64)
+    _take = _taker(inputs)
     with _LOCK, _one_thread():
         for start in range(0, n, rows):
             size = min(rows, n - start)
             if size == rows:
-                chunk = _take(inputs, slice(start, start + rows))
+                chunk = _take(slice(start, start + rows))
             else:  # the last chunk: padded with its last input, always the same shape
-                chunk = _take(inputs, np.minimum(np.arange(start, start + rows), n - 1))
+                chunk = _take(np.minimum(np.arange(start, start + rows), n - 1))
             part = np.asarray(predict(chunk), dtype=np.float64)[:size]
             if start == 0:
                 out = np.empty((n, *part.shape[1:]), dtype=np.float64)

@@ -41,6 +41,48 @@ class ScoreResult:
     reviews: int
 
 
+def record_scored(
+    conn: Connection,
+    project: Project,
+    version: str,
+    source: str,
+    evidence: dict[str, object],
+    *,
+    actor: str,
+    at: datetime,
+) -> None:
+    """The ``batch.scored`` event, in the transaction of the batch's log."""
+    events.record(
+        conn,
+        "batch.scored",
+        actor=actor,
+        subject=f"model:{project.spec.project}/{version}",
+        reason=f"scored {source}",
+        evidence=evidence,
+        at=at,
+    )
+
+
+def emit_scored_lineage(
+    project: Project,
+    key: str,
+    source: str,
+    version: str,
+    snap: snapshots.Snapshot,
+    output: Path,
+    at: datetime,
+) -> None:
+    """The lineage of a scored batch: its input and model in, its snapshot and file out."""
+    lineage.emit(
+        project,
+        "score",
+        run_id=key,
+        inputs=[lineage.file_dataset(source), lineage.model_dataset(project, version)],
+        outputs=[lineage.snapshot_dataset(project, snap), lineage.file_dataset(output)],
+        at=at,
+    )
+
+
 def _positives(target: Target, decisions: Decisions) -> int | None:
     return int(decisions.label.sum()) if len(target.classes) == 2 else None
 
@@ -150,21 +192,14 @@ def score(
 
     def finish(conn: Connection, _first: int) -> None:
         snapshots.record(conn, snap, actor=actor)  # in the log's transaction: all or nothing
-        events.record(
-            conn,
-            "batch.scored",
-            actor=actor,
-            subject=f"model:{spec.project}/{champion.version}",
-            reason=f"scored {source}",
-            evidence={
-                "rows": len(frame),
-                "snapshot_id": snap.id,
-                "batch": key,
-                "positives": _positives(kind.target(data), decided),
-                "output": str(output),
-            },
-            at=when,
-        )
+        evidence = {
+            "rows": len(frame),
+            "snapshot_id": snap.id,
+            "batch": key,
+            "positives": _positives(kind.target(data), decided),
+            "output": str(output),
+        }
+        record_scored(conn, project, champion.version, source, evidence, actor=actor, at=when)
         written.result()  # a failed output write rolls the log back too
 
     header = prediction_log.Header(key, when, spec.project, champion.version, snap.id, "batch")
@@ -175,7 +210,7 @@ def score(
                 frame[data.id],
                 kind.target(data),
                 decided,
-                spec.serving.review_band is not None or spec.model.review_margin is not None,
+                spec.reviews,
                 champion.version,
                 key,
                 staged,
@@ -193,14 +228,7 @@ def score(
         staged.unlink(missing_ok=True)
         raise
     os.replace(staged, output)
-    lineage.emit(
-        project,
-        "score",
-        run_id=key,
-        inputs=[lineage.file_dataset(source), lineage.model_dataset(project, champion.version)],
-        outputs=[lineage.snapshot_dataset(project, snap), lineage.file_dataset(output)],
-        at=when,
-    )
+    emit_scored_lineage(project, key, source, champion.version, snap, output, when)
     return ScoreResult(
         len(frame),
         champion.version,

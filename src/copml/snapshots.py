@@ -347,12 +347,16 @@ def _categorical(values: pa.Array, categories: list[str]) -> pa.DictionaryArray:
 
 def _arrow_table(frame: pd.DataFrame, data: Data) -> pa.Table:
     arrays, fields = [], []
+    private = {data.id, *data.pii}
     for name in frame.columns:
         col = data.columns[name]
-        values = pa.array(frame[name], type=_ARROW_TYPES[col.type], from_pandas=True)
+        # A batch's id and PII columns arrive as keyed hashes (text), whatever their type.
+        hashed = name in private and isinstance(frame[name].dtype, pd.StringDtype)
+        kind = pa.string() if hashed else _ARROW_TYPES[col.type]
+        values = pa.array(frame[name], type=kind, from_pandas=True)
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
-        if col.type == "category" and col.categories:
+        if col.type == "category" and col.categories and not hashed:
             values = _categorical(values, [str(c) for c in col.categories])
         arrays.append(values)
         fields.append(pa.field(name, values.type))

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from copml import metrics, policies
+from copml import kinds, metrics, policies
 from copml.errors import SpecError
 from copml.metrics import MetricTable
 
@@ -46,13 +46,10 @@ ACTIONS = (
     "retire",
 )
 
-KIND_GROUP = "copml.kinds"
+KIND_GROUP = kinds.GROUP
 """The entry-point group through which an application or a third party ships a model kind;
 its object carries the kind's :class:`~copml.metrics.MetricTable` as ``metrics``."""
 BUILT_IN_TASKS = tuple(metrics.TABLES)
-# Kinds shipped inside copml's own tree until their application registers them in
-# KIND_GROUP (the x-ray cascade); an entry point of the same name wins.
-_BUNDLED_KINDS = {"cascade": "copml.apps.xray.kind:CascadeKind"}
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week|month|year|window)s?\s*$", re.I)
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -252,6 +249,12 @@ class ModelConfig(_Model):
         lt=1,
         description="multiclass only: a decision whose top two class probabilities are "
         "closer than this goes to human review",
+    )
+    review_interval: float | None = Field(
+        None,
+        gt=0,
+        description="regression only: a prediction whose 95% interval is wider than this "
+        "goes to human review (the model's predict() must take return_std=True)",
     )
     holdout: float = Field(0.2, gt=0, lt=0.9, description="share of rows held out")
 
@@ -515,6 +518,13 @@ class Spec(_Model):
         return table
 
     @property
+    def reviews(self) -> bool:
+        """Whether a rule sends decisions to human review: a binary's ``review_band``, a
+        multiclass ``review_margin``, a regression's ``review_interval``."""
+        rules = (self.serving.review_band, self.model.review_margin, self.model.review_interval)
+        return any(rule is not None for rule in rules)
+
+    @property
     def classes(self) -> list[Scalar]:
         """A multiclass target's classes, in their declared order; empty for other tasks."""
         if self.model.task != "multiclass":
@@ -553,6 +563,13 @@ class Spec(_Model):
         if task != "multiclass" and self.model.review_margin is not None:
             problems.append(
                 (("model", "review_margin"), f"'review_margin' belongs to multiclass, not {task}")
+            )
+        if task != "regression" and self.model.review_interval is not None:
+            problems.append(
+                (
+                    ("model", "review_interval"),
+                    f"'review_interval' belongs to regression, not {task}",
+                )
             )
         if task == "binary" and data.positive is None:  # a plug-in kind checks its own
             problems.append((("data", "positive"), "a binary task needs the positive class"))
@@ -661,8 +678,8 @@ def task_metrics(task: str) -> MetricTable | None:
         if found:  # another distribution's kind replaces copml's own (as copml.kinds does)
             ours = lambda ep: ep.dist is not None and ep.dist.name == "copml"  # noqa: E731
             kind = min(found, key=ours).load()
-        elif task in _BUNDLED_KINDS:
-            module, _, name = _BUNDLED_KINDS[task].partition(":")
+        elif task in kinds.BUILT_IN:  # copml's own, without installed metadata
+            module, _, name = kinds.BUILT_IN[task].partition(":")
             kind = getattr(import_module(module), name)
         else:
             return None
@@ -676,7 +693,7 @@ def task_metrics(task: str) -> MetricTable | None:
 
 def known_tasks() -> list[str]:
     """The built-in tasks, then every registered kind."""
-    registered = {ep.name for ep in entry_points(group=KIND_GROUP)} | set(_BUNDLED_KINDS)
+    registered = {ep.name for ep in entry_points(group=KIND_GROUP)} | set(kinds.BUILT_IN)
     return [*BUILT_IN_TASKS, *sorted(registered - set(BUILT_IN_TASKS))]
 
 

@@ -46,7 +46,7 @@ GROUP = "copml.kinds"
 Direction = Literal["higher", "lower"]
 
 # copml's own kinds, for when the package's entry points are not installed.
-_BUILT_IN = {
+BUILT_IN = {
     "binary": "copml.kinds.binary:BinaryKind",
     "multiclass": "copml.kinds.multiclass:MulticlassKind",
     "regression": "copml.kinds.regression:RegressionKind",
@@ -267,7 +267,7 @@ def _entry_points() -> dict[str, Any]:
 
 def names() -> list[str]:
     """Every kind this installation can operate (entry points and copml's own)."""
-    return sorted({*_BUILT_IN, *_entry_points()})
+    return sorted({*BUILT_IN, *_entry_points()})
 
 
 def _instantiate(found: Any, name: str) -> ModelKind:
@@ -284,8 +284,8 @@ def kind_named(name: str) -> ModelKind:
     installed = _entry_points()
     if name in installed:
         return _instantiate(installed[name].load(), name)
-    if name in _BUILT_IN:
-        module, _, attribute = _BUILT_IN[name].partition(":")
+    if name in BUILT_IN:
+        module, _, attribute = BUILT_IN[name].partition(":")
         return _instantiate(getattr(import_module(module), attribute), name)
     raise CopmlError(f"model.task: no model kind {name!r}; available: {', '.join(names())}")
 

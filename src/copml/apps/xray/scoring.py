@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, insert, select
 
-from copml import costs, events, image_archive, lineage, prediction_log, registry, snapshots
+from copml import costs, image_archive, prediction_log, registry, snapshots
 from copml.apps.xray import image_sets
 from copml.errors import DataValidationError, NotFoundError
 from copml.project import Project
+from copml.score import emit_scored_lineage, record_scored
 from copml.store import cascade_answers, open_store, reviews
 
 OUTPUT_COLUMNS = [
@@ -143,23 +144,16 @@ def score_folder(
     def finish(conn: Connection, first: int) -> None:
         snapshots.record(conn, snap, actor=actor)
         record_answers(conn, first, decided, table["sha256"].tolist(), models, when)
-        events.record(
-            conn,
-            "batch.scored",
-            actor=actor,
-            subject=f"model:{spec.project}/{champion.version}",
-            reason=f"scored {folder}",
-            evidence={
-                "rows": len(table),
-                "snapshot_id": snap.id,
-                "batch": key,
-                "positives": int(positive.sum()),
-                "reviews": int(review.sum()),
-                "models": models,
-                "output": str(output),
-            },
-            at=when,
-        )
+        evidence = {
+            "rows": len(table),
+            "snapshot_id": snap.id,
+            "batch": key,
+            "positives": int(positive.sum()),
+            "reviews": int(review.sum()),
+            "models": models,
+            "output": str(output),
+        }
+        record_scored(conn, project, champion.version, str(folder), evidence, actor=actor, at=when)
         if output.suffix.lower() in (".parquet", ".pq"):
             out.to_parquet(staged, index=False)
         else:
@@ -172,17 +166,7 @@ def score_folder(
         staged.unlink(missing_ok=True)
         raise
     os.replace(staged, output)
-    lineage.emit(
-        project,
-        "score",
-        run_id=key,
-        inputs=[
-            lineage.file_dataset(str(folder)),
-            lineage.model_dataset(project, champion.version),
-        ],
-        outputs=[lineage.snapshot_dataset(project, snap), lineage.file_dataset(output)],
-        at=when,
-    )
+    emit_scored_lineage(project, key, str(folder), champion.version, snap, output, when)
     return ImageScoreResult(
         len(table), champion.version, snap.id, key, output, int(positive.sum()), int(review.sum())
     )
