@@ -194,18 +194,17 @@ def test_recorded_text_cannot_inject_markup(project: Project) -> None:
 
 def _register(project: Project, model: object, holdout: dict[str, float]) -> str:
     """Log ``model`` and its holdout figures on a real run and register it; its version."""
-    import mlflow
+    import mlflow.sklearn
 
-    registry.client(project)
-    with mlflow.start_run(experiment_id=registry.experiment_id(project)) as run:
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in holdout.items()})
-        folder = project.home / "logged" / run.info.run_id
+    with registry.training_run(project) as run:
+        run.log_metrics({f"holdout_{k}": v for k, v in holdout.items()})
+        folder = project.home / "logged" / run.run_id
         # Requirements named: left out, MLflow infers them in a subprocess (slow).
         mlflow.sklearn.save_model(model, folder, pip_requirements=["scikit-learn"])
-        mlflow.log_artifacts(str(folder), "model")
+        run.log_artifacts(folder, "model")
     sha = registry.directory_sha256(folder)
     tags = {registry.TAG + "artifact_sha256": sha}
-    return registry.register(project, run.info.run_id, "model", tags).version
+    return registry.register(project, run.run_id, "model", tags).version
 
 
 def test_card_of_a_regression_version_follows_its_metric_table(

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -12,7 +13,7 @@ from copml.evaluation import split_holdout
 from copml.kinds import kind_for
 from copml.project import Project, load_project
 from copml.store import open_store
-from copml.train import train
+from copml.train import TrainResult, train
 
 
 def test_champion_version_has_lineage(trained_churn: Path) -> None:
@@ -27,7 +28,7 @@ def test_champion_version_has_lineage(trained_churn: Path) -> None:
     assert registry.directory_sha256(registry.local_copy(project, mv)) == mv.artifact_sha256
 
 
-def test_run_logs_everything_needed_to_reproduce(trained_churn: Path) -> None:
+def test_run_logs_everything_needed_to_reproduce(trained_churn: Path, tmp_path: Path) -> None:
     project = load_project(trained_churn)
     mv = registry.champion(project)
     assert mv is not None
@@ -42,7 +43,8 @@ def test_run_logs_everything_needed_to_reproduce(trained_churn: Path) -> None:
     assert files == {"holdout/confusion_matrix.json", "holdout/confusion_matrix.png"}
     model = mlflow.models.Model.load(str(registry.local_copy(project, mv)))
     assert model.signature is not None and "sklearn" in model.flavors
-    packages = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/environment/packages.json")
+    logged = registry.download_artifact(project, mv.run_id, "environment/packages.json", tmp_path)
+    packages = json.loads(logged.read_text())
     assert "scikit-learn" in packages and "python" in packages
     history = events.history(open_store(project.db_url), subject=f"model:telco-churn/{mv.version}")
     assert [e["kind"] for e in history] == ["model.promoted", "model.registered"]
@@ -116,7 +118,9 @@ def test_train_that_raises(churn: Project) -> None:
     with pytest.raises(UserCodeError, match=r"train\(\) failed: ValueError: bad C"):
         train(broken)
     assert _state(broken) == before
-    runs = mlflow.search_runs(experiment_names=["telco-churn"], filter_string="status = 'FAILED'")
+    runs = registry.client(broken).search_runs(
+        [registry.experiment_id(broken)], filter_string="status = 'FAILED'"
+    )
     assert len(runs) == 1  # the failed attempt is visible in MLflow, not registered
 
 
@@ -163,3 +167,64 @@ def test_each_project_keeps_its_own_registry_in_one_process(
     assert registry.champion(second) is not None
     assert registry.versions(fresh_churn) == []
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+_GATED = """import threading
+
+from churn import train as _train
+
+reached = threading.Event()
+go = threading.Event()
+
+
+def train(data, params, seed):
+    reached.set()
+    if not go.wait(120):
+        raise TimeoutError("the test never let this training go on")
+    return _train(data, params, seed)
+"""
+
+
+def test_two_projects_train_at_once_each_into_its_own_store(
+    churn: Project, trained_churn: Path, tmp_path: Path
+) -> None:
+    """One project's training is held inside its run while another project trains from
+    start to end in the same process: each run and version lands in its own store."""
+    import threading
+
+    from copml.usercode import load_function
+
+    (churn.root / "gated.py").write_text(_GATED)
+    model = churn.spec.model.model_copy(update={"train": "gated:train"})
+    first = Project(churn.root, churn.spec.model_copy(update={"model": model}))
+    shutil.copytree(trained_churn, tmp_path / "other")
+    second = load_project(tmp_path / "other")
+    assert first.tracking_uri != second.tracking_uri
+    gate = load_function(first.root, "gated:train", "train function").__globals__
+    outcome: dict[str, object] = {}
+
+    def train_first() -> None:
+        try:
+            outcome["result"] = train(first)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    held = threading.Thread(target=train_first)
+    held.start()
+    try:
+        assert gate["reached"].wait(120), "the first training never reached train()"
+        other = train(second)  # the whole of it, while the first run is open
+    finally:
+        gate["go"].set()
+        held.join(180)
+    assert not held.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert isinstance(result, TrainResult)
+    for project, mine, theirs in ((first, result, other), (second, other, result)):
+        c = registry.client(project)
+        run = c.get_run(mine.run_id)
+        assert run.info.status == "FINISHED" and "holdout_roc_auc" in run.data.metrics
+        assert registry.get(project, mine.version).run_id == mine.run_id
+        ids = {r.info.run_id for r in c.search_runs([registry.experiment_id(project)])}
+        assert mine.run_id in ids and theirs.run_id not in ids

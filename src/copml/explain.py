@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -195,13 +197,13 @@ def global_importance(
 
 
 def importance_figure(importance: dict[str, float], title: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Importance as horizontal bars; a figure of its own (not pyplot's global list), so
+    threads may draw at once."""
+    from matplotlib.figure import Figure
 
     items = list(importance.items())[:15][::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1.2))
+    fig = Figure(figsize=(7, 0.35 * len(items) + 1.2))
+    ax = fig.subplots()
     ax.barh([k for k, _ in items], [v for _, v in items], color="#1f4e79")
     ax.set_xlabel("mean |SHAP value| (log-odds)")
     ax.set_title(title)
@@ -257,7 +259,10 @@ def explain_prediction(
         input=json.loads(frame.to_json(orient="records"))[0],
     )
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(asdict(found)))
+    # Whole or absent: a request reading it meanwhile never sees half a file.
+    staged = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
+    staged.write_text(json.dumps(asdict(found)))
+    os.replace(staged, cached)
     return found
 
 

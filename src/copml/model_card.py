@@ -9,8 +9,6 @@ inlines its style and pictures, so it opens offline and can be attached to a tic
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import math
 import re
@@ -270,7 +268,6 @@ def _fairness(project: Project, latest: windows_module.Window | None) -> list[Fa
 
 def _explanation(project: Project, mv: registry.ModelVersion) -> Explanation:
     """The importance plot and JSON from the run's ``explain/`` artifacts, if it has them."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     client = registry.client(project)
@@ -287,15 +284,9 @@ def _explanation(project: Project, mv: registry.ModelVersion) -> Explanation:
         for name in (_IMPORTANCE_PNG, _IMPORTANCE_JSON):
             if name not in names:
                 continue
-            with contextlib.redirect_stderr(io.StringIO()):  # MLflow's progress bar
-                path = Path(
-                    mlflow.artifacts.download_artifacts(
-                        run_id=mv.run_id,
-                        artifact_path=f"{_EXPLAIN_DIR}/{name}",
-                        dst_path=tmp,
-                        tracking_uri=project.tracking_uri,
-                    )
-                )
+            path = registry.download_artifact(
+                project, mv.run_id, f"{_EXPLAIN_DIR}/{name}", Path(tmp)
+            )
             if name == _IMPORTANCE_PNG:
                 found.png_base64 = base64.b64encode(path.read_bytes()).decode("ascii")
             else:

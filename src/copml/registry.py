@@ -1,8 +1,10 @@
-"""The only module that talks to the MLflow model registry.
+"""The only module that talks to MLflow's tracking store and model registry.
 
-A registered model is named after the project. Versions carry their lineage as tags
-(snapshot, seed, commit, artifact sha256); the alias ``champion`` marks the version in
-production. Models are loaded from a local, sha256-verified copy, once per process.
+Each project gets its own client (MLflow's process-global tracking URI is never set), and
+training logs through a :class:`TrainingRun` of that client. A registered model is named
+after the project. Versions carry their lineage as tags (snapshot, seed, commit, artifact
+sha256); the alias ``champion`` marks the version in production. Models are loaded from a
+local, sha256-verified copy, once per process.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -178,9 +181,6 @@ class ModelVersion:
         return self.tags.get(TAG + "lineage", TRAINED)
 
 
-_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-
-
 @cache
 def _quiet_mlflow() -> None:
     import logging
@@ -239,12 +239,11 @@ def _create_sqlite_store(path: Path, artifacts_uri: str) -> None:
 @cache
 def _opened(uri: str) -> None:
     """Open the tracking store once per process; an unusable one becomes one clear line."""
-    import mlflow
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        c = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        c = _client(uri)
         c.search_experiments(max_results=1)
         c.search_registered_models(max_results=1)
     except (MlflowException, SQLAlchemyError, OSError) as exc:
@@ -262,27 +261,25 @@ def _opened(uri: str) -> None:
 
 
 def client(project: Project) -> MlflowClient:
-    """A client on the project's tracking store, also made the default for MLflow's fluent API."""
-    import mlflow
+    """A client on the project's tracking store (its store created on first use).
 
+    Only this client is used, never MLflow's process-global tracking URI: two projects in
+    one process (the dashboard, a test session) each reach their own store."""
     _quiet_mlflow()
     project.ensure_home()
     store = _sqlite_path(project.tracking_uri)
     if store is not None and not store.exists():
         _create_sqlite_store(store, project.artifacts_uri)
     _opened(project.tracking_uri)
-    # MLflow's setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which a
-    # Project reads as the user's choice: left there, the next project in this process
-    # (a test session, the dashboard) would silently use this one's store.
-    exported = {name: os.environ.get(name) for name in _URI_VARIABLES}
-    mlflow.set_tracking_uri(project.tracking_uri)
-    mlflow.set_registry_uri(project.tracking_uri)
-    for name, value in exported.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    return mlflow.MlflowClient(tracking_uri=project.tracking_uri, registry_uri=project.tracking_uri)
+    return _client(project.tracking_uri)
+
+
+@cache
+def _client(uri: str) -> MlflowClient:
+    """One client per tracking store and process (MLflow clients are thread-safe)."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def experiment_id(project: Project) -> str:
@@ -293,6 +290,72 @@ def experiment_id(project: Project) -> str:
         return found.experiment_id
     location = project.artifacts_uri if project.tracking_uri.startswith("sqlite") else None
     return c.create_experiment(project.spec.project, artifact_location=location)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A run of the project's experiment, logged through the project's own client: what
+    MLflow's fluent API does for its one active run, without the process-global state."""
+
+    client: MlflowClient
+    run_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        found = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=found)
+
+    def log_dict(self, value: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, value, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+
+@contextlib.contextmanager
+def training_run(project: Project, tags: dict[str, str] | None = None) -> Iterator[TrainingRun]:
+    """A new run of the project's experiment, ended FINISHED, or FAILED when the block
+    raises; it carries MLflow's usual context tags (user, source, git commit)."""
+    from mlflow.entities import RunStatus
+    from mlflow.tracking.context.registry import resolve_tags
+
+    c = client(project)
+    run = c.create_run(experiment_id(project), tags=resolve_tags(tags or {}))
+    try:
+        yield TrainingRun(c, run.info.run_id)
+    except BaseException:
+        c.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    c.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def download_artifact(project: Project, run_id: str, path: str, into: Path) -> Path:
+    """The local copy, under ``into``, of the artifact ``path`` of a run of the project."""
+    import mlflow
+
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow's progress bar
+        found = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path=path,
+            dst_path=str(into),
+            tracking_uri=client(project).tracking_uri,
+        )
+    return Path(found)
 
 
 def directory_sha256(path: Path) -> str:
@@ -346,18 +409,32 @@ def holdout_metrics(project: Project, mv: ModelVersion) -> dict[str, float]:
     }
 
 
+def _new_version(
+    project: Project, name: str, run_id: str, artifact_path: str, tags: dict[str, str]
+) -> str:
+    """A new version of the registered model ``name`` (created on first use) from the
+    run's artifact folder; its version number."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    c = client(project)
+    try:
+        c.create_registered_model(name)
+    except MlflowException as exc:  # registered by an earlier version
+        if exc.error_code not in (
+            ErrorCode.Name(RESOURCE_ALREADY_EXISTS),
+            ErrorCode.Name(ALREADY_EXISTS),
+        ):
+            raise
+    source = f"{c.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    return str(c.create_model_version(name, source, run_id=run_id, tags=tags).version)
+
+
 def register(
     project: Project, run_id: str, artifact_path: str, tags: dict[str, str]
 ) -> ModelVersion:
     """Register the run's model folder as a new version with its lineage tags."""
-    import mlflow
-
-    client(project)
-    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints its own confirmation
-        mv = mlflow.register_model(
-            f"runs:/{run_id}/{artifact_path}", project.spec.project, tags=tags
-        )
-    return get(project, str(mv.version))
+    return get(project, _new_version(project, project.spec.project, run_id, artifact_path, tags))
 
 
 def register_part(
@@ -367,14 +444,8 @@ def register_part(
 
     The composite version is what is promoted and served; the parts are registered too, so
     each has its own version in MLflow and every answer can name them all."""
-    from mlflow.exceptions import MlflowException
-
-    c = client(project)
     name = f"{project.spec.project}-{part}"
-    with contextlib.suppress(MlflowException):  # registered by an earlier version
-        c.create_registered_model(name)
-    source = f"{c.get_run(run_id).info.artifact_uri}/{artifact_path}"
-    return str(c.create_model_version(name, source, run_id=run_id, tags=tags).version)
+    return _new_version(project, name, run_id, artifact_path, tags)
 
 
 @dataclass(frozen=True)
@@ -405,7 +476,6 @@ def _without_password(uri: str) -> str:
 
 def _source_client(uri: str, tracking_uri: str) -> MlflowClient:
     """A client on the store ``uri`` names, which must exist: importing creates nothing."""
-    import mlflow
 
     _quiet_mlflow()
     path = _sqlite_path(tracking_uri)
@@ -418,7 +488,7 @@ def _source_client(uri: str, tracking_uri: str) -> MlflowClient:
         _opened(tracking_uri)
     except CopmlError as exc:
         raise CopmlError(f"cannot import {uri}: {exc}") from None
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return _client(tracking_uri)
 
 
 def _artifact_location(c: MlflowClient, uri: str) -> tuple[str, str]:
@@ -452,7 +522,7 @@ def _artifact_location(c: MlflowClient, uri: str) -> tuple[str, str]:
     if logged:
         return logged[0].artifact_location, run_id
     # Not the client's list_artifacts: for a runs:/ path it looks for logged models through
-    # the process-global tracking URI, which is not this store.
+    # MLflow's process-global tracking URI, which copml never sets.
     repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=c.tracking_uri)
     if repo.list_artifacts(path):
         return f"{run.info.artifact_uri}/{path}", run_id
@@ -604,7 +674,11 @@ def local_copy(project: Project, mv: ModelVersion) -> Path:
             else:
                 import mlflow
 
-                mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp))
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=mv.source,
+                    dst_path=str(tmp),
+                    tracking_uri=client(project).tracking_uri,
+                )
             with contextlib.suppress(OSError):  # another process renamed its copy first
                 tmp.rename(target)
         finally:

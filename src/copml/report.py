@@ -60,14 +60,14 @@ def panels(project: Project) -> list[Panel]:
 
 
 def plot(panel: Panel, windows: list[Window], markers: list[Marker]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The panel as a PNG (base64); a figure of its own (not pyplot's global list), so
+    threads may draw at once."""
+    from matplotlib.figure import Figure
 
     xs = [w.start for w in windows]  # a window is labelled by the period it covers
     ys = [w.metrics.get(panel.metric, math.nan) for w in windows]
-    fig, ax = plt.subplots(figsize=(6.4, 2.6))
+    fig = Figure(figsize=(6.4, 2.6))
+    ax = fig.subplots()
     ax.plot(xs, ys, marker="o", color="#1f4e79", label=panel.metric)
     for (label, y), style in zip(panel.lines, ("--", ":"), strict=False):
         ax.axhline(y, color="#c0392b", linestyle=style, linewidth=1, label=label)
@@ -90,7 +90,6 @@ def plot(panel: Panel, windows: list[Window], markers: list[Marker]) -> str:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=96)
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 

@@ -154,20 +154,16 @@ def train(
     holdout = split_holdout(frame, spec.data.target, spec.model.holdout, seed)
     commit, dirty = git_state(project.root)
 
-    import mlflow
-
-    registry.client(project)
-    exp_id = registry.experiment_id(project)
-    with mlflow.start_run(experiment_id=exp_id) as run:
-        mlflow.log_params({f"param.{k}": v for k, v in params.items()})
-        mlflow.log_params(
+    with registry.training_run(project) as run:
+        run.log_params({f"param.{k}": v for k, v in params.items()})
+        run.log_params(
             {
                 "seed": seed,
                 "snapshot_id": snap.id,
                 "holdout": spec.model.holdout,
             }
         )
-        mlflow.set_tags(
+        run.set_tags(
             {
                 "copml.snapshot_id": snap.id,
                 "copml.git_commit": commit,
@@ -180,19 +176,19 @@ def train(
         seed_everything(seed)
         fit_part = frame.loc[~holdout].reset_index(drop=True)
         try:
-            with costs.metered(engine, "train", at=at, detail=f"run {run.info.run_id}"):
+            with costs.metered(engine, "train", at=at, detail=f"run {run.run_id}"):
                 model = train_fn(fit_part, dict(params), seed)
         except Exception as exc:
             raise UserCodeError(f"train() failed: {type(exc).__name__}: {exc}") from exc
         versions = package_versions(model_packages(model))
-        mlflow.log_dict(versions, "environment/packages.json")
+        run.log_dict(versions, "environment/packages.json")
         inputs = kind.model_inputs(project, frame)
         features = frame.loc[holdout, inputs].reset_index(drop=True)
         actual = frame.loc[holdout, spec.data.target].to_numpy()
         score, metrics = kind.holdout_metrics(project, model, features, actual)
         if (threshold := kind.decision_threshold(project, model)) is not None:
-            mlflow.log_param("decision_threshold", threshold)
-        mlflow.log_metrics(registry.holdout_names(metrics))
+            run.log_params({"decision_threshold": threshold})
+        run.log_metrics(registry.holdout_names(metrics))
         requirements = [f"{k}=={v}" for k, v in versions.items() if k != "python"]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / MODEL_ARTIFACT
@@ -201,11 +197,11 @@ def train(
             measured = Holdout(
                 fit_part, features, actual, score, metrics, inputs, seed, decided, classes
             )
-            kind.save(model, folder, measured, requirements=requirements)
+            kind.save(model, folder, measured, run, requirements=requirements)
             sha = registry.directory_sha256(folder)
-            mlflow.log_artifacts(str(folder), MODEL_ARTIFACT)
+            run.log_artifacts(folder, MODEL_ARTIFACT)
         failures = minimum_failures(project, metrics)
-        mlflow.set_tag("copml.artifact_sha256", sha)
+        run.set_tags({"copml.artifact_sha256": sha})
         tags = {
             "copml.snapshot_id": snap.id,
             "copml.artifact_sha256": sha,
@@ -215,14 +211,14 @@ def train(
             "copml.params": json.dumps(params, sort_keys=True, default=str),
             "copml.state": "validated" if not failures else "registered",
         }
-        if parts := _register_parts(project, kind, run.info.run_id, tags):
+        if parts := _register_parts(project, kind, run.run_id, tags):
             tags["copml.parts"] = json.dumps(parts)
-        mv = registry.register(project, run.info.run_id, MODEL_ARTIFACT, tags)
-    result = TrainResult(run.info.run_id, mv.version, snap.id, metrics, not failures, failures)
+        mv = registry.register(project, run.run_id, MODEL_ARTIFACT, tags)
+    result = TrainResult(run.run_id, mv.version, snap.id, metrics, not failures, failures)
     lineage.emit(
         project,
         "train",
-        run_id=run.info.run_id,
+        run_id=run.run_id,
         inputs=[lineage.snapshot_dataset(project, snap)],
         outputs=[lineage.model_dataset(project, mv.version)],
         at=at,
@@ -235,7 +231,7 @@ def train(
             subject=events.model_subject(spec.project, mv.version),
             reason="meets the declared minimums" if not failures else "; ".join(failures),
             evidence={
-                "run_id": run.info.run_id,
+                "run_id": run.run_id,
                 "snapshot_id": snap.id,
                 "seed": seed,
                 "holdout": {k: v for k, v in metrics.items() if not np.isnan(v)},

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from copml.labels import Target
     from copml.metrics import MetricTable
     from copml.project import Project
-    from copml.registry import ModelVersion
+    from copml.registry import ModelVersion, TrainingRun
     from copml.snapshots import Snapshot
     from copml.spec import Data, Spec
 
@@ -163,9 +163,18 @@ class ModelKind(Protocol):
         """(scores, figures) of ``model`` on held-out rows, as training and the gate see them."""
         ...
 
-    def save(self, model: Any, folder: Path, holdout: Holdout, *, requirements: list[str]) -> None:
-        """Write the model as an MLflow model folder; the active run also gets the kind's
-        evaluation of ``holdout`` (e.g. a confusion matrix) and explanation artifacts."""
+    def save(
+        self,
+        model: Any,
+        folder: Path,
+        holdout: Holdout,
+        run: TrainingRun,
+        *,
+        requirements: list[str],
+    ) -> None:
+        """Write the model as an MLflow model folder; ``run`` (the training run) also gets
+        the kind's evaluation of ``holdout`` (e.g. a confusion matrix) and explanation
+        artifacts."""
         ...
 
     def register_parts(

@@ -16,17 +16,17 @@ from copml.metrics import BINARY, classification_metrics
 
 if TYPE_CHECKING:
     from copml.project import Project
-    from copml.registry import ModelVersion
+    from copml.registry import ModelVersion, TrainingRun
     from copml.spec import Data
 
 # name → the direction in which it is better (the confusion counts are reported, not gated)
 METRICS = BINARY
 
 
-def log_binary_confusion(metrics: dict[str, float]) -> None:
-    """The holdout's confusion matrix (from its counts), in the active MLflow run."""
+def log_binary_confusion(run: TrainingRun, metrics: dict[str, float]) -> None:
+    """The holdout's confusion matrix (from its counts), in the training run."""
     cells = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
-    log_confusion(cells, [0, 1])
+    log_confusion(run, cells, [0, 1])
 
 
 class BinaryKind(TableKind):
@@ -56,8 +56,8 @@ class BinaryKind(TableKind):
     ) -> dict[str, float]:
         return classification_metrics(actual, decisions.label == 1, decisions.score)
 
-    def log_evaluation(self, holdout: Holdout) -> None:
-        log_binary_confusion(holdout.metrics)
+    def log_evaluation(self, holdout: Holdout, run: TrainingRun) -> None:
+        log_binary_confusion(run, holdout.metrics)
 
     def decision_rule(self, project: Project, mv: ModelVersion) -> DecisionRule:
         return DecisionRule(project.spec.model.threshold)

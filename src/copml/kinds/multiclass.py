@@ -19,7 +19,7 @@ from copml.metrics import MULTICLASS, confusion_matrix, multiclass_metrics
 
 if TYPE_CHECKING:
     from copml.project import Project
-    from copml.registry import ModelVersion
+    from copml.registry import ModelVersion, TrainingRun
     from copml.spec import Data
 
 
@@ -81,11 +81,11 @@ class MulticlassKind(TableKind):
             decisions.probabilities,
         )
 
-    def log_evaluation(self, holdout: Holdout) -> None:
+    def log_evaluation(self, holdout: Holdout, run: TrainingRun) -> None:
         classes = list(holdout.classes)
         predicted = np.asarray(classes, dtype=object)[holdout.decisions.label]
         actual = np.asarray(classes, dtype=object)[np.asarray(holdout.actual, dtype=np.int64)]
-        log_confusion(confusion_matrix(actual, predicted, classes), classes)
+        log_confusion(run, confusion_matrix(actual, predicted, classes), classes)
 
     def output_drift(self, project: Project, decided: pd.DataFrame) -> dict[str, pd.Series]:
         """The predicted class's shares: a shift in what the model says before any truth."""

@@ -26,20 +26,18 @@ if TYPE_CHECKING:
     from copml.labels import Target
     from copml.metrics import MetricTable
     from copml.project import Project
-    from copml.registry import ModelVersion
+    from copml.registry import ModelVersion, TrainingRun
     from copml.snapshots import Snapshot
     from copml.spec import Data
 
 
 def confusion_figure(cells: np.ndarray, labels: list[str]) -> Any:
     """A confusion matrix as a plot: rows the truth, columns the prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     size = 2.4 + 0.45 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 0.4, size))
+    fig = Figure(figsize=(size + 0.4, size))  # not pyplot's: its figure list is global
+    ax = fig.subplots()
     ax.imshow(cells, cmap="Blues")
     for (i, j), v in np.ndenumerate(cells):
         ax.text(j, i, f"{int(v)}", ha="center", va="center")
@@ -51,23 +49,24 @@ def confusion_figure(cells: np.ndarray, labels: list[str]) -> Any:
     return fig
 
 
-def log_confusion(cells: np.ndarray, labels: list[object]) -> None:
-    """The holdout's confusion matrix as JSON and a plot, in the active MLflow run."""
-    import mlflow
-
+def log_confusion(run: TrainingRun, cells: np.ndarray, labels: list[object]) -> None:
+    """The holdout's confusion matrix as JSON and a plot, in the training run."""
     matrix = np.asarray(cells).astype(int).tolist()
-    mlflow.log_dict({"labels": labels, "matrix": matrix}, "holdout/confusion_matrix.json")
+    run.log_dict({"labels": labels, "matrix": matrix}, "holdout/confusion_matrix.json")
     figure = confusion_figure(np.asarray(cells), [str(c) for c in labels])
-    mlflow.log_figure(figure, "holdout/confusion_matrix.png")
+    run.log_figure(figure, "holdout/confusion_matrix.png")
 
 
 def _log_importance(
-    model: Any, fit: pd.DataFrame, holdout: pd.DataFrame, features: list[str], seed: int
+    run: TrainingRun,
+    model: Any,
+    fit: pd.DataFrame,
+    holdout: pd.DataFrame,
+    features: list[str],
+    seed: int,
 ) -> None:
     """Global SHAP importance on the holdout, as a JSON artifact and a plot. A model SHAP
     cannot explain still trains: the run says why there is no explanation."""
-    import mlflow
-
     from copml import explain
 
     try:
@@ -78,12 +77,13 @@ def _log_importance(
             features,
         )
     except Exception as exc:
-        mlflow.set_tag("copml.explanation", f"unavailable: {type(exc).__name__}: {exc}"[:250])
+        reason = f"unavailable: {type(exc).__name__}: {exc}"[:250]
+        run.set_tags({"copml.explanation": reason})
         return
-    mlflow.log_dict(importance, f"{explain.ARTIFACT_DIR}/importance.json")
+    run.log_dict(importance, f"{explain.ARTIFACT_DIR}/importance.json")
     figure = explain.importance_figure(importance, "global importance (holdout)")
-    mlflow.log_figure(figure, f"{explain.ARTIFACT_DIR}/importance.png")
-    mlflow.set_tag("copml.explanation", "shap")
+    run.log_figure(figure, f"{explain.ARTIFACT_DIR}/importance.png")
+    run.set_tags({"copml.explanation": "shap"})
 
 
 class TableKind:
@@ -111,7 +111,7 @@ class TableKind:
         """The task's metrics of ``decisions`` against ``actual`` (codes)."""
         raise NotImplementedError
 
-    def log_evaluation(self, holdout: Holdout) -> None:
+    def log_evaluation(self, holdout: Holdout, run: TrainingRun) -> None:
         """What the training run shows of the holdout besides its metrics (a plot)."""
 
     def output_drift(self, project: Project, decided: pd.DataFrame) -> dict[str, pd.Series]:
@@ -160,13 +160,21 @@ class TableKind:
         )
         return self.evaluate(project, decisions, labelled["actual"].to_numpy())
 
-    def save(self, model: Any, folder: Path, holdout: Holdout, *, requirements: list[str]) -> None:
+    def save(
+        self,
+        model: Any,
+        folder: Path,
+        holdout: Holdout,
+        run: TrainingRun,
+        *,
+        requirements: list[str],
+    ) -> None:
         import mlflow.sklearn
         from mlflow.models import infer_signature
 
-        self.log_evaluation(holdout)
+        self.log_evaluation(holdout, run)
         inputs = holdout.inputs
-        _log_importance(model, holdout.fit[inputs], holdout.features, inputs, holdout.seed)
+        _log_importance(run, model, holdout.fit[inputs], holdout.features, inputs, holdout.seed)
         example = holdout.features.head(5)
         mlflow.sklearn.save_model(
             model,

@@ -162,9 +162,6 @@ def explanation_chart(values: dict[str, float], title: str) -> str:
 
 
 def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=96)
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()

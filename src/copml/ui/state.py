@@ -1,15 +1,14 @@
 """What every dashboard route reaches through ``app.state``: the projects shown, the
-sessions, the page templates and the worker that runs page work.
+sessions, the page templates and the worker threads that run page work.
 
-The services were not written for concurrent callers in one process (MLflow's tracking
-URI and pyplot are process-global), so page work runs one request at a time in a worker
-thread (:meth:`Dashboard.work`).
+Page work runs in worker threads, several requests at once: the services keep no
+process-global state between projects (each project has its own MLflow client, and
+figures are drawn without pyplot's global figure list).
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,20 +63,14 @@ class Dashboard:
     by_slug: dict[str, Shown] = field(init=False)
     sessions: Sessions = field(init=False)
     templates: Environment = field(init=False, default_factory=_templates)
-    _one_at_a_time: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.by_slug = {s.slug: s for s in self.shown}
         self.sessions = Sessions(lambda slug, key: self.by_slug[slug].verifier.current(key))
 
     async def work(self, fn: Callable[[], _T]) -> _T:
-        """Run ``fn`` in a worker thread, one page's work at a time."""
-
-        def locked() -> _T:
-            with self._one_at_a_time:
-                return fn()
-
-        return await run_in_threadpool(locked)
+        """Run ``fn`` (blocking service calls) in a worker thread, off the event loop."""
+        return await run_in_threadpool(fn)
 
     def session_of(self, request: Request) -> Session | None:
         return self.sessions.get(request.cookies.get(SESSION_COOKIE))

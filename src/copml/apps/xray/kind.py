@@ -61,13 +61,19 @@ class CascadeKind(BinaryKind):
         metrics.update(model.type_metrics(features[actual == 1]))  # model 2, same holdout
         return score, metrics
 
-    def save(self, model: Any, folder: Path, holdout: Holdout, *, requirements: list[str]) -> None:
-        import mlflow
-
+    def save(
+        self,
+        model: Any,
+        folder: Path,
+        holdout: Holdout,
+        run: registry.TrainingRun,
+        *,
+        requirements: list[str],
+    ) -> None:
         from copml.apps.xray.vision import pyfunc
 
-        log_binary_confusion(holdout.metrics)
-        mlflow.set_tag("copml.explanation", "attribution maps of model 1 on request")
+        log_binary_confusion(run, holdout.metrics)
+        run.set_tags({"copml.explanation": "attribution maps of model 1 on request"})
         pyfunc.save(model, folder, requirements)
 
     def register_parts(

@@ -10,6 +10,8 @@ every 4 pixels is 225 forward passes, one batch: well under a second on CPU.
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +52,13 @@ def occlusion(
 
 
 def overlay(picture: np.ndarray, heat: np.ndarray, path: Path, title: str) -> Path:
-    """The x-ray with the map over it (red: evidence for pneumonia), as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The x-ray with the map over it (red: evidence for pneumonia), as a PNG; a figure of
+    its own (not pyplot's global list), so dashboard requests may draw at once."""
+    from matplotlib.figure import Figure
 
     limit = float(np.abs(heat).max()) or 1.0
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.6))
+    fig = Figure(figsize=(7.2, 3.6))
+    axes = fig.subplots(1, 2)
     for ax in axes:
         ax.imshow(picture, cmap="gray", extent=(0, 1, 1, 0))
         ax.set_xticks([])
@@ -71,6 +72,8 @@ def overlay(picture: np.ndarray, heat: np.ndarray, path: Path, title: str) -> Pa
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    # Whole or absent: a request reading it meanwhile never sees half a picture.
+    staged = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    fig.savefig(staged, dpi=80, format="png")
+    os.replace(staged, path)
     return path
