@@ -21,7 +21,8 @@ from sqlalchemy import func, select
 
 pytest.importorskip("torch", reason="the x-ray application needs the vision extra (torch)")
 
-from copml import audit, image_archive, keys, prediction_log, registry, snapshots
+from copml import audit, keys, prediction_log, registry, snapshots
+from copml.apps.xray import image_archive, image_sets
 from copml.apps.xray.explanation import explain_image
 from copml.apps.xray.vision import images as vision
 from copml.errors import SpecError
@@ -308,8 +309,9 @@ def test_an_image_that_fails_inside_its_group_fails_alone(project: Project) -> N
     engine = open_store(project.db_url)
     slot = ChampionSlot(project, engine)
     slot.refresh()
-    assert slot.current is not None and project.spec.data.images is not None
-    size, limit = slot.current.model.rules.input_size, project.spec.data.images.max_bytes
+    assert slot.current is not None
+    limit = image_sets.settings(project.spec.data).max_bytes
+    size = slot.current.model.rules.input_size
     paths = sorted((project.root / "data/images/NORMAL").iterdir())[:16]
     rows = [
         image_api.prepare([(["body", "file", 0], p.read_bytes())], size, limit)[0] for p in paths

@@ -45,8 +45,8 @@ test machine; "before" is one call per batch and 256-image batches at 2 threads)
 rows of a 20,000-row batch, churn's logistic pipeline 8.7 → 24.3 ms and the
 HistGradientBoosting pipeline of benchmarks/score.py 16.1 → 27.8 ms (a call costs ~24 ms of
 scikit-learn overhead whatever its size, now paid per 1,536 rows); a one-row request 23.8 →
-34.6 ms and 24.1 → 42.8 ms (the padding is scored too); 1,000 x-ray images 4.62 → 5.58 s, one
-image 8.1 → 6.1 ms. ``ROWS`` trades the two: larger makes batches cheaper and requests dearer.
+34.6 ms and 24.1 → 42.8 ms (the padding is scored too); 1,000 x-rays 4.62 → 5.58 s, one
+x-ray 8.1 → 6.1 ms. ``ROWS`` trades the two: larger makes batches cheaper and requests dearer.
 """
 
 from __future__ import annotations

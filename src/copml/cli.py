@@ -472,7 +472,10 @@ def _writable_file(path: Path, option: str) -> Path:
 @_fails_cleanly
 def score(
     input_path: Annotated[
-        str, typer.Argument(metavar="INPUT", help="CSV or Parquet file; a folder of images.")
+        str,
+        typer.Argument(
+            metavar="INPUT", help="CSV or Parquet file, or the folder a model kind reads."
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write.")],
     project: ProjectOpt = Path("."),

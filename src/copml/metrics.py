@@ -70,7 +70,7 @@ class MetricTable:
 
     def extended(self, task: str, metrics: Mapping[str, Direction]) -> MetricTable:
         """This table with more metrics, for a kind that reports more than its base task
-        (an image cascade is a binary decision plus a typing model)."""
+        (a binary decision made by two models, each with its own figures)."""
         return MetricTable(
             task, {**self.metrics, **metrics}, self.promotion, self.per_class, self.drift
         )

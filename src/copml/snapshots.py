@@ -27,7 +27,6 @@ from sqlalchemy import Connection, Engine, insert, select
 
 from copml import events, profiles
 from copml.errors import DataValidationError, NotFoundError
-from copml.image_archive import file_sha256
 from copml.spec import Column, Data
 from copml.store import snapshots as snapshots_table
 
@@ -42,6 +41,15 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 _MAX_EXAMPLES = 5
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 ROW_GROUP_ROWS = 131_072

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from copml import kinds, metrics, policies
-from copml.errors import SpecError
+from copml.errors import CopmlError, SpecError
 from copml.metrics import MetricTable
 
 SPEC_FILE = "copml.yaml"
@@ -140,41 +140,14 @@ class Column(_Model):
         return self
 
 
-# What copml records of every image: the file, its label, and the statistics it watches for
-# drift (a new scanner changes brightness and contrast long before anyone relabels).
-IMAGE_FEATURES = ("intensity_mean", "intensity_std", "width", "height")
-_IMAGE_COLUMNS: dict[str, dict[str, Any]] = {
-    "path": {"type": "string"},
-    "label": {"type": "category"},  # categories: [images.negative, positive]
-    "subtype": {"type": "string", "nullable": True},
-    "group": {"type": "string", "nullable": True},
-    "split": {"type": "string", "nullable": True},
-    "sha256": {"type": "string"},
-    "width": {"type": "integer", "min": 1},
-    "height": {"type": "integer", "min": 1},
-    "intensity_mean": {"type": "float", "min": 0, "max": 1},
-    "intensity_std": {"type": "float", "min": 0, "max": 1},
-}
-
-
-class Images(_Model):
-    """How image data is checked, and what is kept of an image a server scores."""
-
-    size: tuple[int, int] | None = Field(None, description="[width, height] every image must have")
-    max_bytes: int = Field(10_000_000, ge=1024, description="largest upload the server accepts")
-    keep: bool = Field(
-        False, description="store each scored image (content-addressed) for audit and replay"
-    )
-    allow_duplicates: bool = Field(
-        False, description="accept byte-identical files under different paths (same label)"
-    )
-    negative: str = Field("NORMAL", description="the label of images without the finding")
-
-
 class Data(_Model):
     """Where the training data comes from and what it must look like."""
 
-    kind: Literal["table", "images"] = "table"
+    kind: str = Field(
+        "table",
+        description="'table', or data that an installed model kind reads and declares "
+        "itself (the x-ray application's image folders)",
+    )
     source: str
     query: str | None = Field(None, description="SQL query when source is a SQLAlchemy URL")
     id: str = "path"
@@ -185,31 +158,32 @@ class Data(_Model):
     columns: dict[str, Column] = Field(default_factory=dict)
     pii: list[str] = Field(default_factory=list)
     sensitive: list[str] = Field(default_factory=list)
-    images: Images | None = None
+    options: dict[str, Any] | None = Field(
+        None, description="set by the model kind that reads this data: its own settings"
+    )
+    monitored: list[str] | None = Field(
+        None, description="set by the model kind that reads this data: the drift features"
+    )
 
     @model_validator(mode="before")
     @classmethod
-    def _image_columns(cls, value: Any) -> Any:
-        # An image set always has the same table of files; the spec does not repeat it.
-        if isinstance(value, dict) and value.get("kind") == "images":
-            if value.get("columns"):
-                raise ValueError("image data has fixed columns; remove 'columns'")
-            images = value.get("images") or {}
-            # The label is one of two classes, like any binary target: the negative one
-            # comes from ``images.negative``.
-            negative = images.get("negative", Images.model_fields["negative"].default)
-            if value.get("positive") is None:
-                raise ValueError("image data needs 'positive', the label of the finding")
-            label = {"type": "category", "categories": [negative, value.get("positive")]}
-            value = {**value, "columns": {**_IMAGE_COLUMNS, "label": label}, "images": images}
+    def _declared_by_its_kind(cls, value: Any) -> Any:
+        """Data that is not a table (the x-ray application's folders, say) has the fixed
+        columns and settings of the model kind that reads it: the kind completes them."""
+        if isinstance(value, dict) and value.get("kind", "table") != "table":
+            try:
+                reader = kinds.kind_reading(str(value["kind"]))
+            except CopmlError as exc:
+                raise ValueError(str(exc).removeprefix("data.kind: ")) from None
+            return reader.declare_data(dict(value))
+        if isinstance(value, dict) and ({"options", "monitored"} & set(value)):
+            raise ValueError("'options' and 'monitored' are set by a data kind, not for tables")
         return value
 
     @model_validator(mode="after")
     def _names_exist(self) -> Data:
         if not self.columns:
             raise ValueError("declare the data's 'columns' (name: {type: ...})")
-        if self.kind == "images" and (self.id, self.target) != ("path", "label"):
-            raise ValueError("image data is identified by 'path' and labelled by 'label'")
         declared = set(self.columns)
         for field in ("id", "target"):
             name = getattr(self, field)
@@ -226,9 +200,9 @@ class Data(_Model):
     @property
     def features(self) -> list[str]:
         """Columns the model sees: everything declared except the id, the target and PII;
-        for images, the statistics monitored for drift (the model itself sees pixels)."""
-        if self.kind == "images":
-            return list(IMAGE_FEATURES)
+        for data a kind declares, what it monitors for drift (an image model sees pixels)."""
+        if self.monitored is not None:
+            return list(self.monitored)
         return [c for c in self.columns if c not in (self.id, self.target, *self.pii)]
 
 
@@ -239,7 +213,7 @@ class ModelConfig(_Model):
     task: str = Field(
         "binary",
         description="binary, multiclass, regression or the name of a registered model kind "
-        f"(entry-point group {KIND_GROUP!r}, e.g. cascade)",
+        f"(entry-point group {KIND_GROUP!r})",
         examples=list(BUILT_IN_TASKS),
     )
     threshold: float = Field(0.5, gt=0, lt=1, description="binary tasks only")

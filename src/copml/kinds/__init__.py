@@ -240,6 +240,12 @@ class ModelKind(Protocol):
         None: a table file scored by :func:`copml.score.score`."""
         ...
 
+    def declare_data(self, section: dict[str, Any]) -> dict[str, Any]:
+        """The spec's ``data`` section for data it reads that is not a table, completed:
+        its fixed ``columns``, its ``options`` checked, the ``monitored`` features. A
+        ``ValueError`` names what is wrong (only for ``data_kind`` != table)."""
+        ...
+
     def snapshot(
         self, engine: Engine, data: Data, *, root: Path, directory: Path, source: str, actor: str
     ) -> Snapshot:

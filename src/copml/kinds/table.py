@@ -295,6 +295,9 @@ class TableKind:
     def batch_scorer(self) -> Callable[..., Any] | None:
         return None
 
+    def declare_data(self, section: dict[str, Any]) -> dict[str, Any]:
+        return section  # a table declares its own columns
+
     def snapshot(
         self, engine: Engine, data: Data, *, root: Path, directory: Path, source: str, actor: str
     ) -> Snapshot:

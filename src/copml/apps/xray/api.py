@@ -22,7 +22,8 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, Engine
 
-from copml import image_archive, prediction_log
+from copml import prediction_log
+from copml.apps.xray import image_archive, image_sets
 from copml.apps.xray.scoring import record_answers
 from copml.apps.xray.vision.images import decode, statistics
 from copml.errors import DataValidationError
@@ -150,10 +151,8 @@ class ImageScorer:
         self._spec = project.spec
         self._engine = engine
         self._slot = slot
-        options = project.spec.data.images
-        self._archive = (
-            image_archive.directory(project.home) if options is not None and options.keep else None
-        )
+        options = image_sets.settings(project.spec.data)
+        self._archive = image_archive.directory(project.home) if options.keep else None
         self.on_scored: list[Any] = []
 
     def __call__(

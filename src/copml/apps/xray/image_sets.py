@@ -9,14 +9,75 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, select
 
-from copml import image_archive, snapshots
+from copml import snapshots
+from copml.apps.xray import image_archive
 from copml.apps.xray.vision import images as vision
 from copml.labels import class_labels
 from copml.project import Project
 from copml.spec import Data
 from copml.store import cascade_answers, open_store
+
+# What copml records of every image: the file, its label, and the statistics it watches for
+# drift (a new scanner changes brightness and contrast long before anyone relabels).
+IMAGE_FEATURES = ("intensity_mean", "intensity_std", "width", "height")
+_IMAGE_COLUMNS: dict[str, dict[str, Any]] = {
+    "path": {"type": "string"},
+    "label": {"type": "category"},  # categories: [images.negative, positive]
+    "subtype": {"type": "string", "nullable": True},
+    "group": {"type": "string", "nullable": True},
+    "split": {"type": "string", "nullable": True},
+    "sha256": {"type": "string"},
+    "width": {"type": "integer", "min": 1},
+    "height": {"type": "integer", "min": 1},
+    "intensity_mean": {"type": "float", "min": 0, "max": 1},
+    "intensity_std": {"type": "float", "min": 0, "max": 1},
+}
+
+
+class Images(BaseModel):
+    """How image data is checked, and what is kept of an image a server scores
+    (``data.images`` in ``copml.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: tuple[int, int] | None = Field(None, description="[width, height] every image must have")
+    max_bytes: int = Field(10_000_000, ge=1024, description="largest upload the server accepts")
+    keep: bool = Field(
+        False, description="store each scored image (content-addressed) for audit and replay"
+    )
+    allow_duplicates: bool = Field(
+        False, description="accept byte-identical files under different paths (same label)"
+    )
+    negative: str = Field("NORMAL", description="the label of images without the finding")
+
+
+def declare(section: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` section of an image folder completed: an image set always has the same
+    table of files, so the spec does not repeat it; ``images:`` holds its settings."""
+    if section.get("columns"):
+        raise ValueError("image data has fixed columns; remove 'columns'")
+    if (section.get("id", "path"), section.get("target", "label")) != ("path", "label"):
+        raise ValueError("image data is identified by 'path' and labelled by 'label'")
+    if section.get("positive") is None:
+        raise ValueError("image data needs 'positive', the label of the finding")
+    settings = Images.model_validate(section.pop("images", None) or {})
+    # The label is one of two classes, like any binary target: the negative one comes
+    # from ``images.negative``.
+    label = {"type": "category", "categories": [settings.negative, section["positive"]]}
+    return {
+        **section,
+        "columns": {**_IMAGE_COLUMNS, "label": label},
+        "options": settings.model_dump(),
+        "monitored": list(IMAGE_FEATURES),
+    }
+
+
+def settings(data: Data) -> Images:
+    """The ``images:`` settings of an image folder's data section."""
+    return Images.model_validate(data.options or {})
 
 
 def image_table(images: vision.ImageSet, archive: Path | None = None) -> pd.DataFrame:
@@ -39,8 +100,7 @@ def create(
 ) -> snapshots.Snapshot:
     """Freeze an image folder: every file validated and archived by its sha256."""
     folder = Path(source) if Path(source).is_absolute() else root / source
-    options = data.images
-    assert options is not None
+    options = settings(data)
     found = vision.read_folder(folder)
     vision.validate(
         found,

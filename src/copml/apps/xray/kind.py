@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from copml import image_archive, registry
+from copml import registry
+from copml.apps.xray import image_archive, image_sets
 from copml.apps.xray.vision import CASCADE_METRICS
 from copml.kinds import DecisionRule, Holdout, PredictApi
 from copml.kinds.binary import BinaryKind, log_binary_confusion
@@ -161,9 +162,7 @@ class CascadeKind(BinaryKind):
     ) -> PredictApi | None:
         from copml.apps.xray import api
 
-        options = project.spec.data.images
-        assert options is not None
-        limit = options.max_bytes
+        limit = image_sets.settings(project.spec.data).max_bytes
 
         def respond(result: tuple[str, dict[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
             version, models, answers = result
@@ -184,6 +183,9 @@ class CascadeKind(BinaryKind):
         from copml.apps.xray.scoring import score_folder
 
         return score_folder
+
+    def declare_data(self, section: dict[str, Any]) -> dict[str, Any]:
+        return image_sets.declare(section)
 
     def snapshot(
         self, engine: Engine, data: Data, *, root: Path, directory: Path, source: str, actor: str

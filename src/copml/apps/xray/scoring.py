@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, insert, select
 
-from copml import costs, image_archive, prediction_log, registry, snapshots
-from copml.apps.xray import image_sets
+from copml import costs, prediction_log, registry, snapshots
+from copml.apps.xray import image_archive, image_sets
 from copml.errors import DataValidationError, NotFoundError
 from copml.project import Project
 from copml.score import emit_scored_lineage, record_scored
@@ -110,8 +110,7 @@ def score_folder(
     with costs.metered(engine, "score", at=when, detail=str(folder)):
         table = image_sets.image_table(found)
         decided = cascade.predict(cascade.arrays([str(f) for f in found.files()]))
-    options = spec.data.images
-    if options is not None and options.keep:
+    if image_sets.settings(spec.data).keep:
         archive = image_archive.directory(project.home)
         for file, digest in zip(found.files(), table["sha256"], strict=True):
             image_archive.put_file(archive, file, digest)

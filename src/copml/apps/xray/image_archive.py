@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from copml.errors import DataValidationError
+from copml.snapshots import file_sha256
 
 ARCHIVE = "images"
 
@@ -25,14 +26,6 @@ def directory(home: Path) -> Path:
 def path_of(root: Path, sha256: str) -> Path:
     """Where the image with this hash lies in the archive (whether or not it is there)."""
     return root / sha256[:2] / sha256
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _place(root: Path, sha256: str, write: object) -> Path:
