@@ -144,7 +144,7 @@ def _report(found: dict[str, list[Result]]) -> None:
         for r in results:
             ratio = r.rps / binary[r.concurrency]
             print(
-                f"| {task} | {r.concurrency} | {r.rps:.1f} | {r.p50:.2f} | {r.p99:.2f} "
+                f"| {task} | {r.concurrency} | {r.rps:.1f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
                 f"| {ratio:.2f}x |"
             )
     for task in ("multiclass", "regression"):
