@@ -71,11 +71,6 @@ def import_model(
 ) -> ImportResult:
     """Register the MLflow model ``uri`` (in ``tracking_uri``, default the project's store)
     as a new version; nothing is written unless every check passes."""
-    if project.spec.model.task != "binary":
-        raise CopmlError(
-            f"cannot import {uri}: copml imports binary scikit-learn models "
-            f"(model.task is {project.spec.model.task!r})"
-        )
     with tempfile.TemporaryDirectory(prefix="copml-import-") as tmp:
         source = registry.fetch(uri, tracking_uri or project.tracking_uri, Path(tmp))
         if "sklearn" not in source.flavors:
