@@ -134,6 +134,17 @@ def test_an_imported_model_is_gated_promoted_served_audited_and_replayed(
     assert set(project.spec.effectiveness.thresholds) <= set(gated["candidate_metrics"])
     run("models", "promote", "1", "--reason", "the team's model, gated", cwd=root)
     assert registry.champion(project).version == "1"
+    shown = json.loads(run("models", "show", "1", "--json", cwd=root).stdout)
+    assert shown["tags"]["copml.lineage"] == "imported" and shown["metrics"] == {}
+    # Its card says where it came from and what it lacks, and shows the data it was
+    # checked on instead of a training snapshot it does not have.
+    run("models", "show", "1", "--card", "-o", str(tmp_path / "card"), cwd=root)
+    card = (tmp_path / "card" / "model-card-v1.md").read_text()
+    assert f"imported from models:/team-churn@prod (source run {team['run_id']}" in card
+    assert "no recorded snapshot and code" in card and "Seed" not in card
+    assert f"| Snapshot | {latest.id} |" in card and f"| Rows | {latest.n_rows} |" in card
+    html = (tmp_path / "card" / "model-card-v1.html").read_text()
+    assert "imported from <code>models:/team-churn@prod</code>" in html
 
     srv = start(project)
     server_of.append(srv)

@@ -5,18 +5,24 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import Engine, MetaData, func, inspect, select, text
 
 from copml import events, prediction_log
+from copml.apps.xray.answers import cascade_answers
 from copml.store import (
     HEAD_REVISION,
+    applications,
+    heads,
     metadata,
     open_store,
     predictions,
     snapshots,
 )
+from copml.store.database import _MIGRATIONS, _engine
 
 
 def _snapshot_row(engine: Engine, snapshot_id: str = "a" * 64) -> None:
@@ -40,16 +46,45 @@ def _snapshot_row(engine: Engine, snapshot_id: str = "a" * 64) -> None:
 def test_migrations_create_every_table(engine: Engine) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {"snapshots", "batches", "predictions", "feedback", "metric_windows", "events"} <= tables
+    assert "cascade_answers" in tables  # the x-ray application's own branch
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == (
-            HEAD_REVISION
-        )
+        found = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    assert found == set(heads()) == {HEAD_REVISION, "xray_0001"}
 
 
 def test_migration_matches_the_models(engine: Engine) -> None:
+    """The core's and every application's tables, as their migrations made them."""
+    every = MetaData()
+    for table in [*metadata.tables.values(), *(t for a in applications() for t in a.tables)]:
+        table.to_metadata(every)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), every)
     assert diff == []
+
+
+def test_a_store_from_before_application_branches_keeps_its_rows(db_url: str) -> None:
+    """Until now the core's revision 0004 created the x-ray table: such a store, at the
+    core's head with that table full, gains the application's branch and loses nothing."""
+    old = _engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))  # the core's branch alone
+    with old.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, HEAD_REVISION)
+        cascade_answers.create(conn)  # what the old revision 0004 made
+    _snapshot_row(old)
+    _write(old, 3, datetime.now(UTC), "3" * 16)
+    with old.begin() as conn:
+        conn.execute(
+            cascade_answers.insert(),
+            [{"seq": s, "image_sha256": "b" * 64, "models": {"m1": "1"}} for s in (1, 2, 3)],
+        )
+    old.dispose()
+    engine = open_store(db_url)
+    with engine.connect() as conn:
+        found = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+        kept = conn.execute(select(func.count()).select_from(cascade_answers)).scalar_one()
+    assert found == set(heads()) and kept == 3
 
 
 def test_open_store_is_idempotent(db_url: str) -> None:

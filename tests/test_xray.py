@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 
 import httpx
@@ -23,14 +24,16 @@ pytest.importorskip("torch", reason="the x-ray application needs the vision extr
 
 from copml import audit, keys, prediction_log, registry, snapshots
 from copml.apps.xray import image_archive, image_sets
+from copml.apps.xray.answers import cascade_answers
 from copml.apps.xray.explanation import explain_image
 from copml.apps.xray.vision import images as vision
 from copml.errors import SpecError
 from copml.operate import lifecycle
 from copml.project import Project, load_project
+from copml.retention import purge
 from copml.scaffold import init
 from copml.spec import parse_spec
-from copml.store import cascade_answers, open_store, reviews
+from copml.store import open_store, predictions, reviews
 from copml.train import train
 from store_state import assert_unchanged, capture
 from test_serve import Server, in_one_group, start
@@ -158,6 +161,13 @@ def test_score_folder_writes_the_declared_columns(project: Project, tmp_path: Pa
     assert record["cascade"]["models"]["cascade"] == str(scored["model_version"].iloc[0])
     replayed = audit.replay(project, scored["prediction_id"].iloc[0], record=record)
     assert replayed.identical
+    # Past the retention, the application's own records go with the predictions.
+    later = pd.Timestamp.now(tz=UTC) + project.spec.retention.predictions.offset()
+    done = purge(project, actor="user:dpo", at=(later + pd.Timedelta(days=1)).to_pydatetime())
+    assert done.predictions == len(scored)
+    with engine.connect() as conn:
+        for table in (cascade_answers, reviews, predictions):
+            assert conn.execute(select(func.count()).select_from(table)).scalar_one() == 0
 
 
 def test_attribution_map_of_a_decision(project: Project, tmp_path: Path) -> None:

@@ -329,14 +329,13 @@ def models_show(
         markdown, html = write_card(p, version, output)
         _console().print(f"model card: {markdown} and {html}")
         return
-    run = registry.client(p).get_run(mv.run_id)
     info = {
         "version": mv.version,
         "state": mv.state,
         "run_id": mv.run_id,
         "source": mv.source,
         "tags": mv.tags,
-        "metrics": run.data.metrics,
+        "metrics": registry.run_record(p, mv.run_id).metrics,
     }
     if as_json:
         _print_json(info)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from copml import display, events, kinds, registry, snapshots, times
+from copml.errors import CopmlError
 from copml.monitor import window as windows_module
 from copml.project import Project
 from copml.spec import Spec, Threshold
@@ -144,6 +145,16 @@ class Explanation:
 
 
 @dataclass
+class Imported:
+    """Where an imported version came from: it was trained outside copml, so it has no
+    recorded snapshot, code, params or holdout metrics."""
+
+    source_uri: str
+    source_run_id: str
+    flavors: list[str]
+
+
+@dataclass
 class ModelCard:
     """Everything the card shows, gathered from the real records of one version."""
 
@@ -187,6 +198,7 @@ class ModelCard:
     limitations: list[str]
     history: list[dict[str, str]]
     generated: str
+    imported: Imported | None = None
 
 
 # ------------------------------------------------------------------------------ gathering
@@ -268,14 +280,11 @@ def _fairness(project: Project, latest: windows_module.Window | None) -> list[Fa
 
 def _explanation(project: Project, mv: registry.ModelVersion) -> Explanation:
     """The importance plot and JSON from the run's ``explain/`` artifacts, if it has them."""
-    from mlflow.exceptions import MlflowException
-
-    client = registry.client(project)
     try:
-        names = {Path(a.path).name for a in client.list_artifacts(mv.run_id, _EXPLAIN_DIR)}
-        why = client.get_run(mv.run_id).data.tags.get("copml.explanation", "")
-    except MlflowException as exc:
-        return Explanation(False, note=f"the run's artifacts cannot be read: {exc}")
+        names = registry.artifact_names(project, mv.run_id, _EXPLAIN_DIR)
+    except CopmlError as exc:
+        return Explanation(False, note=str(exc))
+    why = registry.run_record(project, mv.run_id).tags.get("copml.explanation", "")
     if _IMPORTANCE_PNG not in names and _IMPORTANCE_JSON not in names:
         reason = why if why.startswith("unavailable") else "no importance was logged at training"
         return Explanation(False, note=f"explanation unavailable: {reason}")
@@ -391,7 +400,14 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         text = mv.tags.get(registry.TAG + "params", "")
         params = {"(unreadable)": text} if text else {}
 
-    snap = snapshots.get(engine, mv.snapshot_id, missing_ok=True) if mv.snapshot_id else None
+    imported = (
+        Imported(lineage.source_uri, lineage.source_run_id, list(lineage.flavors))
+        if lineage.imported
+        else None
+    )
+    # An imported version's data is the snapshot it was checked on at import.
+    snapshot_id = lineage.reference_snapshot_id if imported else mv.snapshot_id
+    snap = snapshots.get(engine, snapshot_id, missing_ok=True) if snapshot_id else None
     target_profile = (snap.profile or {}).get("__target__", {}) if snap else {}
 
     holdout = registry.holdout_metrics(project, mv)
@@ -474,7 +490,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         no_threshold=no_threshold,
         review_band=spec.serving.review_band,
         review_rule=review_rule,
-        snapshot_id=mv.snapshot_id,
+        snapshot_id=snapshot_id,
         snapshot_found=snap is not None,
         source=_safe_source(snap.source) if snap else display.MISSING,
         n_rows=snap.n_rows if snap else None,
@@ -503,6 +519,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
             for e in sorted(reversed(history), key=lambda e: times.utc(e["at"]))
         ],
         generated=_when(now),
+        imported=imported,
     )
     snap_at = times.utc(snap.created_at) if snap and snap.created_at else None
     card.limitations = _limitations(card, project, latest, snap_at, now)

@@ -358,6 +358,48 @@ def download_artifact(project: Project, run_id: str, path: str, into: Path) -> P
     return Path(found)
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What a training run logged: its metrics and tags (holdout figures, lineage)."""
+
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def run_record(project: Project, run_id: str) -> RunRecord:
+    """The metrics and tags of a run of the project."""
+    run = client(project).get_run(run_id)
+    return RunRecord(dict(run.data.metrics), dict(run.data.tags))
+
+
+def artifact_names(project: Project, run_id: str, folder: str) -> set[str]:
+    """The file names a run logged under ``folder``; raises :class:`CopmlError` when the
+    run's artifacts cannot be read (a moved store, an unreachable server)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {Path(a.path).name for a in client(project).list_artifacts(run_id, folder)}
+    except MlflowException as exc:
+        raise CopmlError(f"the run's artifacts cannot be read: {exc}") from exc
+
+
+def fail_running(project: Project, tag: str, value: str) -> int:
+    """Marks FAILED the project's runs still RUNNING with tag ``tag`` = ``value``: what a
+    killed process left (nothing was registered from them: registration is a run's last
+    step). Returns how many."""
+    c = client(project)
+    experiment = c.get_experiment_by_name(project.spec.project)
+    if experiment is None:
+        return 0
+    left = c.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'",
+    )
+    for run in left:
+        c.set_terminated(run.info.run_id, status="FAILED")
+    return len(left)
+
+
 def directory_sha256(path: Path) -> str:
     """sha256 over every file's relative path and content, in sorted order."""
     digest = hashlib.sha256()

@@ -8,16 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import delete, select
+from sqlalchemy import Column, Table, delete, select
 
 from copml import events, times
 from copml.errors import CopmlError
 from copml.project import Project
 from copml.store import (
+    applications,
     batches,
-    cascade_answers,
     class_probabilities,
     feedback,
     lock_for_writing,
@@ -69,6 +70,26 @@ class Purge:
     freed_bytes: int
 
 
+def _prediction_records() -> list[tuple[Table, Column[Any]]]:
+    """Every table of records about a prediction and its seq column, children first: the
+    core's and each application's own (found by their foreign key to ``predictions``)."""
+    owned = [
+        (table, fk.parent)
+        for app in applications()
+        for table in app.tables
+        for fk in table.foreign_keys
+        if fk.column is predictions.c.seq
+    ]
+    return [
+        (feedback, feedback.c.prediction_seq),
+        (reviews, reviews.c.seq),
+        (class_probabilities, class_probabilities.c.seq),
+        *owned,
+        (prediction_inputs, prediction_inputs.c.seq),
+        (predictions, predictions.c.seq),
+    ]
+
+
 def purge(project: Project, *, actor: str, at: datetime | None = None) -> Purge:
     """Delete prediction records older than ``retention.predictions`` before ``at``."""
     now = times.utc(at) if at is not None else datetime.now(UTC)
@@ -84,14 +105,7 @@ def purge(project: Project, *, actor: str, at: datetime | None = None) -> Purge:
         n = 0
         for r in doomed:
             last = r.first_seq + r.n_rows - 1
-            for table, column in (
-                (feedback, feedback.c.prediction_seq),
-                (reviews, reviews.c.seq),
-                (cascade_answers, cascade_answers.c.seq),
-                (class_probabilities, class_probabilities.c.seq),
-                (prediction_inputs, prediction_inputs.c.seq),
-                (predictions, predictions.c.seq),
-            ):
+            for table, column in _prediction_records():
                 conn.execute(delete(table).where(column.between(r.first_seq, last)))
             n += r.n_rows
         conn.execute(delete(batches).where(b.id.in_([r.id for r in doomed])))

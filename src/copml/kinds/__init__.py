@@ -50,7 +50,6 @@ BUILT_IN = {
     "binary": "copml.kinds.binary:BinaryKind",
     "multiclass": "copml.kinds.multiclass:MulticlassKind",
     "regression": "copml.kinds.regression:RegressionKind",
-    "cascade": "copml.apps.xray.kind:CascadeKind",
 }
 
 

@@ -230,17 +230,8 @@ def run(step: Step) -> dict[str, Any]:
 
 
 def _close_open_runs(project: Project, action_id: int) -> None:
-    """MLflow runs the interrupted retrain left RUNNING are marked FAILED (nothing was
-    registered from them: registration is the run's last step)."""
-    client = registry.client(project)
-    experiment = client.get_experiment_by_name(project.spec.project)
-    if experiment is None:
-        return
-    for left in client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`copml.action` = '{action_id}' and attributes.status = 'RUNNING'",
-    ):
-        client.set_terminated(left.info.run_id, status="FAILED")
+    """MLflow runs the interrupted retrain left RUNNING are marked FAILED."""
+    registry.fail_running(project, "copml.action", str(action_id))
 
 
 # What an action interrupted by a dead process leaves behind, cleaned up before its retry.

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,36 @@ from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, 
 
 HEAD_REVISION = "0006"
 _MIGRATIONS = Path(__file__).parent / "migrations"
+# Applications that keep tables of their own in the store register a :class:`Migrations`.
+MIGRATIONS_GROUP = "copml.migrations"
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """An application's own tables and the Alembic branch that creates them.
+
+    The branch's base revision has ``down_revision = None``, its own ``branch_labels`` and
+    ``depends_on`` the core revision it needs; ``head`` is its latest revision. Every
+    installed application's branch is applied to every store (as Django applies every
+    installed app's), so the core schema never names an application's table. ``tables``
+    hang off ``predictions.seq``: retention deletes their rows with the predictions'.
+    """
+
+    folder: Path
+    head: str
+    tables: tuple[Table, ...] = ()
+
+
+@cache
+def applications() -> tuple[Migrations, ...]:
+    """The installed applications' migrations, in entry-point name order."""
+    found = sorted(entry_points(group=MIGRATIONS_GROUP), key=lambda ep: ep.name)
+    return tuple(ep.load() for ep in found)
+
+
+def heads() -> frozenset[str]:
+    """The revisions a store at the latest schema has: the core's and each application's."""
+    return frozenset({HEAD_REVISION, *(m.head for m in applications())})
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -42,28 +75,31 @@ def upgrade(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
+    folders = [_MIGRATIONS / "versions", *(m.folder for m in applications())]
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", os.pathsep.join(str(f) for f in folders))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")
 
 
-def _revision(engine: Engine) -> str | None:
+def _revisions(engine: Engine) -> frozenset[str]:
     with engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return frozenset()
+        return frozenset(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
 @cache
 def open_store(url: str) -> Engine:
     """An engine on a store at the latest schema; Alembic is imported only when needed."""
     engine = _engine(url)
-    if _revision(engine) != HEAD_REVISION:
+    if not heads() <= _revisions(engine):
         try:
             upgrade(engine)
         except Exception:
             # Another process (a second server worker) may have migrated it meanwhile.
-            if _revision(engine) != HEAD_REVISION:
+            if not heads() <= _revisions(engine):
                 raise
     return engine
 

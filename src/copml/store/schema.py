@@ -170,18 +170,6 @@ class_probabilities = Table(
     Column("probabilities", JSON, nullable=False),
 )
 
-# The second answer of a cascade (model 2: the type of pneumonia), beside the prediction
-# (model 1's label and score), with the registered versions of both networks.
-cascade_answers = Table(
-    "cascade_answers",
-    metadata,
-    Column("seq", Seq, ForeignKey("predictions.seq"), primary_key=True, autoincrement=False),
-    Column("type", String(32), nullable=True),
-    Column("type_probability", Float, nullable=True),
-    Column("image_sha256", String(64), nullable=False),
-    Column("models", JSON, nullable=False),
-)
-
 # API keys, stored as scrypt hashes; ``prefix`` (the key's first characters) finds the row.
 api_keys = Table(
     "api_keys",

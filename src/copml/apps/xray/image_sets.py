@@ -14,11 +14,12 @@ from sqlalchemy import Engine, select
 
 from copml import snapshots
 from copml.apps.xray import image_archive
+from copml.apps.xray.answers import cascade_answers
 from copml.apps.xray.vision import images as vision
 from copml.labels import class_labels
 from copml.project import Project
 from copml.spec import Data
-from copml.store import cascade_answers, open_store
+from copml.store import open_store
 
 # What copml records of every image: the file, its label, and the statistics it watches for
 # drift (a new scanner changes brightness and contrast long before anyone relabels).

@@ -21,10 +21,11 @@ from sqlalchemy import Connection, insert, select
 
 from copml import costs, prediction_log, registry, snapshots
 from copml.apps.xray import image_archive, image_sets
+from copml.apps.xray.answers import cascade_answers
 from copml.errors import DataValidationError, NotFoundError
 from copml.project import Project
 from copml.score import emit_scored_lineage, record_scored
-from copml.store import cascade_answers, open_store, reviews
+from copml.store import open_store, reviews
 
 OUTPUT_COLUMNS = [
     "path",

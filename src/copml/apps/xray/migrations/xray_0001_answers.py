@@ -1,21 +1,25 @@
-"""Image cascades: model 2's answer and both networks' versions beside each prediction.
+"""The x-ray application's table: model 2's answer and both networks' versions beside each
+prediction. Stores made before the application had its own branch already have it (the
+core's revision 0004 created it then), so it is created only where it is missing.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: xray_0001
+Revises:
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
-branch_labels = None
-depends_on = None
+revision = "xray_0001"
+down_revision = None
+branch_labels = ("xray",)
+depends_on = "0003"  # predictions
 
 SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    if sa.inspect(op.get_bind()).has_table("cascade_answers"):
+        return
     op.create_table(
         "cascade_answers",
         sa.Column(
