@@ -22,6 +22,11 @@ from copml.train import train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Two test workers share the 2 cores of CI: every process of a test (and every server and
+# command it starts, which inherit this) computes on one thread, so OpenMP threads never
+# spin waiting for a busy core, and a torch training's arithmetic is the same everywhere.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 
 @pytest.fixture(autouse=True)
 def _no_inherited_state(monkeypatch: pytest.MonkeyPatch) -> None:

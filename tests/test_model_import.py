@@ -13,7 +13,9 @@ import httpx
 import pytest
 
 from copml import registry, snapshots
+from copml.errors import CopmlError
 from copml.kinds import kind_for
+from copml.model_import import import_model
 from copml.project import Project, load_project
 from copml.scaffold import init
 from copml.store import open_store
@@ -176,7 +178,6 @@ def test_an_imported_model_is_gated_promoted_served_audited_and_replayed(
 def test_a_run_uri_and_a_version_uri_import_the_same_artifact_and_a_retrain_faces_it(
     team: dict[str, str], tmp_path: Path
 ) -> None:
-    from copml.model_import import import_model
     from copml.operate import lifecycle
     from copml.train import train
 
@@ -206,6 +207,10 @@ def test_a_run_uri_and_a_version_uri_import_the_same_artifact_and_a_retrain_face
     assert registry.get(project, "3").lineage == "trained"
 
 
+def _tracking_uri(option: list[str]) -> str | None:
+    return option[1] if option else None
+
+
 _BAD = [
     ("s3://bucket/model", "team", "expected models:/NAME/VERSION"),
     ("models:/team-churn/99", "team", "not found"),
@@ -228,11 +233,16 @@ def test_a_bad_uri_exits_1_naming_it_and_changes_nothing(
         "project": [],  # the project's own store
     }
     before = capture(project)
-    for uri, store, says in _BAD:
+    for i, (uri, store, says) in enumerate(_BAD):
         uri = uri.format(run_id=team["run_id"])
-        done = run("models", "import", uri, *option[store], cwd=project.root, check_exit=1)
-        assert "Traceback" not in done.stdout + done.stderr
-        message = " ".join(done.stderr.split())
+        if i in (0, len(_BAD) - 1):  # the command line: exit 1 and one clear message
+            done = run("models", "import", uri, *option[store], cwd=project.root, check_exit=1)
+            assert "Traceback" not in done.stdout + done.stderr
+            message = " ".join(done.stderr.split())
+        else:  # the same refusal, in process (the CLI prints a CopmlError as above)
+            with pytest.raises(CopmlError) as refused:
+                import_model(project, uri, tracking_uri=_tracking_uri(option[store]))
+            message = " ".join(str(refused.value).split())
         assert uri in message and says in message, message
         assert_unchanged(before, project)
     assert not absent.parent.exists()

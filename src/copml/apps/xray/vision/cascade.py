@@ -162,7 +162,7 @@ def train_detector(
     calibration_share: float = 0.2,
     epochs: int = 8,
     init_weights: Path | None = None,
-    threads: int = 2,
+    threads: int | None = None,
 ) -> Detector:
     """Model 1 (normal vs pneumonia) on the images of ``frame``, its threshold the highest that
     keeps ``recall_target`` on a patient-disjoint calibration part, never on evaluation data.
