@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from copml import snapshots
 from copml.project import Project, load_project
 from copml.scaffold import init
-from copml.train import train
+from projects import trained
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -40,15 +39,7 @@ def trained_churn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A churn project with one snapshot and a champion; copy it before changing it."""
     root = tmp_path_factory.mktemp("trained") / "churn"
     init(root, "churn")
-    project = load_project(root)
-    project.ensure_home()
-    from copml.store import open_store
-
-    snapshots.create(
-        open_store(project.db_url), project.spec.data, root=root, directory=project.snapshots_dir
-    )
-    result = train(project)
-    assert result.champion, result.failures
+    trained(load_project(root))
     return root
 
 

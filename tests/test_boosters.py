@@ -28,6 +28,7 @@ from copml.project import Project, load_project
 from copml.scaffold import init
 from copml.store import open_store
 from copml.train import train
+from projects import trained
 from store_state import assert_unchanged, capture
 from test_cli import run
 from test_model_card import _section
@@ -113,22 +114,16 @@ def trained_boosted(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     customers.to_csv(root / "data" / "customers.csv", index=False)
     (root / "boost.py").write_text(TRAIN_CODE)
     _boosted_spec(root, library)
-    project = load_project(root)
-    project.ensure_home()
-    snapshots.create(
-        open_store(project.db_url), project.spec.data, root=root, directory=project.snapshots_dir
-    )
-    result = train(project)
-    assert result.champion, result.failures
+    trained(load_project(root))
     return library, root
 
 
 @pytest.fixture
 def boosted(trained_boosted: tuple[str, Path], tmp_path: Path) -> tuple[str, Project]:
     """A private copy of one library's trained project."""
-    library, trained = trained_boosted
+    library, source = trained_boosted
     root = tmp_path / "project"
-    shutil.copytree(trained, root)
+    shutil.copytree(source, root)
     return library, load_project(root)
 
 

@@ -19,6 +19,7 @@ from copml.model_import import import_model
 from copml.project import Project, load_project
 from copml.scaffold import init
 from copml.store import open_store
+from projects import freeze
 from store_state import assert_unchanged, capture
 from test_cli import run
 from test_serve import REALTIME, Server, _instances, start
@@ -62,10 +63,7 @@ def _snapshotted(root: Path, serving: str | None = None) -> Project:
             spec.read_text().replace('serving: {mode: batch, schedule: "0 6 1 * *"}', serving)
         )
     project = load_project(root)
-    project.ensure_home()
-    snapshots.create(
-        open_store(project.db_url), project.spec.data, root=root, directory=project.snapshots_dir
-    )
+    freeze(project)
     return project
 
 

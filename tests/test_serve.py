@@ -35,6 +35,7 @@ from copml import events, keys, prediction_log
 from copml.project import Project, load_project
 from copml.store import batches, open_store, predictions
 from copml.store import events as event_log
+from projects import freeze
 from store_state import assert_unchanged, capture
 
 
@@ -511,12 +512,8 @@ def test_key_checks_never_block_the_event_loop(
     leaves the server answering everyone else."""
     from sqlalchemy import create_engine, text
 
-    from copml import snapshots
-
     monkeypatch.setenv("COPML_DB_URL", pg_url)
-    snapshots.create(
-        open_store(pg_url), churn.spec.data, root=churn.root, directory=churn.snapshots_dir
-    )
+    freeze(churn, pg_url)
     srv = start(churn, env={"COPML_DB_URL": pg_url})
     locker = create_engine(pg_url)
     try:
@@ -676,13 +673,9 @@ def test_kill_9_during_load_loses_no_acknowledged_prediction(
     flight) is answered: whatever was acknowledged is stored, and the store is sound."""
     env: dict[str, str] = {}
     if store == "postgresql":
-        from copml import snapshots
-
         url = request.getfixturevalue("pg_url")
         monkeypatch.setenv("COPML_DB_URL", url)
-        snapshots.create(
-            open_store(url), churn.spec.data, root=churn.root, directory=churn.snapshots_dir
-        )
+        freeze(churn, url)
         env = {"COPML_DB_URL": url}
     server = start(churn, "--workers", str(workers), env=env)
     try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from copml import snapshots
 from copml.project import Project, load_project
 from copml.serve.requests import JsonRoute
-from copml.store import open_store
+from projects import freeze
 
 # Computed from ``app.openapi()`` of the server before its routes were split (issue 13.6):
 # path, method, operation id and documented status codes, in the published order.
@@ -76,13 +75,7 @@ def test_the_split_server_publishes_the_same_api(fresh_churn: Project) -> None:
     from copml.serve.app import create_app
 
     project = fresh_churn
-    project.ensure_home()
-    snapshots.create(
-        open_store(project.db_url),
-        project.spec.data,
-        root=project.root,
-        directory=project.snapshots_dir,
-    )
+    freeze(project)
     app = create_app(load_project(project.root), poll_seconds=0, heartbeat_seconds=0)
     assert _operations(app.openapi()) == _TABLE_API
     mine = {

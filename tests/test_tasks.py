@@ -25,13 +25,14 @@ from sklearn import metrics as skm
 from sklearn.datasets import load_diabetes, load_digits, load_wine
 from sklearn.model_selection import train_test_split
 
-from copml import audit, events, feedback, registry, snapshots
+from copml import audit, events, feedback, registry
 from copml.errors import CopmlError
 from copml.monitor.window import Window, monitor
 from copml.operate.runner import operate_once
 from copml.project import Project, load_project
 from copml.store import open_store
 from copml.train import train
+from projects import trained
 from store_state import assert_unchanged, capture
 from test_cli import run
 from test_serve import Server, start
@@ -146,19 +147,12 @@ def build(root: Path, data: Dataset, spec: str, code: str = TEAM_CODE) -> Projec
     data.known.to_csv(root / "data" / "rows.csv", index=False)
     (root / "team.py").write_text(code.replace("{target}", data.target).replace("{task}", task))
     (root / "copml.yaml").write_text(spec)
-    project = load_project(root)
-    project.ensure_home()
-    snapshots.create(
-        open_store(project.db_url), project.spec.data, root=root, directory=project.snapshots_dir
-    )
-    result = train(project)
-    assert result.champion, result.failures
-    return project
+    return trained(load_project(root))
 
 
-def copied(trained: Path, folder: Path) -> Project:
+def copied(source: Path, folder: Path) -> Project:
     root = folder / "project"
-    shutil.copytree(trained, root)
+    shutil.copytree(source, root)
     return load_project(root)
 
 

@@ -14,6 +14,7 @@ from copml.kinds import kind_for
 from copml.project import Project, load_project
 from copml.store import open_store
 from copml.train import TrainResult, train
+from projects import freeze
 
 
 def test_champion_version_has_lineage(trained_churn: Path) -> None:
@@ -74,13 +75,7 @@ def test_same_seed_same_model(churn: Project) -> None:
 
 
 def test_a_version_below_the_minimums_is_not_champion(fresh_churn: Project) -> None:
-    fresh_churn.ensure_home()
-    snapshots.create(
-        open_store(fresh_churn.db_url),
-        fresh_churn.spec.data,
-        root=fresh_churn.root,
-        directory=fresh_churn.snapshots_dir,
-    )
+    freeze(fresh_churn)
     result = train(fresh_churn, params={"C": 1e-6})  # all but constant: misses the minimums
     assert not result.meets_minimums and result.failures and not result.champion
     assert registry.champion(fresh_churn) is None
@@ -157,12 +152,7 @@ def test_each_project_keeps_its_own_registry_in_one_process(
     init(tmp_path / "second", "churn")
     second = load_project(tmp_path / "second")
     assert second.tracking_uri != fresh_churn.tracking_uri
-    snapshots.create(
-        open_store(second.db_url),
-        second.spec.data,
-        root=second.root,
-        directory=second.snapshots_dir,
-    )
+    freeze(second)
     assert train(second).champion
     assert registry.champion(second) is not None
     assert registry.versions(fresh_churn) == []
