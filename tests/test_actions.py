@@ -4,6 +4,7 @@ without MLflow."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -142,3 +143,13 @@ def test_an_operator_stands_aside_while_another_leads_the_store(shared: Project)
         assert result.recovered == [] and result.actions == [] and result.led is False
     assert_unchanged(before, shared)  # it neither recovered nor ran anything
     assert operate_once(shared, at=JAN).recovered == [stale]  # the lock is free again
+
+
+def test_an_action_in_this_process_name_is_one_a_restarted_container_left(
+    project: Project,
+) -> None:
+    # A container restarted in its pod keeps its host name and runs copml as pid 1 again:
+    # the action its previous life left running bears this very process's name.
+    stale = _running(project, f"{socket.gethostname()}:{os.getpid()}")
+    assert operate_once(project, at=JAN).recovered == [stale]
+    assert _states(project) == [("alert", "failed", 1), ("alert", "succeeded", 2)]

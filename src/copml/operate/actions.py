@@ -129,12 +129,13 @@ def plan(project: Project, evaluation: Evaluation, at: datetime) -> None:
 
 
 def _interrupted(owner: str | None, *, sole: bool) -> bool:
-    """Whether an action ``owner`` left running was interrupted. A process that leads a
-    shared store alone (``sole``) runs every action there is, so another owner's is left
-    over from a process that died, on any machine; else the owner's process is looked up."""
-    if sole:
-        return owner != _owner()
-    return not _alive(owner)
+    """Whether an action ``owner`` left running was interrupted.
+
+    This process runs no action while it recovers, so one in its own name was left by an
+    earlier process with the same host and pid (a restarted container's pid 1); a process
+    that leads a shared store alone (``sole``) runs every action there is, so any other
+    owner's was left by a process that died, on any machine. Else the owner is looked up."""
+    return sole or owner == _owner() or not _alive(owner)
 
 
 def recover(project: Project, at: datetime, *, sole: bool = False) -> list[int]:
