@@ -49,6 +49,8 @@ def run_once(project: Project, *, at: datetime | None = None, batch: bool = True
 
 
 def _led(project: Project, at: datetime, lead: leadership.Lead, *, batch: bool) -> Run:
+    """The pass of the process that leads: the batch, the window and the policies run
+    under one lock, so no two operators score a batch or act on a window twice."""
     steps = []
     engine = open_store(project.db_url)
     with costs.metered(engine, "operate", at=at, detail="operate pass"):
