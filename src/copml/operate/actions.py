@@ -128,14 +128,27 @@ def plan(project: Project, evaluation: Evaluation, at: datetime) -> None:
         )
 
 
-def recover(project: Project, at: datetime) -> list[int]:
-    """Actions left ``running`` by a process that died: failed, then retried as pending."""
+def _interrupted(owner: str | None, *, sole: bool) -> bool:
+    """Whether an action ``owner`` left running was interrupted.
+
+    This process runs no action while it recovers, so one in its own name was left by an
+    earlier process with the same host and pid (a restarted container's pid 1); a process
+    that leads a shared store alone (``sole``) runs every action there is, so any other
+    owner's was left by a process that died, on any machine. Else the owner is looked up."""
+    return sole or owner == _owner() or not _alive(owner)
+
+
+def recover(project: Project, at: datetime, *, sole: bool = False) -> list[int]:
+    """Actions left ``running`` by a process that died: failed, then retried as pending.
+
+    ``sole``: this process holds the store's operator lock (:mod:`copml.operate.leadership`).
+    """
     engine = open_store(project.db_url)
     with engine.connect() as conn:
         stale = [
             dict(r._mapping)
             for r in conn.execute(select(rows).where(rows.c.state == ActionState.RUNNING.value))
-            if not _alive(r.owner)
+            if _interrupted(r.owner, sole=sole)
         ]
     recovered = []
     for row in stale:

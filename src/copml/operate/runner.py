@@ -1,9 +1,11 @@
 """One ``operate`` pass: policies watch the metric windows and act (design §4, §8).
 
-A pass recovers actions a dead process left running, evaluates every policy on the stored
-windows (:mod:`~copml.operate.evaluation`), plans the actions of the policies that hold and
-closes the alerts of those that no longer do (:mod:`~copml.operate.alerts`), then runs the
-pending actions (:mod:`~copml.operate.actions`).
+A pass runs only in the process that leads the store (:mod:`~copml.operate.leadership`),
+so two operators on one store act once per window and policy. It recovers actions a dead
+process left running, evaluates every policy on the stored windows
+(:mod:`~copml.operate.evaluation`), plans the actions of the policies that hold and closes
+the alerts of those that no longer do (:mod:`~copml.operate.alerts`), then runs the pending
+actions (:mod:`~copml.operate.actions`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from copml import policies, times
 from copml.monitor.window import consecutive
-from copml.operate import actions, alerts, lifecycle
+from copml.operate import actions, alerts, leadership, lifecycle
 from copml.operate.evaluation import Evaluation, evaluate
 from copml.project import Project
 
@@ -28,15 +30,26 @@ class Pass:
     recovered: list[int] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
     actions: list[dict[str, Any]] = field(default_factory=list)
+    # False when another process led the store's pass: this one did nothing.
+    led: bool = True
 
 
 def operate_once(project: Project, *, at: datetime | None = None) -> Pass:
-    """Recover interrupted actions, evaluate the policies on the stored windows, act."""
+    """Lead the store's pass, or skip it when another process leads (see :func:`operate`)."""
     at = times.utc(at or datetime.now(UTC))
+    with leadership.lead(project) as lead:
+        if lead is None:
+            return Pass(at, led=False)
+        return operate(project, at, lead)
+
+
+def operate(project: Project, at: datetime, lead: leadership.Lead) -> Pass:
+    """Recover interrupted actions, evaluate the policies on the stored windows, act; the
+    caller leads the store's pass (``lead``)."""
     result = Pass(at)
     if lifecycle.is_retired(project):
         return result
-    result.recovered = actions.recover(project, at)
+    result.recovered = actions.recover(project, at, sole=lead.sole)
     needed = max((policies.windows_needed(p.condition) for p in project.spec.policies), default=1)
     windows = consecutive(project, at, needed)  # `for N windows`: N periods in a row
     result.evaluations = evaluate(project, windows, at)
@@ -58,6 +71,7 @@ def summary(result: Pass) -> dict[str, Any]:
         json.dumps(
             {
                 "at": result.at.isoformat(),
+                "led": result.led,
                 "steps": getattr(result, "steps", []),
                 "recovered": result.recovered,
                 "evaluations": [

@@ -15,7 +15,7 @@ from typing import Any
 
 from copml import costs, times
 from copml.monitor.window import monitor
-from copml.operate import lifecycle, runner
+from copml.operate import leadership, lifecycle, runner
 from copml.project import Project
 from copml.store import open_store
 
@@ -37,11 +37,21 @@ def _score(project: Project, at: datetime) -> str:
 
 
 def run_once(project: Project, *, at: datetime | None = None, batch: bool = True) -> Run:
-    """One pass: the batch run (when declared), the metric window, the policies."""
+    """One pass: the batch run (when declared), the metric window, the policies; skipped
+    when another operator leads the store's pass now."""
     at = times.utc(at or datetime.now(UTC))
-    steps = []
     if lifecycle.is_retired(project):
         return Run(at, steps=["the model is retired: nothing scheduled"])
+    with leadership.lead(project) as lead:
+        if lead is None:
+            return Run(at, led=False, steps=["another copml operate leads this pass: skipped"])
+        return _led(project, at, lead, batch=batch)
+
+
+def _led(project: Project, at: datetime, lead: leadership.Lead, *, batch: bool) -> Run:
+    """The pass of the process that leads: the batch, the window and the policies run
+    under one lock, so no two operators score a batch or act on a window twice."""
+    steps = []
     engine = open_store(project.db_url)
     with costs.metered(engine, "operate", at=at, detail="operate pass"):
         spec = project.spec
@@ -51,8 +61,8 @@ def run_once(project: Project, *, at: datetime | None = None, batch: bool = True
         steps.append(
             f"window ending {window.end:%Y-%m-%d %H:%M}: {window.n_predictions} predictions"
         )
-        result = runner.operate_once(project, at=at)
-    return Run(result.at, result.recovered, result.evaluations, result.actions, steps)
+        result = runner.operate(project, at, lead)
+    return Run(result.at, result.recovered, result.evaluations, result.actions, result.led, steps)
 
 
 def _next(expression: str, after: datetime) -> datetime:
