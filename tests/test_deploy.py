@@ -3,9 +3,13 @@ Kubernetes schemas and against copml itself: its CLI flags, its apps' routes, it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from copy import deepcopy
 from functools import cache
@@ -13,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dockerfile
+import httpx
 import kubernetes_validate
 import pytest
 import typer
@@ -20,7 +25,7 @@ import yaml
 from kubernetes_validate.utils import all_versions
 from typer.core import TyperGroup
 
-from copml import cli, snapshots
+from copml import cli, keys, snapshots
 from copml.project import Project, load_project
 from copml.spec import SPEC_FILE, load_spec
 from copml.store import open_store
@@ -452,3 +457,96 @@ def test_hadolint_passes_the_dockerfile() -> None:
         pytest.skip("hadolint is not installed (no Debian bookworm package)")
     result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the serve pod's file system, for real -------------------------------------------------
+
+# Mount namespace of the server: its COPML_HOME and /tmp stand-ins stay writable, the rest
+# (the root and the project's file system) turns read-only, as the pod's
+# readOnlyRootFilesystem makes it; then the command runs.
+_READ_ONLY_ROOT = (
+    'set -e; mount --bind "$1" "$1"; mount --bind "$2" "$2"; mount -o remount,bind,ro /; '
+    'target=$(findmnt -no TARGET -T "$3"); '
+    '[ "$target" = / ] || mount -o remount,bind,ro "$target"; shift 3; exec "$@"'
+)
+
+
+def _read_only_root_or_skip() -> None:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("needs Linux and root to make a read-only mount namespace")
+    if not (shutil.which("unshare") and shutil.which("findmnt")):
+        pytest.skip("unshare or findmnt (util-linux) is not installed")
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("mount namespaces are not permitted here")
+
+
+def test_serve_answers_on_a_read_only_root_as_in_its_pod(
+    trained_churn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serve container's command, the image's environment and the ConfigMap's spec on
+    a read-only root with only COPML_HOME and /tmp writable: it loads the champion, turns
+    ready and stores a prediction (nothing writes into the image)."""
+    from test_serve import _free_port, _instances, _wait_ready
+
+    _read_only_root_or_skip()
+    root, home, scratch = tmp_path / "project", tmp_path / "home", tmp_path / "tmp"
+    shutil.copytree(trained_churn, root)
+    shutil.move(root / ".copml", home)
+    scratch.mkdir()
+    (root / SPEC_FILE).write_text(_one("ConfigMap", "copml-config")["data"][SPEC_FILE])
+    monkeypatch.setenv("COPML_HOME", str(home))
+    project = load_project(root)
+    instances = _instances(project, 2)
+    engine = open_store(project.db_url)
+    service, auditor = keys.create(engine, "service"), keys.create(engine, "auditor")
+
+    wrapper = ["unshare", "--mount", "--", "sh", "-c", _READ_ONLY_ROOT, "sh"]
+    wrapper += [str(home), str(scratch), str(root)]
+    refused = subprocess.run([*wrapper, "touch", str(root / "written")], capture_output=True)
+    assert refused.returncode != 0 and b"Read-only file system" in refused.stderr
+    image = {k: v.replace("/tmp", str(scratch)) for k, v in _image_env().items() if k != "PATH"}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
+    env = {**inherited, **image, "COPML_HOME": str(home), "TMPDIR": str(scratch)}
+    argv = _container_argv(_container(_one("Deployment", "copml-serve")))
+    port = _free_port()
+    argv[argv.index("--host") + 1], argv[argv.index("--port") + 1] = "127.0.0.1", str(port)
+    stderr = tmp_path / "serve.stderr"
+    with stderr.open("wb") as log:
+        process = subprocess.Popen(
+            [*wrapper, sys.executable, "-m", "copml", *argv],
+            cwd=root,  # the image's WORKDIR
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            _wait_ready(url, process)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}: {stderr.read_text(errors='replace')[-3000:]}") from None
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "no champion loaded in 120 s"
+            assert process.poll() is None, stderr.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        answer = httpx.post(
+            f"{url}/v1/predict",
+            json={"instances": instances},
+            headers={"Authorization": f"Bearer {service}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        for made in answer.json()["predictions"]:
+            record = httpx.get(
+                f"{url}/v1/predictions/{made['prediction_id']}",
+                headers={"Authorization": f"Bearer {auditor}"},
+                timeout=30,
+            )
+            assert record.status_code == 200, record.text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (root / "written").exists()
