@@ -15,7 +15,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 # PyTorch's CPU build first: the plain `torch` requirement of the vision extra would pull
-# the CUDA build and gigabytes of NVIDIA libraries.
+# the CUDA build and gigabytes of NVIDIA libraries. DL3013 (pin pip versions) cannot apply
+# to copml's own source tree; its dependencies' bounds are pyproject.toml's.
+# hadolint ignore=DL3013
 RUN if [ "$VISION" = "true" ]; then \
         pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \
         && pip install --no-cache-dir ".[postgres,vision]"; \

