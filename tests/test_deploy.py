@@ -4,6 +4,7 @@ Kubernetes schemas and against copml itself: its CLI flags, its apps' routes, it
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from copy import deepcopy
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -472,7 +474,9 @@ _READ_ONLY_ROOT = (
 )
 
 
-def _read_only_root_or_skip() -> None:
+@pytest.fixture(scope="session")
+def read_only_root() -> None:
+    """Skip, before the trained project is built, where no read-only root can be made."""
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         pytest.skip("needs Linux and root to make a read-only mount namespace")
     if not (shutil.which("unshare") and shutil.which("findmnt")):
@@ -481,26 +485,33 @@ def _read_only_root_or_skip() -> None:
         pytest.skip("mount namespaces are not permitted here")
 
 
-def test_serve_answers_on_a_read_only_root_as_in_its_pod(
-    trained_churn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The serve container's command, the image's environment and the ConfigMap's spec on
-    a read-only root with only COPML_HOME and /tmp writable: it loads the champion, turns
-    ready and stores a prediction (nothing writes into the image)."""
-    from test_serve import _free_port, _instances, _wait_ready
+@dataclass(frozen=True)
+class _PodFiles:
+    """A copy of the trained project as a pod sees it: the ConfigMap's spec in the image's
+    working directory, COPML_HOME on its own (the volume), the image's environment, and
+    the command prefix that runs a process on a read-only root."""
 
-    _read_only_root_or_skip()
+    project: Project
+    home: Path
+    wrapper: list[str]
+    env: dict[str, str]
+
+    def run(self, argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
+        """``copml ARGV`` as the container runs it (from the image's WORKDIR)."""
+        command = [*self.wrapper, sys.executable, "-m", "copml", *argv]
+        return subprocess.Popen(command, cwd=self.project.root, env=self.env, **options)
+
+
+@pytest.fixture
+def pod_files(
+    read_only_root: None, trained_churn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> _PodFiles:
     root, home, scratch = tmp_path / "project", tmp_path / "home", tmp_path / "tmp"
     shutil.copytree(trained_churn, root)
     shutil.move(root / ".copml", home)
     scratch.mkdir()
     (root / SPEC_FILE).write_text(_one("ConfigMap", "copml-config")["data"][SPEC_FILE])
     monkeypatch.setenv("COPML_HOME", str(home))
-    project = load_project(root)
-    instances = _instances(project, 2)
-    engine = open_store(project.db_url)
-    service, auditor = keys.create(engine, "service"), keys.create(engine, "auditor")
-
     wrapper = ["unshare", "--mount", "--", "sh", "-c", _READ_ONLY_ROOT, "sh"]
     wrapper += [str(home), str(scratch), str(root)]
     refused = subprocess.run([*wrapper, "touch", str(root / "written")], capture_output=True)
@@ -508,25 +519,46 @@ def test_serve_answers_on_a_read_only_root_as_in_its_pod(
     image = {k: v.replace("/tmp", str(scratch)) for k, v in _image_env().items() if k != "PATH"}
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
     env = {**inherited, **image, "COPML_HOME": str(home), "TMPDIR": str(scratch)}
-    argv = _container_argv(_container(_one("Deployment", "copml-serve")))
-    port = _free_port()
+    return _PodFiles(load_project(root), home, wrapper, env)
+
+
+@contextlib.contextmanager
+def _listening(
+    pod_files: _PodFiles, argv: list[str]
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """The container's server on a free loopback port, healthy; killed afterwards."""
+    from test_serve import _free_port, _wait_ready
+
+    argv, port = list(argv), _free_port()
     argv[argv.index("--host") + 1], argv[argv.index("--port") + 1] = "127.0.0.1", str(port)
-    stderr = tmp_path / "serve.stderr"
+    stderr = pod_files.home.parent / f"{argv[0]}.stderr"
     with stderr.open("wb") as log:
-        process = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "copml", *argv],
-            cwd=root,  # the image's WORKDIR
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )
+        process = pod_files.run(argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         try:
             _wait_ready(url, process)
         except RuntimeError as exc:
             raise AssertionError(f"{exc}: {stderr.read_text(errors='replace')[-3000:]}") from None
+        yield url, process, stderr
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_serve_answers_on_a_read_only_root_as_in_its_pod(pod_files: _PodFiles) -> None:
+    """The serve container's command, the image's environment and the ConfigMap's spec on
+    a read-only root with only COPML_HOME and /tmp writable: it loads the champion, turns
+    ready and stores a prediction (nothing writes into the image)."""
+    from test_serve import _instances
+
+    project = pod_files.project
+    instances = _instances(project, 2)
+    engine = open_store(project.db_url)
+    service, auditor = keys.create(engine, "service"), keys.create(engine, "auditor")
+    argv = _container_argv(_container(_one("Deployment", "copml-serve")))
+    with _listening(pod_files, argv) as (url, process, stderr):
         deadline = time.monotonic() + 120
         while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "no champion loaded in 120 s"
@@ -546,8 +578,27 @@ def test_serve_answers_on_a_read_only_root_as_in_its_pod(
                 timeout=30,
             )
             assert record.status_code == 200, record.text
+    assert not (project.root / "written").exists()
+
+
+def test_operate_passes_on_a_read_only_root_as_in_its_cronjob(pod_files: _PodFiles) -> None:
+    """The CronJob's ``copml operate --once --json`` completes a pass there (exit 0)."""
+    argv = _container_argv(_container(_one("CronJob", "copml-operate")))
+    process = pod_files.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=300)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    assert not (root / "written").exists()
+        process.kill()
+    assert process.returncode == 0, err.decode(errors="replace")[-3000:]
+    json.loads(out)
+
+
+def test_the_dashboard_answers_on_a_read_only_root_as_in_its_pod(pod_files: _PodFiles) -> None:
+    """The dashboard container's ``copml ui`` there: it shows the project, its login page
+    renders."""
+    argv = _container_argv(_container(_one("Deployment", "copml-dashboard")))
+    argv[argv.index("--project") + 1] = str(pod_files.project.root)  # the pod's WORKDIR
+    with _listening(pod_files, argv) as (url, _, _):
+        assert httpx.get(f"{url}/healthz", timeout=30).json()["projects"] == 1
+        login = httpx.get(f"{url}/login", timeout=30)
+        assert login.status_code == 200, login.text
