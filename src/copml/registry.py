@@ -190,6 +190,11 @@ def _quiet_mlflow() -> None:
     # (copml verifies every artifact's sha256 before loading) would bury it.
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"mlflow(\..*)?$")
+    # Against a tracking server MLflow also writes "View run … at: URL" to stdout when a run
+    # ends (it would spoil `--json` output) and a progress bar to stderr when it downloads:
+    # its own switches, read at each call, turn both off (a user's setting still wins).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -709,22 +714,27 @@ def local_copy(project: Project, mv: ModelVersion) -> Path:
         # A folder of this process's own, renamed into place: server workers starting
         # together may all copy, and the first rename wins.
         project.models_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=project.models_dir)) / "m"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=project.models_dir))
         try:
             if mv.source.startswith("file:"):
-                shutil.copytree(Path(url2pathname(urlparse(mv.source).path)), tmp)
+                copied = tmp / "m"
+                shutil.copytree(Path(url2pathname(urlparse(mv.source).path)), copied)
             else:
                 import mlflow
 
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=mv.source,
-                    dst_path=str(tmp),
-                    tracking_uri=client(project).tracking_uri,
+                # A remote folder (a server's mlflow-artifacts:/…/model) arrives as a
+                # folder of its own name inside dst_path: the path returned is the model's.
+                copied = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=mv.source,
+                        dst_path=str(tmp),
+                        tracking_uri=client(project).tracking_uri,
+                    )
                 )
             with contextlib.suppress(OSError):  # another process renamed its copy first
-                tmp.rename(target)
+                copied.rename(target)
         finally:
-            shutil.rmtree(tmp.parent, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
     actual = directory_sha256(target)
     if actual != mv.artifact_sha256:
         raise CopmlError(
