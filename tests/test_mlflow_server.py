@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
     port = _free_port()
     log = folder / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runners: copml starts none
     command = [
         *(sys.executable, "-m", "mlflow", "server"),
         *("--backend-store-uri", backend),
@@ -129,6 +131,15 @@ def _never_touched(folder: Path) -> Iterator[list[str]]:
         _WATCHED.clear()
 
 
+def test_the_file_watch_sees_an_access(tmp_path: Path) -> None:
+    """The watch the lifecycle test relies on does note a file opened or listed."""
+    with _never_touched(tmp_path) as touched:
+        (tmp_path / "seen").write_text("x")
+        list(tmp_path.iterdir())
+        (tmp_path.parent / "beside").write_text("x")  # outside: not noted
+    assert len(touched) == 2 and touched[0].startswith("open ")
+
+
 def _copml(project: Project, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "copml", *args, "--project", str(project.root)],
@@ -172,8 +183,14 @@ def test_churn_lifecycle_against_an_mlflow_server(
         assert mv.source.startswith("mlflow-artifacts:/"), mv.source
 
         # A real `copml serve`: it downloads the champion through the server, verifies its
-        # sha256 and answers; every answer is in copml's store on PostgreSQL.
-        server = start(project, env=env)
+        # sha256 and answers; every answer is in copml's store on PostgreSQL. While it
+        # starts, this process reproduces v1 (it fetches the same version meanwhile).
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(start, project, env=env)
+            reproduced = reproduce(project, "1")
+            server = starting.result()
+        assert reproduced.reproduced, reproduced
+        assert reproduced.max_prediction_difference <= 1e-9
         try:
             customers = pd.read_csv(project.root / "data" / "customers.csv", nrows=3)
             customers["TotalCharges"] = pd.to_numeric(customers["TotalCharges"], errors="coerce")
@@ -197,10 +214,6 @@ def test_churn_lifecycle_against_an_mlflow_server(
             replayed = audit.replay(project, prediction["prediction_id"])
             assert replayed.identical, replayed
             assert replayed.replayed_score == prediction["score"]
-
-        reproduced = reproduce(project, "1")
-        assert reproduced.reproduced, reproduced
-        assert reproduced.max_prediction_difference <= 1e-9
 
     assert touched == [], touched[:5]
     # The server did keep the model (the test may look; copml did not).

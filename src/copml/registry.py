@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import re
@@ -353,13 +352,12 @@ def download_artifact(project: Project, run_id: str, path: str, into: Path) -> P
     """The local copy, under ``into``, of the artifact ``path`` of a run of the project."""
     import mlflow
 
-    with contextlib.redirect_stderr(io.StringIO()):  # MLflow's progress bar
-        found = mlflow.artifacts.download_artifacts(
-            run_id=run_id,
-            artifact_path=path,
-            dst_path=str(into),
-            tracking_uri=client(project).tracking_uri,
-        )
+    found = mlflow.artifacts.download_artifacts(
+        run_id=run_id,
+        artifact_path=path,
+        dst_path=str(into),
+        tracking_uri=client(project).tracking_uri,
+    )
     return Path(found)
 
 
@@ -589,12 +587,11 @@ def fetch(uri: str, tracking_uri: str, into: Path) -> SourceModel:
     c = _source_client(uri, tracking_uri)
     try:
         location, run_id = _artifact_location(c, uri)
-        with contextlib.redirect_stderr(io.StringIO()):  # MLflow's progress bar
-            folder = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri
-                )
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri
             )
+        )
     except MlflowException as exc:
         reason = " ".join(exc.message.split())[:200]
         raise CopmlError(f"cannot import {uri}: {reason}") from None
