@@ -14,8 +14,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +34,8 @@ from copml import audit, registry, snapshots
 from copml.project import Project
 from copml.reproduce import reproduce
 from copml.store import open_store
+from store_state import assert_unchanged, capture
 from test_serve import _free_port, start
-
-pytestmark = pytest.mark.cluster
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ def _copml(project: Project, env: dict[str, str], *args: str) -> subprocess.Comp
     )
 
 
+@pytest.mark.cluster
 def test_churn_lifecycle_against_an_mlflow_server(
     mlflow_server: MlflowServer,
     pg_url: str,
@@ -219,3 +221,47 @@ def test_churn_lifecycle_against_an_mlflow_server(
     # The server did keep the model (the test may look; copml did not).
     assert len(list(mlflow_server.artifacts.rglob("MLmodel"))) >= 1
     assert not any(p.is_symlink() for p in project.root.rglob("*"))
+
+
+@pytest.fixture
+def hangs_up() -> Iterator[tuple[str, list[int]]]:
+    """A loopback port that accepts every connection and closes it at once (a server that
+    is down behind a live address); the list counts the connections."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)  # closing a socket does not wake a blocked accept()
+    accepted: list[int] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(1)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    finally:
+        done.set()
+        thread.join()
+        listener.close()
+
+
+def test_an_unanswering_tracking_server_is_one_clear_error_at_once(
+    churn: Project, hangs_up: tuple[str, list[int]]
+) -> None:
+    """MLflow's client retries a failed connection with backoff for minutes; copml asks the
+    server once and exits 1 naming it, having changed nothing."""
+    url, accepted = hangs_up
+    before = capture(churn)
+    failed = _copml(churn, {"MLFLOW_TRACKING_URI": url}, "train")
+    assert failed.returncode == 1, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"MLflow tracking server {url} cannot be reached" in lines[0]
+    assert "MLFLOW_TRACKING_URI" in lines[0]
+    assert len(accepted) == 1  # asked once: no retries with backoff
+    assert_unchanged(before, churn)

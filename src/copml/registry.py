@@ -240,12 +240,38 @@ def _create_sqlite_store(path: Path, artifacts_uri: str) -> None:
             os.close(folder)
 
 
+def _answering(uri: str) -> None:
+    """A tracking server's URI must reach something that answers HTTP, asked once: MLflow's
+    own client retries a refused connection with backoff for about four minutes before it
+    gives up, so a wrong or stopped server would hold every command that long."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    # Credentials in the URI are MLflow's to send, not this probe's.
+    bare = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+    try:
+        with urlopen(bare, timeout=30):  # http or https: checked above
+            return
+    except HTTPError:
+        return  # it answered (a login page, a 404 at the root): MLflow's calls will tell
+    except OSError as exc:
+        reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[:120]
+        raise CopmlError(
+            f"MLflow tracking server {_without_password(uri)} cannot be reached ({reason}): "
+            "check that it runs and that MLFLOW_TRACKING_URI names it"
+        ) from None
+
+
 @cache
 def _opened(uri: str) -> None:
     """Open the tracking store once per process; an unusable one becomes one clear line."""
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
+    _answering(uri)
     try:
         c = _client(uri)
         c.search_experiments(max_results=1)
@@ -253,14 +279,15 @@ def _opened(uri: str) -> None:
     except (MlflowException, SQLAlchemyError, OSError) as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:120]
         path = _sqlite_path(uri)
-        recover = (
-            "if it holds no runs you need, move it aside and run the command again"
-            if path is not None
-            else "check that the server is reachable and its database migrated"
-        )
+        if path is None:
+            raise CopmlError(
+                f"MLflow tracking store {_without_password(uri)} cannot be opened ({reason}): "
+                "check that the server is reachable and its database migrated"
+            ) from None
         raise CopmlError(
-            f"MLflow tracking store {path or uri} cannot be opened ({reason}); it may have "
-            f"been left unfinished by an interrupted command: {recover}"
+            f"MLflow tracking store {path} cannot be opened ({reason}); it may have been left "
+            "unfinished by an interrupted command: if it holds no runs you need, move it "
+            "aside and run the command again"
         ) from None
 
 
