@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import re
@@ -190,6 +189,11 @@ def _quiet_mlflow() -> None:
     # (copml verifies every artifact's sha256 before loading) would bury it.
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"mlflow(\..*)?$")
+    # Against a tracking server MLflow also writes "View run … at: URL" to stdout when a run
+    # ends (it would spoil `--json` output) and a progress bar to stderr when it downloads:
+    # its own switches, read at each call, turn both off (a user's setting still wins).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -236,12 +240,38 @@ def _create_sqlite_store(path: Path, artifacts_uri: str) -> None:
             os.close(folder)
 
 
+def _answering(uri: str) -> None:
+    """A tracking server's URI must reach something that answers HTTP, asked once: MLflow's
+    own client retries a refused connection with backoff for about four minutes before it
+    gives up, so a wrong or stopped server would hold every command that long."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    # Credentials in the URI are MLflow's to send, not this probe's.
+    bare = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+    try:
+        with urlopen(bare, timeout=30):  # http or https: checked above
+            return
+    except HTTPError:
+        return  # it answered (a login page, a 404 at the root): MLflow's calls will tell
+    except OSError as exc:
+        reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[:120]
+        raise CopmlError(
+            f"MLflow tracking server {_without_password(uri)} cannot be reached ({reason}): "
+            "check that it runs and that MLFLOW_TRACKING_URI names it"
+        ) from None
+
+
 @cache
 def _opened(uri: str) -> None:
     """Open the tracking store once per process; an unusable one becomes one clear line."""
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
+    _answering(uri)
     try:
         c = _client(uri)
         c.search_experiments(max_results=1)
@@ -249,14 +279,15 @@ def _opened(uri: str) -> None:
     except (MlflowException, SQLAlchemyError, OSError) as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:120]
         path = _sqlite_path(uri)
-        recover = (
-            "if it holds no runs you need, move it aside and run the command again"
-            if path is not None
-            else "check that the server is reachable and its database migrated"
-        )
+        if path is None:
+            raise CopmlError(
+                f"MLflow tracking store {_without_password(uri)} cannot be opened ({reason}): "
+                "check that the server is reachable and its database migrated"
+            ) from None
         raise CopmlError(
-            f"MLflow tracking store {path or uri} cannot be opened ({reason}); it may have "
-            f"been left unfinished by an interrupted command: {recover}"
+            f"MLflow tracking store {path} cannot be opened ({reason}); it may have been left "
+            "unfinished by an interrupted command: if it holds no runs you need, move it "
+            "aside and run the command again"
         ) from None
 
 
@@ -348,13 +379,12 @@ def download_artifact(project: Project, run_id: str, path: str, into: Path) -> P
     """The local copy, under ``into``, of the artifact ``path`` of a run of the project."""
     import mlflow
 
-    with contextlib.redirect_stderr(io.StringIO()):  # MLflow's progress bar
-        found = mlflow.artifacts.download_artifacts(
-            run_id=run_id,
-            artifact_path=path,
-            dst_path=str(into),
-            tracking_uri=client(project).tracking_uri,
-        )
+    found = mlflow.artifacts.download_artifacts(
+        run_id=run_id,
+        artifact_path=path,
+        dst_path=str(into),
+        tracking_uri=client(project).tracking_uri,
+    )
     return Path(found)
 
 
@@ -584,12 +614,11 @@ def fetch(uri: str, tracking_uri: str, into: Path) -> SourceModel:
     c = _source_client(uri, tracking_uri)
     try:
         location, run_id = _artifact_location(c, uri)
-        with contextlib.redirect_stderr(io.StringIO()):  # MLflow's progress bar
-            folder = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri
-                )
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri
             )
+        )
     except MlflowException as exc:
         reason = " ".join(exc.message.split())[:200]
         raise CopmlError(f"cannot import {uri}: {reason}") from None
@@ -709,22 +738,27 @@ def local_copy(project: Project, mv: ModelVersion) -> Path:
         # A folder of this process's own, renamed into place: server workers starting
         # together may all copy, and the first rename wins.
         project.models_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=project.models_dir)) / "m"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=project.models_dir))
         try:
             if mv.source.startswith("file:"):
-                shutil.copytree(Path(url2pathname(urlparse(mv.source).path)), tmp)
+                copied = tmp / "m"
+                shutil.copytree(Path(url2pathname(urlparse(mv.source).path)), copied)
             else:
                 import mlflow
 
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=mv.source,
-                    dst_path=str(tmp),
-                    tracking_uri=client(project).tracking_uri,
+                # A remote folder (a server's mlflow-artifacts:/…/model) arrives as a
+                # folder of its own name inside dst_path: the path returned is the model's.
+                copied = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=mv.source,
+                        dst_path=str(tmp),
+                        tracking_uri=client(project).tracking_uri,
+                    )
                 )
             with contextlib.suppress(OSError):  # another process renamed its copy first
-                tmp.rename(target)
+                copied.rename(target)
         finally:
-            shutil.rmtree(tmp.parent, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
     actual = directory_sha256(target)
     if actual != mv.artifact_sha256:
         raise CopmlError(
