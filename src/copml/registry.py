@@ -319,7 +319,10 @@ def experiment_id(project: Project) -> str:
     found = c.get_experiment_by_name(project.spec.project)
     if found is not None:
         return found.experiment_id
-    location = project.artifacts_uri if project.tracking_uri.startswith("sqlite") else None
+    # A database store (SQLite, PostgreSQL, …) keeps artifacts under COPML_HOME, not in an
+    # ./mlruns of whatever folder the command ran in; a tracking server places its own.
+    served = urlparse(project.tracking_uri).scheme in ("http", "https", "databricks")
+    location = None if served else project.artifacts_uri
     return c.create_experiment(project.spec.project, artifact_location=location)
 
 
