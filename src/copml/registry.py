@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from copml.project import Project
 
 CHAMPION = "champion"
+# The tracking URIs of MLflow's database stores (SQLAlchemy dialects it supports).
+_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 TAG = "copml."
 TRAINED = "trained"
 IMPORTED = "imported"
@@ -320,9 +322,9 @@ def experiment_id(project: Project) -> str:
     if found is not None:
         return found.experiment_id
     # A database store (SQLite, PostgreSQL, …) keeps artifacts under COPML_HOME, not in an
-    # ./mlruns of whatever folder the command ran in; a tracking server places its own.
-    served = urlparse(project.tracking_uri).scheme in ("http", "https", "databricks")
-    location = None if served else project.artifacts_uri
+    # ./mlruns of whatever folder the command ran in; a server or a file store places its own.
+    database = urlparse(project.tracking_uri).scheme.split("+")[0] in _DATABASES
+    location = project.artifacts_uri if database else None
     return c.create_experiment(project.spec.project, artifact_location=location)
 
 
