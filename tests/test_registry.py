@@ -99,3 +99,23 @@ def test_a_store_that_cannot_be_opened_is_one_clear_line(churn: Project) -> None
     assert "move it aside and run the command again" in lines[0]
     assert store.read_bytes() == content
     assert_unchanged(before, churn)
+
+
+def test_a_database_tracking_store_keeps_artifacts_under_copml_home(
+    fresh_churn: Project, pg_url: str, tmp_path: Path, monkeypatch
+) -> None:
+    """MLflow on PostgreSQL without a server: the model lands under COPML_HOME, never in an
+    ``mlruns`` folder of whatever folder the command ran in."""
+    from copml import registry
+    from projects import trained
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pg_url)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    project = trained(fresh_churn)
+    champion = registry.champion(project)
+    assert champion is not None
+    assert champion.source.startswith(project.artifacts_uri), champion.source
+    assert not (elsewhere / "mlruns").exists()
+    assert (registry.local_copy(project, champion) / "MLmodel").is_file()
