@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -265,3 +266,38 @@ def test_an_unanswering_tracking_server_is_one_clear_error_at_once(
     assert "MLFLOW_TRACKING_URI" in lines[0]
     assert len(accepted) == 1  # asked once: no retries with backoff
     assert_unchanged(before, churn)
+
+
+def test_a_tls_server_with_its_own_certificate_is_left_to_mlflows_settings(
+    tmp_path: Path,
+) -> None:
+    """A tracking server whose certificate only MLflow's settings trust (a private CA) is
+    reachable: the probe does not refuse it, MLflow's client decides."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    handshakes: list[int] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        refused = contextlib.suppress(ssl.SSLError, OSError)  # the client does not trust it
+        with conn, refused, context.wrap_socket(conn, server_side=True):
+            pass
+        handshakes.append(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        registry._answering(f"https://127.0.0.1:{listener.getsockname()[1]}")  # no error
+    finally:
+        thread.join(timeout=30)
+        listener.close()
+    assert handshakes == [1]

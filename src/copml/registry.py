@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import tempfile
 import time
 import uuid
@@ -260,6 +261,10 @@ def _answering(uri: str) -> None:
     except HTTPError:
         return  # it answered (a login page, a 404 at the root): MLflow's calls will tell
     except OSError as exc:
+        if isinstance(exc, ssl.SSLError) or isinstance(getattr(exc, "reason", None), ssl.SSLError):
+            # It speaks TLS with a certificate this probe does not trust: MLflow's own
+            # settings (MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_INSECURE_TLS) decide.
+            return
         reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[:120]
         raise CopmlError(
             f"MLflow tracking server {_without_password(uri)} cannot be reached ({reason}): "
