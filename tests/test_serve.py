@@ -1190,3 +1190,23 @@ def test_openapi_describes_the_server_for_every_role(
     # Stateful runs where responses link to other operations (not for GET-only roles).
     assert "\u2705 Stateful" in summary or "Stateful (not applicable)" in summary, summary
     assert "failure" not in summary and "\u274c" not in summary, summary
+
+
+def test_status_lists_the_serving_replica_that_beats(churn: Project) -> None:
+    """Each server beats with its address, process and loaded version; ``copml status``
+    lists the replicas the store has seen."""
+    srv = start(churn)
+    try:
+        status = [sys.executable, "-m", "copml", "status", "--project", str(churn.root)]
+        shown = json.loads(
+            subprocess.run([*status, "--json"], capture_output=True, text=True, check=True).stdout
+        )["replicas"]
+        table = subprocess.run(status, capture_output=True, text=True, check=True).stdout
+    finally:
+        srv.kill()
+    address = srv.url.removeprefix("http://")
+    assert [r["replica"] for r in shown] == [address]  # the server beat once it started
+    (replica,) = shown
+    assert replica["model_version"] == "1" and replica["ok"] and replica["live"]
+    assert isinstance(replica["pid"], int) and replica["pid"] > 0
+    assert address in table and "live" in table

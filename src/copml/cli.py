@@ -566,14 +566,17 @@ def monitor(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt 
 def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Each declared requirement: met / not met / unknown, with its figure."""
     from copml import registry
+    from copml.monitor.replicas import replicas
     from copml.monitor.status import requirements
     from copml.monitor.window import history
+    from copml.store import open_store
 
     p = _project(project)
     windows = history(p, limit=1)
     latest = windows[-1] if windows else None
     found = requirements(p.spec, latest)
     champion = registry.champion(p)
+    serving = replicas(open_store(p.db_url))
     if as_json:
         _print_json(
             {
@@ -581,6 +584,7 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
                 "champion": champion.version if champion else None,
                 "window_end": latest.end if latest else None,
                 "requirements": [r.__dict__ for r in found],
+                "replicas": [r.__dict__ for r in serving],
             }
         )
         return
@@ -595,7 +599,15 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
         table.add_row(
             r.name, r.kind, r.expected, figure(r.value), f"[{colour[r.state]}]{r.state}[/]"
         )
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    if serving:
+        seen = Table("replica", "pid", "version", "last heartbeat", "state", title="serving")
+        for r in serving:
+            state = ("live" if r.ok else "live, no model") if r.live else "[yellow]silent[/]"
+            beat = f"{r.last_beat:%Y-%m-%d %H:%M:%S} UTC"
+            seen.add_row(r.replica, str(r.pid or ""), r.model_version or "—", beat, state)
+        console.print(seen)
 
 
 @app.command()

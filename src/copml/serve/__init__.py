@@ -87,7 +87,11 @@ def _serve(
     from copml.project import load_project
     from copml.serve.app import create_app
 
-    app = create_app(load_project(root), **options)
+    # The replica's name in its heartbeats: the address it serves (the machine's name for a
+    # wildcard address, as in a container).
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    address = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
+    app = create_app(load_project(root), replica=address, **options)
     # What start-up loaded (MLflow, pandas, the model) lives as long as the process: out
     # of the collector's sight, full collections stop pausing requests (p99 230 -> 50 ms).
     gc.collect()

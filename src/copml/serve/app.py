@@ -38,6 +38,7 @@ def create_app(
     heartbeat_seconds: float = 10.0,
     clock: Callable[[], datetime] | None = None,
     rate_buckets: SharedBuckets | None = None,
+    replica: str = "",
 ) -> FastAPI:
     """The app; ``clock`` stamps predictions (a simulated clock in ``copml demo xray``);
     ``rate_buckets`` are shared with the other workers of one supervisor."""
@@ -48,6 +49,7 @@ def create_app(
         heartbeat_seconds=heartbeat_seconds,
         clock=clock,
         rate_buckets=rate_buckets,
+        replica=replica,
     )
     if server.own_api is not None:  # a body that is not a table of instances
         max_body_bytes = max(max_body_bytes, server.own_api.max_body_bytes)

@@ -5,6 +5,7 @@ rate limit, built once at start-up (:meth:`Server.open`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +52,7 @@ class Server:
     verifier: keys.Verifier
     insecure: bool  # no keys asked for, nothing rate limited
     heartbeat_seconds: float
+    replica: str = ""  # the address it serves, host:port ("" when not served by copml serve)
     _cpu_seen: float = field(default_factory=time.process_time)
 
     @classmethod
@@ -62,6 +64,7 @@ class Server:
         heartbeat_seconds: float,
         clock: Callable[[], datetime] | None,
         rate_buckets: SharedBuckets | None,
+        replica: str = "",
     ) -> Server:
         """Open the store and load the champion (if any) for ``project``."""
         spec = project.spec
@@ -89,6 +92,7 @@ class Server:
             verifier=keys.Verifier(engine),
             insecure=insecure,
             heartbeat_seconds=heartbeat_seconds,
+            replica=replica,
         )
 
     def refresh(self, actor: str = "system") -> Refresh:
@@ -111,6 +115,9 @@ class Server:
                     source="server",
                     ok=self.slot.current is not None,
                     detail=str(self.heartbeat_seconds),
+                    replica=self.replica or None,
+                    pid=os.getpid(),
+                    model_version=self.slot.current.version if self.slot.current else None,
                 )
             )
 

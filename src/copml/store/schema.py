@@ -206,6 +206,11 @@ heartbeats = Table(
     Column("ok", Boolean, nullable=False),
     Column("latency_ms", Float, nullable=True),
     Column("detail", Text, nullable=True),
+    # A server's beat: its address (host:port as served) and process, and the version it
+    # had loaded; None for probes.
+    Column("replica", String(160), nullable=True),
+    Column("pid", Integer, nullable=True),
+    Column("model_version", String(32), nullable=True),
     Index("ix_heartbeats_at", "at"),
 )
 
