@@ -70,20 +70,7 @@ def test_an_action_of_a_dead_process_is_failed_and_retried(project: Project) -> 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # its pid now names no process
     owner = f"{socket.gethostname()}:{gone.pid}"
-    with open_store(project.db_url).begin() as conn:
-        stale = conn.execute(
-            insert(rows).values(
-                kind="alert",
-                policy="watch",
-                window_end=JAN,
-                state=ActionState.RUNNING.value,
-                created_at=JAN,
-                started_at=JAN,
-                owner=owner,
-                attempt=1,
-                evidence={"when": "accuracy < 0.75", "values": {}, "chain": ["alert"]},
-            )
-        ).inserted_primary_key[0]
+    stale = _running(project, owner)
     assert actions.recover(project, JAN) == [stale]
     assert actions.recover(project, JAN) == []  # recovered once, not twice
     assert _states(project) == [("alert", "failed", 1), ("alert", "pending", 2)]

@@ -27,7 +27,7 @@ import yaml
 from kubernetes_validate.utils import all_versions
 from typer.core import TyperGroup
 
-from copml import cli, keys, snapshots
+from copml import cli, keys
 from copml.project import Project, load_project
 from copml.spec import SPEC_FILE, load_spec
 from copml.store import open_store
@@ -211,17 +211,12 @@ def churn_apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, 
     from copml.serve.app import create_app
     from copml.ui.app import create_app as create_dashboard
     from copml.ui.projects import discover
+    from projects import freeze
 
     root = tmp_path_factory.mktemp("deploy") / "churn"
     init(root, "churn")
     project = load_project(root)
-    project.ensure_home()
-    snapshots.create(
-        open_store(project.db_url),
-        project.spec.data,
-        root=project.root,
-        directory=project.snapshots_dir,
-    )
+    freeze(project)
     serve = create_app(project, poll_seconds=0, heartbeat_seconds=0)
     yield serve, create_dashboard(discover([root]))
 

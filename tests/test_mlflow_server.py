@@ -31,10 +31,10 @@ import pandas as pd
 import pytest
 
 from conftest import _pg_schema
-from copml import audit, registry, snapshots
+from copml import audit, registry
 from copml.project import Project
 from copml.reproduce import reproduce
-from copml.store import open_store
+from projects import freeze
 from store_state import assert_unchanged, capture
 from test_serve import _free_port, start
 
@@ -167,13 +167,7 @@ def test_churn_lifecycle_against_an_mlflow_server(
     assert mlflow_server.artifacts not in project.root.parents
 
     with _never_touched(mlflow_server.artifacts) as touched:
-        project.ensure_home()
-        snapshots.create(
-            open_store(project.db_url),
-            project.spec.data,
-            root=project.root,
-            directory=project.snapshots_dir,
-        )
+        freeze(project)
         # Train, gate and promote in a real `copml train`: stdout is its JSON and nothing
         # else (MLflow's "View run … at: URL" lines for a tracking server stay out of it).
         trained = _copml(project, env, "train", "--json")
