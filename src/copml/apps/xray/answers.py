@@ -10,22 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import JSON, BigInteger, Column, Float, ForeignKey, Integer, MetaData, String, Table
+from sqlalchemy import JSON, Column, Float, ForeignKey, MetaData, String, Table
 
 from copml.store import Migrations, predictions
+from copml.store.schema import Seq
 
 metadata = MetaData()
 
 cascade_answers = Table(
     "cascade_answers",
     metadata,
-    Column(
-        "seq",
-        BigInteger().with_variant(Integer(), "sqlite"),
-        ForeignKey(predictions.c.seq),
-        primary_key=True,
-        autoincrement=False,
-    ),
+    Column("seq", Seq, ForeignKey(predictions.c.seq), primary_key=True, autoincrement=False),
     Column("type", String(32), nullable=True),
     Column("type_probability", Float, nullable=True),
     Column("image_sha256", String(64), nullable=False),
