@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import key_changes
 from batches import month
 from copml import events, keys, prediction_log
 from copml.project import Project, load_project
-from copml.store import batches, open_store, predictions
+from copml.store import batches, idempotency_keys, open_store, predictions
 from copml.store import events as event_log
 from projects import freeze
 from store_state import assert_unchanged, capture
@@ -796,22 +797,24 @@ def test_a_second_server_on_a_served_port_refuses_to_start(churn: Project) -> No
         _until(lambda: _deployed(churn) == deployed_before + 2, "both workers loaded the model")
         before = capture(churn)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("COPML_", "MLFLOW_"))}
-        second = subprocess.Popen(
-            _serve_command(churn, port, "--workers", "2"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=inherited,
-            start_new_session=True,
-        )
-        try:
-            _, err = second.communicate(timeout=120)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(second.pid, signal.SIGKILL)
-        assert second.returncode == 1, err[-2000:]
-        assert f"port {port} is already served by another copml serve" in err
-        assert "Traceback" not in err
+        # The same address, and the wildcard address that overlaps it.
+        for host in ("127.0.0.1", "0.0.0.0"):
+            second = subprocess.Popen(
+                _serve_command(churn, port, "--workers", "2", "--host", host),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=inherited,
+                start_new_session=True,
+            )
+            try:
+                _, err = second.communicate(timeout=120)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(second.pid, signal.SIGKILL)
+            assert second.returncode == 1, err[-2000:]
+            assert f"port {port} is already served by another copml serve" in err, err
+            assert "Traceback" not in err
         assert_unchanged(before, churn)
         assert httpx.get(f"{server.url}/healthz").status_code == 200  # the first still serves
     finally:
@@ -1210,3 +1213,100 @@ def test_status_lists_the_serving_replica_that_beats(churn: Project) -> None:
     assert replica["model_version"] == "1" and replica["ok"] and replica["live"]
     assert isinstance(replica["pid"], int) and replica["pid"] > 0
     assert address in table and "live" in table
+
+
+def _stored_keys(project: Project) -> list[tuple[str, str, int]]:
+    engine = open_store(project.db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(idempotency_keys.c.caller, idempotency_keys.c.key, idempotency_keys.c.seq)
+        )
+        return sorted(tuple(row) for row in rows)
+
+
+def test_a_retry_with_its_idempotency_key_gets_the_same_answer_and_logs_nothing(
+    server: Server,
+) -> None:
+    instances = _instances(server.project, 2)
+    headers = {**server.headers("service"), "Idempotency-Key": f"order-{uuid.uuid4()}"}
+    url = f"{server.url}/v1/predict"
+    first = httpx.post(url, json={"instances": instances}, headers=headers)
+    assert first.status_code == 200, first.text
+    assert "idempotent-replayed" not in first.headers
+    before = capture(server.project)
+    again = httpx.post(url, json={"instances": instances}, headers=headers)
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.text == first.text  # the same prediction ids, scores, version
+    assert_unchanged(before, server.project)
+
+    # The same key with other instances is a conflict, and stores nothing.
+    other = httpx.post(url, json={"instances": instances[:1]}, headers=headers)
+    assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"], other.text
+    for bad in ("two words", "x" * 256, ""):
+        refused = httpx.post(
+            url, json={"instances": instances}, headers={**headers, "Idempotency-Key": bad}
+        )
+        assert refused.status_code == 422, (bad, refused.text)
+        assert refused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"], bad
+    twice = httpx.post(
+        url,
+        json={"instances": instances},
+        headers=[
+            *server.headers("service").items(),
+            ("Idempotency-Key", "a"),
+            ("Idempotency-Key", "b"),
+        ],
+    )
+    assert twice.status_code == 422 and "more than once" in twice.text
+    assert_unchanged(before, server.project)
+
+    # A key is the caller's own: another service key's request with it is a new prediction.
+    other_key = keys.create(open_store(server.project.db_url), "service")
+    theirs = httpx.post(
+        url,
+        json={"instances": instances},
+        headers={
+            "Authorization": f"Bearer {other_key}",
+            "Idempotency-Key": headers["Idempotency-Key"],
+        },
+    )
+    assert theirs.status_code == 200, theirs.text
+    assert (
+        theirs.json()["predictions"][0]["prediction_id"]
+        != first.json()["predictions"][0]["prediction_id"]
+    )
+    assert (
+        len(
+            {
+                caller
+                for caller, key, _ in _stored_keys(server.project)
+                if key == headers["Idempotency-Key"]
+            }
+        )
+        == 2
+    )
+
+
+def test_one_key_sent_many_times_at_once_is_predicted_once(server: Server) -> None:
+    """Twelve copies of one request with one key, in flight together: whatever groups they
+    fall in, every copy gets the same answer and one prediction is logged."""
+    instance = _instances(server.project, 1)
+    key = f"burst-{uuid.uuid4()}"
+    headers = {**server.headers("service"), "Idempotency-Key": key}
+    engine = open_store(server.project.db_url)
+    with engine.connect() as conn:
+        logged_before = conn.execute(select(func.count()).select_from(predictions)).scalar_one()
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post("/v1/predict", json={"instances": instance}) for _ in range(12))
+            )
+
+    answers = asyncio.run(send())
+    assert [a.status_code for a in answers] == [200] * 12, [a.text[:200] for a in answers]
+    assert len({a.text for a in answers}) == 1
+    with engine.connect() as conn:
+        logged = conn.execute(select(func.count()).select_from(predictions)).scalar_one()
+    assert logged == logged_before + 1
+    assert [k for _, k, _ in _stored_keys(server.project)].count(key) == 1

@@ -967,7 +967,17 @@ def keys_revoke(
     _console().print(f"key {done.prefix} ({done.role}) revoked")
 
 
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (all of 127.0.0.0/8: replicas on one machine
+    listen on 127.0.0.2, 127.0.0.3, …)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command()
@@ -1003,7 +1013,7 @@ def serve(
     """Serve the champion as a REST API; every prediction is stored before it is answered."""
     from copml.errors import CopmlError
 
-    if insecure and host not in _LOOPBACK:
+    if insecure and not _loopback(host):
         raise CopmlError(f"--insecure is refused on {host}: only loopback may go without keys")
     from copml.serve import run
 

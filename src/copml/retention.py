@@ -21,6 +21,7 @@ from copml.store import (
     batches,
     class_probabilities,
     feedback,
+    idempotency_keys,
     lock_for_writing,
     open_store,
     prediction_inputs,
@@ -81,6 +82,7 @@ def _prediction_records() -> list[tuple[Table, Column[Any]]]:
         if fk.column is predictions.c.seq
     ]
     return [
+        (idempotency_keys, idempotency_keys.c.seq),
         (feedback, feedback.c.prediction_seq),
         (reviews, reviews.c.seq),
         (class_probabilities, class_probabilities.c.seq),

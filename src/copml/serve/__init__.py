@@ -8,7 +8,7 @@ starts them, restarts one that dies, and takes them with it when it dies: each w
 watches its parent's sentinel pipe, which the kernel closes whatever kills the parent.
 
 ``SO_REUSEPORT`` would also let a second server bind beside the first, so every server
-first claims its port with an abstract Unix socket (Linux: per network namespace, like
+first claims its address and port with an abstract Unix socket (Linux: per network namespace, like
 ports, and released by the kernel when the last process holding it ends); the supervisor
 hands the claim to its workers, so it lasts as long as any of them serves.
 """
@@ -34,23 +34,50 @@ from copml.errors import CopmlError
 _log = logging.getLogger(__name__)
 
 
-def _claim(port: int) -> socket.socket | None:
-    """Refuse a port that another copml server holds; the claim lives as long as its holders.
+_WILDCARDS = ("", "0.0.0.0", "::")
 
-    Keyed by port alone: two servers on one port but different addresses could only both
-    bind with ``SO_REUSEPORT``, which is exactly the case to refuse.
+
+def _claimed(port: int) -> list[str]:
+    """The addresses that copml servers hold on ``port`` (abstract sockets are listed in
+    /proc/net/unix with an ``@``)."""
+    suffix = f"|{port}"
+    names = Path("/proc/net/unix").read_text().split()
+    return [
+        n[len("@copml-serve:") : -len(suffix)]
+        for n in names
+        if n.startswith("@copml-serve:") and n.endswith(suffix)
+    ]
+
+
+def _claim(host: str, port: int) -> socket.socket | None:
+    """Refuse an address and port that another copml server holds; the claim lives as long
+    as its holders.
+
+    ``SO_REUSEPORT`` (several workers) would let a second server bind beside the first, so
+    each server claims its address and port. Replicas on other addresses of one machine
+    (127.0.0.2:8000, 127.0.0.3:8000) do not overlap; a wildcard address overlaps them all.
     """
     if not sys.platform.startswith("linux"):
         return None  # abstract sockets are Linux's; elsewhere the bind itself is the check
+    address = "*" if host in _WILDCARDS else host
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        claim.bind(f"\0copml-serve:{port}")
+        claim.bind(f"\0copml-serve:{address}|{port}")
     except OSError:
         claim.close()
         raise CopmlError(
-            f"port {port} is already served by another copml serve; stop it first "
-            "(or choose another --port)"
+            f"port {port} is already served by another copml serve on {host}; stop it "
+            "first (or choose another --port)"
         ) from None
+    # Checked after claiming, so of two servers starting at once, neither is missed.
+    others = _claimed(port)
+    others.remove(address)
+    if overlap := [a for a in others if "*" in (a, address)]:
+        claim.close()
+        raise CopmlError(
+            f"port {port} is already served by another copml serve on {overlap[0]}; "
+            "stop it first (or choose another --port)"
+        )
     return claim
 
 
@@ -199,7 +226,7 @@ class _Supervisor:
 
 def run(root: Path, host: str, port: int, *, workers: int = 1, **options: Any) -> None:
     """Serve until interrupted; with ``workers > 1``, supervise that many processes."""
-    claim = _claim(port)
+    claim = _claim(host, port)
     if workers <= 1:
         _serve(str(root), host, port, options, reuse_port=False)
         return

@@ -8,6 +8,7 @@ The routes (:mod:`copml.serve.routes`) reach the typed state in ``app.state.serv
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -23,8 +24,12 @@ from copml.serve.metrics import MetricsMiddleware
 from copml.serve.requests import feedback_request_model, review_resolution_model
 from copml.serve.routes import admin, feedback, health, predict, predictions, reviews
 from copml.serve.state import Server
+from copml.store import UNAVAILABLE
 
 MAX_BODY_BYTES = 1 << 20
+RETRY_AFTER_S = 1  # a store restart takes about a second
+
+_log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -89,6 +94,8 @@ def create_app(
     ):
         _mount(app, router)
     app.exception_handler(RequestValidationError)(_invalid)
+    for error in UNAVAILABLE:
+        app.exception_handler(error)(_unavailable)
     app.add_middleware(Occupancy, batcher=server.batcher, path=predict.PATH)
     app.add_middleware(
         BodyLimit, limit=max_body_bytes, timeout=body_timeout, max_pending=max_pending_bodies
@@ -114,6 +121,17 @@ async def _every(seconds: float, job: Callable[[], object]) -> None:
             await asyncio.to_thread(job)
         except Exception:
             continue
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # The store is down or restarting: a 503 its client may retry (with the same
+    # Idempotency-Key), never a 500; the pool reconnects by itself once it is back.
+    _log.warning("the store is unavailable: %s", str(exc).splitlines()[0][:200])
+    return JSONResponse(
+        {"detail": "the store is unavailable; retry shortly"},
+        503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

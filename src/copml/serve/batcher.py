@@ -29,13 +29,21 @@ class Pending:
     rows: list[dict[str, Any]]
     started: float
     future: asyncio.Future[list[Any]] = field(repr=False)
+    claim: Any = None  # its Idempotency-Key claim, stored with its predictions
 
 
 class MicroBatcher:
     """Feeds groups of pending requests to ``process(groups) -> results per request``."""
 
-    def __init__(self, process: Callable[[list[Pending]], list[list[Any]]]) -> None:
+    def __init__(
+        self,
+        process: Callable[[list[Pending]], list[list[Any]]],
+        shared_failure: tuple[type[Exception], ...] = (),
+    ) -> None:
         self._process = process
+        # Failures that no request causes (the store is down): the whole group fails at
+        # once instead of being split to find a culprit that is not there.
+        self._shared_failure = shared_failure
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._in_server = 0
@@ -55,9 +63,9 @@ class MicroBatcher:
     def left(self) -> None:
         self._in_server -= 1
 
-    async def submit(self, rows: list[dict[str, Any]]) -> list[Any]:
+    async def submit(self, rows: list[dict[str, Any]], claim: Any = None) -> list[Any]:
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(Pending(rows, time.perf_counter(), future))
+        await self._queue.put(Pending(rows, time.perf_counter(), future, claim))
         return await future
 
     async def _collect(self) -> list[Pending]:
@@ -114,8 +122,8 @@ class MicroBatcher:
         try:
             return self._process(group)
         except Exception as exc:
-            if len(group) == 1:
-                return [_Failed(exc)]
+            if len(group) == 1 or isinstance(exc, self._shared_failure):
+                return [_Failed(exc)] * len(group)
             half = len(group) // 2
             return self._isolated(group[:half]) + self._isolated(group[half:])
 

@@ -54,6 +54,7 @@ _WHY: dict[int, dict[str, Any]] = {
     403: {"description": "The key's role may not do this"},
     404: {"description": "No such prediction"},
     408: {"description": "The request body stopped arriving"},
+    409: {"description": "The Idempotency-Key was used before with other instances"},
     413: {"description": "The request body is over the size limit"},
     415: {"description": "The body is neither JSON nor a multipart upload"},
     422: {"description": "A field of the body or a parameter is invalid; `loc` names it"},
@@ -61,7 +62,12 @@ _WHY: dict[int, dict[str, Any]] = {
         "description": "Rate limit exceeded, or too many failed keys from this client or prefix",
         "headers": {"Retry-After": _INTEGER},
     },
-    503: {"description": "No champion model is loaded, or too many requests wait for their bodies"},
+    503: {
+        "description": "No champion model is loaded, too many requests wait for their bodies, "
+        "or the store is unreachable for now (retry after Retry-After, with the same "
+        "Idempotency-Key)",
+        "headers": {"Retry-After": _INTEGER},
+    },
 }
 
 

@@ -26,6 +26,7 @@ from copml import prediction_log
 from copml.kinds import Decisions, kind_for
 from copml.project import Project
 from copml.redaction import keyed_hash
+from copml.serve import idempotency
 from copml.serve.batcher import Pending, report_scored
 from copml.serve.champion import ChampionSlot
 from copml.store import bind_value, bulk_insert, prediction_inputs, reviews
@@ -106,6 +107,8 @@ class GroupScorer:
         done = time.perf_counter()
         latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
         now = self._clock()
+        key = prediction_log.new_key()
+        answered = self._answers(group, key, champion.version, decided)
 
         def alongside(conn: Connection, first: int) -> None:
             bulk_insert(
@@ -123,8 +126,8 @@ class GroupScorer:
             ]
             if flagged:
                 bulk_insert(conn, reviews, ("seq", "opened_at"), flagged)
+            idempotency.record(conn, self._claimed(group, first, answered), now)
 
-        key = prediction_log.new_key()
         header = prediction_log.Header(key, now, spec.project, champion.version, None, "api")
         prediction_log.write(
             self._engine,
@@ -136,7 +139,19 @@ class GroupScorer:
             probabilities=decided.probabilities,
         )
         report_scored(self.on_scored, champion.version, decided.label, review)
-        return self._answers(group, key, champion.version, decided)
+        return answered
+
+    @staticmethod
+    def _claimed(
+        group: list[Pending], first: int, answered: list[tuple[str, list[dict[str, Any]]]]
+    ) -> list[tuple[idempotency.Claim, int, str]]:
+        """Each claimed request's key, first seq and answer as its response will say it."""
+        out, seq = [], first
+        for pending, (version, answers) in zip(group, answered, strict=True):
+            if pending.claim is not None:
+                out.append((pending.claim, seq, idempotency.text(version, answers)))
+            seq += len(pending.rows)
+        return out
 
     def _answers(
         self, group: list[Pending], key: str, version: str, decided: Decisions

@@ -27,7 +27,7 @@ from copml.serve.champion import ChampionSlot, Refresh
 from copml.serve.limits import RateLimiter, SharedBuckets
 from copml.serve.metrics import ServerMetrics
 from copml.serve.scoring import GroupScorer
-from copml.store import heartbeats, open_store
+from copml.store import UNAVAILABLE, heartbeats, open_store
 
 # A 404 never echoes the id it was asked about: the body names what is missing, not the
 # client's input.
@@ -86,7 +86,7 @@ class Server:
             slot=slot,
             own_api=own_api,
             scorer=scorer,
-            batcher=MicroBatcher(scorer),
+            batcher=MicroBatcher(scorer, shared_failure=UNAVAILABLE),
             metrics=metrics,
             limiter=RateLimiter(limit.per_second, limit.burst, rate_buckets),
             verifier=keys.Verifier(engine),

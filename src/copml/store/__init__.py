@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from copml.store.database import (
     HEAD_REVISION,
+    UNAVAILABLE,
     Migrations,
     applications,
     bind_value,
@@ -27,6 +28,7 @@ from copml.store.schema import (
     events,
     feedback,
     heartbeats,
+    idempotency_keys,
     metadata,
     metric_windows,
     policy_evaluations,
@@ -39,6 +41,7 @@ from copml.store.schema import (
 
 __all__ = [
     "HEAD_REVISION",
+    "UNAVAILABLE",
     "Migrations",
     "actions",
     "alerts",
@@ -52,6 +55,7 @@ __all__ = [
     "feedback",
     "heads",
     "heartbeats",
+    "idempotency_keys",
     "json_safe",
     "lock_for_writing",
     "metadata",

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Applications that keep tables of their own in the store register a :class:`Migrations`.
 MIGRATIONS_GROUP = "copml.migrations"
@@ -65,7 +67,28 @@ def _engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A server that is not there must be an error within seconds, never a hang: a request
+    # waiting on the store is answered 503 (:data:`UNAVAILABLE`) for its client to retry.
+    timeout = {"connect_timeout": 3} if make_url(url).get_driver_name() == "psycopg" else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=timeout)
+
+
+def _unavailable() -> tuple[type[Exception], ...]:
+    import sqlite3
+
+    found: list[type[Exception]] = [OperationalError, InterfaceError]
+    found += [sqlite3.OperationalError, sqlite3.InterfaceError]
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return tuple(found)
+    return (*found, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+# What a store that cannot answer now raises (down, restarting, a dropped connection, SQLite
+# busy past its timeout): SQLAlchemy's errors, and the driver's own where a raw cursor (a
+# PostgreSQL COPY) met it. Worth a retry, never a 500.
+UNAVAILABLE = _unavailable()
 
 
 def upgrade(engine: Engine) -> None:

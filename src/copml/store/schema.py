@@ -170,6 +170,22 @@ class_probabilities = Table(
     Column("probabilities", JSON, nullable=False),
 )
 
+# An ``Idempotency-Key`` a client sent with a prediction request, scoped by the caller's
+# key, and the answer it got: a retry with the same key (after a lost response, or through
+# a load balancer's retry on another replica) gets the same answer instead of a second
+# prediction. Written in the prediction's own transaction; purged with it.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("caller", String(16), primary_key=True),  # the API key's prefix; "" without keys
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),  # keyed hash of the instances
+    Column("seq", Seq, ForeignKey("predictions.seq"), nullable=False),  # its first prediction
+    Column("response", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_idempotency_keys_seq", "seq"),
+)
+
 # API keys, stored as scrypt hashes; ``prefix`` (the key's first characters) finds the row.
 api_keys = Table(
     "api_keys",

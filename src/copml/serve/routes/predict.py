@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from copml import registry, snapshots
 from copml.kinds import PredictApi
+from copml.serve import idempotency
 from copml.serve.access import ServiceKey, charge
 from copml.serve.requests import JsonRoute, instance_model, predict_request_model
 from copml.serve.responses import AUTH, BEARER, BODY, PredictResponse, errors
@@ -43,24 +44,45 @@ def _instances(PredictRequest: type[BaseModel]) -> APIRouter:
         response_class=Response,
         responses={
             200: {"model": PredictResponse, "description": "One answer per instance"},
-            **errors(*AUTH, *BODY),
+            **errors(*AUTH, 409, *BODY),
         },
         dependencies=[BEARER],
     )
-    async def predict(request: Request, body: PredictRequest, key: ServiceKey) -> Response:
+    async def predict(
+        request: Request,
+        body: PredictRequest,
+        key: ServiceKey,
+        idempotency_key: idempotency.Key = None,
+    ) -> Response:
         server = served(request)
         if server.slot.current is None:
             raise HTTPException(503, "no champion model is loaded")
+        instances = [instance.model_dump() for instance in body.instances]
+        claim = idempotency.claim(request, idempotency_key, key, instances, server.project.pii_key)
+        if claim is not None and (done := await _answered(server, claim)):
+            return idempotency.replay(done)
         # Checked and redacted per request, before grouping: a bad one fails alone.
-        rows = server.scorer.encode([instance.model_dump() for instance in body.instances])
+        rows = server.scorer.encode(instances)
         charge(server.limiter, key, len(rows), PATH)
-        version, answers = await server.batcher.submit(rows)
+        try:
+            version, answers = await server.batcher.submit(rows, claim)
+        except Exception as exc:
+            # The same key was in flight twice (a client's retry beside its first try):
+            # the first one's answer is stored now.
+            if claim is None or not idempotency.lost_race(exc):
+                raise
+            if (done := await _answered(server, claim)) is None:
+                raise
+            return idempotency.replay(done)
         # Serialised here, once: the answers are plain JSON types already, and FastAPI's
         # response-model round trip would cost more than the prediction on small groups.
-        text = json.dumps({"model_version": version, "predictions": answers})
-        return Response(text, media_type="application/json")
+        return Response(idempotency.text(version, answers), media_type="application/json")
 
     return routes
+
+
+async def _answered(server: Server, claim: idempotency.Claim) -> str | None:
+    return await asyncio.to_thread(idempotency.answered, server.engine, claim)
 
 
 def _uploads(api: PredictApi) -> APIRouter:
@@ -76,6 +98,10 @@ def _uploads(api: PredictApi) -> APIRouter:
     )
     async def predict_uploads(request: Request, key: ServiceKey) -> Response:
         server = served(request)
+        if idempotency.HEADER.lower() in request.headers:
+            # The kind's own answers are not stored with its predictions: refused rather
+            # than letting a client believe its retries are safe.
+            raise idempotency.refused("this model's API does not take an Idempotency-Key")
         champion = server.slot.current
         if champion is None:
             raise HTTPException(503, "no champion model is loaded")
