@@ -96,19 +96,22 @@ def record(conn: Connection, answers: list[tuple[Claim, int, str]], at: datetime
     transaction. A plain insert, not COPY: few rows, and a key stored meanwhile must fail
     as SQLAlchemy's ``IntegrityError`` (:func:`lost_race`)."""
     if answers:
+        # One statement with a row of VALUES per claim: an executemany would run in
+        # psycopg's pipeline mode, which a unique violation leaves aborted.
         conn.execute(
-            insert(_T),
-            [
-                {
-                    "caller": c.caller,
-                    "key": c.key,
-                    "request_hash": c.request_hash,
-                    "seq": seq,
-                    "response": body,
-                    "created_at": at,
-                }
-                for c, seq, body in answers
-            ],
+            insert(_T).values(
+                [
+                    {
+                        "caller": c.caller,
+                        "key": c.key,
+                        "request_hash": c.request_hash,
+                        "seq": seq,
+                        "response": body,
+                        "created_at": at,
+                    }
+                    for c, seq, body in answers
+                ]
+            )
         )
 
 

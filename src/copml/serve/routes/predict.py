@@ -59,16 +59,15 @@ def _instances(PredictRequest: type[BaseModel]) -> APIRouter:
             raise HTTPException(503, "no champion model is loaded")
         instances = [instance.model_dump() for instance in body.instances]
         claim = idempotency.claim(request, idempotency_key, key, instances, server.project.pii_key)
-        if claim is not None and (done := await _answered(server, claim)):
-            return idempotency.replay(done)
         # Checked and redacted per request, before grouping: a bad one fails alone.
         rows = server.scorer.encode(instances)
         charge(server.limiter, key, len(rows), PATH)
         try:
             version, answers = await server.batcher.submit(rows, claim)
         except Exception as exc:
-            # The same key was in flight twice (a client's retry beside its first try):
-            # the first one's answer is stored now.
+            # Optimistic: a key is looked up only when storing it failed, because it was
+            # stored before (a retry) or meanwhile (the same key in flight twice). A first
+            # try, the common case, costs one more row in its group's transaction.
             if claim is None or not idempotency.lost_race(exc):
                 raise
             if (done := await _answered(server, claim)) is None:
