@@ -6,7 +6,7 @@
    - the batch path: ``prediction_log.write`` of 1,000,000 rows in one batch (COPY);
    - the API path: group commits as ``copml serve`` makes them (the predictions, their
      redacted inputs and one Idempotency-Key per request in one transaction), groups of 1,
-     16 and 64 rows, from 1 and 8 writer threads at once.
+     16 and 64 rows, from 1 and 8 writer processes at once.
 2. One serving replica (``copml serve``, one worker, durable log) with its store on
    PostgreSQL, loaded by ``wrk`` at concurrency 16 with one-instance requests: without and
    with an ``Idempotency-Key`` per request (every key new), and with its store on SQLite for
@@ -21,17 +21,18 @@ Run: .venv/bin/python benchmarks/capacity.py [SECONDS=10]
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,41 +85,53 @@ def batch_rate(url: str, rows: int = 1_000_000) -> float:
     return rate
 
 
-def api_rate(url: str, group: int, writers: int, seconds: float) -> tuple[float, float]:
-    """(commits/s, rows/s) of API-style group commits from ``writers`` threads."""
+def _writer(url: str, group: int, seconds: float, commits: Any, start: Any) -> None:
+    """One writer process: API-style group commits for ``seconds`` once all are ready."""
     engine = open_store(url)
     label = np.ones(group, dtype=np.int16)
     score = np.full(group, 0.5)
     review = np.zeros(group, dtype=bool)
-    commits = [0] * writers
+    start.wait()
     stop = time.perf_counter() + seconds
+    done = 0
+    while time.perf_counter() < stop:
+        claim = idempotency.Claim("", uuid.uuid4().hex, "0" * 32)
+        now = datetime.now(UTC)
 
-    def writer(index: int) -> None:
-        while time.perf_counter() < stop:
-            claim = idempotency.Claim("", uuid.uuid4().hex, "0" * 32)
-            now = datetime.now(UTC)
+        def alongside(
+            conn: Connection, first: int, claim: idempotency.Claim = claim, now: datetime = now
+        ) -> None:
+            bulk_insert(
+                conn,
+                prediction_inputs,
+                ("seq", "input", "input_hash", "entity_key", "latency_ms"),
+                [(first + i, INPUT, "0" * 64, None, 1.0) for i in range(group)],
+            )
+            idempotency.record(conn, [(claim, first, '{"predictions": []}')], now)
 
-            def alongside(
-                conn: Connection, first: int, claim: idempotency.Claim = claim, now: datetime = now
-            ) -> None:
-                bulk_insert(
-                    conn,
-                    prediction_inputs,
-                    ("seq", "input", "input_hash", "entity_key", "latency_ms"),
-                    [(first + i, INPUT, "0" * 64, None, 1.0) for i in range(group)],
-                )
-                idempotency.record(conn, [(claim, first, '{"predictions": []}')], now)
-
-            prediction_log.write(engine, _header(origin="api"), label, score, review, alongside)
-            commits[index] += 1
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        prediction_log.write(engine, _header(origin="api"), label, score, review, alongside)
+        done += 1
     engine.dispose()
-    per_s = sum(commits) / seconds
+    with commits.get_lock():
+        commits.value += done
+
+
+def api_rate(url: str, group: int, writers: int, seconds: float) -> tuple[float, float]:
+    """(commits/s, rows/s) of API-style group commits from ``writers`` processes at once,
+    as many replicas write (processes: threads of one process would measure its GIL)."""
+    context = multiprocessing.get_context("spawn")
+    commits = context.Value("l", 0)
+    ready = context.Barrier(writers + 1)
+    processes = [
+        context.Process(target=_writer, args=(url, group, seconds, commits, ready))
+        for _ in range(writers)
+    ]
+    for process in processes:
+        process.start()
+    ready.wait()
+    for process in processes:
+        process.join()
+    per_s = commits.value / seconds
     return per_s, per_s * group
 
 
