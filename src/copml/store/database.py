@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, inspect, text
 
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0009"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Applications that keep tables of their own in the store register a :class:`Migrations`.
 MIGRATIONS_GROUP = "copml.migrations"
