@@ -4,9 +4,19 @@ what failed or killed runs leave behind."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import secrets
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -328,3 +338,288 @@ def test_ray_local_fails_whole_then_scores_and_the_log_serves_feedback_monitor_r
     assert done.batches == 2 and done.predictions == 1000
     assert not parts_folder.exists() and partitioned.parts_of(churn, result.prediction_batch) == []
     assert _rows(churn) == 0
+
+
+# ------------------------------------- real clusters: standalone Spark, Ray head + worker
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _until(what: str, check: Callable[[], object], seconds: float = 120) -> object:
+    """Poll ``check`` until it returns something truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A cluster process in its own process group (so it and all it starts can be
+    stopped together), its output in ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each group, then SIGKILL what is left after a deadline; reap them."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group: executors, raylets, workers
+        proc.wait()
+
+
+def _descendants(root: int, pattern: str) -> list[int]:
+    """Pids of live processes below ``root`` whose command line contains ``pattern``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if pattern not in cmdline or " Z " in stat:
+            continue
+        pid = int(entry.name)
+        while pid > 1:
+            try:
+                pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                break
+            if pid == root:
+                found.append(int(entry.name))
+                break
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+
+
+@pytest.fixture
+def spark_cluster(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real Spark standalone master and one worker (2 cores) on loopback; the master's
+    URL and the worker's process."""
+    spark_class = str(Path(sys.executable).parent / "spark-class")
+    port, ui = _free_port(), _free_port()
+    master = _start(
+        [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+         "--port", str(port), "--webui-port", str(ui)],
+        tmp_path / "master.log",
+        _env(),
+    )  # fmt: skip
+    procs = [master]
+    url = f"spark://127.0.0.1:{port}"
+    try:
+        worker = _start(
+            [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1",
+             "--port", str(_free_port()), "--webui-port", str(_free_port()), "--cores", "2",
+             "--memory", "2G", "--work-dir", str(tmp_path / "spark-work")],
+            tmp_path / "worker.log",
+            _env(),
+        )  # fmt: skip
+        procs.append(worker)
+
+        def alive_workers() -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as r:
+                    return int(json.load(r)["aliveworkers"])
+            except (OSError, ValueError, KeyError):
+                return 0
+
+        _until("a Spark worker registered with the master", alive_workers)
+        yield url, worker
+    finally:
+        _stop(procs)
+
+
+@pytest.fixture
+def ray_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real Ray head and one worker node (one CPU each) on loopback, started with
+    ``ray start --block``, token authentication on (a token of this test's, which the
+    nodes and every driver it starts share); the head's address and the worker node."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    ray = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+              "--block"]  # fmt: skip
+    short = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths: <= 107 bytes
+    env = {**_env(), "RAY_TMPDIR": short}
+    head = _start(
+        [ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+        tmp_path / "head.log",
+        env,
+    )
+    procs = [head]
+    address = f"127.0.0.1:{port}"
+    try:
+        _until("the Ray head", lambda: head.poll() or _descendants(head.pid, "gcs_server"))
+        assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+        worker = _start([ray, "start", "--address", address, *common], tmp_path / "worker.log", env)
+        procs.append(worker)
+        _until("the Ray worker node", lambda: worker.poll() or _descendants(worker.pid, "raylet"))
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        yield address, worker
+    finally:
+        _stop(procs)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def _score_cli(project: Project, source: Path, out: Path, engine: str, cluster: str):
+    """``copml score`` as a real process on the cluster, 100 rows a partition."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "copml", "score", str(source), "-o", str(out), "--engine",
+         engine, "--cluster", cluster, "--partition-rows", "100", "--project",
+         str(project.root), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )  # fmt: skip
+
+
+def _parts_written(project: Project) -> list[Path]:
+    return sorted(partitioned.batches_dir(project).glob("*/log/part-*.parquet"))
+
+
+def _batch_keys(project: Project) -> list[str]:
+    with open_store(project.db_url).connect() as conn:
+        return list(conn.execute(select(prediction_log.batches.c.key)).scalars())
+
+
+def _killed_mid_run(
+    project: Project,
+    source: Path,
+    out: Path,
+    engine: str,
+    cluster: str,
+    victims: Callable[[], list[int]],
+) -> subprocess.Popen[bytes]:
+    """Start a run, and kill -9 one of ``victims()`` once the first part is written and
+    before the last: the run's process, finished."""
+    run = _score_cli(project, source, out, engine, cluster)
+    try:
+        _until("the first part", lambda: _parts_written(project) or run.poll() is not None)
+        assert run.poll() is None, run.communicate()
+        pid = _until(f"a {engine} worker process to kill", victims)[0]  # type: ignore[index]
+        assert len(_parts_written(project)) < 40  # mid-run: parts still to write
+        os.kill(pid, signal.SIGKILL)
+        run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    return run
+
+
+def _fails_or_recovers(
+    project: Project, run: subprocess.Popen[bytes], out: Path, single: pd.DataFrame
+) -> None:
+    """Either way, no partial batch: recovered means every row, bit-equal; failed means
+    no batch at all and no output."""
+    keys = _batch_keys(project)
+    if run.returncode == 0:
+        (key,) = [k for k in keys if k != single["prediction_id"][0][:16]]
+        got = _output(out)
+        assert (got["score"].to_numpy() == single["score"].to_numpy()).all()
+        assert (got["prediction_id"].str[:16] == key).all()
+    else:
+        assert keys == [single["prediction_id"][0][:16]] and not out.exists()
+
+
+@pytest.mark.cluster
+def test_spark_standalone_survives_a_killed_executor_and_a_killed_driver(
+    churn: Project, tmp_path: Path, spark_cluster: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    url, worker = spark_cluster
+    csv, _ = month(tmp_path / "in", size=4000)
+    source = _parquet(csv, tmp_path / "in.parquet", row_group_size=100)  # 40 partitions
+    single = _single(churn, source)
+
+    # kill -9 an executor mid-run: the worker starts another, the tasks are retried (or
+    # the run fails): no partial batch either way
+    out = tmp_path / "out-1"
+    run = _killed_mid_run(
+        churn, source, out, "spark", url,
+        lambda: _descendants(worker.pid, "CoarseGrainedExecutorBackend"),
+    )  # fmt: skip
+    _fails_or_recovers(churn, run, out, single)
+    recovered = run.returncode == 0
+    print("killed executor: the run", "recovered" if recovered else "failed")
+
+    # kill -9 the driver mid-run: no batch, its parts left behind, unlocked
+    before = set(_batch_keys(churn))
+    run = _score_cli(churn, source, tmp_path / "out-2", "spark", url)
+    try:
+        _until("the first part", lambda: len(_parts_written(churn)) > (40 if recovered else 0))
+        jvm = _descendants(run.pid, "java")  # the driver's gateway JVM
+        assert jvm
+    finally:
+        run.kill()
+        run.wait()
+    # the gateway exits when its Python's end of the pipe closes: no JVM outlives a driver
+    _until("the killed driver's JVM to exit", lambda: not any(_alive(p) for p in jvm))
+    assert set(_batch_keys(churn)) == before and not (tmp_path / "out-2").exists()
+    (orphan,) = {
+        f.parent.parent.name for f in _parts_written(churn)
+        if f.parent.parent.name not in before
+    }  # fmt: skip
+
+    # a re-run sweeps the orphan and commits
+    again = _score_cli(churn, source, tmp_path / "out-3", "spark", url)
+    stdout, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr.decode()[-3000:]
+    assert not (partitioned.batches_dir(churn) / orphan).exists()
+    result = json.loads(stdout)
+    got = _output(tmp_path / "out-3")
+    assert (got["score"].to_numpy() == single["score"].to_numpy()).all()
+    assert result["rows"] == 4000 and result["prediction_batch"] in _batch_keys(churn)
+
+
+@pytest.mark.cluster
+def test_ray_cluster_survives_a_killed_worker_and_a_rerun_succeeds(
+    churn: Project, tmp_path: Path, ray_cluster: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    address, worker = ray_cluster
+    csv, _ = month(tmp_path / "in", size=4000)
+    source = _parquet(csv, tmp_path / "in.parquet", row_group_size=100)  # 40 partitions
+    single = _single(churn, source)
+
+    out = tmp_path / "out-1"
+    run = _killed_mid_run(
+        churn, source, out, "ray", address, lambda: _descendants(worker.pid, "ray::MapWorker")
+    )
+    _fails_or_recovers(churn, run, out, single)
+    print("killed Ray worker: the run", "recovered" if run.returncode == 0 else "failed")
+
+    again = _score_cli(churn, source, tmp_path / "out-2", "ray", address)
+    stdout, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr.decode()[-3000:]
+    got = _output(tmp_path / "out-2")
+    assert (got["score"].to_numpy() == single["score"].to_numpy()).all()
+    assert json.loads(stdout)["rows"] == 4000

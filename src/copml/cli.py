@@ -493,6 +493,10 @@ def score(
         str | None,
         typer.Option(help="spark://host:port or a Ray address; without it a local cluster."),
     ] = None,
+    partition_rows: Annotated[
+        int,
+        typer.Option(min=1, help="spark, ray: about this many rows per partition."),
+    ] = 500_000,
     at: AtOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -525,7 +529,14 @@ def score(
         from copml.partitioned import score as run_partitioned
 
         result = run_partitioned(
-            p, input_path, output, engine=chosen, cluster=cluster, at=when, actor=user_actor()
+            p,
+            input_path,
+            output,
+            engine=chosen,
+            cluster=cluster,
+            partition_rows=partition_rows,
+            at=when,
+            actor=user_actor(),
         )
     if as_json:
         _print_json(result.__dict__)
