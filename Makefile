@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(TORCH_CPU)'
-	$(BIN)/python -m pip install --quiet -e '.[test,vision]'
+	$(BIN)/python -m pip install --quiet -e '.[test,vision,cluster]'
 	touch $(STAMP)
 
 install: $(STAMP)

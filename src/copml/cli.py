@@ -476,8 +476,27 @@ def score(
             metavar="INPUT", help="CSV or Parquet file, or the folder a model kind reads."
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="CSV or Parquet to write (spark, ray: a folder of Parquet parts).",
+        ),
+    ],
     project: ProjectOpt = Path("."),
+    engine: Annotated[
+        str | None,
+        typer.Option(help="local | spark | ray (default: serving.engine in copml.yaml, or local)."),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="spark://host:port or a Ray address; without it a local cluster."),
+    ] = None,
+    partition_rows: Annotated[
+        int,
+        typer.Option(min=1, help="spark, ray: about this many rows per partition."),
+    ] = 500_000,
     at: AtOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -486,10 +505,39 @@ def score(
 
     when = times.parse_optional(at, "--at")
     p = _project(project)
-    output = _writable_file(output, "--output")
-    from copml.score import score as run_scoring
+    from copml.engines import ENGINES
 
-    result = run_scoring(p, input_path, output, at=when, actor=user_actor(), progress=not as_json)
+    if engine is not None and engine not in ENGINES:
+        raise typer.BadParameter(
+            f"one of {', '.join(ENGINES)}, not {engine!r}", param_hint="--engine"
+        )
+    from copml.partitioned import engine_for
+
+    chosen = engine_for(p, engine)
+    if chosen == "local":
+        if cluster is not None:
+            raise typer.BadParameter(
+                "--cluster needs --engine spark or ray", param_hint="--cluster"
+            )
+        output = _writable_file(output, "--output")
+        from copml.score import score as run_scoring
+
+        result = run_scoring(
+            p, input_path, output, at=when, actor=user_actor(), progress=not as_json
+        )
+    else:
+        from copml.partitioned import score as run_partitioned
+
+        result = run_partitioned(
+            p,
+            input_path,
+            output,
+            engine=chosen,
+            cluster=cluster,
+            partition_rows=partition_rows,
+            at=when,
+            actor=user_actor(),
+        )
     if as_json:
         _print_json(result.__dict__)
         return

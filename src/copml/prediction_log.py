@@ -59,9 +59,11 @@ def new_key() -> str:
     return secrets.token_hex(KEY_HEX // 2)
 
 
-def prediction_ids(key: str, n: int) -> pa.Array:
-    """``key`` followed by each row number in 8 hex digits, built without a Python loop."""
-    rows = np.arange(n, dtype=np.uint32)
+def prediction_ids(key: str, n: int, start: int = 0) -> pa.Array:
+    """``key`` followed by each row number in 8 hex digits, built without a Python loop;
+    rows ``start .. start + n - 1`` (a partition of a batch numbers its rows from its own
+    first row)."""
+    rows = np.arange(start, start + n, dtype=np.uint32)
     chars = np.empty((n, ID_LENGTH), dtype=np.uint8)
     chars[:, :KEY_HEX] = np.frombuffer(key.encode(), dtype=np.uint8)
     digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)

@@ -146,5 +146,9 @@ def purge(project: Project, *, actor: str, at: datetime | None = None) -> Purge:
             at=now,
         )
     for g in gone:  # files only after the records are gone for good
-        Path(g.path).unlink(missing_ok=True)
+        if not Path(g.path).is_dir():  # a partitioned batch's folder: swept below
+            Path(g.path).unlink(missing_ok=True)
+    from copml.partitioned import sweep
+
+    sweep(project)  # parts of purged partitioned batches, and of runs that never committed
     return result

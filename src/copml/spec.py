@@ -269,6 +269,9 @@ class Serving(_Model):
         None, ge=1, le=12, description="decimals of returned scores (against model extraction)"
     )
     rate_limit: RateLimit = RateLimit()
+    engine: Literal["local", "spark", "ray"] = Field(
+        "local", description="where `copml score` runs by default (`--engine` overrides)"
+    )
 
     @field_validator("schedule")
     @classmethod

@@ -106,6 +106,22 @@ predictions = Table(
     Column("review", Boolean, nullable=False),
 )
 
+# The Parquet parts of a batch scored by an engine's workers (copml.partitioned): the
+# prediction log's part and the redacted input's part of each partition, with their sha256s,
+# written in the header's transaction, so a batch is visible with all its parts or not at all.
+batch_parts = Table(
+    "batch_parts",
+    metadata,
+    Column("batch_key", String(16), primary_key=True),
+    Column("part", Integer, primary_key=True, autoincrement=False),
+    Column("first_row", BigInteger, nullable=False),
+    Column("n_rows", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("input_path", Text, nullable=False),
+    Column("input_sha256", String(64), nullable=False),
+)
+
 feedback = Table(
     "feedback",
     metadata,
