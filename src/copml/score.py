@@ -138,6 +138,18 @@ class _Output:
             self._writer = None
 
 
+def _kept(decisions: Decisions) -> prediction_log.Chunk:
+    """A chunk's decisions as held until the log is written: own compact arrays (a score
+    may be a column view that would keep the model's whole output alive)."""
+    probabilities = decisions.probabilities
+    return (
+        np.ascontiguousarray(decisions.label, dtype=np.int8),
+        np.ascontiguousarray(decisions.score, dtype=np.float64),
+        np.ascontiguousarray(decisions.review, dtype=bool),
+        None if probabilities is None else np.ascontiguousarray(probabilities),
+    )
+
+
 def _chunks(paths: list[Path], total: int, progress: bool) -> Iterator[pd.DataFrame]:
     chunks = snapshots.read_chunks(paths, _CHUNK_ROWS)
     if not progress:
@@ -222,9 +234,7 @@ def score(
                 behind = [pool.submit(freezer.add, redacted)]
                 decisions = kind.decide(project, model, kind.scores(model, frame[data.features]))
                 behind.append(pool.submit(staged.write, frame[data.id], decisions, rows))
-                decided.append(
-                    (decisions.label, decisions.score, decisions.review, decisions.probabilities)
-                )
+                decided.append(_kept(decisions))
                 rows += len(decisions)
                 reviews += int(decisions.review.sum())
                 if len(target.classes) == 2:

@@ -444,7 +444,7 @@ class Validation:
         self._first = 2 if line_numbers else 1
         self._report = _Report("line" if line_numbers else "row", self._first)
         self.rows = 0
-        self._ids: list[pd.Series] = []
+        self._ids: list[pd.Series | pa.Array] = []
 
     def check(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The next rows with declared types; their problems are kept for :meth:`finish`."""
@@ -459,7 +459,11 @@ class Validation:
                 report.column(position)
                 typed[name] = _coerce(name, frame[name], self._data.columns[name], report)
         if self._data.id in frame.columns:
-            self._ids.append(frame[self._data.id])
+            ids = frame[self._data.id]
+            if self._ids:  # many chunks: ids kept as Arrow arrays, not Python strings
+                self._ids = [self._arrow(chunk) for chunk in self._ids]
+                ids = self._arrow(ids)
+            self._ids.append(ids)
         self.rows += len(frame)
         return pd.DataFrame(typed)
 
@@ -468,6 +472,7 @@ class Validation:
         if self.rows == 0:
             raise DataValidationError("the data has no rows")
         self._duplicates()
+        self._ids = []  # up to 20 bytes a row: not held while the caller goes on
         if self._report.problems:
             raise DataValidationError(
                 f"the data does not match copml.yaml ({len(self._report.problems)} problems):",
@@ -488,31 +493,35 @@ class Validation:
         # Many chunks: compared in Arrow (a hash table of the ids, not a frame of them).
         import pyarrow.compute as pc
 
-        arrays = [pa.array(ids, from_pandas=True) for ids in self._ids]
+        arrays = [a for a in self._ids if isinstance(a, pa.Array)]
         if len({a.type for a in arrays}) > 1:
             arrays = [a.cast(pa.string()) for a in arrays]
         ids = pa.chunked_array(arrays)
         counts = pc.value_counts(ids)
-        repeated = pc.drop_null(
-            counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-        )
+        repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        repeated = pc.drop_null(repeated)
         if len(repeated) == 0:
             return
         dupes = pc.is_in(ids, value_set=repeated).to_numpy()
         hits = np.flatnonzero(dupes)[:_MAX_EXAMPLES].tolist()
-        report.add(self._data.id, "rows share a duplicate id", dupes, _Shown(self._ids, hits))
+        report.add(self._data.id, "rows share a duplicate id", dupes, _Shown(arrays, hits))
+
+    @staticmethod
+    def _arrow(ids: pd.Series | pa.Array) -> pa.Array:
+        return ids if isinstance(ids, pa.Array) else pa.array(ids, from_pandas=True)
 
 
 class _Shown:
-    """The few values a report shows of a column held in chunks, by position (``.iloc[i]``)."""
+    """The few values a report shows of a column held in chunks, by position (``.iloc[i]``),
+    each as pandas gives it."""
 
-    def __init__(self, chunks: list[pd.Series], positions: list[int]) -> None:
+    def __init__(self, chunks: list[pa.Array], positions: list[int]) -> None:
         self.iloc: dict[int, object] = {}
         for position in positions:
             row = position
             for chunk in chunks:
                 if row < len(chunk):
-                    self.iloc[position] = chunk.iloc[row]
+                    self.iloc[position] = chunk.slice(row, 1).to_pandas().iloc[0]
                     break
                 row -= len(chunk)
 
