@@ -10,15 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
 
+import copml.score
 from batches import month
 from copml import prediction_log, registry, snapshots
 from copml.errors import CopmlError, DataValidationError, NotFoundError
 from copml.evaluation import positive_scores
 from copml.project import Project
+from copml.redaction import redact
 from copml.score import score
 from copml.store import events, open_store, predictions
 from copml.store import snapshots as snapshots_table
-from store_state import capture
+from store_state import assert_unchanged, capture
 
 
 def _count(project: Project, table) -> int:
@@ -186,3 +188,172 @@ def test_a_failure_before_commit_leaves_the_store_as_it_was(churn: Project, tmp_
     assert prediction_log.batches_between(engine, None, datetime(2030, 1, 1, tzinfo=UTC)) == []
     # the next run is unaffected
     assert score(churn, batch, tmp_path / "scores.csv").rows == 500
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _small_chunks(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """Chunks of ``rows``, content-id batches of 512 rows and row groups of 1,024, so a
+    2,000-row batch crosses many of each (in production: 262,144, 65,536 and 131,072).
+    (Not smaller: under 512 rows a batch's bitmap fits Arrow's 64-byte padding, and
+    the whole table's tail is written as it lies in memory, unlike a longer table's.)"""
+    monkeypatch.setattr(copml.score, "_CHUNK_ROWS", rows)
+    monkeypatch.setattr(snapshots, "_HASH_ROWS", 512)
+    monkeypatch.setattr(snapshots, "ROW_GROUP_ROWS", 1024)
+
+
+def _without_key(written: pd.DataFrame) -> pd.DataFrame:
+    """The output with each prediction id's batch key cut off (a run's own random key)."""
+    ids = written["prediction_id"].str
+    assert ids.len().eq(prediction_log.ID_LENGTH).all() and ids[:16].nunique() == 1
+    return written.assign(prediction_id=ids[16:])
+
+
+def test_many_chunks_give_what_one_chunk_gives(
+    churn: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scored 100 rows at a time, the batch has the snapshot id, the frozen rows and row
+    groups, the output and the logged decisions of the same batch scored in one piece;
+    and the id is the one the whole-table freezing (training snapshots, earlier batches)
+    gives the same rows."""
+    batch, _ = month(churn.root / "in", size=2000)
+    engine = open_store(churn.db_url)
+    _small_chunks(monkeypatch, 100)
+    chunked = score(churn, batch, tmp_path / "chunked.csv")  # first: it writes the file
+    frozen = pq.ParquetFile(snapshots.get(engine, chunked.snapshot_id).path)  # type: ignore[union-attr]
+    monkeypatch.setattr(copml.score, "_CHUNK_ROWS", 10_000)
+    whole = score(churn, batch, tmp_path / "whole.csv")
+    assert chunked.snapshot_id == whole.snapshot_id and chunked.rows == whole.rows == 2000
+    assert (chunked.positives, chunked.reviews) == (whole.positives, whole.reviews)
+    # the id and the file that prepare() makes of the whole redacted frame
+    data = churn.spec.data
+    frame = snapshots.validate(
+        snapshots.read_files([batch]), data, require_target=False, line_numbers=True
+    )
+    redacted = redact(
+        frame.drop(columns=[data.target], errors="ignore"),
+        sorted({data.id, *data.pii}),
+        churn.pii_key,
+    )
+    prepared = snapshots.prepare(
+        redacted, data, directory=tmp_path / "prepared", source=str(batch), kind="batch"
+    )
+    assert prepared.id == chunked.snapshot_id
+    reference = pq.ParquetFile(prepared.path)
+    sizes = [frozen.metadata.row_group(g).num_rows for g in range(frozen.num_row_groups)]
+    assert (
+        sizes
+        == [1024, 976]
+        == [reference.metadata.row_group(g).num_rows for g in range(reference.num_row_groups)]
+    )
+    assert frozen.read().equals(reference.read())
+    # the output, row for row (each run's prediction ids carry its own batch key)
+    outputs = [pd.read_csv(tmp_path / f"{name}.csv") for name in ("chunked", "whole")]
+    pd.testing.assert_frame_equal(*map(_without_key, outputs))
+    # the logged decisions
+    logged = []
+    for result in (chunked, whole):
+        (found,) = [
+            b
+            for b in prediction_log.batches_between(engine, None, datetime(2100, 1, 1, tzinfo=UTC))
+            if b.key == result.prediction_batch
+        ]
+        assert found.n_rows == 2000 and found.snapshot_id == result.snapshot_id
+        logged.append(prediction_log.read(engine, found).drop(columns=["prediction_id", "seq"]))
+    pd.testing.assert_frame_equal(*logged)
+
+
+def test_parquet_row_groups_give_what_one_chunk_gives(
+    churn: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Parquet input of 300-row groups read 256 rows at a time: the same snapshot and
+    output as in one piece, and the output Parquet file holds every row once, in order."""
+    csv, _ = month(churn.root / "in", size=2000)
+    batch = tmp_path / "batch.parquet"
+    pq.write_table(pa.Table.from_pandas(pd.read_csv(csv)), batch, row_group_size=300)
+    _small_chunks(monkeypatch, 256)
+    chunked = score(churn, batch, tmp_path / "chunked.parquet")
+    monkeypatch.setattr(copml.score, "_CHUNK_ROWS", 10_000)
+    whole = score(churn, batch, tmp_path / "whole.parquet")
+    assert chunked.snapshot_id == whole.snapshot_id
+    outputs = [pq.read_table(tmp_path / f"{n}.parquet").to_pandas() for n in ("chunked", "whole")]
+    pd.testing.assert_frame_equal(*map(_without_key, outputs))
+    assert outputs[0]["customerID"].tolist() == pd.read_csv(csv)["customerID"].tolist()
+    row_numbers = outputs[0]["prediction_id"].str[16:].map(lambda h: int(h, 16))
+    assert row_numbers.tolist() == list(range(2000))
+
+
+def _refusal(batch: Path, data: object) -> str:
+    """The message the whole-file validation gives ``batch``."""
+    with pytest.raises(DataValidationError) as whole:
+        snapshots.validate(
+            snapshots.read_files([batch]),
+            data,  # type: ignore[arg-type]
+            require_target=False,
+            line_numbers=True,
+        )
+    return str(whole.value)
+
+
+def test_a_bad_value_in_the_last_chunk_changes_nothing(
+    churn: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused on the last line after 71 good chunks: the whole-file message with the
+    line numbers counted over the file, and no table or file changed (the model's local
+    copy and the PII key included: the refusal comes before either is needed)."""
+    batch, _ = month(churn.root / "in")
+    frame = pd.read_csv(batch, dtype=str, keep_default_na=False)
+    frame.loc[499, "InternetService"] = "Satellite"
+    frame.loc[3, "tenure"] = "three"
+    frame.to_csv(batch, index=False)
+    expected = _refusal(batch, churn.spec.data)
+    assert "line 501: 'Satellite'" in expected and "line 5: 'three'" in expected
+    _small_chunks(monkeypatch, 7)
+    before = capture(churn)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(DataValidationError) as refused:
+        score(churn, batch, folder / "scores.csv")
+    assert str(refused.value) == expected
+    assert_unchanged(before, churn)
+    assert list(folder.iterdir()) == []
+
+
+def test_a_duplicate_id_across_chunks_changes_nothing(
+    churn: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch, _ = month(churn.root / "in")
+    frame = pd.read_csv(batch, dtype=str, keep_default_na=False)
+    frame.loc[480, "customerID"] = frame.loc[2, "customerID"]
+    frame.to_csv(batch, index=False)
+    expected = _refusal(batch, churn.spec.data)
+    assert "2 rows share a duplicate id (line 4: " in expected and "line 482: " in expected
+    _small_chunks(monkeypatch, 7)
+    before = capture(churn)
+    with pytest.raises(DataValidationError) as refused:
+        score(churn, batch, tmp_path / "out.csv")
+    assert str(refused.value) == expected
+    assert_unchanged(before, churn)
+
+
+def test_a_refused_commit_of_many_chunks_leaves_no_file(
+    churn: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After every chunk was frozen and written, the store refuses the batch: no output,
+    no staged file, no snapshot file, no row (a first run made the key and model copy)."""
+    _small_chunks(monkeypatch, 100)
+    score(churn, month(churn.root / "in", seed=3)[0], tmp_path / "first.csv")
+    batch, _ = month(churn.root / "in")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with contextlib.closing(sqlite3.connect(churn.home / "copml.db")) as db, db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON batches "
+            "BEGIN SELECT RAISE(ABORT, 'the store refused the batch'); END"
+        )
+    before = capture(churn)
+    with pytest.raises(Exception, match="the store refused the batch"):
+        score(churn, batch, folder / "scores.parquet")
+    assert_unchanged(before, churn)
+    assert list(folder.iterdir()) == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,8 +61,8 @@ def new_key() -> str:
 
 def prediction_ids(key: str, n: int, start: int = 0) -> pa.Array:
     """``key`` followed by each row number in 8 hex digits, built without a Python loop;
-    rows ``start .. start + n - 1`` (a partition of a batch numbers its rows from its own
-    first row)."""
+    rows ``start .. start + n - 1`` (a partition or a chunk of a batch numbers its rows from
+    its own first row)."""
     rows = np.arange(start, start + n, dtype=np.uint32)
     chars = np.empty((n, ID_LENGTH), dtype=np.uint8)
     chars[:, :KEY_HEX] = np.frombuffer(key.encode(), dtype=np.uint8)
@@ -108,6 +108,10 @@ class Header:
     origin: str
 
 
+# One chunk of a batch's decisions: label codes, scores, review flags, class probabilities.
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+
+
 def write(
     engine: Engine,
     header: Header,
@@ -125,33 +129,24 @@ def write(
     is written (for the input snapshot the header refers to, per-row inputs, the event),
     so a failure there, or anywhere, rolls the whole batch back.
     """
-    n = len(score)
+    return write_chunks(engine, header, [(label, score, review, probabilities)], before_commit)
+
+
+def write_chunks(
+    engine: Engine,
+    header: Header,
+    chunks: Iterable[Chunk],
+    before_commit: Callable[[Connection, int], None] | None = None,
+) -> Batch:
+    """:func:`write` for a batch that comes in chunks: still one transaction and one header,
+    the rows inserted a chunk at a time (never a Python list of a whole large batch)."""
     with engine.begin() as conn:
         _lock(conn)
         first = conn.execute(_NEXT_SEQ).scalar_one()
-        label_ints = label.astype(np.int8).tolist()
-        if conn.dialect.name == "postgresql":  # COPY: explicit numbers, real booleans
-            columns = ("seq", "label", "score", "review")
-            rows = zip(
-                range(first, first + n), label_ints, score.tolist(), review.tolist(), strict=True
-            )
-        else:
-            # SQLite numbers the rows itself (rowid = max + 1, under our write lock), and
-            # binds exact ints far faster than bools: every parameter saved counts here.
-            columns = ("label", "score", "review")
-            rows = zip(label_ints, score.tolist(), review.astype(np.int8).tolist(), strict=True)
-        bulk_insert(conn, predictions, columns, rows)
-        if probabilities is not None:
-            bulk_insert(
-                conn,
-                class_probabilities,
-                ("seq", "probabilities"),
-                zip(
-                    range(first, first + n),
-                    map(json.dumps, np.asarray(probabilities).tolist()),
-                    strict=True,
-                ),
-            )
+        n = 0
+        for label, score, review, probabilities in chunks:
+            _insert(conn, first + n, label, score, review, probabilities)
+            n += len(score)
         if before_commit is not None:
             before_commit(conn, first)
         batch_id = conn.execute(
@@ -177,6 +172,41 @@ def write(
         n,
         header.origin,
     )
+
+
+def _insert(
+    conn: Connection,
+    first: int,
+    label: np.ndarray,
+    score: np.ndarray,
+    review: np.ndarray,
+    probabilities: np.ndarray | None,
+) -> None:
+    """Rows ``first``… of a batch, under the writer's lock."""
+    n = len(score)
+    label_ints = label.astype(np.int8).tolist()
+    if conn.dialect.name == "postgresql":  # COPY: explicit numbers, real booleans
+        columns = ("seq", "label", "score", "review")
+        rows = zip(
+            range(first, first + n), label_ints, score.tolist(), review.tolist(), strict=True
+        )
+    else:
+        # SQLite numbers the rows itself (rowid = max + 1, under our write lock), and
+        # binds exact ints far faster than bools: every parameter saved counts here.
+        columns = ("label", "score", "review")
+        rows = zip(label_ints, score.tolist(), review.astype(np.int8).tolist(), strict=True)
+    bulk_insert(conn, predictions, columns, rows)
+    if probabilities is not None:
+        bulk_insert(
+            conn,
+            class_probabilities,
+            ("seq", "probabilities"),
+            zip(
+                range(first, first + n),
+                map(json.dumps, np.asarray(probabilities).tolist()),
+                strict=True,
+            ),
+        )
 
 
 def _batch(row: object) -> Batch:

@@ -9,10 +9,12 @@ costs little more than the scoring itself.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,13 +23,16 @@ from sqlalchemy import Connection
 
 from copml import costs, events, lineage, prediction_log, registry, snapshots, times
 from copml.errors import NotFoundError
-from copml.kinds import Decisions, ModelKind, kind_for
+from copml.kinds import Decisions, kind_for
 from copml.labels import Target
 from copml.project import Project
 from copml.redaction import redact
 from copml.store import open_store
 
-CHUNK_ROWS = 100_000
+CHUNK_ROWS = 100_000  # rows per predict call in the bare benchmark (kept for it)
+# Rows read, validated, frozen, scored and written at a time: memory is bounded by this,
+# not by the input. A multiple of the snapshot's row group, so a chunk fills whole groups.
+_CHUNK_ROWS = 2 * snapshots.ROW_GROUP_ROWS
 
 
 @dataclass
@@ -83,56 +88,75 @@ def emit_scored_lineage(
     )
 
 
-def _positives(target: Target, decisions: Decisions) -> int | None:
-    return int(decisions.label.sum()) if len(target.classes) == 2 else None
+class _Output:
+    """The scored file, written a chunk at a time as CSV or Parquet by its suffix (built in
+    Arrow: no Python loops); a multiclass decision has a ``probability.<class>`` column per
+    class too."""
+
+    def __init__(self, path: Path, target: Target, review: bool, version: str, key: str):
+        self.path, self._target, self._review = path, target, review
+        self._version, self._key = version, key
+        self._writer: Any = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, ids: pd.Series, decisions: Decisions, start: int) -> None:
+        """The rows from ``start`` (their number in the whole batch)."""
+        n = len(decisions)
+        columns = {
+            ids.name: pa.array(ids, from_pandas=True),
+            "label": pa.array(
+                self._target.shown(decisions.label, decisions.score), from_pandas=True
+            ),
+            "score": pa.array(decisions.score),
+            "model_version": pa.array(np.full(n, self._version)),
+            "prediction_id": prediction_log.prediction_ids(self._key, n, start),
+        }
+        if self._review:
+            columns["review"] = pa.array(decisions.review)
+        if decisions.probabilities is not None:
+            for i, name in enumerate(self._target.classes):
+                columns[f"probability.{name}"] = pa.array(decisions.probabilities[:, i])
+        table = pa.table(columns)
+        if self._writer is None:
+            self._schema = table.schema
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.suffix.lower() in (".parquet", ".pq"):
+                import pyarrow.parquet as pq
+
+                self._writer = pq.ParquetWriter(self.path, table.schema)
+            else:
+                import pyarrow.csv as pacsv
+
+                self._writer = pacsv.CSVWriter(self.path, table.schema)
+        elif table.schema != self._schema:  # e.g. a chunk whose labels are all missing
+            table = table.cast(self._schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
-def _predict(kind: ModelKind, model: object, features: pd.DataFrame, progress: bool) -> np.ndarray:
-    chunks = range(0, len(features), CHUNK_ROWS)
-    parts = []
-    if progress:
-        from rich.progress import track
+def _kept(decisions: Decisions) -> prediction_log.Chunk:
+    """A chunk's decisions as held until the log is written: own compact arrays (a score
+    may be a column view that would keep the model's whole output alive)."""
+    probabilities = decisions.probabilities
+    return (
+        np.ascontiguousarray(decisions.label, dtype=np.int8),
+        np.ascontiguousarray(decisions.score, dtype=np.float64),
+        np.ascontiguousarray(decisions.review, dtype=bool),
+        None if probabilities is None else np.ascontiguousarray(probabilities),
+    )
 
-        chunks = track(chunks, description="scoring", total=len(chunks), transient=True)
-    for start in chunks:
-        parts.append(kind.scores(model, features.iloc[start : start + CHUNK_ROWS]))
-    return np.concatenate(parts) if parts else kind.scores(model, features)
 
+def _chunks(paths: list[Path], total: int, progress: bool) -> Iterator[pd.DataFrame]:
+    chunks = snapshots.read_chunks(paths, _CHUNK_ROWS)
+    if not progress:
+        return chunks
+    from rich.progress import track
 
-def _write_output(
-    ids: pd.Series,
-    target: Target,
-    decisions: Decisions,
-    review: bool,
-    version: str,
-    key: str,
-    output: Path,
-) -> None:
-    """The scored file, as CSV or Parquet by its suffix (built in Arrow: no Python loops):
-    a multiclass decision has a ``probability.<class>`` column per class too."""
-    n = len(decisions)
-    columns = {
-        ids.name: pa.array(ids, from_pandas=True),
-        "label": pa.array(target.shown(decisions.label, decisions.score), from_pandas=True),
-        "score": pa.array(decisions.score),
-        "model_version": pa.array(np.full(n, version)),
-        "prediction_id": prediction_log.prediction_ids(key, n),
-    }
-    if review:
-        columns["review"] = pa.array(decisions.review)
-    if decisions.probabilities is not None:
-        for i, name in enumerate(target.classes):
-            columns[f"probability.{name}"] = pa.array(decisions.probabilities[:, i])
-    table = pa.table(columns)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, output)
-    else:
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(table, output)
+    return iter(track(chunks, "scoring", total=-(-total // _CHUNK_ROWS), transient=True))
 
 
 def score(
@@ -146,8 +170,13 @@ def score(
 ) -> ScoreResult:
     """Score ``source`` with the champion, log every prediction, write ``output``.
 
-    All or nothing: the predictions and the event commit in one transaction, and the
-    output file appears (atomically renamed) only after that commit.
+    Streamed: the input is read twice, ``_CHUNK_ROWS`` rows at a time, so memory stays flat
+    however large it is. The first pass only validates (a refusal anywhere, even a duplicate
+    id in the last rows, has loaded and written nothing); the second types, redacts,
+    freezes, scores and writes each chunk, keeping only its decisions (a few bytes a row).
+
+    All or nothing: the predictions, the snapshot record and the event commit in one
+    transaction, and the output file appears (atomically renamed) only after that commit.
     """
     spec = project.spec
     kind = kind_for(spec)
@@ -162,79 +191,85 @@ def score(
             "minimums becomes champion)"
         )
     source = str(source)
-    raw = snapshots.read_files(snapshots.source_files(source, project.root))
-    frame = snapshots.validate(
-        raw, data, require_target=False, line_numbers=source.lower().endswith(".csv")
+    files = snapshots.source_files(source, project.root)
+    validation = snapshots.Validation(
+        data, require_target=False, line_numbers=source.lower().endswith(".csv")
     )
-    frame = frame.drop(columns=[data.target], errors="ignore")
+    for chunk in snapshots.read_chunks(files, _CHUNK_ROWS):
+        validation.check(chunk)
+    validation.finish()
+    columns = [c for c in data.columns if c != data.target]
     model = registry.load(project, champion)  # after the input passed: a refusal loads nothing
 
-    # Hashing PII is pure Python: done here, it does not fight the prediction for the GIL;
-    # the rest of freezing (Arrow, sha256, Parquet) releases the GIL and runs beside it.
-    redacted = redact(frame, sorted({data.id, *data.pii}), project.pii_key)
+    pii = sorted({data.id, *data.pii})
+    secret = project.pii_key
+    target = kind.target(data)
     key = prediction_log.new_key()
     output = Path(output)
-    staged = output.with_name(f".{output.stem}.staged{output.suffix}")
+    staged = _Output(
+        output.with_name(f".{output.stem}.staged{output.suffix}"),
+        target,
+        spec.reviews,
+        champion.version,
+        key,
+    )
     when = times.utc(at) if at is not None else datetime.now(UTC)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        frozen = pool.submit(
-            snapshots.prepare,
-            redacted,
-            data,
-            directory=project.snapshots_dir,
-            source=source,
-            kind="batch",
-        )
-        with costs.metered(engine, "score", at=when, detail=source):
-            scores = _predict(kind, model, frame[data.features], progress)
-        snap = frozen.result()
-    decided = kind.decide(project, model, scores)
-
-    def finish(conn: Connection, _first: int) -> None:
-        snapshots.record(conn, snap, actor=actor)  # in the log's transaction: all or nothing
-        evidence = {
-            "rows": len(frame),
-            "snapshot_id": snap.id,
-            "batch": key,
-            "positives": _positives(kind.target(data), decided),
-            "output": str(output),
-        }
-        record_scored(conn, project, champion.version, source, evidence, actor=actor, at=when)
-        written.result()  # a failed output write rolls the log back too
-
-    header = prediction_log.Header(key, when, spec.project, champion.version, snap.id, "batch")
+    freezer = snapshots.BatchFreezer(data, directory=project.snapshots_dir, source=source)
+    decided: list[prediction_log.Chunk] = []
+    positives = reviews = rows = 0
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            written = pool.submit(
-                _write_output,
-                frame[data.id],
-                kind.target(data),
-                decided,
-                spec.reviews,
-                champion.version,
-                key,
-                staged,
-            )
-            prediction_log.write(
-                engine,
-                header,
-                decided.label,
-                decided.score,
-                decided.review,
-                finish,
-                probabilities=decided.probabilities,
-            )
+        # Freezing (Arrow, sha256, Parquet) and writing the output release the GIL: they run
+        # in a thread beside the next chunk's prediction. Hashing PII is pure Python: done
+        # here, it does not fight the prediction for the GIL.
+        with (
+            ThreadPoolExecutor(max_workers=1) as pool,
+            costs.metered(engine, "score", at=when, detail=source),
+        ):
+            behind: list[Future[None]] = []
+            for chunk in _chunks(files, validation.rows, progress):
+                frame = snapshots.typed(chunk, data, columns)
+                redacted = redact(frame, pii, secret)
+                for done in behind:  # at most one chunk waits to be frozen and written
+                    done.result()
+                behind = [pool.submit(freezer.add, redacted)]
+                decisions = kind.decide(project, model, kind.scores(model, frame[data.features]))
+                behind.append(pool.submit(staged.write, frame[data.id], decisions, rows))
+                decided.append(_kept(decisions))
+                rows += len(decisions)
+                reviews += int(decisions.review.sum())
+                if len(target.classes) == 2:
+                    positives += int(decisions.label.sum())
+            for done in behind:
+                done.result()
+        staged.close()
+        snap = freezer.finish()
+
+        def finish(conn: Connection, _first: int) -> None:
+            snapshots.record(conn, snap, actor=actor)  # in the log's transaction
+            evidence = {
+                "rows": rows,
+                "snapshot_id": snap.id,
+                "batch": key,
+                "positives": positives if len(target.classes) == 2 else None,
+                "output": str(output),
+            }
+            record_scored(conn, project, champion.version, source, evidence, actor=actor, at=when)
+
+        header = prediction_log.Header(key, when, spec.project, champion.version, snap.id, "batch")
+        prediction_log.write_chunks(engine, header, decided, finish)
     except BaseException:
-        staged.unlink(missing_ok=True)
+        staged.close()
+        staged.path.unlink(missing_ok=True)
+        freezer.discard()
         raise
-    os.replace(staged, output)
+    os.replace(staged.path, output)
     emit_scored_lineage(project, key, source, champion.version, snap, output, when)
     return ScoreResult(
-        len(frame),
+        rows,
         champion.version,
         snap.id,
         key,
         output,
-        _positives(kind.target(data), decided),
-        int(decided.review.sum()),
+        positives if len(target.classes) == 2 else None,
+        reviews,
     )

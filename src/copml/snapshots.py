@@ -9,11 +9,14 @@ copy, checked again on every read.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import json
 import os
+import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -174,6 +177,89 @@ def read_files(paths: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _columns_of(path: Path) -> list[str]:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return [n for n in pq.read_schema(path).names if not n.startswith("__index_level_")]
+    return _csv_header(path)
+
+
+def _parquet_chunks(path: Path, rows: int) -> Iterator[pa.Table]:
+    parquet = pq.ParquetFile(path)
+    # Whole, pandas turns an integer column with a null anywhere into floats; a chunk
+    # without one would stay integers: cast such columns in every chunk, as whole (known
+    # from the row groups' statistics; a file written without them is read as it comes).
+    meta, schema = parquet.metadata, parquet.schema_arrow
+    floated = set()
+    for j, name in enumerate(parquet.schema.names):
+        stats = [meta.row_group(g).column(j).statistics for g in range(meta.num_row_groups)]
+        if any(s is not None and s.has_null_count and s.null_count > 0 for s in stats):
+            floated.add(name)
+    casts = {
+        f.name: pa.float64() for f in schema if pa.types.is_integer(f.type) and f.name in floated
+    }
+    for batch in parquet.iter_batches(batch_size=rows):
+        table = pa.Table.from_batches([batch])
+        for name, kind in casts.items():
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, name, table.column(i).cast(kind))
+        yield table
+
+
+def _csv_chunks(path: Path, rows: int) -> Iterator[pa.Table]:
+    import pyarrow.csv as pacsv
+
+    header = _csv_header(path)
+    if not header:
+        return
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=CSV_LINE_LIMIT),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            null_values=[""],
+            strings_can_be_null=True,
+        ),
+    )
+    yield from (pa.Table.from_batches([b]) for b in reader)
+
+
+def read_chunks(paths: list[Path], rows: int) -> Iterator[pd.DataFrame]:
+    """The files' rows as :func:`read_files` reads them, ``rows`` at a time (the last of each
+    file shorter): a file of any size is read holding one chunk, never the whole."""
+    columns: list[str] = []
+    for path in paths:
+        if path.suffix.lower() not in (".parquet", ".pq", ".csv", ".txt"):
+            raise DataValidationError(f"{path}: unsupported format (use CSV or Parquet)")
+        try:
+            columns += [c for c in _columns_of(path) if c not in columns]
+        except pa.ArrowException as exc:
+            raise _unreadable(path, exc) from None
+    for path in paths:
+        parquet = path.suffix.lower() in (".parquet", ".pq")
+        tables = _parquet_chunks(path, rows) if parquet else _csv_chunks(path, rows)
+        pending: list[pa.Table] = []
+        held = 0
+        try:
+            for table in tables:
+                pending.append(table)
+                held += table.num_rows
+                while held >= rows:
+                    whole = pa.concat_tables(pending)
+                    yield _frame(whole.slice(0, rows), columns)
+                    pending, held = [whole.slice(rows)], held - rows
+            if held:
+                yield _frame(pa.concat_tables(pending), columns)
+        except pa.ArrowException as exc:
+            raise _unreadable(path, exc) from None
+
+
+def _frame(table: pa.Table, columns: list[str]) -> pd.DataFrame:
+    frame = table.to_pandas()
+    if list(frame.columns) != columns:  # a folder's files with different columns, as concat
+        frame = frame.reindex(columns=columns)
+    return frame
+
+
 def source_files(source: str | Path, root: Path) -> list[Path]:
     """The local files behind a source: one file, or every CSV/Parquet file in a folder."""
     path = Path(source)
@@ -209,21 +295,69 @@ def read_source(source: str, root: Path, query: str | None = None) -> pd.DataFra
 
 
 @dataclass
-class _Report:
-    label: str  # "line" for CSV (header is line 1), "row" otherwise
-    offset: int
-    problems: list[str] = field(default_factory=list)
+class _Finding:
+    """One kind of violation in one column, summed over every chunk of the data."""
 
-    def add(self, column: str, what: str, mask: np.ndarray, values: pd.Series) -> None:
+    column: str
+    what: str
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+    unseen: list[str] | None = None  # the first distinct values outside the categories
+
+    def text(self) -> str:
+        what = self.what
+        if self.unseen is not None:
+            what = f"{what} (unseen: {', '.join(map(repr, self.unseen))})"
+        shown = ", ".join(self.examples)
+        more = f" and {self.count - _MAX_EXAMPLES} more" if self.count > _MAX_EXAMPLES else ""
+        return f"{self.column}: {self.count} {what} ({shown}{more})"
+
+
+@dataclass
+class _Report:
+    """Violations collected over the whole data, which may arrive in chunks: each check has
+    a fixed place (column position, check slot), so the report reads the same however the
+    rows were chunked."""
+
+    label: str  # "line" for CSV (header is line 1), "row" otherwise
+    offset: int  # the number shown for the first row of the current chunk
+    findings: dict[tuple[int, int], _Finding | str] = field(default_factory=dict)
+    _position: int = 0
+    _slot: int = 0
+
+    def column(self, position: int) -> None:
+        """The checks that follow are of the column at ``position``."""
+        self._position, self._slot = position, 0
+
+    def note(self, position: int, problem: str) -> None:
+        self.findings.setdefault((position, 0), problem)
+
+    def add(
+        self,
+        column: str,
+        what: str,
+        mask: np.ndarray,
+        values: pd.Series | _Shown,
+        unseen: list[str] | None = None,
+    ) -> None:
+        key = (self._position, self._slot)
+        self._slot += 1  # every check takes its slot, found or not
         idx = np.flatnonzero(mask)
         if len(idx) == 0:
             return
-        shown = ", ".join(
-            f"{self.label} {i + self.offset}: {_example(values.iloc[i])}"
-            for i in idx[:_MAX_EXAMPLES]
-        )
-        more = f" and {len(idx) - _MAX_EXAMPLES} more" if len(idx) > _MAX_EXAMPLES else ""
-        self.problems.append(f"{column}: {len(idx)} {what} ({shown}{more})")
+        found = self.findings.setdefault(key, _Finding(column, what))
+        assert isinstance(found, _Finding)
+        found.count += len(idx)
+        room = _MAX_EXAMPLES - len(found.examples)
+        found.examples += [
+            f"{self.label} {i + self.offset}: {_example(values.iloc[i])}" for i in idx[:room]
+        ]
+        if unseen is not None:  # the smallest few of all chunks are among each chunk's few
+            found.unseen = sorted({*(found.unseen or []), *unseen})[:_MAX_EXAMPLES]
+
+    @property
+    def problems(self) -> list[str]:
+        return [f if isinstance(f, str) else f.text() for _, f in sorted(self.findings.items())]
 
 
 def _example(value: object, limit: int = 40) -> str:
@@ -266,6 +400,7 @@ def _coerce(name: str, raw: pd.Series, col: Column, report: _Report | None) -> p
     elif col.type == "boolean":
         if pd.api.types.is_bool_dtype(series):
             out = series
+            flag("values are not true/false", np.zeros(len(series), dtype=bool))
         else:
             text = _as_text(series).str.strip().str.lower()
             out = pd.Series(pd.NA, index=series.index, dtype="boolean")
@@ -283,14 +418,9 @@ def _coerce(name: str, raw: pd.Series, col: Column, report: _Report | None) -> p
             [float(c) for c in col.categories] if numeric else [str(c) for c in col.categories]
         )
         unseen = (~missing) & ~out.isin(allowed).fillna(False).to_numpy()
-        if unseen.any() and report is not None:
+        if report is not None:  # called even when none is unseen: the check keeps its slot
             values = sorted({str(v) for v in raw[unseen].tolist()})[:_MAX_EXAMPLES]
-            report.add(
-                name,
-                f"values outside the declared categories (unseen: {', '.join(map(repr, values))})",
-                unseen,
-                raw,
-            )
+            report.add(name, "values outside the declared categories", unseen, raw, values)
     if not col.nullable:
         flag("missing values (the column is not nullable)", missing)
     return out
@@ -301,6 +431,99 @@ def _coerce_all(frame: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(
         {name: _coerce(name, frame[name], col, None) for name, col in columns.items()}
     )
+
+
+class Validation:
+    """Validates data that arrives in chunks exactly as :func:`validate` does the whole:
+    line numbers count over the whole input, ids are compared across chunks, and
+    :meth:`finish` raises one report of every violation once all rows were seen."""
+
+    def __init__(self, data: Data, *, require_target: bool = True, line_numbers: bool = False):
+        self._data = data
+        self._wanted = [c for c in data.columns if require_target or c != data.target]
+        self._first = 2 if line_numbers else 1
+        self._report = _Report("line" if line_numbers else "row", self._first)
+        self.rows = 0
+        self._ids: list[pd.Series | pa.Array] = []
+
+    def check(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The next rows with declared types; their problems are kept for :meth:`finish`."""
+        report = self._report
+        report.offset = self._first + self.rows
+        missing = [c for c in self._wanted if c not in frame.columns]
+        if missing:
+            report.note(-1, f"missing columns: {', '.join(missing)}")
+        typed = {}
+        for position, name in enumerate(self._wanted):
+            if name in frame.columns:
+                report.column(position)
+                typed[name] = _coerce(name, frame[name], self._data.columns[name], report)
+        if self._data.id in frame.columns:
+            ids = frame[self._data.id]
+            if self._ids:  # many chunks: ids kept as Arrow arrays, not Python strings
+                self._ids = [self._arrow(chunk) for chunk in self._ids]
+                ids = self._arrow(ids)
+            self._ids.append(ids)
+        self.rows += len(frame)
+        return pd.DataFrame(typed)
+
+    def finish(self) -> None:
+        """Raise the report of every violation seen, if any."""
+        if self.rows == 0:
+            raise DataValidationError("the data has no rows")
+        self._duplicates()
+        self._ids = []  # up to 20 bytes a row: not held while the caller goes on
+        if self._report.problems:
+            raise DataValidationError(
+                f"the data does not match copml.yaml ({len(self._report.problems)} problems):",
+                self._report.problems,
+            )
+
+    def _duplicates(self) -> None:
+        report = self._report
+        report.offset = self._first
+        report.column(len(self._wanted))
+        if len(self._ids) == 1:
+            ids = self._ids[0]
+            dupes = ids.duplicated(keep=False).to_numpy() & ids.notna().to_numpy()
+            report.add(self._data.id, "rows share a duplicate id", dupes, ids)
+            return
+        if not self._ids:
+            return
+        # Many chunks: compared in Arrow (a hash table of the ids, not a frame of them).
+        import pyarrow.compute as pc
+
+        arrays = [a for a in self._ids if isinstance(a, pa.Array)]
+        if len({a.type for a in arrays}) > 1:
+            arrays = [a.cast(pa.string()) for a in arrays]
+        ids = pa.chunked_array(arrays)
+        counts = pc.value_counts(ids)
+        repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        repeated = pc.drop_null(repeated)
+        if len(repeated) == 0:
+            return
+        dupes = pc.is_in(ids, value_set=repeated).to_numpy()
+        hits = np.flatnonzero(dupes)[:_MAX_EXAMPLES].tolist()
+        report.add(self._data.id, "rows share a duplicate id", dupes, _Shown(arrays, hits))
+
+    @staticmethod
+    def _arrow(ids: pd.Series | pa.Array) -> pa.Array:
+        return ids if isinstance(ids, pa.Array) else pa.array(ids, from_pandas=True)
+
+
+class _Shown:
+    """The few values a report shows of a column held in chunks, by position (``.iloc[i]``),
+    each as pandas gives it."""
+
+    def __init__(self, chunks: list[pa.Array], positions: list[int]) -> None:
+        self.iloc: dict[int, object] = {}
+        for position in positions:
+            row = position
+            for chunk in chunks:
+                if row < len(chunk):
+                    self.iloc[position] = chunk.slice(row, 1).to_pandas().iloc[0]
+                    break
+                row -= len(chunk)
 
 
 def validate(
@@ -314,25 +537,20 @@ def validate(
 
     Every violation is collected before raising, so one run shows the whole report.
     """
-    report = _Report("line" if line_numbers else "row", 2 if line_numbers else 1)
     if frame.shape[0] == 0:
         raise DataValidationError("the data has no rows")
-    wanted = [c for c in data.columns if require_target or c != data.target]
-    missing = [c for c in wanted if c not in frame.columns]
-    if missing:
-        report.problems.append(f"missing columns: {', '.join(missing)}")
-    present = [c for c in wanted if c in frame.columns]
-    typed = {name: _coerce(name, frame[name], data.columns[name], report) for name in present}
-    if data.id in frame.columns:
-        ids = frame[data.id]
-        dupes = ids.duplicated(keep=False).to_numpy() & ids.notna().to_numpy()
-        report.add(data.id, "rows share a duplicate id", dupes, ids)
-    if report.problems:
-        raise DataValidationError(
-            f"the data does not match copml.yaml ({len(report.problems)} problems):",
-            report.problems,
-        )
-    return pd.DataFrame(typed)
+    validation = Validation(data, require_target=require_target, line_numbers=line_numbers)
+    typed = validation.check(frame)
+    validation.finish()
+    return typed
+
+
+def typed(frame: pd.DataFrame, data: Data, columns: list[str]) -> pd.DataFrame:
+    """``frame``'s ``columns`` with declared types, for rows that already passed
+    :class:`Validation` (nothing is checked or reported again)."""
+    return pd.DataFrame(
+        {name: _coerce(name, frame[name], data.columns[name], None) for name in columns}
+    )
 
 
 # ------------------------------------------------------------------------------ freezing
@@ -385,12 +603,15 @@ def _plain(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
+_HASH_ROWS = 1 << 16  # rows per record batch of the stream a content id hashes
+
+
 def content_sha256(table: pa.Table) -> str:
     """sha256 of the table's Arrow IPC stream in fixed-size batches: same content, same id."""
     table = table.replace_schema_metadata(None).combine_chunks()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=1 << 16)
+        writer.write_table(table, max_chunksize=_HASH_ROWS)
     return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
@@ -469,6 +690,113 @@ def prepare(
         positive = (frame[data.target].astype(str) == str(data.positive)).mean()
         snap.profile["__target__"] = {"kind": "target", "positive_rate": float(positive)}
     return snap
+
+
+class _Digest:
+    """A write-only file that keeps the sha256 of what is written to it."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class BatchFreezer:
+    """Freezes a batch that arrives in chunks as :func:`prepare` freezes it whole: the same
+    content id and Parquet row groups, holding a few row groups at a time.
+
+    The id is the sha256 of the IPC stream :func:`content_sha256` writes: record batches of
+    ``_HASH_ROWS`` rows sliced from one table. Arrow writes a slice's validity bitmap as it
+    lies in memory unless that buffer is longer than the slice needs, so each batch is
+    written here as a slice of held rows with at least ``_HASH_ROWS`` more behind it (a
+    longer buffer, as in the whole table), and the tail as the whole table's tail.
+    """
+
+    def __init__(self, data: Data, *, directory: Path, source: str) -> None:
+        self._data, self._directory, self._source = data, directory, source
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tmp = directory / f".batch-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        self._digest = _Digest()
+        self._stream: pa.ipc.RecordBatchStreamWriter | None = None
+        self._parquet: pq.ParquetWriter | None = None
+        self._held: list[pa.Table] = []
+        self._held_rows = 0
+        self._columns: list[str] = []
+        self.rows = 0
+        self._created: Path | None = None
+
+    def add(self, frame: pd.DataFrame) -> None:
+        table = _arrow_table(frame, self._data)
+        if self._stream is None:
+            self._columns = list(frame.columns)
+            self._stream = pa.ipc.new_stream(self._digest, table.schema)
+            # zstd level 1 without statistics, 128k-row groups: as prepare() writes them.
+            self._parquet = pq.ParquetWriter(
+                self._tmp,
+                table.schema,
+                compression="zstd",
+                compression_level=1,
+                write_statistics=False,
+            )
+        self._held.append(table)
+        self._held_rows += table.num_rows
+        self.rows += table.num_rows
+        ready = (self._held_rows - _HASH_ROWS) // ROW_GROUP_ROWS * ROW_GROUP_ROWS
+        if ready > 0:
+            held = pa.concat_tables(self._held).combine_chunks()
+            self._write(held.slice(0, ready))
+            self._held, self._held_rows = [held.slice(ready)], self._held_rows - ready
+
+    def _write(self, table: pa.Table) -> None:
+        assert self._stream is not None and self._parquet is not None
+        self._stream.write_table(table, max_chunksize=_HASH_ROWS)
+        self._parquet.write_table(table, row_group_size=ROW_GROUP_ROWS)
+
+    def finish(self) -> Snapshot:
+        """The snapshot of every row added, its file in place (not yet in the store)."""
+        if self._stream is None or self._parquet is None:
+            raise DataValidationError("the data has no rows")
+        self._write(pa.concat_tables(self._held).combine_chunks())
+        self._held = []
+        self._stream.close()
+        self._parquet.close()
+        snapshot_id = self._digest.sha256.hexdigest()
+        path = self._directory / f"{snapshot_id}.parquet"
+        if path.exists():  # the same content frozen before: content-addressed, kept
+            self._tmp.unlink()
+        else:
+            os.replace(self._tmp, path)
+            self._created = path
+        return Snapshot(
+            id=snapshot_id,
+            kind="batch",
+            storage="copy",
+            source=self._source,
+            path=str(path),
+            n_rows=self.rows,
+            schema=_schema(self._data, self._columns),
+            profile={},  # batches are compared with the training data at monitoring time
+            created_at=datetime.now(UTC),
+        )
+
+    def discard(self) -> None:
+        """Remove what this freezing wrote: a refused batch leaves no file behind."""
+        for writer in (self._stream, self._parquet):
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
+        self._tmp.unlink(missing_ok=True)
+        if self._created is not None:
+            self._created.unlink(missing_ok=True)
 
 
 def record(conn: Connection, snap: Snapshot, *, actor: str = "system") -> Snapshot:
