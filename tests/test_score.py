@@ -159,8 +159,8 @@ def test_output_is_written_only_after_commit(churn: Project, tmp_path: Path) -> 
         score(churn, batch, out)
     assert list(folder.iterdir()) == []  # no output, not even the staged file
     # Every table as it was. (Files are not compared: the first score of a project also
-    # creates its PII key and the model's local copy, and the batch snapshot file frozen
-    # before the refused commit stays behind, content-addressed: reported, not fixed here.)
+    # creates its PII key and the model's local copy; the batch snapshot file frozen
+    # before the refused commit is removed: test_a_refused_commit_of_many_chunks_leaves_no_file.)
     assert capture(churn)["tables"] == before["tables"]
     with contextlib.closing(sqlite3.connect(churn.home / "copml.db")) as db, db:
         db.execute("DROP TRIGGER refuse")
