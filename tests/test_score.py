@@ -1,5 +1,6 @@
 import contextlib
 import re
+import shutil
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from batches import month
 from copml import prediction_log, registry, snapshots
 from copml.errors import CopmlError, DataValidationError, NotFoundError
 from copml.evaluation import positive_scores
-from copml.project import Project
+from copml.project import Project, load_project
 from copml.redaction import redact
 from copml.score import score
 from copml.store import events, open_store, predictions
@@ -159,8 +160,8 @@ def test_output_is_written_only_after_commit(churn: Project, tmp_path: Path) -> 
         score(churn, batch, out)
     assert list(folder.iterdir()) == []  # no output, not even the staged file
     # Every table as it was. (Files are not compared: the first score of a project also
-    # creates its PII key and the model's local copy, and the batch snapshot file frozen
-    # before the refused commit stays behind, content-addressed: reported, not fixed here.)
+    # creates its PII key and the model's local copy; the batch snapshot file frozen
+    # before the refused commit is removed: test_a_refused_commit_of_many_chunks_leaves_no_file.)
     assert capture(churn)["tables"] == before["tables"]
     with contextlib.closing(sqlite3.connect(churn.home / "copml.db")) as db, db:
         db.execute("DROP TRIGGER refuse")
@@ -357,3 +358,24 @@ def test_a_refused_commit_of_many_chunks_leaves_no_file(
         score(churn, batch, folder / "scores.parquet")
     assert_unchanged(before, churn)
     assert list(folder.iterdir()) == []
+
+
+def test_many_chunks_on_postgresql(
+    trained_churn: Path, tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL (COPY, explicit sequence numbers) the chunks of one batch are numbered
+    on from each other: every output id resolves to its own logged decision."""
+    monkeypatch.setenv("COPML_DB_URL", pg_url)
+    shutil.copytree(trained_churn, tmp_path / "churn")
+    project = load_project(tmp_path / "churn")
+    _small_chunks(monkeypatch, 64)
+    batch, _ = month(project.root / "in")
+    result = score(project, batch, tmp_path / "scores.csv")
+    written = pd.read_csv(tmp_path / "scores.csv")
+    engine = open_store(project.db_url)
+    seqs = prediction_log.resolve(engine, written["prediction_id"].tolist())
+    (logged,) = prediction_log.batches_between(engine, None, datetime(2100, 1, 1, tzinfo=UTC))
+    assert result.rows == logged.n_rows == 500
+    assert seqs.tolist() == list(range(logged.first_seq, logged.first_seq + 500))
+    stored = prediction_log.read(engine, logged)
+    assert (stored["score"].to_numpy() == written["score"].to_numpy()).all()
