@@ -87,13 +87,24 @@ def sweep(project: Project) -> list[str]:
     """Remove the parts of runs that never committed (failed or killed) and the
     ``batch_parts`` rows and folders of batches that are gone (purged); the keys removed."""
     root = batches_dir(project)
+    folders = sorted(f for f in root.iterdir() if f.is_dir()) if root.exists() else []
     engine = open_store(project.db_url)
     with engine.begin() as conn:
-        known = set(conn.execute(select(batches.c.key)).scalars())
-        conn.execute(delete(batch_parts).where(batch_parts.c.batch_key.not_in(known)))
+        # A subquery, not a list of keys: the API writes a batch every few milliseconds.
+        conn.execute(
+            delete(batch_parts).where(batch_parts.c.batch_key.not_in(select(batches.c.key)))
+        )
+        names = [f.name for f in folders]
+        known = {
+            k
+            for i in range(0, len(names), 500)
+            for k in conn.execute(
+                select(batches.c.key).where(batches.c.key.in_(names[i : i + 500]))
+            ).scalars()
+        }
     removed = []
-    for folder in sorted(root.iterdir()) if root.exists() else []:
-        if folder.is_dir() and folder.name not in known and _abandoned(folder):
+    for folder in folders:
+        if folder.name not in known and _abandoned(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
     return removed
