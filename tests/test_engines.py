@@ -179,6 +179,18 @@ def test_engine_options_are_checked(churn: Project, batch: Path) -> None:
     assert _rows(churn) == 0
 
 
+def test_serving_engine_sets_the_default_and_the_option_wins(fresh_churn: Project) -> None:
+    assert partitioned.engine_for(fresh_churn, None) == "local"
+    serving = fresh_churn.spec.serving.model_copy(update={"engine": "ray"})
+    on_ray = Project(fresh_churn.root, fresh_churn.spec.model_copy(update={"serving": serving}))
+    assert partitioned.engine_for(on_ray, None) == "ray"
+    assert partitioned.engine_for(on_ray, "spark") == "spark"
+    from copml.spec import Serving
+
+    with pytest.raises(ValueError, match="engine"):
+        Serving.model_validate({"engine": "dask"})
+
+
 # ------------------------------------------------------- local clusters (JVM, Ray): cluster
 
 

@@ -87,13 +87,24 @@ def sweep(project: Project) -> list[str]:
     """Remove the parts of runs that never committed (failed or killed) and the
     ``batch_parts`` rows and folders of batches that are gone (purged); the keys removed."""
     root = batches_dir(project)
+    folders = sorted(f for f in root.iterdir() if f.is_dir()) if root.exists() else []
     engine = open_store(project.db_url)
     with engine.begin() as conn:
-        known = set(conn.execute(select(batches.c.key)).scalars())
-        conn.execute(delete(batch_parts).where(batch_parts.c.batch_key.not_in(known)))
+        # A subquery, not a list of keys: the API writes a batch every few milliseconds.
+        conn.execute(
+            delete(batch_parts).where(batch_parts.c.batch_key.not_in(select(batches.c.key)))
+        )
+        names = [f.name for f in folders]
+        known = {
+            k
+            for i in range(0, len(names), 500)
+            for k in conn.execute(
+                select(batches.c.key).where(batches.c.key.in_(names[i : i + 500]))
+            ).scalars()
+        }
     removed = []
-    for folder in sorted(root.iterdir()) if root.exists() else []:
-        if folder.is_dir() and folder.name not in known and _abandoned(folder):
+    for folder in folders:
+        if folder.name not in known and _abandoned(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
     return removed
@@ -192,8 +203,7 @@ def score(
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise CopmlError(f"--output: {output} is a file; --engine {engine} writes a folder")
-    store = open_store(project.db_url)
-    sweep(project)
+    sweep(project)  # also brings the store to the latest revision
     champion = registry.champion(project)
     if champion is None:
         raise NotFoundError(
@@ -226,55 +236,19 @@ def score(
             positives = (
                 int((label == 1).sum()) if len(kind.target(spec.data).classes) == 2 else None
             )
-            probabilities = (
-                np.asarray(log.column("probabilities").to_pylist())
-                if "probabilities" in log.column_names
-                else None
-            )
-
-            def finish(conn: Connection, _first: int) -> None:
-                snapshots.record(conn, snap, actor=actor)
-                conn.execute(
-                    insert(batch_parts),
-                    [
-                        {
-                            "batch_key": key,
-                            "part": w.part,
-                            "first_row": w.first_row,
-                            "n_rows": w.n_rows,
-                            "path": w.path,
-                            "sha256": w.sha256,
-                            "input_path": w.input_path,
-                            "input_sha256": w.input_sha256,
-                        }
-                        for w in parts
-                    ],
-                )
-                evidence = {
-                    "rows": len(log),
-                    "snapshot_id": snap.id,
-                    "batch": key,
-                    "positives": positives,
-                    "output": str(output),
-                    "engine": engine,
-                    "partitions": len(parts),
-                }
-                record_scored(
-                    conn, project, champion.version, source, evidence, actor=actor, at=when
-                )
-
+            evidence = {
+                "rows": len(log),
+                "snapshot_id": snap.id,
+                "batch": key,
+                "positives": positives,
+                "output": str(output),
+                "engine": engine,
+                "partitions": len(parts),
+            }
             header = prediction_log.Header(
                 key, when, spec.project, champion.version, snap.id, "batch"
             )
-            prediction_log.write(
-                store,
-                header,
-                label,
-                log.column("score").to_numpy(),
-                log.column("review").to_numpy(),
-                finish,
-                probabilities=probabilities,
-            )
+            _commit(project, header, log, parts, snap, source, evidence, actor=actor)
             _publish(folder / "output", output)
     except BaseException:
         if folder.exists() and not _committed(project, key):
@@ -289,6 +263,55 @@ def score(
         output,
         positives,
         int(log.column("review").to_numpy().sum()),
+    )
+
+
+def _commit(
+    project: Project,
+    header: prediction_log.Header,
+    log: pa.Table,
+    parts: list[PartWritten],
+    snap: snapshots.Snapshot,
+    source: str,
+    evidence: dict[str, object],
+    *,
+    actor: str,
+) -> None:
+    """One transaction: the prediction rows, the input snapshot, every part's sha256, the
+    event, and last the header: the batch is visible with all of it or not at all."""
+
+    def finish(conn: Connection, _first: int) -> None:
+        snapshots.record(conn, snap, actor=actor)
+        rows = [
+            {
+                "batch_key": header.key,
+                "part": w.part,
+                "first_row": w.first_row,
+                "n_rows": w.n_rows,
+                "path": w.path,
+                "sha256": w.sha256,
+                "input_path": w.input_path,
+                "input_sha256": w.input_sha256,
+            }
+            for w in parts
+        ]
+        conn.execute(insert(batch_parts), rows)
+        version = header.model_version
+        record_scored(conn, project, version, source, evidence, actor=actor, at=header.created_at)
+
+    probabilities = (
+        np.asarray(log.column("probabilities").to_pylist())
+        if "probabilities" in log.column_names
+        else None
+    )
+    prediction_log.write(
+        open_store(project.db_url),
+        header,
+        log.column("label").to_numpy(),
+        log.column("score").to_numpy(),
+        log.column("review").to_numpy(),
+        finish,
+        probabilities=probabilities,
     )
 
 
