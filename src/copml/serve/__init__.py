@@ -41,7 +41,10 @@ def _claimed(port: int) -> list[str]:
     """The addresses that copml servers hold on ``port`` (abstract sockets are listed in
     /proc/net/unix with an ``@``)."""
     suffix = f"|{port}"
-    names = Path("/proc/net/unix").read_text().split()
+    try:
+        names = Path("/proc/net/unix").read_text().split()
+    except OSError:  # no /proc (a sandbox): the claim on the address itself still holds
+        return []
     return [
         n[len("@copml-serve:") : -len(suffix)]
         for n in names
@@ -70,8 +73,7 @@ def _claim(host: str, port: int) -> socket.socket | None:
             "first (or choose another --port)"
         ) from None
     # Checked after claiming, so of two servers starting at once, neither is missed.
-    others = _claimed(port)
-    others.remove(address)
+    others = [a for a in _claimed(port) if a != address]  # one entry is ours
     if overlap := [a for a in others if "*" in (a, address)]:
         claim.close()
         raise CopmlError(
