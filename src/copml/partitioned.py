@@ -35,7 +35,7 @@ from sqlalchemy import Connection, delete, insert, select
 from copml import engines, prediction_log, registry, snapshots, times
 from copml.engines.job import PartWritten, ScoringJob, pack_artifact
 from copml.engines.partitions import PARTITION_ROWS, Partition, plan
-from copml.errors import CopmlError, DataValidationError, NotFoundError
+from copml.errors import CopmlError, DataValidationError
 from copml.kinds import kind_for
 from copml.project import Project
 from copml.score import ScoreResult, emit_scored_lineage, record_scored
@@ -204,12 +204,7 @@ def score(
     if output.exists() and not output.is_dir():
         raise CopmlError(f"--output: {output} is a file; --engine {engine} writes a folder")
     sweep(project)  # also brings the store to the latest revision
-    champion = registry.champion(project)
-    if champion is None:
-        raise NotFoundError(
-            "no champion model yet: run 'copml train' (a version that meets the declared "
-            "minimums becomes champion)"
-        )
+    champion = registry.required_champion(project)
     source = str(source)
     partitions = plan(snapshots.source_files(source, project.root), partition_rows)
     key = prediction_log.new_key()

@@ -705,6 +705,17 @@ def champion(project: Project) -> ModelVersion | None:
     return _convert(mv)
 
 
+def required_champion(project: Project) -> ModelVersion:
+    """The champion, or the error that says how to get one (scoring needs one)."""
+    found = champion(project)
+    if found is None:
+        raise NotFoundError(
+            "no champion model yet: run 'copml train' (a version that meets the declared "
+            "minimums becomes champion)"
+        )
+    return found
+
+
 def promote(
     project: Project,
     engine: Engine,

@@ -22,7 +22,6 @@ import pyarrow as pa
 from sqlalchemy import Connection
 
 from copml import costs, events, lineage, prediction_log, registry, snapshots, times
-from copml.errors import NotFoundError
 from copml.kinds import Decisions, kind_for
 from copml.labels import Target
 from copml.project import Project
@@ -184,12 +183,7 @@ def score(
         return own(project, source, output, at=at, actor=actor)
     data = spec.data
     engine = open_store(project.db_url)
-    champion = registry.champion(project)
-    if champion is None:
-        raise NotFoundError(
-            "no champion model yet: run 'copml train' (a version that meets the declared "
-            "minimums becomes champion)"
-        )
+    champion = registry.required_champion(project)
     source = str(source)
     files = snapshots.source_files(source, project.root)
     validation = snapshots.Validation(

@@ -135,16 +135,21 @@ def _read_csv(path: Path) -> pd.DataFrame:
     header = _csv_header(path)
     if not header:
         return pd.DataFrame()
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=CSV_LINE_LIMIT),
-        convert_options=pacsv.ConvertOptions(
+    return pacsv.read_csv(path, **_text_columns(header)).to_pandas()
+
+
+def _text_columns(header: list[str]) -> dict[str, Any]:
+    """Arrow's CSV options that read every column of ``header`` as text (empty: missing)."""
+    import pyarrow.csv as pacsv
+
+    return {
+        "read_options": pacsv.ReadOptions(block_size=CSV_LINE_LIMIT),
+        "convert_options": pacsv.ConvertOptions(
             column_types={name: pa.string() for name in header},
             null_values=[""],
             strings_can_be_null=True,
         ),
-    )
-    return table.to_pandas()
+    }
 
 
 def _unreadable(path: Path, exc: pa.ArrowException) -> DataValidationError:
@@ -211,15 +216,7 @@ def _csv_chunks(path: Path, rows: int) -> Iterator[pa.Table]:
     header = _csv_header(path)
     if not header:
         return
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=CSV_LINE_LIMIT),
-        convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in header},
-            null_values=[""],
-            strings_can_be_null=True,
-        ),
-    )
+    reader = pacsv.open_csv(path, **_text_columns(header))
     yield from (pa.Table.from_batches([b]) for b in reader)
 
 
