@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 
 from batches import month
 from copml import audit, partitioned, prediction_log, registry
-from copml.engines.job import ScoringJob, pack_artifact, score_partition
+from copml.engines.job import ScoringJob, job_for, score_partition
 from copml.engines.partitions import plan
 from copml.errors import DataValidationError
 from copml.project import Project
@@ -78,18 +78,7 @@ def test_plan_splits_a_parquet_file_by_row_groups(batch: Path, tmp_path: Path) -
 
 
 def _job(project: Project, folder: Path) -> ScoringJob:
-    champion = registry.champion(project)
-    assert champion is not None
-    return ScoringJob(
-        spec=project.spec,
-        key="00112233445566ff",
-        model_version=champion.version,
-        artifact=pack_artifact(registry.local_copy(project, champion)),
-        artifact_sha256=champion.artifact_sha256,
-        pii_key=project.pii_key,
-        folder=str(folder),
-        output=str(folder / "output"),
-    )
+    return job_for(project, registry.required_champion(project), "00112233445566ff", folder)
 
 
 def test_a_worker_scores_a_partition_as_the_single_process_path(

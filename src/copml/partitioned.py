@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, delete, insert, select
 
 from copml import engines, prediction_log, registry, snapshots, times
-from copml.engines.job import PartWritten, ScoringJob, pack_artifact
+from copml.engines.job import PartWritten, job_for
 from copml.engines.partitions import PARTITION_ROWS, Partition, plan
 from copml.errors import CopmlError, DataValidationError
 from copml.kinds import kind_for
@@ -212,16 +212,7 @@ def score(
     folder = batches_dir(project) / key
     try:
         with _held(folder):
-            job = ScoringJob(
-                spec=spec,
-                key=key,
-                model_version=champion.version,
-                artifact=pack_artifact(registry.local_copy(project, champion)),
-                artifact_sha256=champion.artifact_sha256,
-                pii_key=project.pii_key,
-                folder=str(folder),
-                output=str(folder / "output"),
-            )
+            job = job_for(project, champion, key, folder)
             with engines.opened(engine, cluster, workers) as running:
                 written = running.run(job, partitions)
             parts = _verified(written, partitions)

@@ -67,6 +67,23 @@ class PartWritten:
     error: str | None = None
 
 
+def job_for(project: Project, champion: Any, key: str, folder: Path) -> ScoringJob:
+    """The job that scores batch ``key`` with ``champion`` (a registry version: its verified
+    local copy travels as bytes), writing its parts under ``folder``."""
+    from copml import registry  # the driver's side only: workers never import MLflow
+
+    return ScoringJob(
+        spec=project.spec,
+        key=key,
+        model_version=champion.version,
+        artifact=pack_artifact(registry.local_copy(project, champion)),
+        artifact_sha256=champion.artifact_sha256,
+        pii_key=project.pii_key,
+        folder=str(folder),
+        output=str(folder / "output"),
+    )
+
+
 def pack_artifact(folder: Path) -> dict[str, bytes]:
     """A model folder's files as bytes, by path relative to the folder."""
     return {
