@@ -45,12 +45,13 @@ def _group_text(value: Any) -> str:
     return str(value)
 
 
-def _groups(values: pd.Series) -> np.ndarray:
-    """Group text per row; missing values become None (no group)."""
-    out = np.empty(len(values), dtype=object)
-    present = values.notna().to_numpy()
-    out[present] = [_group_text(v) for v in values[present].tolist()]
-    return out
+def _groups(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Group code per row (-1: missing, no group) and each code's text. Texts are made per
+    distinct value, not per row: a window of millions of rows has a handful of groups."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    texts, inverse = np.unique([_group_text(v) for v in uniques] or [""], return_inverse=True)
+    lookup = np.append(np.asarray(inverse, dtype=np.int64)[: len(uniques)], -1)
+    return lookup[codes], [str(t) for t in texts]
 
 
 def _binary(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -60,10 +61,23 @@ def _binary(frame: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
 
 
+def _collapsed(**columns: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One row per distinct combination of ``columns`` and how many rows have it."""
+    counts = pd.DataFrame(columns).value_counts(sort=False)
+    index = counts.index.to_frame(index=False)
+    return {name: index[name].to_numpy() for name in columns}, counts.to_numpy("float64")
+
+
 def _column(
-    groups: np.ndarray, label: np.ndarray, actual: np.ndarray
+    codes: np.ndarray, names: list[str], label: np.ndarray, actual: np.ndarray
 ) -> tuple[float, float, dict[str, dict[str, float]]]:
-    """Differences and per-group figures for one sensitive column (rows with a group only)."""
+    """Differences and per-group figures for one sensitive column (rows with a group only).
+
+    fairlearn computes every figure, on the rows collapsed to one row per distinct (group,
+    label[, actual]) weighted by its count: the same rates exactly (counts are exact in
+    floating point), at the cost of a handful of rows instead of millions (fairlearn stacks
+    its inputs element by element: a minute for 1,000,000 rows).
+    """
     from fairlearn.metrics import (
         MetricFrame,
         demographic_parity_difference,
@@ -73,51 +87,68 @@ def _column(
     from sklearn.metrics import recall_score
 
     dp = eo = math.nan
-    names = sorted(set(groups.tolist()))
+    text = np.asarray(names, dtype=object)
+    n = np.bincount(codes, minlength=len(names))
     detail: dict[str, dict[str, float]] = {
-        g: {
-            "n": float(np.sum(groups == g)),
+        names[g]: {
+            "n": float(n[g]),
             "selection_rate": math.nan,
             "recall": math.nan,
             "labelled": 0.0,
             "positives": 0.0,
         }
-        for g in names
+        for g in np.flatnonzero(n)
     }
-    if names:
-        y_pred = label.astype(int)
+    if detail:
+        rows, weight = _collapsed(group=codes, label=label.astype(np.int64))
+        y_pred, groups = rows["label"], text[rows["group"]]
         rates = MetricFrame(
             metrics={"selection_rate": selection_rate},
             y_true=y_pred,
             y_pred=y_pred,
             sensitive_features=groups,
+            sample_params={"selection_rate": {"sample_weight": weight}},
         ).by_group["selection_rate"]
         for g, rate in rates.items():
             detail[str(g)]["selection_rate"] = float(rate)
-        if len(names) > 1:
-            dp = float(demographic_parity_difference(y_pred, y_pred, sensitive_features=groups))
+        if len(detail) > 1:
+            dp = float(
+                demographic_parity_difference(
+                    y_pred, y_pred, sensitive_features=groups, sample_weight=weight
+                )
+            )
 
     known = ~np.isnan(actual)
     if known.any():
-        y_true, y_pred, sens = actual[known].astype(int), label[known].astype(int), groups[known]
+        rows, weight = _collapsed(
+            group=codes[known],
+            actual=actual[known].astype(np.int64),
+            label=label[known].astype(np.int64),
+        )
+        y_true, y_pred, sens = rows["actual"], rows["label"], text[rows["group"]]
         recalls = MetricFrame(
             metrics={"recall": partial(recall_score, zero_division=np.nan)},
             y_true=y_true,
             y_pred=y_pred,
             sensitive_features=sens,
+            sample_params={"recall": {"sample_weight": weight}},
         ).by_group["recall"]
         for g, value in recalls.items():
             detail[str(g)]["recall"] = float(value)
         labelled = sorted(set(sens.tolist()))
         for g in labelled:
             in_group = sens == g
-            detail[g]["labelled"] = float(np.sum(in_group))
-            detail[g]["positives"] = float(np.sum(y_true[in_group] == 1))
+            detail[g]["labelled"] = float(weight[in_group].sum())
+            detail[g]["positives"] = float(weight[in_group & (y_true == 1)].sum())
         # Rates need both classes in every group; otherwise fairlearn would count a missing
         # rate as 0 and report a gap that the data does not show.
         defined = all(0 < detail[g]["positives"] < detail[g]["labelled"] for g in labelled)
         if len(labelled) > 1 and defined:
-            eo = float(equalized_odds_difference(y_true, y_pred, sensitive_features=sens))
+            eo = float(
+                equalized_odds_difference(
+                    y_true, y_pred, sensitive_features=sens, sample_weight=weight
+                )
+            )
 
     return dp, eo, detail
 
@@ -139,9 +170,9 @@ def fairness(frame: pd.DataFrame, sensitive: list[str]) -> tuple[dict[str, float
         detail[column] = {}
         if column not in frame.columns:
             continue
-        groups = _groups(frame[column])
-        rows = frame[column].notna().to_numpy() & ~np.isnan(label)
-        dp, eo, groups_detail = _column(groups[rows], label[rows], actual[rows])
+        codes, names = _groups(frame[column])
+        rows = (codes >= 0) & ~np.isnan(label)
+        dp, eo, groups_detail = _column(codes[rows], names, label[rows], actual[rows])
         metrics[f"demographic_parity_difference.{column}"] = dp
         metrics[f"equalized_odds_difference.{column}"] = eo
         for group, figures in groups_detail.items():
