@@ -31,6 +31,7 @@ from copml.store import (
     prediction_inputs,
     predictions,
 )
+from copml.store.columns import read as read_columns
 
 KEY_HEX = 16
 ROW_HEX = 8
@@ -249,34 +250,58 @@ def resolve(engine: Engine, prediction_ids: list[str]) -> pd.Series:
     return pd.Series(seqs, dtype="Int64")
 
 
+_DECIDED = pa.schema(
+    [("seq", pa.int64()), ("label", pa.int16()), ("score", pa.float64()), ("review", pa.bool_())]
+)
+_TRUTH = pa.schema([("seq", pa.int64()), ("actual", pa.float64())])
+
+
+def decisions(engine: Engine, first: int, last: int) -> pd.DataFrame:
+    """Predictions ``first`` … ``last`` (sequence numbers) in order, with their ground truth
+    (``actual`` NaN when not yet known), read as columns: a window of millions of rows costs
+    seconds, not minutes. Other predictions may lie in the range (another batch's)."""
+    p, f = predictions.c, feedback.c
+    made = read_columns(
+        engine,
+        select(p.seq, p.label, p.score, p.review).where(p.seq.between(first, last)).order_by(p.seq),
+        _DECIDED,
+    )
+    known = read_columns(
+        engine,
+        select(f.prediction_seq, f.actual)
+        .where(f.prediction_seq.between(first, last))
+        .order_by(f.prediction_seq),
+        _TRUTH,
+    )
+    frame = made.to_pandas()
+    seq = frame["seq"].to_numpy()
+    actual = np.full(len(seq), np.nan)
+    truth_seq = known.column("seq").to_numpy()
+    at = np.minimum(np.searchsorted(seq, truth_seq), max(len(seq) - 1, 0))
+    found = (seq[at] == truth_seq) if len(seq) else np.zeros(0, dtype=bool)
+    actual[at[found]] = known.column("actual").to_numpy()[found]
+    frame["actual"] = actual
+    return frame
+
+
+def probabilities_between(engine: Engine, first: int, last: int) -> dict[int, Any]:
+    """Each class's probabilities of the multiclass decisions among ``first`` … ``last``."""
+    c = class_probabilities.c
+    with engine.connect() as conn:
+        # Apart, not joined: a range of the primary key, nothing to read for other tasks.
+        return dict(
+            conn.execute(select(c.seq, c.probabilities).where(c.seq.between(first, last))).all()
+        )
+
+
 def read(engine: Engine, batch: Batch) -> pd.DataFrame:
     """A batch's predictions with their ground truth (``actual`` NaN when not yet known)
     and, for multiclass decisions, each class's probabilities (a list per row)."""
-    p, f, c = predictions.c, feedback.c, class_probabilities.c
     last = batch.first_seq + batch.n_rows - 1
-    query = (
-        select(p.seq, p.label, p.score, p.review, f.actual)
-        .select_from(predictions.outerjoin(feedback, f.prediction_seq == p.seq))
-        .where(p.seq.between(batch.first_seq, last))
-        .order_by(p.seq)
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-        # Apart, not joined: a range of the primary key, nothing to read for other tasks.
-        weighed = dict(
-            conn.execute(
-                select(c.seq, c.probabilities).where(c.seq.between(batch.first_seq, last))
-            ).all()
-        )
-    names = ["seq", "label", "score", "review", "actual"]
-    # Column-wise from tuples: pandas' record path looks every field up by name on
-    # SQLAlchemy rows, which costs seconds for a million of them.
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-    frame = pd.DataFrame({n: np.asarray(c) for n, c in zip(names, columns, strict=True)})
+    frame = decisions(engine, batch.first_seq, last)
+    weighed = probabilities_between(engine, batch.first_seq, last)
     if weighed:
         frame["probabilities"] = pd.Series([weighed.get(s) for s in frame["seq"].tolist()])
-    frame["actual"] = pd.to_numeric(frame["actual"], errors="coerce")
-    frame["review"] = frame["review"].astype(bool)
     frame.insert(1, "row_index", (frame["seq"] - batch.first_seq).astype("int64"))
     ids = prediction_ids(batch.key, batch.n_rows).to_numpy(zero_copy_only=False)
     frame.insert(0, "prediction_id", ids[frame["row_index"].to_numpy()])
@@ -355,14 +380,11 @@ def record(engine: Engine, prediction_id: str) -> dict[str, Any] | None:
     return out
 
 
-def read_inputs(engine: Engine, batch: Batch) -> pd.DataFrame:
-    """The stored (redacted) inputs and latencies of an API batch, one row per prediction."""
+def read_inputs(engine: Engine, first: int, last: int) -> pd.DataFrame:
+    """The stored (redacted) inputs and latencies of the API predictions among ``first`` …
+    ``last``, one row per prediction."""
     i = prediction_inputs.c
-    query = (
-        select(i.seq, i.latency_ms, i.input)
-        .where(i.seq.between(batch.first_seq, batch.first_seq + batch.n_rows - 1))
-        .order_by(i.seq)
-    )
+    query = select(i.seq, i.latency_ms, i.input).where(i.seq.between(first, last)).order_by(i.seq)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     inputs = pd.DataFrame([r[2] for r in rows])
