@@ -183,6 +183,31 @@ def test_by_reference_keeps_a_manifest_and_detects_changes(fresh_churn: Project)
         snap.load()
 
 
+def test_one_row_of_parts_by_reference_reads_and_checks_its_part_alone(
+    fresh_churn: Project, tmp_path: Path
+) -> None:
+    """A partitioned batch's input is a snapshot by reference to its Parquet parts; an audit
+    of one decision reads the part that holds the row (checked against its sha256), never
+    the whole batch."""
+    source = snapshots.read_source(fresh_churn.spec.data.source, fresh_churn.root)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i, first in enumerate(range(0, len(source), 2500)):
+        source.iloc[first : first + 2500].to_parquet(parts / f"part-{i:03d}.parquet")
+    snap = _create(fresh_churn, str(parts), by_reference=True)
+    assert snap.manifest is not None and len(snap.manifest) == 3
+    whole = snap.load()
+    for index in (0, 2499, 2500, 5999):
+        pd.testing.assert_frame_equal(snap.row(index), whole.iloc[[index]].reset_index(drop=True))
+    with pytest.raises(IndexError):
+        snap.row(6000)
+    last = Path(snap.manifest[2]["path"])
+    source.iloc[5000:].head(10).to_parquet(last)  # the third part altered
+    pd.testing.assert_frame_equal(snap.row(2500), whole.iloc[[2500]].reset_index(drop=True))
+    with pytest.raises(DataValidationError, match="changed since it was frozen"):
+        snap.row(5000)
+
+
 def test_snapshot_on_postgresql_store(fresh_churn: Project, engine: Engine) -> None:
     """The same snapshot on either backend (``engine`` is SQLite and PostgreSQL)."""
     snap = snapshots.create(

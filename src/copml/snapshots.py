@@ -89,16 +89,36 @@ class Snapshot:
     def row(self, index: int) -> pd.DataFrame:
         """Row ``index`` alone, as a one-row frame with declared types: reads one row group,
         so an audit of one decision never loads a million-row batch."""
-        if self.storage == "reference":
+        if self.storage != "reference":
+            return _row_of(Path(self.path), index, self.id, self.n_rows)
+        entries = self.manifest or []
+        if not all(e["path"].endswith(".parquet") for e in entries):
             return self.load().iloc[[index]].reset_index(drop=True)
-        parquet = pq.ParquetFile(self.path)
+        # A partitioned batch's parts: the one part that holds the row, checked alone.
         start = 0
-        for group in range(parquet.num_row_groups):
-            size = parquet.metadata.row_group(group).num_rows
+        for entry in entries:
+            path = Path(entry["path"])
+            size = pq.ParquetFile(path).metadata.num_rows
             if index < start + size:
-                return _plain(parquet.read_row_group(group).slice(index - start, 1)).to_pandas()
+                if file_sha256(path) != entry["sha256"]:
+                    raise DataValidationError(
+                        f"snapshot {self.id[:12]}: {path} changed since it was frozen"
+                    )
+                return _coerce_all(_row_of(path, index - start, self.id, size), self.schema)
             start += size
         raise IndexError(f"snapshot {self.id[:12]} has {self.n_rows} rows, not {index + 1}")
+
+
+def _row_of(path: Path, index: int, snapshot_id: str, n_rows: int) -> pd.DataFrame:
+    """Row ``index`` of a Parquet file, reading only the row group that holds it."""
+    parquet = pq.ParquetFile(path)
+    start = 0
+    for group in range(parquet.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        if index < start + size:
+            return _plain(parquet.read_row_group(group).slice(index - start, 1)).to_pandas()
+        start += size
+    raise IndexError(f"snapshot {snapshot_id[:12]} has {n_rows} rows, not {index + 1}")
 
 
 # ------------------------------------------------------------------------------- reading
