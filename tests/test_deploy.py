@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from copy import deepcopy
@@ -392,19 +393,39 @@ def _dockerfile_args() -> dict[str, str]:
     )
 
 
-def _pip_installs(vision: str) -> list[str]:
-    """The pip commands the image's install steps run with ``--build-arg VISION=...``: the
-    Dockerfile's own shell (``sh -c``, as the builder runs it) with the build arguments'
-    defaults, printing each pip command instead of running it."""
+def _installs(tool: str, **build_args: str) -> list[str]:
+    """The ``tool`` (pip, apt-get) commands the image's steps run with these build
+    arguments: the Dockerfile's own shell (``sh -c``, as the builder runs it) with the
+    arguments' defaults, printing each command instead of running it."""
     args = _dockerfile_args()
     commands = dockerfile.parse_file(str(DOCKERFILE))
-    steps = [c.value[0] for c in commands if c.cmd == "RUN" and "pip install" in c.value[0]]
-    assert steps, "the image installs copml with pip"
-    script = "\n".join(['pip() { echo "pip $*"; }', *steps])
-    env = {**args, "VISION": vision, "PATH": os.environ["PATH"]}
-    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    steps = [c.value[0] for c in commands if c.cmd == "RUN" and f"{tool} install" in c.value[0]]
+    assert steps, f"the image installs with {tool}"
+    with tempfile.TemporaryDirectory() as stubs:  # each tool prints its command line
+        for name in ("pip", "apt-get", "rm"):
+            stub = Path(stubs) / name
+            stub.write_text(f'#!/bin/sh\necho "{name} $*"\n')
+            stub.chmod(0o755)
+        env = {**args, **build_args, "PATH": f"{stubs}:{os.environ['PATH']}"}
+        script = "\n".join(steps)
+        done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
+    return [line for line in done.stdout.splitlines() if line.startswith(f"{tool} install")]
+
+
+def _pip_installs(vision: str) -> list[str]:
+    return _installs("pip", VISION=vision)
+
+
+def test_the_cluster_engines_and_java_are_behind_a_build_argument() -> None:
+    """PySpark, Ray and a Java runtime only when asked for (CLUSTER=true)."""
+    default = _dockerfile_args()["CLUSTER"]
+    assert not [line for line in _installs("pip", CLUSTER=default) if "cluster" in line]
+    assert not [line for line in _installs("apt-get", CLUSTER=default) if "openjdk" in line]
+    assert _installs("pip", CLUSTER="true")[-1].endswith(".[postgres,cluster]")
+    assert [line for line in _installs("apt-get", CLUSTER="true") if "openjdk-17" in line]
+    both = _installs("pip", CLUSTER="true", VISION="true")
+    assert both[-1].endswith(".[postgres,vision,cluster]")
 
 
 def test_the_vision_extra_is_behind_a_build_argument() -> None:
