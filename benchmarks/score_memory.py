@@ -17,6 +17,8 @@ differ by their ids (each run freezes a new snapshot), and compares the medians.
 ``--monitor`` then gives every logged prediction an outcome and times ``copml monitor``
 over them (fresh process, peak RSS too).
 
+``0 --monitor`` monitors what an earlier run logged, without scoring again.
+
 Run: .venv/bin/python benchmarks/score_memory.py [ROWS=10000000] [--monitor]
      [--before SRC [REPEAT=3]]
 """
@@ -174,8 +176,8 @@ def main() -> None:
     figures: dict[str, object] = {}
     if rows:
         figures["memory"] = memory(project, rows)
-        if "--monitor" in sys.argv:
-            figures["monitor"] = monitored(project)
+    if "--monitor" in sys.argv:  # ROWS=0: the predictions an earlier run logged
+        figures["monitor"] = monitored(project)
     if before is not None:
         figures["speed"] = speed(project, before, repeat)
     print(json.dumps(figures))

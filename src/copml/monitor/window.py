@@ -158,7 +158,13 @@ def window_frame(
         else:
             parts.append(pd.DataFrame(index=range(rows.stop - rows.start)))
     if all(isinstance(p, pa.Table) for p in parts):  # one categorical per text column
-        extra = pa.concat_tables(parts, promote_options="permissive").to_pandas()
+        table = pa.concat_tables(parts, promote_options="permissive")
+        del parts
+        # Column by column, each freed once converted; then the pool gives back what it
+        # keeps (mimalloc holds freed memory: a second window's worth of it otherwise).
+        extra = table.to_pandas(split_blocks=True, self_destruct=True)
+        del table
+        pa.default_memory_pool().release_unused()
     else:
         extra = pd.concat(
             [p.to_pandas() if isinstance(p, pa.Table) else p for p in parts], ignore_index=True
@@ -242,7 +248,10 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     kind = kind_for(spec)
     features = kind.monitored_features(spec.data)
     frame = window_frame(engine, start, end, features)
-    labelled = frame[frame["actual"].notna()]
+    # The decisions alone, not the features: a window of millions of rows is not copied.
+    decided = [c for c in ("label", "score", "review", "actual", "probabilities") if c in frame]
+    known = frame["actual"].notna().to_numpy()
+    labelled = frame[decided] if known.all() else frame.loc[known, decided]
     metrics: dict[str, float] = dict.fromkeys(spec.metrics.names(spec.classes), math.nan)
     if len(labelled):
         metrics.update(kind.window_metrics(project, labelled))
