@@ -57,6 +57,7 @@ _TABLE_API = [
         "reload_v1_admin_reload_post",
         ("200", "401", "403", "429"),
     ),
+    ("/v1/models", "get", "models_v1_models_get", ("200", "401", "403", "429")),
 ]
 
 

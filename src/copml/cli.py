@@ -424,6 +424,67 @@ def models_rollback(
     _console().print(f"rolled back: version {version} is champion again")
 
 
+def _share(text: str) -> float:
+    """``10%`` or ``0.1``: a share of entities."""
+    try:
+        value = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a share (10% or 0.1)") from None
+    return value
+
+
+@models_app.command("shadow")
+@_fails_cleanly
+def models_shadow(
+    version: str,
+    reason: Annotated[str, typer.Option(help="Why: recorded with the change.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Run VERSION in shadow: it scores every request and batch beside the champion, logged
+    under its own version, and answers no one (servers follow within their poll interval)."""
+    from copml.events import user_actor
+    from copml.operate import lifecycle
+
+    lifecycle.shadow(_project(project), version, actor=user_actor(), reason=reason)
+    _console().print(f"version {version} runs in shadow")
+
+
+@models_app.command("canary")
+@_fails_cleanly
+def models_canary(
+    version: str,
+    share: Annotated[str, typer.Option(help="Share of entities it answers: 10% or 0.1.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded with the change.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Let VERSION answer a share of entities (sticky: by the keyed hash of each entity's
+    id), the champion the rest; each prediction is logged with its version and arm."""
+    from copml.events import user_actor
+    from copml.operate import lifecycle
+
+    found = lifecycle.canary(
+        _project(project), version, _share(share), actor=user_actor(), reason=reason
+    )
+    _console().print(f"version {version} answers {found.share:.0%} of entities")
+
+
+@models_app.command("abort")
+@_fails_cleanly
+def models_abort(
+    reason: Annotated[str, typer.Option(help="Why: recorded with the change.")],
+    shadow: Annotated[bool, typer.Option("--shadow", help="End the shadow instead.")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """End the canary (the champion answers everyone again), or with --shadow the shadow."""
+    from copml import rollout
+    from copml.events import user_actor
+    from copml.operate import lifecycle
+
+    arm = rollout.SHADOW if shadow else rollout.CANARY
+    lifecycle.abort(_project(project), actor=user_actor(), reason=reason, arm=arm)
+    _console().print(f"the {arm} has ended")
+
+
 @models_app.command("retire")
 @_fails_cleanly
 def models_retire(

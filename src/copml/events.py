@@ -32,6 +32,7 @@ class Kind(StrEnum):
     MODEL_RETIRED = "model.retired"
     MODEL_REPRODUCED = "model.reproduced"
     MODEL_NOT_REPRODUCED = "model.not_reproduced"
+    MODEL_ROLLOUT = "model.rollout"  # shadow / canary started, changed or ended
     MODEL_HOLD = "model.hold"
     MODEL_HOLD_RELEASED = "model.hold_released"
     PROJECT_REEVALUATE = "project.reevaluate"

@@ -52,6 +52,8 @@ class Batch:
     first_seq: int
     n_rows: int
     origin: str = "batch"
+    arm: str = "champion"
+    shadows: str | None = None
 
     def prediction_ids(self) -> list[str]:
         return prediction_ids(self.key, self.n_rows).to_pylist()
@@ -108,6 +110,8 @@ class Header:
     model_version: str
     snapshot_id: str | None
     origin: str
+    arm: str = "champion"  # champion | canary | shadow
+    shadows: str | None = None  # a shadow batch: the key of the batch it mirrors
 
 
 # One chunk of a batch's decisions: label codes, scores, review flags, class probabilities.
@@ -142,38 +146,67 @@ def write_chunks(
 ) -> Batch:
     """:func:`write` for a batch that comes in chunks: still one transaction and one header,
     the rows inserted a chunk at a time (never a Python list of a whole large batch)."""
+
+    def before(conn: Connection, firsts: list[int]) -> None:
+        if before_commit is not None:
+            before_commit(conn, firsts[0])
+
+    return write_many(engine, [(header, chunks)], before)[0]
+
+
+def write_many(
+    engine: Engine,
+    parts: list[tuple[Header, Iterable[Chunk]]],
+    before_commit: Callable[[Connection, list[int]], None] | None = None,
+) -> list[Batch]:
+    """Several batches in one transaction (a group answered partly by the champion and
+    partly by a canary): each its own contiguous range, all visible together or none.
+    ``before_commit`` gets each batch's first sequence number."""
     with engine.begin() as conn:
         _lock(conn)
         first = conn.execute(_NEXT_SEQ).scalar_one()
-        n = 0
-        for label, score, review, probabilities in chunks:
-            _insert(conn, first + n, label, score, review, probabilities)
-            n += len(score)
+        spans = []
+        for _, chunks in parts:
+            n = 0
+            for label, score, review, probabilities in chunks:
+                _insert(conn, first + n, label, score, review, probabilities)
+                n += len(score)
+            spans.append((first, n))
+            first += n
         if before_commit is not None:
-            before_commit(conn, first)
-        batch_id = conn.execute(
-            _INSERT_BATCH,
-            {
-                "key": header.key,
-                "created_at": header.created_at,
-                "model_name": header.model_name,
-                "model_version": header.model_version,
-                "snapshot_id": header.snapshot_id,
-                "origin": header.origin,
-                "first_seq": first,
-                "n_rows": n,
-            },
-        ).inserted_primary_key[0]
-    return Batch(
-        batch_id,
-        header.key,
-        header.created_at,
-        header.model_version,
-        header.snapshot_id,
-        first,
-        n,
-        header.origin,
-    )
+            before_commit(conn, [start for start, _ in spans])
+        written = []
+        for (header, _), (start, n) in zip(parts, spans, strict=True):
+            batch_id = conn.execute(
+                _INSERT_BATCH,
+                {
+                    "key": header.key,
+                    "created_at": header.created_at,
+                    "model_name": header.model_name,
+                    "model_version": header.model_version,
+                    "snapshot_id": header.snapshot_id,
+                    "origin": header.origin,
+                    "first_seq": start,
+                    "n_rows": n,
+                    "arm": header.arm,
+                    "shadows": header.shadows,
+                },
+            ).inserted_primary_key[0]
+            written.append(
+                Batch(
+                    batch_id,
+                    header.key,
+                    header.created_at,
+                    header.model_version,
+                    header.snapshot_id,
+                    start,
+                    n,
+                    header.origin,
+                    header.arm,
+                    header.shadows,
+                )
+            )
+    return written
 
 
 def _insert(
@@ -222,6 +255,8 @@ def _batch(row: object) -> Batch:
         m["first_seq"],
         m["n_rows"],
         m["origin"],
+        m["arm"],
+        m["shadows"],
     )
 
 

@@ -747,6 +747,22 @@ def set_state(project: Project, version: str, state: str) -> None:
     client(project).set_model_version_tag(project.spec.project, version, TAG + "state", state)
 
 
+def mirror_alias(project: Project, alias: str, version: str | None) -> None:
+    """Point ``alias`` (``shadow``, ``canary``) at ``version``, or remove it: the registry's
+    view of a rollout whose record is the store's (MLflow's UI shows who runs beside the
+    champion). Never raises: the store's record is what servers follow."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(project)
+    try:
+        if version is None:
+            c.delete_registered_model_alias(project.spec.project, alias)
+        else:
+            c.set_registered_model_alias(project.spec.project, alias, version)
+    except MlflowException:
+        pass
+
+
 def demote(project: Project) -> None:
     """Remove the ``champion`` alias: nothing is served until a version is promoted."""
     client(project).delete_registered_model_alias(project.spec.project, CHAMPION)

@@ -113,7 +113,11 @@ def window_frame(
     numbers, and its features straight from the input snapshots' Parquet: a window of
     10,000,000 predictions is read in seconds and a few GB (not a Python object per row).
     """
-    found = sorted(prediction_log.batches_between(engine, start, end), key=lambda b: b.first_seq)
+    # What was answered: a shadow's batches answered no one (windows per arm are to come).
+    found = sorted(
+        (b for b in prediction_log.batches_between(engine, start, end) if b.arm != "shadow"),
+        key=lambda b: b.first_seq,
+    )
     if not found:
         columns = ["seq", "row_index", "label", "score", "review", "actual", "model_version"]
         frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})

@@ -6,6 +6,7 @@ CLI, the policies and the dashboard cannot take a different path around them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from copml import events, registry, snapshots
+from copml import events, registry, rollout, snapshots
 from copml.errors import CopmlError
 from copml.evaluation import minimum_failures, split_holdout
 from copml.kinds import kind_for
@@ -207,6 +208,99 @@ def promote(
     registry.promote(project, engine, version, actor=actor, reason=reason, at=at)
     if current is not None:
         registry.set_state(project, current.version, "archived")
+    running = rollout.current(engine, project.spec.project)
+    if version in (running.shadow, running.canary):  # it answers everyone now
+        ended = rollout.Rollout(
+            shadow=None if running.shadow == version else running.shadow,
+            canary=None if running.canary == version else running.canary,
+            share=0.0 if running.canary == version else running.share,
+        )
+        _set_rollout(project, version, ended, actor=actor, reason=f"promoted: {reason}", at=at)
+
+
+def _validated(project: Project, version: str) -> list[str]:
+    """Why ``version`` may not run beside the champion; empty when it may."""
+    why = [w for w in promotable(project, version) if "approval" not in w]
+    current = registry.champion(project)
+    if current is not None and current.version == version:
+        why.append(f"v{version} is the champion")
+    return why
+
+
+def _set_rollout(
+    project: Project,
+    version: str,
+    new: rollout.Rollout,
+    *,
+    actor: str,
+    reason: str,
+    at: datetime | None,
+) -> rollout.Rollout:
+    engine = open_store(project.db_url)
+    with engine.begin() as conn:
+        rollout.record(conn, project.spec.project, version, new, actor=actor, reason=reason, at=at)
+    registry.mirror_alias(project, rollout.SHADOW, new.shadow)
+    registry.mirror_alias(project, rollout.CANARY, new.canary if new.share > 0 else None)
+    return new
+
+
+def shadow(
+    project: Project, version: str, *, actor: str, reason: str, at: datetime | None = None
+) -> rollout.Rollout:
+    """Run ``version`` in shadow: it scores every request and batch beside the champion,
+    logged with its own version, and answers no one. It must have passed the gate."""
+    why = _validated(project, version)
+    if why:
+        raise CopmlError(f"cannot shadow v{version}: " + "; ".join(why))
+    before = rollout.current(open_store(project.db_url), project.spec.project)
+    new = dataclasses.replace(before, shadow=version)
+    return _set_rollout(project, version, new, actor=actor, reason=reason, at=at)
+
+
+def canary(
+    project: Project,
+    version: str,
+    share: float,
+    *,
+    actor: str,
+    reason: str,
+    at: datetime | None = None,
+) -> rollout.Rollout:
+    """Let ``version`` answer ``share`` (0 < share < 1) of entities. It answers people, so
+    it needs what a promotion needs: the gate, and an approval where the spec asks one."""
+    if not 0.0 < share < 1.0:
+        raise CopmlError(
+            f"a canary's share must lie between 0 % and 100 % (exclusive), not {share:.0%}: "
+            "0 % is `copml models abort`, 100 % is a promotion"
+        )
+    why = [*_validated(project, version)]
+    why += [w for w in promotable(project, version) if "approval" in w]
+    if why:
+        raise CopmlError(f"cannot make v{version} a canary: " + "; ".join(why))
+    before = rollout.current(open_store(project.db_url), project.spec.project)
+    new = dataclasses.replace(before, canary=version, share=share)
+    return _set_rollout(project, version, new, actor=actor, reason=reason, at=at)
+
+
+def abort(
+    project: Project,
+    *,
+    actor: str,
+    reason: str,
+    arm: str = rollout.CANARY,
+    at: datetime | None = None,
+) -> rollout.Rollout:
+    """End the canary (back to 0 %: the champion answers everyone) or the shadow."""
+    before = rollout.current(open_store(project.db_url), project.spec.project)
+    version = before.canary if arm == rollout.CANARY else before.shadow
+    if version is None:
+        raise CopmlError(f"there is no {arm} to end")
+    new = (
+        dataclasses.replace(before, canary=None, share=0.0)
+        if arm == rollout.CANARY
+        else dataclasses.replace(before, shadow=None)
+    )
+    return _set_rollout(project, version, new, actor=actor, reason=reason, at=at)
 
 
 def rollback(project: Project, *, actor: str, reason: str, at: datetime | None = None) -> str:

@@ -62,6 +62,7 @@ def require(*roles: str) -> Any:
 ServiceKey = Annotated[keys.Key | None, require("service")]
 OperatorKey = Annotated[keys.Key | None, require("operator")]
 AuditorKey = Annotated[keys.Key | None, require("auditor")]
+AnyKey = Annotated[keys.Key | None, require("service", "operator", "auditor")]
 
 
 def charge(limiter: RateLimiter, key: keys.Key | None, n: int, route: str) -> None:

@@ -72,6 +72,7 @@ def create_app(
         for task in tasks:
             task.cancel()
         await server.batcher.stop()
+        await asyncio.to_thread(server.shadow.stop)  # what it holds was answered already
 
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN (issue 12.19), and
     # the only packaged Swagger UI (swagger-ui-bundle) cannot show OpenAPI 3.1.

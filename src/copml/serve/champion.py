@@ -27,6 +27,17 @@ class Champion:
     models: dict[str, str] = field(default_factory=dict)  # a composite model's parts
 
 
+def load_model(project: Project, mv: registry.ModelVersion) -> Champion:
+    """``mv`` loaded, its artifact checked against its sha256 and warmed."""
+    kind = kind_for(project.spec)
+    path = registry.local_copy(project, mv)  # refuses a tampered artifact
+    model = registry.load(project, mv)
+    features = project.spec.data.features
+    kind.warm(model, path, features)  # the first request pays nothing
+    models = kind.served_models(mv.version, registry.parts(mv))
+    return Champion(mv.version, model, features, models)
+
+
 @dataclass(frozen=True)
 class Refresh:
     model_version: str | None
@@ -51,13 +62,7 @@ class ChampionSlot:
         return retired is not None
 
     def _load(self, mv: registry.ModelVersion) -> Champion:
-        kind = kind_for(self._project.spec)
-        path = registry.local_copy(self._project, mv)  # refuses a tampered artifact
-        model = registry.load(self._project, mv)
-        features = self._project.spec.data.features
-        kind.warm(model, path, features)  # the first request pays nothing
-        models = kind.served_models(mv.version, registry.parts(mv))
-        return Champion(mv.version, model, features, models)
+        return load_model(self._project, mv)
 
     def refresh(self, actor: str = "system") -> Refresh:
         """Follow the registry's ``champion`` alias; swap when it moved and the new one works."""

@@ -41,6 +41,21 @@ class ServerMetrics:
             registry=self.registry,
         )
 
+        self.arms = Counter(
+            "copml_arm_predictions_total",
+            "Predictions by arm (champion, canary; shadow: scored, never answered) and version",
+            ["arm", "model_version"],
+            registry=self.registry,
+        )
+        self.shadow_dropped = Counter(
+            "copml_shadow_dropped_total",
+            "Answered groups the shadow did not score: it had fallen behind",
+            registry=self.registry,
+        )
+
+    def by_arm(self, arm: str, version: str, n: int) -> None:
+        self.arms.labels(arm, version).inc(n)
+
     def scored(self, version: str, label: np.ndarray, review: np.ndarray) -> None:
         """Count a committed group by its decisions' class codes (1: a binary's positive)."""
         codes, counts = np.unique(np.asarray(label, dtype=np.int64), return_counts=True)

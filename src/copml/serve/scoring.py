@@ -22,11 +22,12 @@ import pandas as pd
 from fastapi import HTTPException
 from sqlalchemy import Connection, Engine
 
-from copml import prediction_log
+from copml import prediction_log, rollout
 from copml.kinds import Decisions, kind_for
 from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve import idempotency
+from copml.serve.arms import Arms, ArmsSlot, ShadowScorer
 from copml.serve.batcher import Pending, report_scored
 from copml.serve.champion import ChampionSlot
 from copml.store import bind_value, bulk_insert, prediction_inputs, reviews
@@ -49,8 +50,12 @@ class GroupScorer:
         engine: Engine,
         slot: ChampionSlot,
         clock: Callable[[], datetime] | None = None,
+        arms: ArmsSlot | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._arms = arms
+        self._shadow = shadow
         self._spec = project.spec
         self._key = project.pii_key
         self._engine = engine
@@ -60,6 +65,7 @@ class GroupScorer:
         self._target = self._kind.target(project.spec.data)
         self._redact = sorted({project.spec.data.id, *project.spec.data.pii})
         self.on_scored: list[Any] = []  # callbacks(version, labels, reviews) for metrics
+        self.on_arm: list[Any] = []  # callbacks(arm, version, n) for metrics
 
     def encode(self, instances: list[dict[str, Any]]) -> list[Instance]:
         """One request's instances, checked and redacted; 422 naming the field of a text
@@ -92,53 +98,79 @@ class GroupScorer:
 
     def __call__(self, group: list[Pending]) -> list[tuple[str, list[dict[str, Any]]]]:
         """Score and log the group's :class:`Instance` rows; raises only before the commit
-        (the batcher then splits the group), never after it."""
+        (the batcher then splits the group), never after it.
+
+        With a canary, each request is answered by the canary or the champion (by its
+        first instance's entity: one customer always meets the same model) and each arm's
+        rows are a batch of their own, both committed in one transaction."""
         spec = self._spec
-        champion = self._slot.current  # read once: this group finishes on this model
+        champion = self._slot.current  # read once: this group finishes on these models
         if champion is None:
             raise RuntimeError("no champion model is loaded")
-        rows: list[Instance] = [row for pending in group for row in pending.rows]
-        # Column by column: a third of the cost of a frame from records, the same scores.
-        frame = pd.DataFrame({c: [row.features[c] for row in rows] for c in champion.features})
-        decided = self._kind.decide(
-            self._project, champion.model, self._kind.scores(champion.model, frame)
-        )
-        review = decided.review
-        done = time.perf_counter()
-        latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
-        now = self._clock()
-        key = prediction_log.new_key()
-        answered = self._answers(group, key, champion.version, decided)
-
-        def alongside(conn: Connection, first: int) -> None:
-            bulk_insert(
-                conn,
-                prediction_inputs,
-                ("seq", "input", "input_hash", "entity_key", "latency_ms"),
-                [
-                    (first + i, row.stored, row.input_hash, row.entity, latency)
-                    for i, (row, latency) in enumerate(zip(rows, latencies, strict=True))
-                ],
-            )
-            flagged = [
-                (first + int(i), bind_value(conn, reviews.c.opened_at, now))
-                for i in np.flatnonzero(review)
+        arms = self._arms.current if self._arms is not None else Arms()
+        arm_of = [rollout.CHAMPION] * len(group)
+        if arms.canary is not None:
+            arm_of = [
+                rollout.CANARY
+                if rollout.in_canary(p.rows[0].entity if p.rows else None, arms.share)
+                else rollout.CHAMPION
+                for p in group
             ]
-            if flagged:
-                bulk_insert(conn, reviews, ("seq", "opened_at"), flagged)
-            idempotency.record(conn, self._claimed(group, first, answered), now)
+        now = self._clock()
+        parts = []  # (arm, model, its requests' positions in the group, frame, decided, key)
+        for arm, model in ((rollout.CHAMPION, champion), (rollout.CANARY, arms.canary)):
+            at = [i for i, a in enumerate(arm_of) if a == arm]
+            if model is None or not at:
+                continue
+            rows = [row for i in at for row in group[i].rows]
+            # Column by column: a third of the cost of a frame from records, the same scores.
+            frame = pd.DataFrame({c: [row.features[c] for row in rows] for c in model.features})
+            decided = self._kind.decide(
+                self._project, model.model, self._kind.scores(model.model, frame)
+            )
+            parts.append((arm, model, at, frame, decided, prediction_log.new_key()))
+        done = time.perf_counter()
+        answered: list[tuple[str, list[dict[str, Any]]]] = [("", [])] * len(group)
+        for _, model, at, _, decided, key in parts:
+            mine = [group[i] for i in at]
+            for i, answer in zip(at, self._answers(mine, key, model.version, decided), strict=True):
+                answered[i] = answer
 
-        header = prediction_log.Header(key, now, spec.project, champion.version, None, "api")
-        prediction_log.write(
-            self._engine,
-            header,
-            decided.label,
-            decided.score,
-            review,
-            alongside,
-            probabilities=decided.probabilities,
-        )
-        report_scored(self.on_scored, champion.version, decided.label, review)
+        def alongside(conn: Connection, firsts: list[int]) -> None:
+            for (_, _, at, _, decided, _), first in zip(parts, firsts, strict=True):
+                mine = [group[i] for i in at]
+                rows = [row for p in mine for row in p.rows]
+                latencies = [(done - p.started) * 1000 for p in mine for _ in p.rows]
+                bulk_insert(
+                    conn,
+                    prediction_inputs,
+                    ("seq", "input", "input_hash", "entity_key", "latency_ms"),
+                    [
+                        (first + i, row.stored, row.input_hash, row.entity, latency)
+                        for i, (row, latency) in enumerate(zip(rows, latencies, strict=True))
+                    ],
+                )
+                flagged = [
+                    (first + int(i), bind_value(conn, reviews.c.opened_at, now))
+                    for i in np.flatnonzero(decided.review)
+                ]
+                if flagged:
+                    bulk_insert(conn, reviews, ("seq", "opened_at"), flagged)
+                idempotency.record(conn, self._claimed(mine, first, [answered[i] for i in at]), now)
+
+        written = [
+            (
+                prediction_log.Header(key, now, spec.project, model.version, None, "api", arm=arm),
+                [(decided.label, decided.score, decided.review, decided.probabilities)],
+            )
+            for arm, model, _, _, decided, key in parts
+        ]
+        prediction_log.write_many(self._engine, written, alongside)
+        for arm, model, _, frame, decided, key in parts:
+            report_scored(self.on_scored, model.version, decided.label, decided.review)
+            report_scored(self.on_arm, arm, model.version, len(frame))
+            if arms.shadow is not None and self._shadow is not None:
+                self._shadow.offer(arms.shadow, frame, key, now)
         return answered
 
     @staticmethod

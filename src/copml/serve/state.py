@@ -22,6 +22,7 @@ from copml.errors import NotFoundError, UnknownPrediction
 from copml.kinds import ModelKind, PredictApi, kind_for
 from copml.labels import Target
 from copml.project import Project
+from copml.serve.arms import ArmsSlot, ShadowScorer
 from copml.serve.batcher import MicroBatcher
 from copml.serve.champion import ChampionSlot, Refresh
 from copml.serve.limits import RateLimiter, SharedBuckets
@@ -44,6 +45,8 @@ class Server:
     kind: ModelKind
     target: Target
     slot: ChampionSlot
+    arms: ArmsSlot  # the shadow and canary beside the champion
+    shadow: ShadowScorer
     own_api: PredictApi | None
     scorer: Any  # a GroupScorer, or the kind's own: ``__call__(group)`` and ``on_scored``
     batcher: MicroBatcher
@@ -76,7 +79,14 @@ class Server:
         metrics.model_loads.labels("loaded" if first.swapped else "none").inc()
         kind = kind_for(spec)
         own_api = kind.predict_api(project, engine, slot, clock)
-        scorer = own_api.scorer if own_api else GroupScorer(project, engine, slot, clock)
+        arms = ArmsSlot(project, engine)
+        shadow = ShadowScorer(project, engine, metrics.shadow_dropped.inc, metrics.by_arm)
+        if own_api is None:  # a kind's own API answers with its champion alone (for now)
+            arms.refresh()
+            scorer: Any = GroupScorer(project, engine, slot, clock, arms, shadow)
+            scorer.on_arm.append(metrics.by_arm)
+        else:
+            scorer = own_api.scorer
         scorer.on_scored.append(metrics.scored)
         return cls(
             project=project,
@@ -84,6 +94,8 @@ class Server:
             kind=kind,
             target=kind.target(spec.data),
             slot=slot,
+            arms=arms,
+            shadow=shadow,
             own_api=own_api,
             scorer=scorer,
             batcher=MicroBatcher(scorer, shared_failure=UNAVAILABLE),
@@ -100,6 +112,8 @@ class Server:
         result = self.slot.refresh(actor)
         if result.swapped or result.refused:
             self.metrics.model_loads.labels("loaded" if result.swapped else "refused").inc()
+        if self.own_api is None:
+            self.arms.refresh(actor)
         return result
 
     def beat(self) -> None:

@@ -89,6 +89,10 @@ batches = Table(
     Column("origin", String(8), nullable=False),  # batch | api
     Column("first_seq", Seq, nullable=False),
     Column("n_rows", Integer, nullable=False),
+    # Who answered: the champion, a canary; or a shadow, which answers no one and mirrors,
+    # row for row, the batch whose key ``shadows`` holds.
+    Column("arm", String(8), nullable=False, server_default="champion"),
+    Column("shadows", String(16), nullable=True),
     Index("ix_batches_created_at", "created_at"),
 )
 

@@ -1,0 +1,202 @@
+"""Safe rollout (issue 15.1–2): a shadow scores live traffic off the answer's path and
+answers no one; a canary answers a sticky share of entities. Real server, real store, real
+MLflow registry."""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from copml import keys, prediction_log, registry, rollout
+from copml.errors import CopmlError
+from copml.operate import lifecycle
+from copml.project import Project
+from copml.redaction import keyed_hash
+from copml.store import batches, open_store
+from store_state import assert_unchanged, capture
+from test_serve import REALTIME, Server, _copy, _instances, start
+
+
+def test_a_canary_takes_its_share_of_entities_and_keeps_each_one() -> None:
+    """5,000 entities (keyed hashes under a fresh secret key): the canary's share lands
+    within ±3 % of the declared one, and every entity meets the same arm every time."""
+    key = secrets.token_bytes(32)
+    entities = [keyed_hash(f"customer-{i}", key) for i in range(5000)]
+    for share in (0.1, 0.2, 0.5):
+        chosen = [rollout.in_canary(e, share) for e in entities]
+        assert abs(sum(chosen) / len(entities) - share) <= 0.03, share
+        assert chosen == [rollout.in_canary(e, share) for e in entities]  # sticky
+    # a larger share keeps everyone a smaller one had (growing a canary moves no one back)
+    small = {e for e in entities if rollout.in_canary(e, 0.1)}
+    assert small <= {e for e in entities if rollout.in_canary(e, 0.3)}
+    assert not any(rollout.in_canary(e, 0.0) for e in entities[:100])
+    assert all(rollout.in_canary(e, 1.0) for e in entities[:100])
+    # without an entity, each request draws for itself
+    assert rollout.in_canary(None, 0.5, draw=lambda: 0.4)
+    assert not rollout.in_canary(None, 0.5, draw=lambda: 0.6)
+
+
+def _challenger(project: Project, gate: bool = True) -> str:
+    """Version 2: another regularisation (other scores than v1's), gated when asked."""
+    from copml.train import train
+
+    version = train(project, params={"C": 0.05}).version
+    if gate:
+        report = lifecycle.gate(project, version, actor="user:test")
+        assert report.passed, report.reasons
+    return version
+
+
+def test_rollout_changes_need_the_gate_and_are_recorded(churn: Project) -> None:
+    engine = open_store(churn.db_url)
+    version = _challenger(churn, gate=False)
+    before = capture(churn)
+    with pytest.raises(CopmlError, match="has not passed the gate"):
+        lifecycle.shadow(churn, version, actor="user:test", reason="try it")
+    with pytest.raises(CopmlError, match="is the champion"):
+        lifecycle.canary(churn, "1", 0.1, actor="user:test", reason="try it")
+    with pytest.raises(CopmlError, match="there is no canary"):
+        lifecycle.abort(churn, actor="user:test", reason="nothing runs")
+    assert_unchanged(before, churn)  # refused changes change nothing
+
+    lifecycle.gate(churn, version, actor="user:test")
+    lifecycle.shadow(churn, version, actor="user:ops", reason="watch it on live traffic")
+    assert rollout.current(engine, churn.spec.project) == rollout.Rollout(shadow=version)
+    with pytest.raises(CopmlError, match="between 0 % and 100 %"):
+        lifecycle.canary(churn, version, 1.0, actor="user:ops", reason="all of them")
+    lifecycle.canary(churn, version, 0.2, actor="user:ops", reason="a fifth of customers")
+    assert rollout.current(engine, churn.spec.project) == rollout.Rollout(version, version, 0.2)
+    aliases = set(registry.get(churn, version).aliases)
+    assert {"shadow", "canary"} <= aliases  # mirrored for MLflow's own UI
+    lifecycle.abort(churn, actor="user:ops", reason="worse on the live comparison")
+    assert rollout.current(engine, churn.spec.project) == rollout.Rollout(shadow=version)
+    lifecycle.promote(churn, version, actor="user:ops", reason="better in shadow")
+    assert rollout.current(engine, churn.spec.project) == rollout.Rollout()  # it answers all
+    from copml import events
+
+    found = events.history(engine, kind=events.Kind.MODEL_ROLLOUT)
+    assert [e["actor"] for e in found][:4] and all(e["reason"] for e in found)
+    assert len(found) == 4  # shadow, canary, abort, promotion's end of the shadow
+
+
+@pytest.fixture
+def served(trained_churn: Path, tmp_path: Path) -> Iterator[tuple[Server, str]]:
+    project = _copy(trained_churn, tmp_path, REALTIME)
+    version = _challenger(project)
+    server = start(project)
+    yield server, version
+    server.kill()
+
+
+def _reload(server: Server) -> dict[str, object]:
+    operator = keys.create(open_store(server.project.db_url), "operator")
+    auth = {"Authorization": f"Bearer {operator}"}
+    r = httpx.post(f"{server.url}/v1/admin/reload", headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
+    return httpx.get(f"{server.url}/v1/models", headers=server.headers("service")).json()
+
+
+def _ask(server: Server, instances: list[dict[str, object]]) -> list[dict[str, object]]:
+    def one(instance: dict[str, object]) -> dict[str, object]:
+        r = httpx.post(
+            f"{server.url}/v1/predict",
+            json={"instances": [instance]},
+            headers=server.headers("service"),
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, instances))
+
+
+def _local_scores(project: Project, version: str, instances: list[dict[str, object]]) -> np.ndarray:
+    model = registry.load(project, registry.get(project, version))
+    frame = pd.DataFrame(instances)[project.spec.data.features]
+    return model.predict_proba(frame)[:, 1]
+
+
+def test_a_shadow_scores_every_answer_and_answers_none(served: tuple[Server, str]) -> None:
+    server, version = served
+    project, engine = server.project, open_store(server.project.db_url)
+    lifecycle.shadow(project, version, actor="user:ops", reason="watch it")
+    assert _reload(server) == {
+        "champion": "1",
+        "shadow": version,
+        "canary": None,
+        "canary_share": 0.0,
+    }
+    instances = _instances(project, 60)
+    answers = _ask(server, instances)
+    # Every answer is the champion's, exactly as v1 scores it alone.
+    assert {a["model_version"] for a in answers} == {"1"}
+    mine = np.array([a["predictions"][0]["score"] for a in answers])
+    assert np.allclose(mine, _local_scores(project, "1", instances), rtol=0, atol=1e-12)
+    theirs = _local_scores(project, version, instances)
+    assert not np.allclose(mine, theirs, atol=1e-3)  # v2 would have answered otherwise
+
+    # Each answered batch gets its shadow batch: v2's scores, row for row, logged apart.
+    def shadowed() -> list[prediction_log.Batch]:
+        b = batches.c
+        with engine.connect() as conn:
+            rows = conn.execute(select(batches).where(b.arm == "shadow")).all()
+        return [prediction_log._batch(r) for r in rows]
+
+    deadline = pd.Timestamp.now() + pd.Timedelta(seconds=120)
+    while sum(s.n_rows for s in shadowed()) < len(instances):
+        assert pd.Timestamp.now() < deadline, "the shadow did not catch up"
+        httpx.get(f"{server.url}/healthz")  # a round trip: the shadow's thread runs meanwhile
+    by_key = {}
+    with engine.connect() as conn:
+        for row in conn.execute(select(batches).where(batches.c.arm == "champion")):
+            by_key[row.key] = prediction_log._batch(row)
+    ids = [a["predictions"][0]["prediction_id"] for a in answers]
+    for shadow in shadowed():
+        assert shadow.model_version == version and shadow.shadows in by_key
+        answered = by_key[shadow.shadows]
+        assert shadow.n_rows == answered.n_rows
+        mirrored = prediction_log.read(engine, shadow)["score"].to_numpy()
+        first = prediction_log.read(engine, answered)
+        at = [ids.index(pid) for pid in first["prediction_id"]]
+        assert np.allclose(mirrored, theirs[at], rtol=0, atol=1e-12)
+
+
+def test_a_canary_answers_its_share_sticky_per_entity(served: tuple[Server, str]) -> None:
+    server, version = served
+    project, engine = server.project, open_store(server.project.db_url)
+    lifecycle.canary(project, version, 0.5, actor="user:ops", reason="half of customers")
+    assert _reload(server)["canary"] == version
+    instances = _instances(project, 300)
+    answers = _ask(server, instances)
+    again = _ask(server, instances[:100])
+    versions = [a["model_version"] for a in answers]
+    assert Counter(versions).keys() == {"1", version}
+    assert 0.40 <= versions.count(version) / len(versions) <= 0.60  # ±4.9 sd
+    assert [a["model_version"] for a in again] == versions[
+        :100
+    ]  # the same customer, the same model
+    for answer, instance in zip(answers[:40], instances[:40], strict=True):
+        pid = answer["predictions"][0]["prediction_id"]
+        stored = prediction_log.record(engine, pid)
+        assert stored is not None and stored["model_version"] == answer["model_version"]
+        score = _local_scores(project, answer["model_version"], [instance])[0]
+        assert answer["predictions"][0]["score"] == pytest.approx(score, abs=1e-12)
+    arms = {}
+    with engine.connect() as conn:
+        for row in conn.execute(select(batches.c.arm, batches.c.model_version)):
+            arms[row.model_version] = row.arm
+    assert arms == {"1": "champion", version: "canary"}
+
+    lifecycle.abort(project, actor="user:ops", reason="back to the champion")
+    assert _reload(server)["canary"] is None
+    assert {a["model_version"] for a in _ask(server, instances[:50])} == {"1"}
