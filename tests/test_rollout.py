@@ -200,3 +200,35 @@ def test_a_canary_answers_its_share_sticky_per_entity(served: tuple[Server, str]
     lifecycle.abort(project, actor="user:ops", reason="back to the champion")
     assert _reload(server)["canary"] is None
     assert {a["model_version"] for a in _ask(server, instances[:50])} == {"1"}
+
+
+def test_batch_scoring_scores_the_batch_with_the_shadow_too(churn: Project) -> None:
+    from batches import month
+    from copml.monitor.window import compute
+    from copml.score import score
+
+    engine = open_store(churn.db_url)
+    version = _challenger(churn)
+    lifecycle.shadow(churn, version, actor="user:ops", reason="watch it on a batch")
+    source, _ = month(churn.root / "incoming", size=400)
+    result = score(churn, source, churn.root / "out.csv")
+    found = {
+        b.arm: b
+        for b in prediction_log.batches_between(engine, None, pd.Timestamp.max.tz_localize("UTC"))
+    }
+    answered, mirror = found["champion"], found["shadow"]
+    assert answered.key == result.prediction_batch and mirror.shadows == answered.key
+    assert mirror.model_version == version and mirror.snapshot_id == answered.snapshot_id
+    assert mirror.n_rows == answered.n_rows == 400
+    inputs = pd.read_csv(source, keep_default_na=False)
+    inputs["TotalCharges"] = pd.to_numeric(inputs["TotalCharges"], errors="coerce")
+    records = inputs.to_dict(orient="records")
+    out = pd.read_csv(churn.root / "out.csv")
+    assert np.allclose(out["score"], _local_scores(churn, "1", records), atol=1e-12)
+    assert np.allclose(
+        prediction_log.read(engine, mirror)["score"],
+        _local_scores(churn, version, records),
+        atol=1e-12,
+    )
+    # the window counts what was answered: the shadow's rows are not predictions of it
+    assert compute(churn, end=answered.created_at + pd.Timedelta(seconds=1)).n_predictions == 400

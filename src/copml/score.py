@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
-from copml import costs, events, lineage, prediction_log, registry, snapshots, times
+from copml import costs, events, lineage, prediction_log, registry, rollout, snapshots, times
 from copml.kinds import Decisions, kind_for
 from copml.labels import Target
 from copml.project import Project
@@ -149,6 +149,26 @@ def _kept(decisions: Decisions) -> prediction_log.Chunk:
     )
 
 
+def _shadow(project: Project, engine: Engine, actor: str) -> tuple[str, Any] | None:
+    """The shadow's version and model, when one runs (design §9b); a shadow that fails to
+    load is refused on record and the batch is scored by the champion alone."""
+    version = rollout.current(engine, project.spec.project).shadow
+    if version is None:
+        return None
+    try:
+        return version, registry.load(project, registry.get(project, version))
+    except Exception as exc:
+        with engine.begin() as conn:
+            events.record(
+                conn,
+                events.Kind.SERVE_REFUSED,
+                actor=actor,
+                subject=events.model_subject(project.spec.project, version),
+                reason=f"shadow not loaded: {type(exc).__name__}: {exc}"[:500],
+            )
+        return None
+
+
 def _chunks(paths: list[Path], total: int, progress: bool) -> Iterator[pd.DataFrame]:
     chunks = snapshots.read_chunks(paths, _CHUNK_ROWS)
     if not progress:
@@ -194,6 +214,7 @@ def score(
     validation.finish()
     columns = [c for c in data.columns if c != data.target]
     model = registry.load(project, champion)  # after the input passed: a refusal loads nothing
+    shadow = _shadow(project, engine, actor)
 
     pii = sorted({data.id, *data.pii})
     secret = project.pii_key
@@ -210,6 +231,7 @@ def score(
     when = times.utc(at) if at is not None else datetime.now(UTC)
     freezer = snapshots.BatchFreezer(data, directory=project.snapshots_dir, source=source)
     decided: list[prediction_log.Chunk] = []
+    shadowed: list[prediction_log.Chunk] = []  # the shadow's decisions, row for row
     positives = reviews = rows = 0
     try:
         # Freezing (Arrow, sha256, Parquet) and writing the output release the GIL: they run
@@ -229,6 +251,11 @@ def score(
                 decisions = kind.decide(project, model, kind.scores(model, frame[data.features]))
                 behind.append(pool.submit(staged.write, frame[data.id], decisions, rows))
                 decided.append(_kept(decisions))
+                if shadow is not None:
+                    features = frame[data.features]
+                    shadowed.append(
+                        _kept(kind.decide(project, shadow[1], kind.scores(shadow[1], features)))
+                    )
                 rows += len(decisions)
                 reviews += int(decisions.review.sum())
                 if len(target.classes) == 2:
@@ -238,7 +265,7 @@ def score(
         staged.close()
         snap = freezer.finish()
 
-        def finish(conn: Connection, _first: int) -> None:
+        def finish(conn: Connection, _firsts: list[int]) -> None:
             snapshots.record(conn, snap, actor=actor)  # in the log's transaction
             evidence = {
                 "rows": rows,
@@ -250,7 +277,20 @@ def score(
             record_scored(conn, project, champion.version, source, evidence, actor=actor, at=when)
 
         header = prediction_log.Header(key, when, spec.project, champion.version, snap.id, "batch")
-        prediction_log.write_chunks(engine, header, decided, finish)
+        parts: list[tuple[prediction_log.Header, list[prediction_log.Chunk]]] = [(header, decided)]
+        if shadow is not None:  # its own batch over the same snapshot rows, answering no one
+            mirror = prediction_log.Header(
+                prediction_log.new_key(),
+                when,
+                spec.project,
+                shadow[0],
+                snap.id,
+                "batch",
+                arm=rollout.SHADOW,
+                shadows=key,
+            )
+            parts.append((mirror, shadowed))
+        prediction_log.write_many(engine, parts, finish)
     except BaseException:
         staged.close()
         staged.path.unlink(missing_ok=True)
