@@ -88,9 +88,13 @@ def test_rollout_changes_need_the_gate_and_are_recorded(churn: Project) -> None:
     assert len(found) == 4  # shadow, canary, abort, promotion's end of the shadow
 
 
-@pytest.fixture
-def served(trained_churn: Path, tmp_path: Path) -> Iterator[tuple[Server, str]]:
-    project = _copy(trained_churn, tmp_path, REALTIME)
+@pytest.fixture(scope="module")
+def served(
+    trained_churn: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, str]]:
+    """One server and its gated challenger for the tests below (each sets the rollout it
+    needs and ends it)."""
+    project = _copy(trained_churn, tmp_path_factory.mktemp("rollout"), REALTIME)
     version = _challenger(project)
     server = start(project)
     yield server, version
@@ -169,6 +173,8 @@ def test_a_shadow_scores_every_answer_and_answers_none(served: tuple[Server, str
         first = prediction_log.read(engine, answered)
         at = [ids.index(pid) for pid in first["prediction_id"]]
         assert np.allclose(mirrored, theirs[at], rtol=0, atol=1e-12)
+    lifecycle.abort(project, actor="user:ops", reason="seen enough", arm=rollout.SHADOW)
+    assert _reload(server)["shadow"] is None
 
 
 def test_a_canary_answers_its_share_sticky_per_entity(served: tuple[Server, str]) -> None:
@@ -192,8 +198,9 @@ def test_a_canary_answers_its_share_sticky_per_entity(served: tuple[Server, str]
         score = _local_scores(project, answer["model_version"], [instance])[0]
         assert answer["predictions"][0]["score"] == pytest.approx(score, abs=1e-12)
     arms = {}
+    answered = select(batches.c.arm, batches.c.model_version).where(batches.c.arm != "shadow")
     with engine.connect() as conn:
-        for row in conn.execute(select(batches.c.arm, batches.c.model_version)):
+        for row in conn.execute(answered):
             arms[row.model_version] = row.arm
     assert arms == {"1": "champion", version: "canary"}
 
