@@ -11,6 +11,7 @@ rows and refuses a later value of another type (a ``NULL`` then a ``REAL``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +25,11 @@ def _connect(engine: Engine) -> Any | None:
     if backend == "sqlite" and url.database not in (None, "", ":memory:"):
         import adbc_driver_sqlite.dbapi
 
-        return adbc_driver_sqlite.dbapi.connect(url.database)
+        # Read-only: the driver links its own SQLite, whose locks this process's other
+        # SQLite cannot see, so closing its connection as "the last" checkpointed and
+        # deleted the WAL file under the store's open connections (their later commits
+        # went to the deleted file, unseen until they closed). A read-only one never does.
+        return adbc_driver_sqlite.dbapi.connect(Path(url.database).resolve().as_uri() + "?mode=ro")
     if backend == "postgresql":
         try:  # the ``postgres`` extra brings it
             import adbc_driver_postgresql.dbapi
