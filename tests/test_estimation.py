@@ -194,3 +194,11 @@ def test_a_policy_acts_on_estimated_recall_before_the_truth_lands(
     result = operate_once(project, at=END)
     assert [e.outcome for e in result.evaluations] == [True]
     assert [(a["kind"], a["state"]) for a in result.actions] == [("alert", "succeeded")]
+
+
+def test_the_dashboard_charts_each_declared_metric_it_estimates(churn: Project) -> None:
+    from copml.ui.charts import timeline_panels
+
+    estimated = {p.metric: p for p in timeline_panels(churn) if p.metric.startswith("estimated_")}
+    assert set(estimated) == {"estimated_accuracy", "estimated_recall", "estimated_roc_auc"}
+    assert estimated["estimated_recall"].lines == (("min 0.55", 0.55),)  # the declared bound
