@@ -80,6 +80,23 @@ def test_calibration_turns_distorted_scores_into_probabilities() -> None:
     assert abs(naive["estimated_accuracy"] - realised["accuracy"]) > 0.1
 
 
+def test_the_mapping_that_predicts_the_holdout_better_is_chosen() -> None:
+    """Scores whose log-odds are linearly off (a class-weighted model): Platt's sigmoid is
+    exact and chosen; outcomes that jump at one score: only isotonic steps follow."""
+    rng = np.random.default_rng(5)
+    p = rng.beta(1.2, 3.0, 1500)
+    actual = (rng.random(len(p)) < p).astype(int)
+    skewed = 1 / (1 + np.exp(-(2 * np.log(p / (1 - p)) + 1)))
+    platt = estimation.fit_calibration(skewed, actual, skewed >= 0.5)
+    assert platt is not None and platt["method"] == "platt"
+    assert platt["a"] == pytest.approx(0.5, abs=0.1) and platt["b"] == pytest.approx(-0.5, abs=0.2)
+    assert estimation.calibrate(platt, skewed) == pytest.approx(p, abs=0.05)
+    score = rng.random(20000)
+    jump = (rng.random(len(score)) < np.where(score < 0.5, 0.05, 0.95)).astype(int)
+    steps = estimation.fit_calibration(score, jump, score >= 0.5)
+    assert steps is not None and steps["method"] == "isotonic"
+
+
 def test_a_holdout_of_one_class_calibrates_nothing() -> None:
     one_class = np.array([1, 1])
     assert estimation.fit_calibration(np.array([0.2, 0.7]), one_class, one_class == 1) is None
@@ -138,9 +155,11 @@ def _truth(project: Project, folder: Path, outcome: pd.DataFrame) -> None:
 
 def test_a_trained_version_records_its_calibration(churn: Project) -> None:
     calibration = registry.recorded(churn, "1").calibration
-    assert calibration is not None and calibration["method"] == "isotonic"
+    assert calibration is not None and calibration["method"] in ("isotonic", "platt")
     assert calibration["rows"] == round(len(pd.read_csv(churn.root / "data/customers.csv")) * 0.2)
-    assert np.all(np.diff(calibration["x"]) > 0) and np.all(np.diff(calibration["y"]) >= 0)
+    assert set(calibration["se"]) == set(METRICS)
+    probabilities = estimation.calibrate(calibration, np.linspace(0, 1, 101))
+    assert np.all(np.diff(probabilities) >= 0)  # the model's ranking kept
 
 
 def test_a_window_is_estimated_before_its_truth_and_reconciled_when_it_lands(
