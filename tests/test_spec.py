@@ -512,3 +512,35 @@ def test_integer_classes_are_named_in_per_class_metrics() -> None:
     assert spec.metrics.direction("recall.class=3", spec.classes) == "higher"
     bad = text.replace("recall.class=3:", "recall.class=10:")
     assert f"effectiveness.recall.class=10 (line {_line_of(bad, 'class=10')})" in _error(bad)
+
+
+def test_a_policy_may_act_on_estimated_performance_before_the_truth_lands() -> None:
+    """A binary task estimates its metrics: a policy reads the estimate (unknown without
+    one), its band, its error once the truth lands and the concept-shift flag."""
+    spec = parse_spec(
+        _edited("when: accuracy < 0.75\n", "when: estimated_recall < 0.6 for 1 window\n")
+    )
+    condition = spec.policies[0].condition
+    assert evaluate(condition, [{"estimated_recall": 0.55}]).outcome is True
+    assert evaluate(condition, [{"estimated_recall": 0.72}]).outcome is False
+    assert evaluate(condition, [{"estimated_recall": float("nan")}]).outcome is None
+    for when in (
+        "estimated_roc_auc.lower < 0.7",
+        "estimation_error.accuracy < -0.05 for 2 windows",
+        "concept_shift == 1",
+    ):
+        parse_spec(_edited("when: accuracy < 0.75\n", f"when: {when}\n"))
+    assert "estimation_tolerance: 0.02" not in EXAMPLE
+    tolerant = parse_spec(
+        _edited("  window: 1 month\n", "  window: 1 month\n  estimation_tolerance: 0.02\n")
+    )
+    assert tolerant.effectiveness.estimation_tolerance == 0.02
+    assert "estimation_tolerance" not in tolerant.effectiveness.thresholds
+
+
+@pytest.mark.parametrize("spec", ["wine", "diabetes"])
+def test_tasks_that_estimate_nothing_refuse_an_estimate_in_a_policy(spec: str) -> None:
+    base = {"wine": wine_spec(), "diabetes": diabetes_spec()}[spec]
+    when = next(line for line in base.splitlines() if line.strip().startswith("when:"))
+    text = _replaced(base, when, "    when: estimated_accuracy < 0.6")
+    assert "unknown metric 'estimated_accuracy'" in _error(text)

@@ -164,3 +164,26 @@ def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_column_reads_see_every_commit_and_keep_the_wal(tmp_path) -> None:
+    """The ADBC driver links its own SQLite: in the store's process, a connection of it,
+    closed, took itself for the store's last and deleted the WAL under the store's open
+    connections, whose later commits then went unseen (feedback loaded, a window without
+    truth). It reads in a child process now: this process's connections are untouched."""
+    import pyarrow as pa
+
+    from copml.store.columns import CHILD_ROWS, read
+    from copml.store.schema import events as event_rows
+
+    engine = open_store(f"sqlite:///{tmp_path / 'copml.db'}")
+    query = select(func.count()).select_from(event_rows)
+    counted = pa.schema([("n", pa.int64())])
+    with engine.connect() as held:  # a pooled connection stays open, as in a process
+        held.execute(text("select 1"))
+        for expected in (0, 1, 2):
+            found = read(engine, query, counted, CHILD_ROWS)  # large enough for the child
+            assert found.column("n").to_pylist() == [expected]
+            assert (tmp_path / "copml.db-wal").exists()
+            with engine.begin() as conn:
+                events.record(conn, events.Kind.FEEDBACK_LOADED, actor="system", subject="x")

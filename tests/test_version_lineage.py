@@ -30,8 +30,9 @@ def test_the_store_and_the_tags_give_the_same_typed_lineage(
     assert lineage.artifact_sha256 == mv.artifact_sha256 and len(lineage.artifact_sha256) == 64
     assert lineage.git_commit and isinstance(lineage.git_dirty, bool)
     assert lineage.output_profile  # the holdout's output, what prediction drift compares with
-    # The registry's tags say the same, typed the same (they hold no output profile).
-    assert mv.tagged_lineage == dataclasses.replace(lineage, output_profile=None)
+    assert lineage.calibration  # the holdout's calibration, what estimation maps scores with
+    # The registry's tags say the same, typed the same (they hold neither).
+    assert mv.tagged_lineage == dataclasses.replace(lineage, output_profile=None, calibration=None)
 
     # A store that never saw the registration answers from the registry's tags.
     monkeypatch.setenv("COPML_DB_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+
+from copml.estimation import BINARY_ESTIMATED
 
 Direction = Literal["higher", "lower", "band"]
 """Which way a metric is better: ``higher`` takes a ``min``, ``lower`` a ``max``; ``band``
@@ -35,13 +37,16 @@ class MetricTable:
     ``per_class`` lists families (``recall``) that exist once per class of the target
     (``recall.class=virus``). ``drift`` names what of the model's own output is watched for
     drift, as the policy metric ``drift.<name>``: every task's prediction (its score, class
-    or value), and a regression's residual once the truth lands."""
+    or value), and a regression's residual once the truth lands. ``estimated`` names the
+    metrics the kind estimates before the truth lands (:mod:`copml.estimation`), as
+    ``estimated_<name>``."""
 
     task: str
     metrics: Mapping[str, Direction]
     promotion: str
     per_class: Mapping[str, Direction] = field(default_factory=dict)
     drift: tuple[str, ...] = ("prediction",)
+    estimated: tuple[str, ...] = ()
 
     def direction(self, name: str, classes: Sequence[object] = ()) -> Direction | None:
         """The direction of ``name``, or None when the task has no such metric (a per-class
@@ -71,9 +76,7 @@ class MetricTable:
     def extended(self, task: str, metrics: Mapping[str, Direction]) -> MetricTable:
         """This table with more metrics, for a kind that reports more than its base task
         (a binary decision made by two models, each with its own figures)."""
-        return MetricTable(
-            task, {**self.metrics, **metrics}, self.promotion, self.per_class, self.drift
-        )
+        return replace(self, task=task, metrics={**self.metrics, **metrics})
 
 
 BINARY = MetricTable(
@@ -88,6 +91,7 @@ BINARY = MetricTable(
         "positive_rate": "band",
     },
     promotion="roc_auc",
+    estimated=BINARY_ESTIMATED,
 )
 MULTICLASS = MetricTable(
     "multiclass",

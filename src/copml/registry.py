@@ -56,7 +56,9 @@ class Lineage:
     another MLflow store: its source URI, source run and flavors, and none of the former.
     ``reference_snapshot_id`` is what drift and explanations compare with (the training
     snapshot, or the one an imported version was checked on); ``output_profile`` is the
-    profile of the model's output on its holdout. ``None`` marks what was not recorded.
+    profile of the model's output on its holdout, ``calibration`` the mapping of its scores
+    to probabilities fitted there (:mod:`copml.estimation`). ``None`` marks what was not
+    recorded.
     """
 
     run_id: str
@@ -73,6 +75,7 @@ class Lineage:
     flavors: tuple[str, ...] = ()
     signature: dict[str, Any] | None = None
     output_profile: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
 
     @property
     def imported(self) -> bool:
@@ -103,6 +106,7 @@ class Lineage:
             git_commit=evidence["git_commit"],
             git_dirty=bool(evidence["git_dirty"]),
             output_profile=evidence.get("output_profile"),
+            calibration=evidence.get("calibration"),
         )
 
     @classmethod

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from copml import kinds, metrics, policies
+from copml import estimation, kinds, metrics, policies
 from copml.errors import CopmlError, SpecError
 from copml.metrics import MetricTable
 
@@ -336,6 +336,13 @@ class Effectiveness(_Model):
 
     window: Duration = Duration(amount=1, unit="month")
     drift_psi: float = Field(0.2, gt=0, description="PSI above which a feature has drifted")
+    estimation_tolerance: float = Field(
+        0.04,
+        ge=0,
+        lt=1,
+        description="how far a realised metric may fall outside its estimate's confidence "
+        "band (the calibration's own error) before the window flags a concept shift",
+    )
     thresholds: dict[str, Threshold] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -343,7 +350,7 @@ class Effectiveness(_Model):
     def _collect(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        known = {"window", "drift_psi", "thresholds"}
+        known = {"window", "drift_psi", "estimation_tolerance", "thresholds"}
         out = {k: v for k, v in value.items() if k in known}
         thresholds = dict(out.get("thresholds") or {})
         for key, item in value.items():
@@ -511,8 +518,9 @@ class Spec(_Model):
     def metric_names(self) -> set[str]:
         """Every metric a policy may read: the task's, the drift of its output
         (``drift.prediction``, a regression's ``drift.residual``), operational, the declared
-        KPIs and, for a decision with a positive class, the fairness differences of the
-        ``sensitive`` columns."""
+        KPIs, for a decision with a positive class, the fairness differences of the
+        ``sensitive`` columns and, where the task estimates its metrics before the truth
+        lands, the estimates, their bands and errors and ``concept_shift``."""
         fairness = {
             f"{name}.{column}"
             for name in ("demographic_parity_difference", "equalized_odds_difference")
@@ -521,7 +529,8 @@ class Spec(_Model):
         }
         task = set(self.metrics.names(self.classes))
         output = {f"drift.{name}" for name in self.metrics.drift}
-        return task | output | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness
+        estimated = set(estimation.names(self.metrics.estimated))
+        return task | output | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness | estimated
 
     def _target_problems(self) -> list[tuple[_Loc, str]]:
         task, data = self.model.task, self.data

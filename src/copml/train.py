@@ -198,6 +198,7 @@ def train(
                 fit_part, features, actual, score, metrics, inputs, seed, decided, classes
             )
             kind.save(model, folder, measured, run, requirements=requirements)
+            calibration = kind.calibration(project, measured)
             sha = registry.directory_sha256(folder)
             run.log_artifacts(folder, MODEL_ARTIFACT)
         failures = minimum_failures(project, metrics)
@@ -240,6 +241,7 @@ def train(
                 "git_dirty": dirty,
                 "params": params,
                 "output_profile": output_profile(project, kind, model, score, actual),
+                "calibration": calibration,
             },
             at=at,
         )

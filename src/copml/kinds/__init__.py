@@ -18,7 +18,7 @@ table of their import paths.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -160,6 +160,24 @@ class ModelKind(Protocol):
         self, project: Project, model: Any, features: pd.DataFrame, actual: np.ndarray
     ) -> tuple[np.ndarray, dict[str, float]]:
         """(scores, figures) of ``model`` on held-out rows, as training and the gate see them."""
+        ...
+
+    def calibration(self, project: Project, holdout: Holdout) -> dict[str, Any] | None:
+        """What turns the model's output into the probability of each outcome, fitted on
+        the holdout at training and recorded with the version (JSON), so that a window is
+        estimated before its truth lands; None: the kind estimates nothing."""
+        ...
+
+    def estimate(
+        self,
+        project: Project,
+        decided: pd.DataFrame,
+        calibrations: Mapping[str, dict[str, Any] | None],
+    ) -> dict[str, float]:
+        """The metric table's ``estimated`` metrics of logged decisions whose truth is not
+        needed (the columns of :meth:`window_metrics` and ``model_version``), each row by
+        the calibration of its version, with their bands (:func:`copml.estimation.names`);
+        NaN where a version has no calibration."""
         ...
 
     def save(

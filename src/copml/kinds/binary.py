@@ -3,11 +3,13 @@ probability of the declared positive class and decided at the spec's threshold."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from copml import estimation
 from copml.evaluation import positive_scores
 from copml.kinds import DecisionRule, Decisions, Holdout
 from copml.kinds.table import TableKind, log_confusion
@@ -55,6 +57,23 @@ class BinaryKind(TableKind):
         self, project: Project, decisions: Decisions, actual: np.ndarray
     ) -> dict[str, float]:
         return classification_metrics(actual, decisions.label == 1, decisions.score)
+
+    def calibration(self, project: Project, holdout: Holdout) -> dict[str, Any] | None:
+        predicted = holdout.decisions.label == 1
+        return estimation.fit_calibration(holdout.scores, holdout.actual, predicted)
+
+    def estimate(
+        self,
+        project: Project,
+        decided: pd.DataFrame,
+        calibrations: Mapping[str, dict[str, Any] | None],
+    ) -> dict[str, float]:
+        scores = decided["score"].to_numpy(dtype=np.float64)
+        found = estimation.calibrated_by_version(scores, decided["model_version"], calibrations)
+        if found is None:
+            return {}
+        probability, se = found
+        return estimation.binary_estimates(probability, decided["label"].to_numpy() == 1, se)
 
     def log_evaluation(self, holdout: Holdout, run: TrainingRun) -> None:
         log_binary_confusion(run, holdout.metrics)

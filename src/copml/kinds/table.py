@@ -9,7 +9,7 @@ watch their output.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,6 +146,17 @@ class TableKind:
     ) -> tuple[np.ndarray, dict[str, float]]:
         scores = self.scores(model, features)
         return scores, self.evaluate(project, self.decide(project, model, scores), actual)
+
+    def calibration(self, project: Project, holdout: Holdout) -> dict[str, Any] | None:
+        return None
+
+    def estimate(
+        self,
+        project: Project,
+        decided: pd.DataFrame,
+        calibrations: Mapping[str, dict[str, Any] | None],
+    ) -> dict[str, float]:
+        return {}
 
     def window_metrics(self, project: Project, labelled: pd.DataFrame) -> dict[str, float]:
         probabilities = None

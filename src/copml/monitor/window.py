@@ -23,7 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select
 
-from copml import costs, prediction_log, registry, snapshots, times
+from copml import costs, estimation, prediction_log, registry, snapshots, times
 from copml.errors import UserCodeError
 from copml.kinds import kind_for
 from copml.monitor.drift import FeatureDrift, drift_share, feature_drift
@@ -244,6 +244,38 @@ def _output_drift(
     return found
 
 
+def _estimated(
+    project: Project,
+    frame: pd.DataFrame,
+    labelled: pd.DataFrame,
+    realised: dict[str, float],
+    version: str | None,
+    lineage: registry.Lineage | None,
+) -> dict[str, float]:
+    """The window's performance estimated from its versions' calibrations (whether or not
+    the truth has landed) and, on the rows whose truth has, the estimate's error against
+    the realised figures and the concept-shift flag; NaN where unknown."""
+    spec = project.spec
+    estimated = spec.metrics.estimated
+    found = dict.fromkeys(estimation.names(estimated), math.nan)
+    if not estimated or not len(frame):
+        return found
+    known = {version: lineage} if version and lineage else {}  # already looked up
+    calibrations = {}
+    for served in map(str, frame["model_version"].unique()):
+        recorded = known.get(served) or registry.recorded(project, served)
+        calibrations[served] = recorded.calibration
+    kind = kind_for(spec)
+    found.update(kind.estimate(project, frame, calibrations))
+    if len(labelled):
+        same = (
+            found if len(labelled) == len(frame) else kind.estimate(project, labelled, calibrations)
+        )
+        tolerance = spec.effectiveness.estimation_tolerance
+        found.update(estimation.reconcile(same, realised, estimated, tolerance))
+    return found
+
+
 def compute(project: Project, *, end: datetime | None = None) -> Window:
     """Figures for the period of ``end`` (default now; see :func:`period`), unstored."""
     spec = project.spec
@@ -253,7 +285,11 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     features = kind.monitored_features(spec.data)
     frame = window_frame(engine, start, end, features)
     # The decisions alone, not the features: a window of millions of rows is not copied.
-    decided = [c for c in ("label", "score", "review", "actual", "probabilities") if c in frame]
+    decided = [
+        c
+        for c in ("label", "score", "review", "actual", "probabilities", "model_version")
+        if c in frame
+    ]
     known = frame["actual"].notna().to_numpy()
     labelled = frame[decided] if known.all() else frame.loc[known, decided]
     metrics: dict[str, float] = dict.fromkeys(spec.metrics.names(spec.classes), math.nan)
@@ -281,6 +317,7 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     for feature, result in drift.items():
         metrics[f"drift.{feature}"] = result.psi
     metrics.update(_output_drift(project, lineage, frame))
+    metrics.update(_estimated(project, frame, labelled, metrics, version, lineage))
     return Window(start, end, version, len(frame), len(labelled), metrics, drift)
 
 

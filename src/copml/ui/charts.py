@@ -75,9 +75,17 @@ def markers(engine: Any, windows: list[Window]) -> list[Marker]:
 
 
 def timeline_panels(project: Project) -> list[Panel]:
-    """The report's panels, then availability, p99 latency and cost against their targets."""
+    """The report's panels, each declared effectiveness metric the task estimates as
+    estimated before its truth, then availability, p99 latency and cost against their
+    targets."""
     spec = project.spec
+    estimated = [
+        Panel(f"estimated_{p.metric}", f"{p.metric} estimated before the truth", p.lines)
+        for p in panels(project)
+        if p.metric in spec.effectiveness.thresholds and p.metric in spec.metrics.estimated
+    ]
     extra = [
+        *estimated,
         Panel(
             "availability",
             "availability",
