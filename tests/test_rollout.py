@@ -74,18 +74,20 @@ def test_rollout_changes_need_the_gate_and_are_recorded(churn: Project) -> None:
     with pytest.raises(CopmlError, match="between 0 % and 100 %"):
         lifecycle.canary(churn, version, 1.0, actor="user:ops", reason="all of them")
     lifecycle.canary(churn, version, 0.2, actor="user:ops", reason="a fifth of customers")
-    assert rollout.current(engine, churn.spec.project) == rollout.Rollout(version, version, 0.2)
+    # the shadow moved to canary: it answers its share now, and runs in shadow no more
+    assert rollout.current(engine, churn.spec.project) == rollout.Rollout(None, version, 0.2)
     aliases = set(registry.get(churn, version).aliases)
-    assert {"shadow", "canary"} <= aliases  # mirrored for MLflow's own UI
+    assert "canary" in aliases and "shadow" not in aliases  # mirrored for MLflow's own UI
     lifecycle.abort(churn, actor="user:ops", reason="worse on the live comparison")
-    assert rollout.current(engine, churn.spec.project) == rollout.Rollout(shadow=version)
+    assert rollout.current(engine, churn.spec.project) == rollout.Rollout()
+    lifecycle.shadow(churn, version, actor="user:ops", reason="watch it again")
     lifecycle.promote(churn, version, actor="user:ops", reason="better in shadow")
     assert rollout.current(engine, churn.spec.project) == rollout.Rollout()  # it answers all
     from copml import events
 
     found = events.history(engine, kind=events.Kind.MODEL_ROLLOUT)
     assert [e["actor"] for e in found][:4] and all(e["reason"] for e in found)
-    assert len(found) == 4  # shadow, canary, abort, promotion's end of the shadow
+    assert len(found) == 5  # shadow, canary, abort, shadow, promotion's end of the shadow
 
 
 @pytest.fixture(scope="module")

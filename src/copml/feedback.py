@@ -21,6 +21,7 @@ from copml.errors import DataValidationError
 from copml.kinds import kind_for
 from copml.project import Project
 from copml.redaction import redact_series
+from copml.rollout import SHADOW
 from copml.store import (
     batches,
     bind_value,
@@ -52,7 +53,8 @@ def match_entities(
 
     Batch predictions keep the entity (as its keyed hash) in their input snapshot, so the
     search reads one column per batch, newest first, until every row has a match; API
-    predictions keep it beside their input. The latest eligible candidate wins.
+    predictions keep it beside their input. The latest eligible candidate wins. A shadow's
+    predictions answered no one: the truth belongs to the answered row they mirror.
     """
     rows = pd.DataFrame({"key": keys, "observed": observed}).dropna(subset=["key"])
     candidates: list[pd.DataFrame] = []
@@ -61,7 +63,7 @@ def match_entities(
     for batch in reversed(prediction_log.batches_between(engine, None, latest)):
         if not unmatched:
             break
-        if batch.snapshot_id is None:
+        if batch.snapshot_id is None or batch.arm == SHADOW:  # a shadow answered no one
             continue
         snap = snapshots.get(engine, batch.snapshot_id)
         assert snap is not None

@@ -5,11 +5,15 @@ Grammar (``for N windows`` binds to the comparison before it)::
     expr       := and_expr ("or" and_expr)*
     and_expr   := atom ("and" atom)*
     atom       := "(" expr ")" | comparison
-    comparison := METRIC OP NUMBER ["for" INT ("window" | "windows")]
+    comparison := METRIC OP operand ["for" INT ("window" | "windows")]
+    operand    := NUMBER | METRIC [("+" | "-") NUMBER]
     OP         := "<" | "<=" | ">" | ">=" | "==" | "!="
 
 A per-class metric names its class after ``.class=`` (``recall.class=virus < 0.8``); a
-class whose label has spaces or operators cannot be named in a condition.
+class whose label has spaces or operators cannot be named in a condition. A metric on the
+right compares two figures of the same window, such as two arms of a rollout
+(``canary.recall >= champion.recall - 0.01 for 2 windows``); the sign needs spaces around
+it, since a name may hold a dash.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?)"
     r"|(?P<op><=|>=|==|!=|<|>)"
+    r"|(?P<sign>[-+])"
     r"|(?P<paren>[()])"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*(?:(?<=\.class)=[A-Za-z0-9_.\-]+)?))"
 )
@@ -39,10 +44,13 @@ class PolicySyntaxError(ValueError):
 
 @dataclass(frozen=True)
 class Comparison:
+    """``metric OP value``, or with ``other``: ``metric OP other + value`` (an offset)."""
+
     metric: str
     op: str
     value: float
     windows: int = 1
+    other: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,10 +141,7 @@ class _Parser:
                 f"but found {_show(op)}",
                 op.col,
             )
-        num = self.take()
-        if num.kind != "num":
-            raise PolicySyntaxError(f"expected a number but found {_show(num)}", num.col)
-        value = float(num.text.rstrip("%")) / (100 if num.text.endswith("%") else 1)
+        other, value = self.operand()
         windows = 1
         if self.is_word("for"):
             self.take()
@@ -150,7 +155,34 @@ class _Parser:
             if not (unit.kind == "name" and unit.text.lower() in {"window", "windows"}):
                 raise PolicySyntaxError(f"expected 'windows' but found {_show(unit)}", unit.col)
             windows = int(count.text)
-        return Comparison(name.text, op.text, value, windows)
+        return Comparison(name.text, op.text, value, windows, other)
+
+    def operand(self) -> tuple[str | None, float]:
+        """A number, or a metric with an optional signed offset: (metric or None, number)."""
+        tok = self.take()
+        if tok.kind == "num":
+            return None, _number(tok.text)
+        if tok.kind != "name" or tok.text.lower() in _KEYWORDS:
+            raise PolicySyntaxError(
+                f"expected a number or a metric name but found {_show(tok)}", tok.col
+            )
+        after = self.peek()
+        if after.kind == "sign":
+            self.take()
+            num = self.take()
+            if num.kind != "num" or num.text[0] in "+-":
+                raise PolicySyntaxError(
+                    f"expected a number after {after.text!r} but found {_show(num)}", num.col
+                )
+            return tok.text, _number(num.text) * (-1 if after.text == "-" else 1)
+        if after.kind == "num" and after.text[0] in "+-":  # "champion.recall -0.01"
+            self.take()
+            return tok.text, _number(after.text)
+        return tok.text, 0.0
+
+
+def _number(text: str) -> float:
+    return float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
 
 
 def _show(tok: _Tok) -> str:
@@ -174,7 +206,7 @@ def parse(text: str) -> Condition:
 def metrics_of(condition: Condition) -> list[str]:
     """The metric names a condition reads, in order of appearance."""
     if isinstance(condition, Comparison):
-        return [condition.metric]
+        return [condition.metric] + ([condition.other] if condition.other else [])
     return metrics_of(condition.left) + metrics_of(condition.right)
 
 
@@ -214,15 +246,27 @@ def _figure(window: Mapping[str, float], metric: str) -> float | None:
     return float(value)
 
 
-def _comparison(c: Comparison, windows: Sequence[Mapping[str, float]]) -> tuple[bool | None, list]:
+def _comparison(
+    c: Comparison, windows: Sequence[Mapping[str, float]]
+) -> tuple[bool | None, list[float | None], list[float | None]]:
     recent = list(windows[-c.windows :])
     figures = [_figure(w, c.metric) for w in recent]
-    checks = [None if f is None else _OPS[c.op](f, c.value) for f in figures]
+    if c.other is None:
+        bounds: list[float | None] = [c.value] * len(recent)
+        others: list[float | None] = []
+    else:
+        others = [_figure(w, c.other) for w in recent]
+        bounds = [None if o is None else o + c.value for o in others]
+    checks = [
+        None if f is None or b is None else _OPS[c.op](f, b)
+        for f, b in zip(figures, bounds, strict=True)
+    ]
     if any(check is False for check in checks):
-        return False, figures
+        return False, figures, others
     if len(recent) < c.windows or any(check is None for check in checks):
-        return None, figures  # not enough consecutive windows (yet), or a figure missing
-    return True, figures
+        # not enough consecutive windows (yet), or a figure missing
+        return None, figures, others
+    return True, figures, others
 
 
 def evaluate(condition: Condition, windows: Sequence[Mapping[str, float]]) -> Verdict:
@@ -235,8 +279,10 @@ def evaluate(condition: Condition, windows: Sequence[Mapping[str, float]]) -> Ve
 
     def walk(node: Condition) -> bool | None:
         if isinstance(node, Comparison):
-            outcome, figures = _comparison(node, windows)
+            outcome, figures, others = _comparison(node, windows)
             values[node.metric] = figures
+            if node.other is not None:
+                values[node.other] = others
             return outcome
         left, right = walk(node.left), walk(node.right)
         if node.op == "and":

@@ -330,6 +330,21 @@ def decisions(engine: Engine, first: int, last: int) -> pd.DataFrame:
     return frame
 
 
+def batches_decisions(engine: Engine, found: list[Batch]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The decisions of ``found`` (sorted by first sequence number) in one read over their
+    range, and each row's index in ``found``; rows of other batches that took numbers in
+    between are left out."""
+    first = np.array([b.first_seq for b in found], dtype=np.int64)
+    size = np.array([b.n_rows for b in found], dtype=np.int64)
+    frame = decisions(engine, int(first[0]), int((first + size).max() - 1))
+    seq = frame["seq"].to_numpy()
+    owner = np.searchsorted(first, seq, side="right") - 1
+    inside = seq < first[owner] + size[owner]
+    if not inside.all():
+        frame, owner = frame[inside].reset_index(drop=True), owner[inside]
+    return frame, owner
+
+
 def probabilities_between(engine: Engine, first: int, last: int) -> dict[int, Any]:
     """Each class's probabilities of the multiclass decisions among ``first`` … ``last``."""
     c = class_probabilities.c

@@ -24,6 +24,23 @@ from copml import events
 from copml.store import events as events_table
 
 CHAMPION, CANARY, SHADOW = "champion", "canary", "shadow"
+ARMS = (CHAMPION, CANARY, SHADOW)
+
+AGREEMENT = ("agreement", "score_correlation", "score_difference")
+"""How a shadow's decisions compare with the answered ones on the same rows, known before
+any truth lands: the share of equal labels, the Pearson correlation of the scores and their
+mean absolute difference; a window metric ``shadow.<name>``."""
+
+ARM_COUNTS = ("predictions", "labelled")
+
+
+def arm_metric_names(per_arm: set[str]) -> set[str]:
+    """A window's metrics per arm (``canary.recall``) from the metrics each arm gets, with
+    the counts and the shadow's agreement."""
+    each = per_arm | set(ARM_COUNTS)
+    return {f"{arm}.{name}" for arm in ARMS for name in each} | {
+        f"{SHADOW}.{name}" for name in AGREEMENT
+    }
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from copml import estimation, kinds, metrics, policies
+from copml import estimation, kinds, metrics, policies, rollout
 from copml.errors import CopmlError, SpecError
 from copml.metrics import MetricTable
 
@@ -38,6 +38,9 @@ ACTIONS = (
     "validate",
     "approve",
     "promote",
+    "shadow",
+    "canary",
+    "abort",
     "redeploy",
     "rollback",
     "alert",
@@ -373,6 +376,19 @@ class Promotion(_Model):
     )
     min_gain: float = Field(0.0, description="improvement required, in the better direction")
     require_approval: bool = False
+    canary_share: float = Field(
+        0.1, gt=0, lt=1, description="share of entities a policy's canary answers: 20% or 0.2"
+    )
+
+    @field_validator("canary_share", mode="before")
+    @classmethod
+    def _percent(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                return float(value.strip()[:-1]) / 100
+            except ValueError:
+                raise ValueError(f"{value!r} is not a share (20% or 0.2)") from None
+        return value
 
 
 class Policy(_Model):
@@ -520,7 +536,8 @@ class Spec(_Model):
         (``drift.prediction``, a regression's ``drift.residual``), operational, the declared
         KPIs, for a decision with a positive class, the fairness differences of the
         ``sensitive`` columns and, where the task estimates its metrics before the truth
-        lands, the estimates, their bands and errors and ``concept_shift``."""
+        lands, the estimates, their bands and errors and ``concept_shift``; and each of
+        the task's metrics and estimates per arm of a rollout (``canary.recall``)."""
         fairness = {
             f"{name}.{column}"
             for name in ("demographic_parity_difference", "equalized_odds_difference")
@@ -530,7 +547,10 @@ class Spec(_Model):
         task = set(self.metrics.names(self.classes))
         output = {f"drift.{name}" for name in self.metrics.drift}
         estimated = set(estimation.names(self.metrics.estimated))
-        return task | output | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness | estimated
+        arms = rollout.arm_metric_names(task | estimated)
+        return (
+            task | output | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness | estimated | arms
+        )
 
     def _target_problems(self) -> list[tuple[_Loc, str]]:
         task, data = self.model.task, self.data
@@ -616,7 +636,9 @@ class Spec(_Model):
 
     def _policy_problems(self) -> list[tuple[_Loc, str]]:
         known = self.metric_names()
-        others = sorted(known - set(self.metrics.names(self.classes)))
+        task = set(self.metrics.names(self.classes))
+        # An arm's metrics are listed once, as <arm>.<metric>.
+        others = sorted(m for m in known - task if m.split(".")[0] not in rollout.ARMS)
         problems: list[tuple[_Loc, str]] = []
         for i, policy in enumerate(self.policies):
             for metric in policies.metrics_of(policy.condition):
@@ -627,7 +649,8 @@ class Spec(_Model):
                         (
                             ("policies", i, "when"),
                             f"unknown metric {metric!r} for a {self.model.task} task; "
-                            f"expected one of {self._listed(*others, 'drift.<feature>')}",
+                            "expected one of "
+                            + self._listed(*others, "drift.<feature>", "<arm>.<metric>"),
                         )
                     )
         return problems

@@ -10,8 +10,10 @@ overlapping windows; computing it again (ground truth arrives late) replaces its
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,9 +28,11 @@ from sqlalchemy import Engine, delete, insert, select
 from copml import costs, estimation, prediction_log, registry, snapshots, times
 from copml.errors import UserCodeError
 from copml.kinds import kind_for
+from copml.monitor.arms import arm_metrics, shadow_frame
 from copml.monitor.drift import FeatureDrift, drift_share, feature_drift
 from copml.monitor.fairness import fairness
 from copml.project import Project
+from copml.rollout import SHADOW
 from copml.spec import Duration
 from copml.store import heartbeats, json_safe, metric_windows, open_store
 from copml.usercode import load_function
@@ -113,27 +117,20 @@ def window_frame(
     numbers, and its features straight from the input snapshots' Parquet: a window of
     10,000,000 predictions is read in seconds and a few GB (not a Python object per row).
     """
-    # What was answered: a shadow's batches answered no one (windows per arm are to come).
+    # What was answered: a shadow's batches answered no one (see monitor.arms).
     found = sorted(
-        (b for b in prediction_log.batches_between(engine, start, end) if b.arm != "shadow"),
+        (b for b in prediction_log.batches_between(engine, start, end) if b.arm != SHADOW),
         key=lambda b: b.first_seq,
     )
     if not found:
         columns = ["seq", "row_index", "label", "score", "review", "actual", "model_version"]
         frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
         frame["latency_ms"] = pd.Series(dtype="float64")
+        frame["arm"] = pd.Series(dtype="object")
         return frame
-    first = np.array([b.first_seq for b in found], dtype=np.int64)
-    size = np.array([b.n_rows for b in found], dtype=np.int64)
-    frame = prediction_log.decisions(engine, int(first[0]), int((first + size).max() - 1))
+    frame, owner = prediction_log.batches_decisions(engine, found)
     seq = frame["seq"].to_numpy()
-    # Each row's batch; rows of batches made outside the window (a neighbour that took its
-    # numbers in between) belong to none and are left out.
-    owner = np.searchsorted(first, seq, side="right") - 1
-    inside = seq < first[owner] + size[owner]
-    if not inside.all():
-        frame, seq, owner = frame[inside].reset_index(drop=True), seq[inside], owner[inside]
-    row_index = seq - first[owner]
+    row_index = seq - np.array([b.first_seq for b in found], dtype=np.int64)[owner]
     frame.insert(1, "row_index", row_index)
     weighed = (
         prediction_log.probabilities_between(engine, int(seq[0]), int(seq[-1])) if len(seq) else {}
@@ -143,6 +140,10 @@ def window_frame(
     versions = pd.Index(sorted({b.model_version for b in found}))
     frame["model_version"] = pd.Categorical.from_codes(
         versions.get_indexer([b.model_version for b in found])[owner], categories=versions
+    )
+    arms = pd.Index(sorted({b.arm for b in found}))
+    frame["arm"] = pd.Categorical.from_codes(
+        arms.get_indexer([b.arm for b in found])[owner], categories=arms
     )
     api = [b for b in found if b.origin == "api" and b.snapshot_id is None]
     if api:  # every API row's stored input at once (a window holds thousands of batches)
@@ -260,11 +261,8 @@ def _estimated(
     found = dict.fromkeys(estimation.names(estimated), math.nan)
     if not estimated or not len(frame):
         return found
-    known = {version: lineage} if version and lineage else {}  # already looked up
-    calibrations = {}
-    for served in map(str, frame["model_version"].unique()):
-        recorded = known.get(served) or registry.recorded(project, served)
-        calibrations[served] = recorded.calibration
+    calibration_of = _calibration_of(project, version, lineage)
+    calibrations = {v: calibration_of(v) for v in map(str, frame["model_version"].unique())}
     kind = kind_for(spec)
     found.update(kind.estimate(project, frame, calibrations))
     if len(labelled):
@@ -274,6 +272,20 @@ def _estimated(
         tolerance = spec.effectiveness.estimation_tolerance
         found.update(estimation.reconcile(same, realised, estimated, tolerance))
     return found
+
+
+def _calibration_of(
+    project: Project, version: str | None, lineage: registry.Lineage | None
+) -> Callable[[str], dict[str, Any] | None]:
+    """Each version's recorded calibration, looked up once (``version``'s already was)."""
+
+    @functools.cache
+    def calibration(served: str) -> dict[str, Any] | None:
+        if served == version and lineage is not None:
+            return lineage.calibration
+        return registry.recorded(project, served).calibration
+
+    return calibration
 
 
 def compute(project: Project, *, end: datetime | None = None) -> Window:
@@ -318,6 +330,8 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
         metrics[f"drift.{feature}"] = result.psi
     metrics.update(_output_drift(project, lineage, frame))
     metrics.update(_estimated(project, frame, labelled, metrics, version, lineage))
+    shadow = shadow_frame(engine, start, end)
+    metrics.update(arm_metrics(project, frame, shadow, _calibration_of(project, version, lineage)))
     return Window(start, end, version, len(frame), len(labelled), metrics, drift)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from copml import events, registry
+from copml import events, registry, rollout
 from copml.errors import CopmlError
 from copml.operate import alerts, lifecycle, reevaluation
 from copml.project import Project
@@ -112,6 +112,25 @@ def _approve(step: Step) -> dict[str, Any]:
 
 
 def _promote(step: Step) -> dict[str, Any]:
+    running = _rollout(step)
+    live = running.canary or running.shadow
+    if live is not None:  # the challenger on live traffic, on the live comparison
+        comparison = lifecycle.record_live_comparison(
+            step.project,
+            live,
+            condition=step.when,
+            values=step.values,
+            actor=step.actor,
+            at=step.at,
+        )
+        lifecycle.promote(
+            step.project,
+            live,
+            actor=step.actor,
+            reason=f"policy {step.policy}: live comparison ({step.when})",
+            at=step.at,
+        )
+        return {"version": live, "live_comparison": comparison}
     version = step.candidate()
     if not any(r["kind"] == "validate" and r["state"] == "succeeded" for r in step.chain):
         _gated(step, version)  # a chain without validate still passes the gate
@@ -119,6 +138,40 @@ def _promote(step: Step) -> dict[str, Any]:
         step.project, version, actor=step.actor, reason=f"policy {step.policy}", at=step.at
     )
     return {"version": version}
+
+
+def _rollout(step: Step) -> rollout.Rollout:
+    return rollout.current(open_store(step.project.db_url), step.project.spec.project)
+
+
+def _shadow(step: Step) -> dict[str, Any]:
+    version = step.candidate()
+    lifecycle.shadow(
+        step.project, version, actor=step.actor, reason=f"policy {step.policy}", at=step.at
+    )
+    return {"version": version}
+
+
+def _canary(step: Step) -> dict[str, Any]:
+    """The shadow moves to canary when there is one (it has run beside the champion),
+    else the chain's candidate; at the spec's ``promotion.canary_share``."""
+    version = _rollout(step).shadow or step.candidate()
+    share = step.project.spec.promotion.canary_share
+    lifecycle.canary(
+        step.project, version, share, actor=step.actor, reason=f"policy {step.policy}", at=step.at
+    )
+    return {"version": version, "share": share}
+
+
+def _abort(step: Step) -> dict[str, Any]:
+    """The canary goes back to 0 % (or, with none, the shadow ends)."""
+    running = _rollout(step)
+    arm = rollout.CANARY if running.canary else rollout.SHADOW
+    version = running.canary or running.shadow
+    lifecycle.abort(
+        step.project, actor=step.actor, reason=f"policy {step.policy}", arm=arm, at=step.at
+    )
+    return {"version": version, "arm": arm, "values": step.values}
 
 
 def _redeploy(step: Step) -> dict[str, Any]:
@@ -212,6 +265,9 @@ HANDLERS: dict[str, Callable[[Step], dict[str, Any]]] = {
     "validate": _validate,
     "approve": _approve,
     "promote": _promote,
+    "shadow": _shadow,
+    "canary": _canary,
+    "abort": _abort,
     "redeploy": _redeploy,
     "rollback": _rollback,
     "alert": _alert,

@@ -218,6 +218,58 @@ def promote(
         _set_rollout(project, version, ended, actor=actor, reason=f"promoted: {reason}", at=at)
 
 
+def record_live_comparison(
+    project: Project,
+    version: str,
+    *,
+    condition: str | None,
+    values: Mapping[str, Any],
+    actor: str,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """Record that ``version``, running beside the champion, passed on live traffic: a
+    gate report whose evidence is the newest window's figures of its arm against the
+    champion's and the condition that held (the holdout gate it passed before stays on
+    record). Returns the evidence."""
+    from copml.monitor.window import history
+
+    running = rollout.current(open_store(project.db_url), project.spec.project)
+    arm = rollout.CANARY if running.canary == version else rollout.SHADOW
+    windows = history(project, limit=1)
+    figures = windows[-1].metrics if windows else {}
+
+    def of(prefix: str) -> dict[str, float]:
+        found = {k.split(".", 1)[1]: v for k, v in figures.items() if k.startswith(prefix + ".")}
+        return _finite(found)
+
+    current = registry.champion(project)
+    evidence = {
+        "candidate": version,
+        "champion": current.version if current else None,
+        "passed": True,
+        "reasons": [],
+        "metric": project.spec.promotion.metric,
+        "live": arm,
+        "condition": condition,
+        "values": dict(values),
+        "window_end": str(windows[-1].end) if windows else None,
+        "rows": int(figures.get(f"{arm}.labelled", 0) or 0),
+        "candidate_metrics": of(arm),
+        "champion_metrics": of(rollout.CHAMPION),
+    }
+    with open_store(project.db_url).begin() as conn:
+        events.record(
+            conn,
+            events.Kind.MODEL_VALIDATED,
+            actor=actor,
+            subject=_subject(project, version),
+            reason=f"passes on live traffic as {arm}: {condition}",
+            evidence=evidence,
+            at=at,
+        )
+    return evidence
+
+
 def _validated(project: Project, version: str) -> list[str]:
     """Why ``version`` may not run beside the champion; empty when it may."""
     why = [w for w in promotable(project, version) if "approval" not in w]
@@ -278,7 +330,9 @@ def canary(
     if why:
         raise CopmlError(f"cannot make v{version} a canary: " + "; ".join(why))
     before = rollout.current(open_store(project.db_url), project.spec.project)
-    new = dataclasses.replace(before, canary=version, share=share)
+    # A shadow that becomes the canary answers now: it no longer runs in shadow too.
+    shadow = None if before.shadow == version else before.shadow
+    new = rollout.Rollout(shadow=shadow, canary=version, share=share)
     return _set_rollout(project, version, new, actor=actor, reason=reason, at=at)
 
 
