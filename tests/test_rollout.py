@@ -4,9 +4,10 @@ MLflow registry."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -241,3 +242,54 @@ def test_batch_scoring_scores_the_batch_with_the_shadow_too(churn: Project) -> N
     )
     # the window counts what was answered: the shadow's rows are not predictions of it
     assert compute(churn, end=answered.created_at + pd.Timedelta(seconds=1)).n_predictions == 400
+
+
+def test_kill_9_during_canary_load_loses_no_acknowledged_prediction(churn: Project) -> None:
+    """SIGKILL to the server as the 500th of 1,000 requests (16 in flight) is answered, with
+    a canary answering half the customers: every acknowledged prediction of either arm is
+    stored with the version its answer named."""
+    from test_serve import _assert_stored, _load_during
+
+    version = _challenger(churn)
+    lifecycle.canary(churn, version, 0.5, actor="user:ops", reason="half of customers")
+    server = start(churn)
+    try:
+        acked, unanswered = asyncio.run(_load_during(server, 1000, 16, server.kill, inline=True))
+    finally:
+        server.kill()
+    assert len(acked) >= 500 and unanswered > 0  # the kill came with requests in flight
+    assert {v for _, v in acked} == {"1", version}  # both arms answered before it
+    _assert_stored(churn.db_url, acked)
+
+
+def test_abort_and_promote_under_load_fail_no_request(churn: Project) -> None:
+    """A canary aborted, then a challenger promoted, each while 16 requests are in flight:
+    no request fails, every answer is stored with its version, and after each change the
+    server answers with the versions it names."""
+    from test_serve import _assert_stored, _load_during
+
+    version = _challenger(churn)
+    lifecycle.canary(churn, version, 0.5, actor="user:ops", reason="half of customers")
+    server = start(churn)
+
+    def change(apply: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            apply()
+            _reload(server)  # what the server's poll does within its interval
+
+        return run
+
+    try:
+        aborted = change(lambda: lifecycle.abort(churn, actor="user:ops", reason="worse"))
+        acked, unanswered = asyncio.run(_load_during(server, 600, 16, aborted))
+        assert unanswered == 0 and {v for _, v in acked} == {"1", version}
+        assert {a["model_version"] for a in _ask(server, _instances(churn, 40))} == {"1"}
+        promoted = change(
+            lambda: lifecycle.promote(churn, version, actor="user:ops", reason="better")
+        )
+        again, unanswered = asyncio.run(_load_during(server, 600, 16, promoted))
+        assert unanswered == 0 and version in {v for _, v in again}
+        assert {a["model_version"] for a in _ask(server, _instances(churn, 40))} == {version}
+    finally:
+        server.kill()
+    _assert_stored(churn.db_url, acked + again)
