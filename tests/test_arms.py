@@ -113,6 +113,20 @@ policies:
     assert set(live["values"]) == {"shadow.recall", "champion.recall", "shadow.agreement"}
     promoted = events.history(engine, kind=events.Kind.MODEL_PROMOTED)[0]
     assert "live comparison" in promoted["reason"]
+    # The model card tells the story: in shadow, then promoted on the live figures.
+    from copml.model_card import build_card, render_html, render_markdown
+
+    card = build_card(project, version)
+    assert card.live is not None and card.live.arm == "shadow"
+    assert [c[1] for c in card.live.changes] == ["shadow", "ended"]
+    figures = dict((m, (mine, theirs)) for m, mine, theirs in card.live.metrics)
+    assert figures["recall"] == pytest.approx(
+        (window.metrics["shadow.recall"], window.metrics["champion.recall"])
+    )
+    assert card.gate is not None and card.gate.rows != live["rows"]  # the holdout gate stays
+    text = render_markdown(card)
+    assert "### Live comparison" in text and "On live traffic as shadow" in text
+    assert "Live comparison" in render_html(card)
 
 
 def test_a_policy_moves_the_shadow_to_canary_and_another_aborts_it(

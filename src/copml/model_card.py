@@ -109,6 +109,21 @@ class Gate:
 
 
 @dataclass
+class LiveComparison:
+    """How the version ran beside the champion on live traffic (design §9b): its rollout
+    changes, and the newest window's figures of its arm against the champion's when a
+    policy or a person promoted it on them."""
+
+    changes: list[tuple[str, str, str, str]]  # (at, change, actor, reason), oldest first
+    arm: str | None = None
+    at: str | None = None
+    condition: str | None = None
+    rows: int | None = None
+    champion: str | None = None
+    metrics: list[tuple[str, float | None, float | None]] = field(default_factory=list)
+
+
+@dataclass
 class WindowRow:
     """A production window served by this version, with its key figures."""
 
@@ -190,6 +205,7 @@ class ModelCard:
     holdout: list[ThresholdRow]
     holdout_other: dict[str, float]
     gate: Gate | None
+    live: LiveComparison | None
     window_metrics: list[str]
     windows: list[WindowRow]
     fairness_window: str | None
@@ -208,7 +224,10 @@ def _gate(spec: Spec, history: list[dict[str, Any]]) -> Gate | None:
     """The newest gate report among the version's events (history is newest first), its
     metrics in the order of the task's metric table."""
     gated = (events.Kind.MODEL_VALIDATED, events.Kind.MODEL_REFUSED)
-    found = next((e for e in history if e["kind"] in gated), None)
+    found = next(
+        (e for e in history if e["kind"] in gated and not (e.get("evidence") or {}).get("live")),
+        None,
+    )
     if found is None:
         return None
     evidence = found.get("evidence") or {}
@@ -227,6 +246,48 @@ def _gate(spec: Spec, history: list[dict[str, Any]]) -> Gate | None:
         rows=evidence.get("rows"),
         metrics=[(m, _finite(mine.get(m)), _finite(theirs.get(m))) for m in names],
     )
+
+
+def _live(spec: Spec, history: list[dict[str, Any]]) -> LiveComparison | None:
+    """The version's rollout changes and its newest live comparison; None when it never
+    ran beside a champion."""
+    changes = []
+    for e in reversed(history):  # in the order recorded
+        if e["kind"] != events.Kind.MODEL_ROLLOUT:
+            continue
+        state = e.get("evidence") or {}
+        mine = e["subject"].rsplit("/", 1)[1]
+        if state.get("canary") == mine:
+            change = f"canary, {float(state.get('share') or 0):.0%} of entities"
+        elif state.get("shadow") == mine:
+            change = "shadow"
+        else:
+            change = "ended"
+        changes.append((_when(e["at"]), change, e["actor"] or "", e["reason"] or ""))
+    found = next(
+        (
+            e
+            for e in history
+            if e["kind"] == events.Kind.MODEL_VALIDATED and (e.get("evidence") or {}).get("live")
+        ),
+        None,
+    )
+    if not changes and found is None:
+        return None
+    live = LiveComparison(changes)
+    if found is not None:
+        evidence = found["evidence"]
+        mine, theirs = (
+            evidence.get("candidate_metrics") or {},
+            evidence.get("champion_metrics") or {},
+        )
+        names = [m for m in spec.metrics.names(spec.classes) if m in mine or m in theirs]
+        names += [m for m in ("predictions", "labelled") if m in mine or m in theirs]
+        live.arm, live.at = str(evidence["live"]), _when(found["at"])
+        live.condition, live.rows = evidence.get("condition"), evidence.get("rows")
+        live.champion = evidence.get("champion")
+        live.metrics = [(m, _finite(mine.get(m)), _finite(theirs.get(m))) for m in names]
+    return live
 
 
 def _key_metrics(project: Project) -> list[str]:
@@ -502,6 +563,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         holdout=rows,
         holdout_other=other,
         gate=_gate(spec, history),
+        live=_live(spec, history),
         window_metrics=key,
         windows=window_rows,
         fairness_window=(f"{_when(latest.start)} to {_when(latest.end)}" if latest else None),
