@@ -88,3 +88,52 @@ def test_a_form_that_cannot_be_read_is_refused_and_changes_nothing(site: Site) -
     assert_unchanged(before, project)
     after = registry.champion(project)
     assert after is not None and champion is not None and after.version == champion.version
+
+
+def test_an_operator_runs_a_version_in_shadow_then_canary_and_ends_it(site: Site) -> None:
+    from copml import events, rollout
+    from copml.store import open_store
+
+    project = load_project(site.root)
+    engine = open_store(project.db_url)
+    client, _ = _login(site, "operator")
+    page = f"/p/{site.slug}/models/1"
+    token = _csrf(client, page)
+    assert f'action="{page}/shadow"' in client.get(page).text
+    before = capture(project)
+    for form, says in [
+        ({"csrf": token, "reason": "try", "share": "150%"}, "share: between"),
+        ({"csrf": token, "reason": "try", "share": "lots"}, "is not a share"),
+        ({"csrf": token, "reason": " ", "share": "10%"}, "reason: say why"),
+    ]:
+        answer = client.post(f"{page}/canary", data=form)
+        assert answer.status_code == 422 and says in answer.text, answer.text[-300:]
+    answer = client.post(f"/p/{site.slug}/abort", data={"csrf": token, "reason": "x", "arm": "all"})
+    assert answer.status_code == 422 and "arm:" in answer.text
+    viewer, _ = _login(site, "viewer")
+    refused = viewer.post(f"{page}/shadow", data={"csrf": _csrf(viewer, "/"), "reason": "x"})
+    assert refused.status_code == 403
+    never_gated = client.post(f"{page}/shadow", data={"csrf": token, "reason": "watch it"})
+    assert never_gated.status_code == 409 and "has not passed the gate" in never_gated.text
+    assert_unchanged(before, project)  # refused posts change nothing
+
+    from copml.operate import lifecycle
+
+    # v1, the first champion, against today's on its own holdout (what the gate measures)
+    assert lifecycle.gate(project, "1", actor="user:sam").passed
+
+    def post(path: str, **form: str) -> None:
+        answer = client.post(path, data={"csrf": token, **form}, follow_redirects=False)
+        assert answer.status_code == 303, answer.text[-300:]
+
+    post(f"{page}/shadow", reason="watch the old model on live traffic")
+    assert rollout.current(engine, project.spec.project) == rollout.Rollout(shadow="1")
+    shown = client.get(page).text
+    assert "in <strong>shadow</strong>" in shown and f'action="/p/{site.slug}/abort"' in shown
+    post(f"{page}/canary", share="20%", reason="a fifth of customers")
+    assert rollout.current(engine, project.spec.project) == rollout.Rollout(None, "1", 0.2)
+    assert "answers 20 % of entities" in client.get(page).text
+    post(f"/p/{site.slug}/abort", arm="canary", reason="seen enough")
+    assert rollout.current(engine, project.spec.project) == rollout.Rollout()
+    changes = events.history(engine, kind=events.Kind.MODEL_ROLLOUT, limit=3)
+    assert {e["actor"] for e in changes} == {"user:olivia"}

@@ -30,6 +30,10 @@ PERMISSIONS: dict[str, tuple[str, frozenset[str]]] = {
     "approve": ("approve a model version for promotion", frozenset({"scientist"})),
     "promote": ("promote a model version (through the gate)", frozenset({"operator"})),
     "rollback": ("roll the champion back", frozenset({"operator"})),
+    "rollout": (
+        "put a version in shadow or canary, or end either",
+        frozenset({"operator"}),
+    ),
     "reviews": ("see and resolve the human-review queue", frozenset({"operator"})),
     "predictions": ("search predictions and read their audit record", frozenset({"auditor"})),
     "replay": ("replay a prediction with its archived model", frozenset({"auditor"})),

@@ -1,18 +1,20 @@
 """The model versions of a project, one version with its card, and the lifecycle acts a
-person records from here: approve, promote (through the gate), roll back."""
+person records from here: approve, promote (through the gate), roll back, and a rollout
+beside the champion (shadow, canary, abort)."""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
-from copml import registry
+from copml import registry, rollout
 from copml.model_card import build_card, render_html
 from copml.operate import lifecycle
 from copml.project import Project
+from copml.store import open_store
 from copml.ui import forms
 from copml.ui.auth import actor
 from copml.ui.headers import CARD_CSP
@@ -36,7 +38,20 @@ def _version(project: Project, version: str) -> dict[str, Any]:
         "card": build_card(project, version),
         "needs_approval": lifecycle.needs_approval(project),
         "approved": lifecycle.approved(project, version),
+        "rollout": rollout.current(open_store(project.db_url), project.spec.project),
     }
+
+
+def _share(values: dict[str, str]) -> float:
+    """The form's ``share``: ``10%`` or ``0.1``; a 422 naming the field otherwise."""
+    text = values.get("share", "").strip()
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise HTTPException(422, f"share: {text!r} is not a share (10% or 0.1)") from None
+    if not 0.0 < share < 1.0:
+        raise HTTPException(422, "share: between 0 % and 100 %, both excluded")
+    return share
 
 
 @router.get("/p/{slug}/models")
@@ -80,6 +95,41 @@ async def promote(request: Request, board: Board, slug: str, version: str) -> Re
     )
     access.session.flashes.append(f"v{version} passed the gate and is now champion")
     return forms.back(f"/p/{slug}/models/{quote(version)}")
+
+
+@router.post("/p/{slug}/models/{version}/shadow")
+async def shadow(request: Request, board: Board, slug: str, version: str) -> Response:
+    access = board.access(request, slug, "rollout")
+    why = forms.reason(await forms.read(request, access.session), "shadow")
+    project, who = access.here.project, actor(access.key)
+    await board.work(lambda: lifecycle.shadow(project, version, actor=who, reason=why))
+    access.session.flashes.append(f"v{version} runs in shadow: it scores, and answers no one")
+    return forms.back(f"/p/{slug}/models/{quote(version)}")
+
+
+@router.post("/p/{slug}/models/{version}/canary")
+async def canary(request: Request, board: Board, slug: str, version: str) -> Response:
+    access = board.access(request, slug, "rollout")
+    values = await forms.read(request, access.session)
+    why, share = forms.reason(values, "canary"), _share(values)
+    project, who = access.here.project, actor(access.key)
+    await board.work(lambda: lifecycle.canary(project, version, share, actor=who, reason=why))
+    access.session.flashes.append(f"v{version} answers {share:.0%} of entities")
+    return forms.back(f"/p/{slug}/models/{quote(version)}")
+
+
+@router.post("/p/{slug}/abort")
+async def abort(request: Request, board: Board, slug: str) -> Response:
+    access = board.access(request, slug, "rollout")
+    values = await forms.read(request, access.session)
+    why = forms.reason(values, "abort")
+    arm = values.get("arm", rollout.CANARY)
+    if arm not in (rollout.CANARY, rollout.SHADOW):
+        raise HTTPException(422, f"arm: {arm!r} is neither canary nor shadow")
+    project, who = access.here.project, actor(access.key)
+    await board.work(lambda: lifecycle.abort(project, actor=who, reason=why, arm=arm))
+    access.session.flashes.append(f"the {arm} ended: the champion answers everyone")
+    return forms.back(f"/p/{slug}/models")
 
 
 @router.post("/p/{slug}/rollback")
