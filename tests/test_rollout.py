@@ -293,3 +293,52 @@ def test_abort_and_promote_under_load_fail_no_request(churn: Project) -> None:
     finally:
         server.kill()
     _assert_stored(churn.db_url, acked + again)
+
+
+def test_batch_scoring_lets_a_canary_answer_its_customers(churn: Project, tmp_path: Path) -> None:
+    """A canary in ``copml score``: the customers whose keyed hash falls in its share (as a
+    server routes them) are answered by it, in a batch over a snapshot of their own; each
+    output row names its version and a prediction id whose record is that customer's row;
+    the truth by customer lands on the arm that answered, and the window counts each arm."""
+    from batches import month
+    from copml.feedback import load
+    from copml.monitor.window import compute
+    from copml.score import score
+
+    engine = open_store(churn.db_url)
+    version = _challenger(churn)
+    lifecycle.canary(churn, version, 0.3, actor="user:ops", reason="three in ten customers")
+    source, outcome = month(tmp_path / "in", size=1200)
+    at = pd.Timestamp("2026-03-02T06:00Z").to_pydatetime()
+    result = score(churn, source, tmp_path / "out.csv", at=at)
+    out = pd.read_csv(tmp_path / "out.csv", dtype={"model_version": str})
+    inputs = pd.read_csv(source, keep_default_na=False)
+    assert out["customerID"].tolist() == inputs["customerID"].tolist()  # input order kept
+    hashed = [keyed_hash(c, churn.pii_key) for c in inputs["customerID"]]
+    routed = np.array([rollout.in_canary(h, 0.3) for h in hashed])
+    assert 0.2 < routed.mean() < 0.4
+    assert out["model_version"].tolist() == np.where(routed, version, "1").tolist()
+    inputs["TotalCharges"] = pd.to_numeric(inputs["TotalCharges"], errors="coerce")
+    records = inputs.to_dict(orient="records")
+    expected = np.where(
+        routed, _local_scores(churn, version, records), _local_scores(churn, "1", records)
+    )
+    assert np.allclose(out["score"], expected, rtol=0, atol=1e-12)
+    made = {
+        b.arm: b for b in prediction_log.batches_between(engine, None, at + pd.Timedelta(1, "s"))
+    }
+    assert made["champion"].key == result.prediction_batch
+    assert made["canary"].n_rows == routed.sum() and made["champion"].n_rows == (~routed).sum()
+    assert made["canary"].snapshot_id != made["champion"].snapshot_id
+    for i in [*np.flatnonzero(routed)[:5], *np.flatnonzero(~routed)[:5]]:
+        stored = prediction_log.record(engine, out["prediction_id"][i])
+        assert stored is not None and stored["model_version"] == out["model_version"][i]
+        assert stored["input"]["customerID"] == hashed[i]  # the audit names its customer
+        assert stored["score"] == pytest.approx(out["score"][i], abs=1e-12)
+    truth = tmp_path / "truth.csv"
+    outcome.to_csv(truth, index=False)
+    load(churn, truth, at=pd.Timestamp("2026-03-30T00:00Z").to_pydatetime())
+    window = compute(churn, end=pd.Timestamp("2026-04-01T00:00Z").to_pydatetime())
+    assert window.n_predictions == window.n_labelled == 1200
+    assert window.metrics["canary.labelled"] == routed.sum()
+    assert window.metrics["champion.labelled"] == (~routed).sum()

@@ -98,17 +98,24 @@ class _Output:
         self._writer: Any = None
         self._schema: pa.Schema | None = None
 
-    def write(self, ids: pd.Series, decisions: Decisions, start: int) -> None:
-        """The rows from ``start`` (their number in the whole batch)."""
+    def write(
+        self, ids: pd.Series, decisions: Decisions, start: int, canary: _CanaryRows | None = None
+    ) -> None:
+        """The rows from ``start`` (their number in the champion's batch); with ``canary``,
+        the rows it answered carry its version and its batch's prediction ids."""
         n = len(decisions)
+        versions: Any = np.full(n, self._version)
+        prediction_ids: Any = prediction_log.prediction_ids(self._key, n, start)
+        if canary is not None:
+            versions, prediction_ids = canary.merged(self._version, self._key, start)
         columns = {
             ids.name: pa.array(ids, from_pandas=True),
             "label": pa.array(
                 self._target.shown(decisions.label, decisions.score), from_pandas=True
             ),
             "score": pa.array(decisions.score),
-            "model_version": pa.array(np.full(n, self._version)),
-            "prediction_id": prediction_log.prediction_ids(self._key, n, start),
+            "model_version": pa.array(versions),
+            "prediction_id": prediction_ids,
         }
         if self._review:
             columns["review"] = pa.array(decisions.review)
@@ -149,10 +156,11 @@ def _kept(decisions: Decisions) -> prediction_log.Chunk:
     )
 
 
-def _shadow(project: Project, engine: Engine, actor: str) -> tuple[str, Any] | None:
-    """The shadow's version and model, when one runs (design §9b); a shadow that fails to
-    load is refused on record and the batch is scored by the champion alone."""
-    version = rollout.current(engine, project.spec.project).shadow
+def _challenger(
+    project: Project, engine: Engine, actor: str, version: str | None, arm: str
+) -> tuple[str, Any] | None:
+    """A rollout arm's version and model, when one runs (design §9b); one that fails to
+    load is refused on record and the champion scores without it."""
     if version is None:
         return None
     try:
@@ -164,9 +172,53 @@ def _shadow(project: Project, engine: Engine, actor: str) -> tuple[str, Any] | N
                 events.Kind.SERVE_REFUSED,
                 actor=actor,
                 subject=events.model_subject(project.spec.project, version),
-                reason=f"shadow not loaded: {type(exc).__name__}: {exc}"[:500],
+                reason=f"{arm} not loaded: {type(exc).__name__}: {exc}"[:500],
             )
         return None
+
+
+@dataclass
+class _CanaryRows:
+    """Which rows of a chunk the canary answers (by each entity's keyed hash, as a server
+    routes them: one customer meets the same model in batch and online), and where each
+    arm's batch numbering stands."""
+
+    mask: np.ndarray
+    version: str
+    key: str
+    start: int  # the canary batch's row number of the chunk's first canary row
+
+    def merged(self, version: str, key: str, start: int) -> tuple[np.ndarray, pa.Array]:
+        """Each row's version and prediction id, the champion's rows numbered from
+        ``start`` in its batch, the canary's from :attr:`start` in the canary's."""
+        mine = int(self.mask.sum())
+        versions = np.where(self.mask, self.version, version)
+        ids = np.empty(len(self.mask), dtype=object)
+        theirs = prediction_log.prediction_ids(key, len(self.mask) - mine, start)
+        ids[~self.mask] = theirs.to_numpy(zero_copy_only=False)
+        ids[self.mask] = prediction_log.prediction_ids(self.key, mine, self.start).to_numpy(
+            zero_copy_only=False
+        )
+        return versions, pa.array(ids, type=pa.string())
+
+
+def _merge(mask: np.ndarray, champion: Decisions, canary: Decisions) -> Decisions:
+    """One chunk's answers in input order: the canary's on its rows, the champion's else."""
+
+    def pick(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+        if a is None or b is None:
+            return None
+        out = np.empty((len(mask), *a.shape[1:]), dtype=np.result_type(a, b))
+        out[~mask], out[mask] = a, b
+        return out
+
+    label, score, review = (
+        pick(champion.label, canary.label),
+        pick(champion.score, canary.score),
+        pick(champion.review, canary.review),
+    )
+    assert label is not None and score is not None and review is not None
+    return Decisions(label, score, review, pick(champion.probabilities, canary.probabilities))
 
 
 def _chunks(paths: list[Path], total: int, progress: bool) -> Iterator[pd.DataFrame]:
@@ -214,7 +266,11 @@ def score(
     validation.finish()
     columns = [c for c in data.columns if c != data.target]
     model = registry.load(project, champion)  # after the input passed: a refusal loads nothing
-    shadow = _shadow(project, engine, actor)
+    running = rollout.current(engine, spec.project)
+    shadow = _challenger(project, engine, actor, running.shadow, rollout.SHADOW)
+    canary = _challenger(
+        project, engine, actor, running.canary if running.share > 0 else None, rollout.CANARY
+    )
 
     pii = sorted({data.id, *data.pii})
     secret = project.pii_key
@@ -232,7 +288,16 @@ def score(
     freezer = snapshots.BatchFreezer(data, directory=project.snapshots_dir, source=source)
     decided: list[prediction_log.Chunk] = []
     shadowed: list[prediction_log.Chunk] = []  # the shadow's decisions, row for row
-    positives = reviews = rows = 0
+    # A canary's rows: a batch of their own over a snapshot of their own (row i of a batch
+    # is row i of its snapshot), numbered in input order like the champion's.
+    canary_key = prediction_log.new_key()
+    canary_freezer = (
+        snapshots.BatchFreezer(data, directory=project.snapshots_dir, source=source)
+        if canary is not None
+        else None
+    )
+    canaried: list[prediction_log.Chunk] = []
+    positives = reviews = rows = champion_rows = canary_rows = 0
     try:
         # Freezing (Arrow, sha256, Parquet) and writing the output release the GIL: they run
         # in a thread beside the next chunk's prediction. Hashing PII is pure Python: done
@@ -247,15 +312,43 @@ def score(
                 redacted = redact(frame, pii, secret)
                 for done in behind:  # at most one chunk waits to be frozen and written
                     done.result()
-                behind = [pool.submit(freezer.add, redacted)]
-                decisions = kind.decide(project, model, kind.scores(model, frame[data.features]))
-                behind.append(pool.submit(staged.write, frame[data.id], decisions, rows))
-                decided.append(_kept(decisions))
-                if shadow is not None:
-                    features = frame[data.features]
+                mask = (
+                    np.array([rollout.in_canary(k, running.share) for k in redacted[data.id]])
+                    if canary is not None and canary_freezer is not None
+                    else None
+                )
+                if mask is None or not mask.any():
+                    mine, features = redacted, frame[data.features]
+                    split = None
+                else:
+                    assert canary is not None and canary_freezer is not None
+                    mine = redacted[~mask].reset_index(drop=True)
+                    features = frame.loc[~mask, data.features]
+                    split = _CanaryRows(mask, canary[0], canary_key, canary_rows)
+                behind = [pool.submit(freezer.add, mine)] if len(mine) else []
+                decisions = kind.decide(project, model, kind.scores(model, features))
+                answered = decisions
+                if split is not None:
+                    assert canary is not None and canary_freezer is not None
+                    theirs = frame.loc[split.mask, data.features]
+                    challenged = kind.decide(project, canary[1], kind.scores(canary[1], theirs))
+                    behind.append(
+                        pool.submit(canary_freezer.add, redacted[split.mask].reset_index(drop=True))
+                    )
+                    canaried.append(_kept(challenged))
+                    canary_rows += len(challenged)
+                    answered = _merge(split.mask, decisions, challenged)
+                behind.append(
+                    pool.submit(staged.write, frame[data.id], answered, champion_rows, split)
+                )
+                if len(decisions):
+                    decided.append(_kept(decisions))
+                if shadow is not None and len(features):  # it mirrors the champion's rows
                     shadowed.append(
                         _kept(kind.decide(project, shadow[1], kind.scores(shadow[1], features)))
                     )
+                champion_rows += len(decisions)
+                decisions = answered
                 rows += len(decisions)
                 reviews += int(decisions.review.sum())
                 if len(target.classes) == 2:
@@ -263,22 +356,52 @@ def score(
             for done in behind:
                 done.result()
         staged.close()
-        snap = freezer.finish()
+        snap = freezer.finish() if champion_rows else None
+        canary_snap = (
+            canary_freezer.finish() if canary_freezer is not None and canary_rows else None
+        )
+        if canary_freezer is not None and canary_snap is None:
+            canary_freezer.discard()
 
         def finish(conn: Connection, _firsts: list[int]) -> None:
-            snapshots.record(conn, snap, actor=actor)  # in the log's transaction
+            for frozen in (snap, canary_snap):  # in the log's transaction
+                if frozen is not None:
+                    snapshots.record(conn, frozen, actor=actor)
             evidence = {
                 "rows": rows,
-                "snapshot_id": snap.id,
-                "batch": key,
+                "snapshot_id": snap.id if snap is not None else None,
+                "batch": key if snap is not None else None,
                 "positives": positives if len(target.classes) == 2 else None,
                 "output": str(output),
             }
+            if canary_snap is not None and canary is not None:
+                evidence["canary"] = {
+                    "version": canary[0],
+                    "share": running.share,
+                    "rows": canary_rows,
+                    "batch": canary_key,
+                    "snapshot_id": canary_snap.id,
+                }
             record_scored(conn, project, champion.version, source, evidence, actor=actor, at=when)
 
-        header = prediction_log.Header(key, when, spec.project, champion.version, snap.id, "batch")
-        parts: list[tuple[prediction_log.Header, list[prediction_log.Chunk]]] = [(header, decided)]
-        if shadow is not None:  # its own batch over the same snapshot rows, answering no one
+        parts: list[tuple[prediction_log.Header, list[prediction_log.Chunk]]] = []
+        if snap is not None:
+            header = prediction_log.Header(
+                key, when, spec.project, champion.version, snap.id, "batch"
+            )
+            parts.append((header, decided))
+        if canary_snap is not None and canary is not None:
+            canary_header = prediction_log.Header(
+                canary_key,
+                when,
+                spec.project,
+                canary[0],
+                canary_snap.id,
+                "batch",
+                arm=rollout.CANARY,
+            )
+            parts.append((canary_header, canaried))
+        if shadow is not None and snap is not None:  # its own batch over the same rows
             mirror = prediction_log.Header(
                 prediction_log.new_key(),
                 when,
@@ -295,14 +418,21 @@ def score(
         staged.close()
         staged.path.unlink(missing_ok=True)
         freezer.discard()
+        if canary_freezer is not None:
+            canary_freezer.discard()
         raise
     os.replace(staged.path, output)
-    emit_scored_lineage(project, key, source, champion.version, snap, output, when)
+    if snap is not None:
+        emit_scored_lineage(project, key, source, champion.version, snap, output, when)
+    else:
+        freezer.discard()
+    main = snap if snap is not None else canary_snap
+    assert main is not None
     return ScoreResult(
         rows,
         champion.version,
-        snap.id,
-        key,
+        main.id,
+        key if snap is not None else canary_key,
         output,
         positives if len(target.classes) == 2 else None,
         reviews,

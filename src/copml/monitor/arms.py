@@ -37,7 +37,9 @@ def shadow_frame(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame
         (b for b in made if b.arm == SHADOW and b.shadows in answered), key=lambda b: b.first_seq
     )
     if not found:
-        return pd.DataFrame(columns=["seq", "label", "score", "review", "answered_seq"])
+        return pd.DataFrame(
+            columns=["seq", "label", "score", "review", "answered_seq", "model_version"]
+        )
     frame, owner = prediction_log.batches_decisions(engine, found)
     offset = np.array([answered[b.shadows].first_seq - b.first_seq for b in found])  # type: ignore[index]
     frame["answered_seq"] = frame["seq"].to_numpy() + offset[owner]
