@@ -45,7 +45,11 @@ def test_a_window_has_each_arms_figures_and_the_shadows_agreement(
     score(churn, alone, tmp_path / "feb.csv", at=datetime(2026, 2, 2, tzinfo=UTC))
     february = compute(churn, end=datetime(2026, 3, 1, tzinfo=UTC))
     assert february.n_predictions == 200
-    assert not [m for m in february.metrics if m.split(".")[0] in rollout.ARMS]
+    # the counts alone (a policy can tell that no rollout ran), no figures per arm
+    per_arm = {m for m in february.metrics if m.split(".")[0] in rollout.ARMS}
+    assert per_arm == {f"{a}.{n}" for a in rollout.ARMS for n in rollout.ARM_COUNTS}
+    assert february.metrics["champion.predictions"] == 200
+    assert february.metrics["shadow.predictions"] == february.metrics["canary.labelled"] == 0
 
     version, scored = _shadowed_month(churn, tmp_path)
     window = compute(churn, end=APRIL)

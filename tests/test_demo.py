@@ -46,6 +46,37 @@ def test_decay_is_detected_and_a_gated_retrain_recovers(tmp_path: Path) -> None:
     assert html.count("<img") >= 5 and "market shift" in html and "promoted" in html
 
 
+def test_a_retrained_challenger_goes_shadow_then_canary_then_champion(tmp_path: Path) -> None:
+    """The canary scenario: after the shift the retrained, gated challenger runs a month in
+    shadow, then answers a fifth of customers, and the live comparison promotes it."""
+    from copml import rollout
+
+    report, text = _run(tmp_path / "demo", months=9, shift_month=4, scenario="canary")
+    project = load_project(tmp_path / "demo")
+    engine = open_store(project.db_url)
+    windows = history(project)
+    changes = list(reversed(events.history(engine, kind=events.Kind.MODEL_ROLLOUT)))
+    states = [rollout.Rollout.from_evidence(e["evidence"]) for e in changes]
+    version = states[0].shadow
+    assert version is not None and changes[0]["actor"] == "policy:retrain-into-shadow"
+    assert states[1] == rollout.Rollout(None, version, 0.2)
+    assert changes[1]["actor"] == "policy:canary-after-shadow"
+    assert states[-1] == rollout.Rollout()  # the promotion ended the canary
+    shadowed = next(w for w in windows if w.metrics.get("shadow.predictions", 0) > 0)
+    canaried = next(w for w in windows if w.metrics.get("canary.predictions", 0) > 0)
+    assert shadowed.end == canaried.start  # a month in shadow, then the canary
+    assert shadowed.metrics["shadow.accuracy"] >= shadowed.metrics["champion.accuracy"]
+    assert 0.15 < canaried.metrics["canary.predictions"] / canaried.n_predictions < 0.25
+    assert canaried.metrics["canary.accuracy"] >= canaried.metrics["champion.accuracy"] - 0.01
+    promoted = events.history(engine, kind="model.promoted")[0]
+    assert promoted["actor"] == "policy:promote-on-live" and "live" in promoted["reason"]
+    champion = registry.champion(project)
+    assert champion is not None and champion.version == version
+    assert windows[-1].model_version == version and windows[-1].metrics["accuracy"] >= 0.74
+    assert "shadow" in text and "canary" in text
+    assert report.read_text().count("<img") >= 5
+
+
 def test_a_persistent_shift_escalates_to_a_webhook_and_flags_the_project(tmp_path: Path) -> None:
     _, text = _run(tmp_path / "demo", months=8, shift_month=4, scenario="persistent")
     project = load_project(tmp_path / "demo")

@@ -738,7 +738,11 @@ def demo(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 7,
     scenario: Annotated[
-        str, typer.Option(help="recoverable: retraining fixes the shift; persistent: it cannot.")
+        str,
+        typer.Option(
+            help="recoverable: retraining fixes the shift; persistent: it cannot; canary: "
+            "the retrained model runs in shadow, then as a canary, before its promotion."
+        ),
     ] = "recoverable",
 ) -> None:
     """The whole lifecycle on simulated time; ends with a table and an HTML report."""

@@ -69,6 +69,10 @@ def plot(panel: Panel, windows: list[Window], markers: list[Marker]) -> str:
     fig = Figure(figsize=(6.4, 2.6))
     ax = fig.subplots()
     ax.plot(xs, ys, marker="o", color="#1f4e79", label=panel.metric)
+    for arm, color in (("shadow", "#27ae60"), ("canary", "#e67e22")):  # a rollout's arms
+        beside = [w.metrics.get(f"{arm}.{panel.metric}", math.nan) for w in windows]
+        if any(isinstance(y, float) and not math.isnan(y) for y in beside):
+            ax.plot(xs, beside, marker="s", linestyle="--", color=color, label=f"{arm}")
     for (label, y), style in zip(panel.lines, ("--", ":"), strict=False):
         ax.axhline(y, color="#c0392b", linestyle=style, linewidth=1, label=label)
     for marker in markers:

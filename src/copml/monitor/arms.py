@@ -54,10 +54,14 @@ def arm_metrics(
     calibration_of: Callable[[str], dict[str, Any] | None],
 ) -> dict[str, float]:
     """Each arm's figures over the window's answered rows (``frame``, with ``arm``) and
-    its shadow rows; empty when the champion ran alone."""
+    its shadow rows. When the champion ran alone, only the counts (each challenger's 0):
+    a policy can say "no rollout runs" (``shadow.predictions == 0``)."""
     answered_arms = set(frame["arm"].astype(str).unique()) if len(frame) else set()
     if not len(shadow) and answered_arms <= {CHAMPION}:
-        return {}
+        counts = {f"{arm}.{name}": 0.0 for arm in (CANARY, SHADOW) for name in ARM_COUNTS}
+        counts[f"{CHAMPION}.predictions"] = float(len(frame))
+        counts[f"{CHAMPION}.labelled"] = float(frame["actual"].notna().sum()) if len(frame) else 0.0
+        return counts
     decided = [c for c in _DECIDED if c in frame]
     found: dict[str, float] = {}
     for arm in (CHAMPION, CANARY):

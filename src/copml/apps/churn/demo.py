@@ -60,6 +60,39 @@ def _row(
     }
 
 
+# The canary scenario: the shift's retrained challenger meets live customers before it
+# takes them over: a month in shadow, then a canary answering a fifth of customers, and
+# the live comparison promotes it (or ends it, when it is worse).
+_ROLLOUT = """
+promotion: {metric: recall, min_gain: 0.0, require_approval: false, canary_share: 20%}
+
+policies:
+  - name: retrain-into-shadow
+    when: accuracy < 0.75 and shadow.predictions == 0 and canary.predictions == 0
+    do: [retrain, validate, shadow]
+    cooldown: 1 window
+  - name: canary-after-shadow
+    when: shadow.accuracy >= champion.accuracy
+    do: [canary]
+  - name: promote-on-live
+    when: canary.accuracy >= champion.accuracy - 0.01
+    do: [promote, redeploy]
+  - name: abort-when-worse
+    when: canary.accuracy < champion.accuracy - 0.01 or shadow.accuracy < champion.accuracy - 0.02
+    do: [abort, alert]
+  - name: escalate
+    when: accuracy <= 0.70 for 4 windows and churn_rate >= 0.10
+    do: [alert, reevaluate]
+"""
+
+
+def _rollout_policies(spec_file: Path) -> None:
+    """The example's promotion and policies replaced by the rollout chain above."""
+    text = spec_file.read_text()
+    start, end = text.index("promotion:"), text.index("# After a shift")
+    spec_file.write_text(text[:start] + _ROLLOUT.strip() + "\n\n" + text[end:])
+
+
 def run_churn_demo(
     directory: Path | None,
     *,
@@ -76,9 +109,13 @@ def run_churn_demo(
     if directory.exists() and any(directory.iterdir()):
         raise CopmlError(f"{directory} is not empty; remove it or choose another --dir")
     began = time.perf_counter()
-    if scenario not in SCENARIOS:
-        raise CopmlError(f"no scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    if scenario not in (*SCENARIOS, "canary"):
+        raise CopmlError(
+            f"no scenario {scenario!r}; choose one of {', '.join([*SCENARIOS, 'canary'])}"
+        )
     init(directory, "churn", seed=seed)
+    if scenario == "canary":
+        _rollout_policies(directory / "copml.yaml")
     hook = ThreadingHTTPServer(("127.0.0.1", 0), type("Hook", (Hook,), {"received": []}))
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
@@ -105,7 +142,8 @@ def run_churn_demo(
         raise CopmlError(
             "the first model missed the declared minimums: " + "; ".join(result.failures)
         )
-    population = Population(seed=seed + 1, shift_month=shift_month, after=SCENARIOS[scenario])
+    market = SCENARIOS["recoverable" if scenario == "canary" else scenario]
+    population = Population(seed=seed + 1, shift_month=shift_month, after=market)
     markers = [Marker(START, f"v{result.version} champion")]
     rows: list[dict[str, Any]] = []
     batches, outcomes, outputs = (directory / d for d in ("batches", "outcomes", "outputs"))
