@@ -5,6 +5,7 @@ scoring and feedback."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -151,6 +152,19 @@ policies:
     monitor(project, end=APRIL)
     operate_once(project, at=APRIL)
     assert rollout.current(engine, project.spec.project) == rollout.Rollout(None, version, 0.2)
+    # copml status says what runs and the latest window's figures per arm
+    from typer.testing import CliRunner
+
+    from copml.cli import app
+
+    args = ["status", "--project", str(project.root)]
+    found = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    assert found["rollout"] == {"shadow": None, "canary": version, "share": 0.2}
+    window = compute(project, end=APRIL)
+    assert found["arms"]["shadow"]["accuracy"] == pytest.approx(window.metrics["shadow.accuracy"])
+    assert set(found["arms"]) == {"champion", "shadow"}  # the canary answered none of March
+    text = CliRunner().invoke(app, args).stdout
+    assert f"v{version} answers 20% of entities" in text and "per arm" in text
     # A condition that holds against the canary ends it (the champion answers everyone).
     project = _spec(
         project,

@@ -674,7 +674,7 @@ def monitor(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt 
 @_fails_cleanly
 def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Each declared requirement: met / not met / unknown, with its figure."""
-    from copml import registry
+    from copml import registry, rollout
     from copml.monitor.replicas import replicas
     from copml.monitor.status import requirements
     from copml.monitor.window import history
@@ -685,7 +685,18 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     latest = windows[-1] if windows else None
     found = requirements(p.spec, latest)
     champion = registry.champion(p)
-    serving = replicas(open_store(p.db_url))
+    engine = open_store(p.db_url)
+    serving = replicas(engine)
+    running = rollout.current(engine, p.spec.project)
+    # The latest window's figures per arm, for the declared metrics and their estimates.
+    names = [*p.spec.effectiveness.thresholds, "predictions", "labelled"]
+    names += [f"estimated_{n}" for n in p.spec.effectiveness.thresholds]
+    figures = latest.metrics if latest else {}
+    arms = {
+        arm: {n: figures[f"{arm}.{n}"] for n in names if f"{arm}.{n}" in figures}
+        for arm in rollout.ARMS
+        if figures.get(f"{arm}.predictions")
+    }
     if as_json:
         _print_json(
             {
@@ -694,6 +705,8 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
                 "window_end": latest.end if latest else None,
                 "requirements": [r.__dict__ for r in found],
                 "replicas": [r.__dict__ for r in serving],
+                "rollout": running.evidence(),
+                "arms": arms,
             }
         )
         return
@@ -717,6 +730,17 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
             beat = f"{r.last_beat:%Y-%m-%d %H:%M:%S} UTC"
             seen.add_row(r.replica, str(r.pid or ""), r.model_version or "—", beat, state)
         console.print(seen)
+    if running.shadow or running.canary:
+        parts = [f"v{running.shadow} in shadow"] if running.shadow else []
+        if running.canary:
+            parts.append(f"v{running.canary} answers {running.share:.0%} of entities")
+        console.print("rollout: " + "; ".join(parts))
+    if len(arms) > 1:
+        shown = [n for n in names if any(n in a for a in arms.values())]
+        table = Table("metric", *arms, title="the latest window per arm")
+        for n in shown:
+            table.add_row(n, *(figure(arms[a].get(n, math.nan)) for a in arms))
+        console.print(table)
 
 
 @app.command()
