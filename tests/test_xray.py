@@ -55,7 +55,8 @@ def xray(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = root / "copml.yaml"
     text = spec.read_text()
     text = text.replace(
-        "params: {recall_target: 0.96, calibration_share: 0.2, epochs: 25, type_epochs: 30}",
+        "params: {recall_target: 0.98, calibration_share: 0.2, epochs: 25, type_epochs: 30, "
+        "threads: 2}",
         QUICK,
     )
     for line in ("  specificity: {min: 0.60}\n", "  type_accuracy: {min: 0.70}\n"):

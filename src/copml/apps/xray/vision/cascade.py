@@ -197,9 +197,11 @@ def train(
     init_weights: Path | None = None,
     review_margin: float = 1.0,
     type_margin: float = 0.15,
+    threads: int | None = None,
 ) -> tuple[Cascade, dict[str, Any]]:
     """Train both models on ``images``; model 1's threshold comes from a calibration part of
-    the training set (by patient), never from the data it is evaluated on."""
+    the training set (by patient), never from the data it is evaluated on. ``threads``:
+    torch's CPU threads for both trainings (see ``models.train_cnn``)."""
     frame = images.frame.reset_index(drop=True)
     arrays = load_arrays(images, size=size)
     is_positive = (frame["label"] == positive).to_numpy()
@@ -212,11 +214,14 @@ def train(
         calibration_share=calibration_share,
         epochs=epochs,
         init_weights=init_weights,
+        threads=threads,
     )
     subtypes = ("bacteria", "virus")
     typed = is_positive & frame["subtype"].isin(subtypes).to_numpy()
     is_virus = (frame.loc[typed, "subtype"] == subtypes[1]).to_numpy().astype(np.int64)
-    typer = models.train_cnn(arrays[typed], is_virus, seed=seed, epochs=type_epochs)
+    typer = models.train_cnn(
+        arrays[typed], is_virus, seed=seed, epochs=type_epochs, threads=threads
+    )
     rules = Rules(
         threshold=detector.threshold,
         recall_target=recall_target,
@@ -248,7 +253,8 @@ def train_frame(
 
     ``params``: recall_target, calibration_share, epochs, type_epochs, size, init_weights
     (a local state_dict for transfer learning), review_margin (log-odds around model 1's
-    threshold) and type_margin (model 2's probability around 0.5) that send a case to review.
+    threshold) and type_margin (model 2's probability around 0.5) that send a case to review,
+    threads (torch's CPU threads for training: fixed, a retraining reproduces the weights).
     """
     frame = pd.DataFrame(
         {
@@ -271,6 +277,7 @@ def train_frame(
         init_weights=Path(weights) if weights else None,
         review_margin=float(params.get("review_margin", 1.0)),
         type_margin=float(params.get("type_margin", 0.15)),
+        threads=int(params["threads"]) if params.get("threads") else None,
     )
     return cascade
 
