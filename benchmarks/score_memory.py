@@ -172,7 +172,9 @@ def main() -> None:
         args = args[:at]
     args = [a for a in args if a != "--monitor"]
     rows = int(args[0]) if args else 10_000_000
-    project = hgb_project("score-memory").root
+    kept = WORK / "score-memory"
+    # ROWS=0 keeps the project an earlier run logged to (building one starts it afresh).
+    project = kept if rows == 0 and kept.exists() else hgb_project("score-memory").root
     figures: dict[str, object] = {}
     if rows:
         figures["memory"] = memory(project, rows)

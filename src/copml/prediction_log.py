@@ -323,9 +323,12 @@ def decisions(engine: Engine, first: int, last: int) -> pd.DataFrame:
     seq = frame["seq"].to_numpy()
     actual = np.full(len(seq), np.nan)
     truth_seq = known.column("seq").to_numpy()
-    at = np.minimum(np.searchsorted(seq, truth_seq), max(len(seq) - 1, 0))
-    found = (seq[at] == truth_seq) if len(seq) else np.zeros(0, dtype=bool)
-    actual[at[found]] = known.column("actual").to_numpy()[found]
+    if np.array_equal(seq, truth_seq):  # every prediction's truth has landed
+        actual[:] = known.column("actual").to_numpy()
+    else:
+        at = np.minimum(np.searchsorted(seq, truth_seq), max(len(seq) - 1, 0))
+        found = (seq[at] == truth_seq) if len(seq) else np.zeros(0, dtype=bool)
+        actual[at[found]] = known.column("actual").to_numpy()[found]
     frame["actual"] = actual
     return frame
 

@@ -56,7 +56,13 @@ def arm_metrics(
     """Each arm's figures over the window's answered rows (``frame``, with ``arm``) and
     its shadow rows. When the champion ran alone, only the counts (each challenger's 0):
     a policy can say "no rollout runs" (``shadow.predictions == 0``)."""
-    answered_arms = set(frame["arm"].astype(str).unique()) if len(frame) else set()
+    arm = frame["arm"]
+    if not len(frame):
+        answered_arms: set[str] = set()
+    elif isinstance(arm.dtype, pd.CategoricalDtype):  # codes, not 10,000,000 strings
+        answered_arms = {str(a) for a in arm.cat.categories[np.unique(arm.cat.codes)]}
+    else:
+        answered_arms = set(arm.astype(str).unique())
     if not len(shadow) and answered_arms <= {CHAMPION}:
         counts = {f"{arm}.{name}": 0.0 for arm in (CANARY, SHADOW) for name in ARM_COUNTS}
         counts[f"{CHAMPION}.predictions"] = float(len(frame))
