@@ -426,11 +426,12 @@ def models_rollback(
 
 def _share(text: str) -> float:
     """``10%`` or ``0.1``: a share of entities."""
+    from copml.rollout import share
+
     try:
-        value = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a share (10% or 0.1)") from None
-    return value
+        return share(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @models_app.command("shadow")

@@ -34,6 +34,16 @@ mean absolute difference; a window metric ``shadow.<name>``."""
 ARM_COUNTS = ("predictions", "labelled")
 
 
+def share(text: str) -> float:
+    """A share of entities as people write it, ``10%`` or ``0.1``; ValueError otherwise
+    (the range is the caller's: 0 % ends a canary, 100 % is a promotion)."""
+    text = text.strip()
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a share (10% or 0.1)") from None
+
+
 def arm_metric_names(per_arm: set[str]) -> set[str]:
     """A window's metrics per arm (``canary.recall``) from the metrics each arm gets, with
     the counts and the shadow's agreement."""

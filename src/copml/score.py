@@ -314,14 +314,14 @@ def score(
                     done.result()
                 mask = (
                     np.array([rollout.in_canary(k, running.share) for k in redacted[data.id]])
-                    if canary is not None and canary_freezer is not None
+                    if canary is not None
                     else None
                 )
                 if mask is None or not mask.any():
                     mine, features = redacted, frame[data.features]
                     split = None
                 else:
-                    assert canary is not None and canary_freezer is not None
+                    assert canary is not None
                     mine = redacted[~mask].reset_index(drop=True)
                     features = frame.loc[~mask, data.features]
                     split = _CanaryRows(mask, canary[0], canary_key, canary_rows)

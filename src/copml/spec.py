@@ -383,12 +383,7 @@ class Promotion(_Model):
     @field_validator("canary_share", mode="before")
     @classmethod
     def _percent(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().endswith("%"):
-            try:
-                return float(value.strip()[:-1]) / 100
-            except ValueError:
-                raise ValueError(f"{value!r} is not a share (20% or 0.2)") from None
-        return value
+        return rollout.share(value) if isinstance(value, str) else value
 
 
 class Policy(_Model):

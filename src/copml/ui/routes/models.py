@@ -44,11 +44,10 @@ def _version(project: Project, version: str) -> dict[str, Any]:
 
 def _share(values: dict[str, str]) -> float:
     """The form's ``share``: ``10%`` or ``0.1``; a 422 naming the field otherwise."""
-    text = values.get("share", "").strip()
     try:
-        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise HTTPException(422, f"share: {text!r} is not a share (10% or 0.1)") from None
+        share = rollout.share(values.get("share", ""))
+    except ValueError as exc:
+        raise HTTPException(422, f"share: {exc}") from None
     if not 0.0 < share < 1.0:
         raise HTTPException(422, "share: between 0 % and 100 %, both excluded")
     return share
