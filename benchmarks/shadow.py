@@ -5,12 +5,14 @@ One server (one worker, the durable log on, the benchmark's HistGradientBoosting
 200 trees as champion and another fit of it as the shadow); ``wrk`` sends one-instance
 requests at concurrency 1. The rollout alternates off, on, off, on, ... (``ROUNDS`` pairs,
 ``copml models shadow`` / ``abort`` and a reload between them), so that a drift of the
-machine hits both sides alike; the medians of each side are compared. The shadow's rows
+machine hits both sides alike; each on round is compared with the off round just before
+it, and the median of those differences is the shadow's cost (this 2-vCPU machine drifts
+by more than a millisecond between rounds, so many short rounds beat a few long ones). The shadow's rows
 written and its drops (when it falls behind) come from the store and ``/metrics``.
 
 Target: the client's p50 grows by at most 1 ms with the shadow on.
 
-Run: .venv/bin/python benchmarks/shadow.py [SECONDS=10] [ROUNDS=3]
+Run: .venv/bin/python benchmarks/shadow.py [SECONDS=5] [ROUNDS=8]
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _dropped(url: str) -> float:
     return sum(float(v) for v in found)
 
 
-def main(seconds: int = 10, rounds: int = 3) -> dict[str, object]:
+def main(seconds: int = 5, rounds: int = 8) -> dict[str, object]:
     if shutil.which("wrk") is None:
         sys.exit("needs wrk: apt-get install -y wrk")
     project = hgb_project("shadow", max_iter=200)
@@ -115,16 +117,18 @@ def main(seconds: int = 10, rounds: int = 3) -> dict[str, object]:
             ).all()
         )
     off, on = statistics.median(p50["off"]), statistics.median(p50["on"])
+    added = statistics.median(b - a for a, b in zip(p50["off"], p50["on"], strict=True))
     found = {
         "p50_off_ms": off,
         "p50_on_ms": on,
-        "added_ms": on - off,
+        "added_ms": added,
+        "rounds": p50,
         "rows": {k: int(v) for k, v in rows.items()},
         "shadow_dropped": dropped,
     }
     print(json.dumps(found, indent=2))
-    verdict = "met" if on - off <= 1.0 else "MISSED"
-    print(f"target: p50 grows by <= 1 ms with the shadow on: {on - off:+.3f} ms ({verdict})")
+    verdict = "met" if added <= 1.0 else "MISSED"
+    print(f"target: p50 grows by <= 1 ms with the shadow on: {added:+.3f} ms ({verdict})")
     return found
 
 

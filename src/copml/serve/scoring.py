@@ -117,18 +117,19 @@ class GroupScorer:
                 for p in group
             ]
         now = self._clock()
-        parts = []  # (arm, model, its requests' positions in the group, frame, decided, key)
+        parts = []  # (arm, model, its requests' positions in the group, columns, decided, key)
         for arm, model in ((rollout.CHAMPION, champion), (rollout.CANARY, arms.canary)):
             at = [i for i, a in enumerate(arm_of) if a == arm]
             if model is None or not at:
                 continue
             rows = [row for i in at for row in group[i].rows]
             # Column by column: a third of the cost of a frame from records, the same scores.
-            frame = pd.DataFrame({c: [row.features[c] for row in rows] for c in model.features})
+            columns = {c: [row.features[c] for row in rows] for c in model.features}
+            frame = pd.DataFrame(columns)
             decided = self._kind.decide(
                 self._project, model.model, self._kind.scores(model.model, frame)
             )
-            parts.append((arm, model, at, frame, decided, prediction_log.new_key()))
+            parts.append((arm, model, at, columns, decided, prediction_log.new_key()))
         done = time.perf_counter()
         answered: list[tuple[str, list[dict[str, Any]]]] = [("", [])] * len(group)
         for _, model, at, _, decided, key in parts:
@@ -166,11 +167,11 @@ class GroupScorer:
             for arm, model, _, _, decided, key in parts
         ]
         prediction_log.write_many(self._engine, written, alongside)
-        for arm, model, _, frame, decided, key in parts:
+        for arm, model, _, columns, decided, key in parts:
             report_scored(self.on_scored, model.version, decided.label, decided.review)
-            report_scored(self.on_arm, arm, model.version, len(frame))
+            report_scored(self.on_arm, arm, model.version, len(decided.score))
             if arms.shadow is not None and self._shadow is not None:
-                self._shadow.offer(arms.shadow, frame, key, now)
+                self._shadow.offer(arms.shadow, columns, key, now)
         return answered
 
     @staticmethod

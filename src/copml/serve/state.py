@@ -80,9 +80,10 @@ class Server:
         kind = kind_for(spec)
         own_api = kind.predict_api(project, engine, slot, clock)
         arms = ArmsSlot(project, engine)
-        shadow = ShadowScorer(project, engine, metrics.shadow_dropped.inc, metrics.by_arm)
+        shadow = ShadowScorer(project, metrics.shadow_dropped.inc, metrics.by_arm)
         if own_api is None:  # a kind's own API answers with its champion alone (for now)
-            arms.refresh()
+            if (first_arms := arms.refresh()).shadow is not None:
+                shadow.prepare(first_arms.shadow.version)
             scorer: Any = GroupScorer(project, engine, slot, clock, arms, shadow)
             scorer.on_arm.append(metrics.by_arm)
         else:
@@ -113,7 +114,9 @@ class Server:
         if result.swapped or result.refused:
             self.metrics.model_loads.labels("loaded" if result.swapped else "refused").inc()
         if self.own_api is None:
-            self.arms.refresh(actor)
+            arms = self.arms.refresh(actor)
+            if arms.shadow is not None:
+                self.shadow.prepare(arms.shadow.version)
         return result
 
     def beat(self) -> None:
