@@ -77,6 +77,34 @@ def test_a_retrained_challenger_goes_shadow_then_canary_then_champion(tmp_path: 
     assert report.read_text().count("<img") >= 5
 
 
+def test_a_challenger_worse_on_live_traffic_is_aborted_from_shadow(tmp_path: Path) -> None:
+    """The canary-blip scenario: the shift lasts two months, the challenger retrained on
+    them passes the gate on their holdout, but in shadow the market is back and it answers
+    worse than the champion: the policy aborts it and alerts; the champion never changed."""
+    from copml import rollout
+
+    report, text = _run(tmp_path / "demo", months=8, shift_month=4, scenario="canary-blip")
+    project = load_project(tmp_path / "demo")
+    engine = open_store(project.db_url)
+    windows = history(project)
+    changes = list(reversed(events.history(engine, kind=events.Kind.MODEL_ROLLOUT)))
+    states = [rollout.Rollout.from_evidence(e["evidence"]) for e in changes]
+    actors = [e["actor"] for e in changes]
+    assert actors == ["policy:retrain-into-shadow", "policy:abort-when-worse"]
+    version = states[0].shadow
+    assert version is not None and version != "1" and states[-1] == rollout.Rollout()
+    shadowed = [w for w in windows if w.metrics.get("shadow.predictions", 0) > 0]
+    assert len(shadowed) == 1 and shadowed[0].start == windows[6].start  # the market is back
+    live = shadowed[0].metrics
+    assert live["shadow.accuracy"] < live["champion.accuracy"] - 0.02
+    assert all(w.metrics.get("canary.predictions", 0) == 0 for w in windows)
+    assert registry.champion(project).version == "1"  # type: ignore[union-attr]
+    assert all(w.model_version == "1" for w in windows)
+    opened = events.history(engine, kind="alert.opened")
+    assert any("abort-when-worse" in e["reason"] for e in opened)
+    assert "abort" in text and "market back" in report.read_text()
+
+
 def test_a_persistent_shift_escalates_to_a_webhook_and_flags_the_project(tmp_path: Path) -> None:
     _, text = _run(tmp_path / "demo", months=8, shift_month=4, scenario="persistent")
     project = load_project(tmp_path / "demo")

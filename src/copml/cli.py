@@ -766,7 +766,8 @@ def demo(
         str,
         typer.Option(
             help="recoverable: retraining fixes the shift; persistent: it cannot; canary: "
-            "the retrained model runs in shadow, then as a canary, before its promotion."
+            "the retrained model runs in shadow, then as a canary, before its promotion; "
+            "canary-blip: the shift lasts two months, and the worse challenger is aborted."
         ),
     ] = "recoverable",
 ) -> None:

@@ -86,6 +86,12 @@ policies:
 """
 
 
+# canary: the market shifts for good, the challenger proves better live and is promoted;
+# canary-blip: the shift lasts two months, so the challenger learnt a market that is gone:
+# in shadow it answers worse than the champion, and the policy aborts it.
+_ROLLOUTS = ("canary", "canary-blip")
+
+
 def _rollout_policies(spec_file: Path) -> None:
     """The example's promotion and policies replaced by the rollout chain above."""
     text = spec_file.read_text()
@@ -109,12 +115,12 @@ def run_churn_demo(
     if directory.exists() and any(directory.iterdir()):
         raise CopmlError(f"{directory} is not empty; remove it or choose another --dir")
     began = time.perf_counter()
-    if scenario not in (*SCENARIOS, "canary"):
+    if scenario not in (*SCENARIOS, *_ROLLOUTS):
         raise CopmlError(
-            f"no scenario {scenario!r}; choose one of {', '.join([*SCENARIOS, 'canary'])}"
+            f"no scenario {scenario!r}; choose one of {', '.join([*SCENARIOS, *_ROLLOUTS])}"
         )
     init(directory, "churn", seed=seed)
-    if scenario == "canary":
+    if scenario in _ROLLOUTS:
         _rollout_policies(directory / "copml.yaml")
     hook = ThreadingHTTPServer(("127.0.0.1", 0), type("Hook", (Hook,), {"received": []}))
     threading.Thread(target=hook.serve_forever, daemon=True).start()
@@ -142,8 +148,11 @@ def run_churn_demo(
         raise CopmlError(
             "the first model missed the declared minimums: " + "; ".join(result.failures)
         )
-    market = SCENARIOS["recoverable" if scenario == "canary" else scenario]
-    population = Population(seed=seed + 1, shift_month=shift_month, after=market)
+    market = SCENARIOS["recoverable" if scenario in _ROLLOUTS else scenario]
+    revert = shift_month + 2 if scenario == "canary-blip" and shift_month is not None else None
+    population = Population(
+        seed=seed + 1, shift_month=shift_month, revert_month=revert, after=market
+    )
     markers = [Marker(START, f"v{result.version} champion")]
     rows: list[dict[str, Any]] = []
     batches, outcomes, outputs = (directory / d for d in ("batches", "outcomes", "outputs"))
@@ -164,7 +173,7 @@ def run_churn_demo(
                 actor=ACTOR,
             )
             flagged = pd.read_csv(outputs / f"{label}.csv")["label"].eq("Yes").to_numpy()
-            shifted = shift_month is not None and month >= shift_month
+            shifted = shift_month is not None and shift_month <= month < (revert or months)
             outcome = population.close_month(flagged)
             outcome["observed_at"] = ends - timedelta(days=1)
             outcome.to_csv(outcomes / f"{label}.csv", index=False)
@@ -190,6 +199,8 @@ def run_churn_demo(
         console.print(f"[bold red]project flagged for re-evaluation[/]: {flagged['reason']}")
     if shift_month is not None and shift_month < months:
         markers.append(Marker(_month(shift_month), "market shift"))
+    if revert is not None and revert < months:
+        markers.append(Marker(_month(revert), "market back"))
     report = write_report(
         project,
         windows,
@@ -199,8 +210,9 @@ def run_churn_demo(
         rows=rows,
         notes=[
             f"Simulated {months} months of {population.size} active customers; the market "
-            f"shifts in month {shift_month + 1 if shift_month is not None else 'never'} "
-            f"(scenario {scenario}). Retention offers reach every customer the champion flags; "
+            f"shifts in month {shift_month + 1 if shift_month is not None else 'never'}"
+            f"{' for two months' if revert is not None else ''} (scenario {scenario}). "
+            "Retention offers reach every customer the champion flags; "
             "the spec's policies run after each month's window.",
         ],
     )

@@ -99,6 +99,7 @@ class Population:
     seed: int = 7
     size: int = 4000
     shift_month: int | None = 7
+    revert_month: int | None = None  # the month the old market returns (None: never)
     offer_effect: float = 0.35  # relative drop in churn probability for a reached customer
     after: Market = AFTER_SHIFT  # the market once it has shifted
     month: int = 0
@@ -113,7 +114,8 @@ class Population:
     @property
     def market(self) -> Market:
         shifted = self.shift_month is not None and self.month >= self.shift_month
-        return self.after if shifted else BEFORE_SHIFT
+        reverted = self.revert_month is not None and self.month >= self.revert_month
+        return self.after if shifted and not reverted else BEFORE_SHIFT
 
     def _ids(self, n: int) -> list[str]:
         start = self._next_id
