@@ -162,7 +162,7 @@ def test_a_shadow_scores_every_answer_and_answers_none(served: tuple[Server, str
     deadline = pd.Timestamp.now() + pd.Timedelta(seconds=120)
     while sum(s.n_rows for s in shadowed()) < len(instances):
         assert pd.Timestamp.now() < deadline, "the shadow did not catch up"
-        httpx.get(f"{server.url}/healthz")  # a round trip: the shadow's thread runs meanwhile
+        httpx.get(f"{server.url}/healthz")  # a round trip while the shadow's process works
     by_key = {}
     with engine.connect() as conn:
         for row in conn.execute(select(batches).where(batches.c.arm == "champion")):

@@ -264,6 +264,80 @@ def test_low_confidence_goes_to_the_review_queue(server: Server) -> None:
     assert record["actual"] == 1
 
 
+def test_the_cascade_runs_a_canary_and_a_shadow(project: Project) -> None:
+    """The cascade's own endpoint answers a canary's share of requests with the canary (an
+    x-ray has no entity id: each request draws) and shadows every answered image."""
+    from copml import rollout
+    from copml.store import batches
+
+    v2 = train(project).version  # the same snapshot and seed: the same networks, reproduced
+    assert lifecycle.gate(project, v2, actor="user:lead").passed
+    lifecycle.approve(project, v2, actor="user:lead", reason="holdout reviewed")
+    lifecycle.canary(project, v2, 0.5, actor="user:lead", reason="half of the x-rays")
+    engine = open_store(project.db_url)
+    server = start(project)
+    try:
+        images = [
+            p.read_bytes() for p in _images(server, "PNEUMONIA", 4) + _images(server, "NORMAL", 4)
+        ]
+
+        def ask(n: int) -> list[dict[str, object]]:
+            out = []
+            for i in range(n):
+                files = {"file": ("x.jpeg", images[i % len(images)], "image/jpeg")}
+                r = httpx.post(
+                    f"{server.url}/v1/predict", files=files, headers=server.headers("service")
+                )
+                assert r.status_code == 200, r.text
+                out.append(r.json())
+            return out
+
+        answered = ask(40)
+        versions = [a["model_version"] for a in answered]
+        assert set(versions) == {"1", v2}  # 40 draws at 50 %: both arms, but for 2**-39
+        for a in answered:
+            pid = a["predictions"][0]["prediction_id"]
+            stored = prediction_log.record(engine, pid)
+            assert stored is not None and stored["model_version"] == a["model_version"]
+        with engine.connect() as conn:
+            arms = dict(conn.execute(select(batches.c.arm, batches.c.model_version)).all())
+        assert arms == {"champion": "1", "canary": v2}
+
+        lifecycle.abort(project, actor="user:lead", reason="enough")
+        lifecycle.shadow(project, v2, actor="user:lead", reason="watch it")
+        operator = keys.create(engine, "operator")
+        reload = httpx.post(
+            f"{server.url}/v1/admin/reload",
+            headers={"Authorization": f"Bearer {operator}"},
+            timeout=120,
+        )
+        assert reload.status_code == 200, reload.text
+        models = httpx.get(f"{server.url}/v1/models", headers=server.headers("service")).json()
+        assert models["shadow"] == v2 and models["canary"] is None
+        answered = ask(8)
+        assert {a["model_version"] for a in answered} == {"1"}  # a shadow answers no one
+        keys_answered = {a["predictions"][0]["prediction_id"][:-8] for a in answered}
+
+        def shadowed() -> dict[str, prediction_log.Batch]:
+            with engine.connect() as conn:
+                rows = conn.execute(select(batches).where(batches.c.arm == rollout.SHADOW))
+                found = [prediction_log._batch(r) for r in rows]
+            return {b.shadows: b for b in found if b.shadows in keys_answered}
+
+        deadline = pd.Timestamp.now() + pd.Timedelta(seconds=120)
+        while len(shadowed()) < len(keys_answered):
+            assert pd.Timestamp.now() < deadline, "the shadow did not catch up"
+            httpx.get(f"{server.url}/healthz")  # a round trip while the shadow's process works
+        for a in answered:
+            prediction = a["predictions"][0]
+            mirror = shadowed()[prediction["prediction_id"][:-8]]
+            assert mirror.model_version == v2 and mirror.n_rows == 1
+            score = prediction_log.read(engine, mirror)["score"].iloc[0]
+            assert score == pytest.approx(prediction["score"], abs=1e-6)  # v2 = v1 reproduced
+    finally:
+        server.kill()
+
+
 @pytest.mark.parametrize(
     ("name", "content", "status", "says"),
     [

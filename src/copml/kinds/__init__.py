@@ -246,10 +246,23 @@ class ModelKind(Protocol):
         """The threshold and review rule of a version, for its model card."""
         ...
 
+    def decide_rows(self, project: Project, model: Any, columns: dict[str, list[Any]]) -> Decisions:
+        """The decisions for rows as a server holds them (one list per input), for a shadow
+        that scores them again in a process of its own."""
+        ...
+
     def predict_api(
-        self, project: Project, engine: Engine, slot: Any, clock: Callable[[], datetime] | None
+        self,
+        project: Project,
+        engine: Engine,
+        slot: Any,
+        clock: Callable[[], datetime] | None,
+        arms: Any = None,
+        shadow: Any = None,
     ) -> PredictApi | None:
-        """The kind's own ``/v1/predict``; None: instances of the training columns."""
+        """The kind's own ``/v1/predict``; None: instances of the training columns. ``arms``
+        (:class:`copml.serve.arms.ArmsSlot`) and ``shadow`` (its scorer) are the challengers
+        it answers and shadows with."""
         ...
 
     def batch_scorer(self) -> Callable[..., Any] | None:

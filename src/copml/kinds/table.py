@@ -298,8 +298,18 @@ class TableKind:
     def decision_rule(self, project: Project, mv: ModelVersion) -> DecisionRule:
         return DecisionRule(np.nan)
 
+    def decide_rows(self, project: Project, model: Any, columns: dict[str, list[Any]]) -> Decisions:
+        # Column by column, as the server builds its frame: the same scores.
+        return self.decide(project, model, self.scores(model, pd.DataFrame(columns)))
+
     def predict_api(
-        self, project: Project, engine: Engine, slot: Any, clock: Callable[[], datetime] | None
+        self,
+        project: Project,
+        engine: Engine,
+        slot: Any,
+        clock: Callable[[], datetime] | None,
+        arms: Any = None,
+        shadow: Any = None,
     ) -> PredictApi | None:
         return None
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import Engine
 
 from copml import events, prediction_log, registry, rollout
@@ -248,8 +247,8 @@ def _gather(work: Any, first: _Work) -> list[_Work | None]:
 def _score(
     project: Project, engine: Engine, kind: Any, loaded: Champion, group: list[_Work], done: Any
 ) -> None:
-    frame = pd.DataFrame({c: [v for w in group for v in w.columns[c]] for c in loaded.features})
-    decided = kind.decide(project, loaded.model, kind.scores(loaded.model, frame))
+    columns = {c: [v for w in group for v in w.columns[c]] for c in group[0].columns}
+    decided = kind.decide_rows(project, loaded.model, columns)
     parts = []
     start = 0
     for w in group:
@@ -269,4 +268,4 @@ def _score(
         chunk = (decided.label[rows], decided.score[rows], decided.review[rows], probabilities)
         parts.append((header, [chunk]))
     prediction_log.write_many(engine, parts)
-    done.put(("written", loaded.version, len(frame)))
+    done.put(("written", loaded.version, len(decided)))

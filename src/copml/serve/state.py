@@ -78,16 +78,16 @@ class Server:
         first = slot.refresh()
         metrics.model_loads.labels("loaded" if first.swapped else "none").inc()
         kind = kind_for(spec)
-        own_api = kind.predict_api(project, engine, slot, clock)
         arms = ArmsSlot(project, engine)
         shadow = ShadowScorer(project, metrics.shadow_dropped.inc, metrics.by_arm)
-        if own_api is None:  # a kind's own API answers with its champion alone (for now)
-            if (first_arms := arms.refresh()).shadow is not None:
-                shadow.prepare(first_arms.shadow.version)
+        if (first_arms := arms.refresh()).shadow is not None:
+            shadow.prepare(first_arms.shadow.version)
+        own_api = kind.predict_api(project, engine, slot, clock, arms, shadow)
+        if own_api is None:
             scorer: Any = GroupScorer(project, engine, slot, clock, arms, shadow)
-            scorer.on_arm.append(metrics.by_arm)
         else:
             scorer = own_api.scorer
+        scorer.on_arm.append(metrics.by_arm)
         scorer.on_scored.append(metrics.scored)
         return cls(
             project=project,
@@ -113,10 +113,9 @@ class Server:
         result = self.slot.refresh(actor)
         if result.swapped or result.refused:
             self.metrics.model_loads.labels("loaded" if result.swapped else "refused").inc()
-        if self.own_api is None:
-            arms = self.arms.refresh(actor)
-            if arms.shadow is not None:
-                self.shadow.prepare(arms.shadow.version)
+        arms = self.arms.refresh(actor)
+        if arms.shadow is not None:
+            self.shadow.prepare(arms.shadow.version)
         return result
 
     def beat(self) -> None:

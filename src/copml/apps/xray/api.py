@@ -18,18 +18,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, Engine
 
-from copml import prediction_log
+from copml import prediction_log, rollout
 from copml.apps.xray import image_archive, image_sets
 from copml.apps.xray.scoring import record_answers
 from copml.apps.xray.vision.images import decode, statistics
 from copml.errors import DataValidationError
 from copml.project import Project
+from copml.serve.arms import Arms, ArmsSlot, ShadowScorer
 from copml.serve.batcher import Pending, report_scored
-from copml.serve.champion import ChampionSlot
+from copml.serve.champion import Champion, ChampionSlot
 from copml.serve.requests import parse_json
 from copml.store import bulk_insert, prediction_inputs
 
@@ -137,8 +139,10 @@ def prepare(
 
 
 class ImageScorer:
-    """Score one group of uploaded images with the champion cascade and log it; raises
-    only before the commit (the batcher then splits the group), never after it."""
+    """Score one group of uploaded images with the champion cascade (or, for the requests
+    the canary draws, with the canary) and log it; raises only before the commit (the
+    batcher then splits the group), never after it. A shadow scores the answered images
+    again after the commit. An x-ray carries no entity id: the canary draws per request."""
 
     def __init__(
         self,
@@ -146,78 +150,139 @@ class ImageScorer:
         engine: Engine,
         slot: ChampionSlot,
         clock: Callable[[], datetime] | None = None,
+        arms: ArmsSlot | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._spec = project.spec
         self._engine = engine
         self._slot = slot
+        self._arms = arms
+        self._shadow = shadow
         options = image_sets.settings(project.spec.data)
         self._archive = image_archive.directory(project.home) if options.keep else None
         self.on_scored: list[Any] = []
+        self.on_arm: list[Any] = []
 
     def __call__(
         self, group: list[Pending]
     ) -> list[tuple[str, dict[str, str], list[dict[str, Any]]]]:
-        champion = self._slot.current
+        champion = self._slot.current  # read once: this group finishes on these models
         if champion is None:
             raise RuntimeError("no champion model is loaded")
-        cascade = champion.model
-        rows = [row for pending in group for row in pending.rows]
-        decided = cascade.predict(np.stack([row["array"] for row in rows]))
-        if self._archive is not None:  # stored before its prediction is, after it scored
-            for row in rows:
-                image_archive.put_bytes(self._archive, row["content"])
-        positive = (decided["label"] == cascade.rules.positive).to_numpy()
-        review = decided["review"].to_numpy(dtype=bool)
-        scores = decided["score"].to_numpy(dtype=np.float64)
-        done = time.perf_counter()
-        latencies = [(done - p.started) * 1000 for p in group for _ in p.rows]
-        kept = self._archive is not None
-        stored = [
-            json.dumps(
-                {
-                    "sha256": row["sha256"],
-                    "width": row["width"],
-                    "height": row["height"],
-                    "intensity_mean": row["intensity_mean"],
-                    "intensity_std": row["intensity_std"],
-                    "kept": kept,
-                }
-            )
-            for row in rows
+        arms = self._arms.current if self._arms is not None else Arms()
+        arm_of = [
+            rollout.CANARY
+            if arms.canary is not None and rollout.in_canary(None, arms.share)
+            else rollout.CHAMPION
+            for _ in group
         ]
-        shas = [row["sha256"] for row in rows]
         now = self._clock()
+        parts = [
+            _Part(arm, model, [p for p, a in zip(group, arm_of, strict=True) if a == arm])
+            for arm, model in ((rollout.CHAMPION, champion), (rollout.CANARY, arms.canary))
+            if model is not None and arm in arm_of
+        ]
+        for part in parts:
+            part.decided = part.model.model.predict(np.stack([r["array"] for r in part.rows]))
+        if self._archive is not None:  # stored before its prediction is, after it scored
+            for part in parts:
+                for row in part.rows:
+                    image_archive.put_bytes(self._archive, row["content"])
+        done = time.perf_counter()
+        kept = self._archive is not None
 
-        def alongside(conn: Connection, first: int) -> None:
-            bulk_insert(
-                conn,
-                prediction_inputs,
-                ("seq", "input", "input_hash", "entity_key", "latency_ms"),
-                [(first + i, text, shas[i], None, latencies[i]) for i, text in enumerate(stored)],
+        def alongside(conn: Connection, firsts: list[int]) -> None:
+            for part, first in zip(parts, firsts, strict=True):
+                latencies = [(done - p.started) * 1000 for p in part.group for _ in p.rows]
+                bulk_insert(
+                    conn,
+                    prediction_inputs,
+                    ("seq", "input", "input_hash", "entity_key", "latency_ms"),
+                    [
+                        (first + i, _stored(row, kept), row["sha256"], None, latencies[i])
+                        for i, row in enumerate(part.rows)
+                    ],
+                )
+                shas = [row["sha256"] for row in part.rows]
+                record_answers(conn, first, part.decided, shas, part.model.models, now)
+
+        written = [
+            (
+                prediction_log.Header(
+                    part.key, now, self._spec.project, part.model.version, None, "api", arm=part.arm
+                ),
+                [(part.positive, part.scores, part.review, None)],
             )
-            record_answers(conn, first, decided, shas, champion.models, now)
+            for part in parts
+        ]
+        prediction_log.write_many(self._engine, written, alongside)
+        answered: dict[int, tuple[str, dict[str, str], list[dict[str, Any]]]] = {}
+        for part in parts:
+            report_scored(self.on_scored, part.model.version, part.positive, part.review)
+            report_scored(self.on_arm, part.arm, part.model.version, len(part.rows))
+            answered.update(part.answers())
+            if arms.shadow is not None and self._shadow is not None:
+                arrays = [row["array"] for row in part.rows]
+                self._shadow.offer(arms.shadow, {"array": arrays}, part.key, now)
+        return [answered[id(p)] for p in group]
 
-        key = prediction_log.new_key()
-        header = prediction_log.Header(key, now, self._spec.project, champion.version, None, "api")
-        prediction_log.write(self._engine, header, positive, scores, review, alongside)
-        report_scored(self.on_scored, champion.version, positive, review)
-        out, i = [], 0
-        for pending in group:
+
+def _stored(row: dict[str, Any], kept: bool) -> str:
+    """What the log keeps of an image: its hash, size and statistics (the image itself is
+    in the archive when the spec says ``keep``)."""
+    return json.dumps(
+        {
+            "sha256": row["sha256"],
+            "width": row["width"],
+            "height": row["height"],
+            "intensity_mean": row["intensity_mean"],
+            "intensity_std": row["intensity_std"],
+            "kept": kept,
+        }
+    )
+
+
+class _Part:
+    """One arm's requests of a group: their rows, the cascade's decisions, their batch key."""
+
+    def __init__(self, arm: str, model: Champion, group: list[Pending]) -> None:
+        self.arm, self.model, self.group = arm, model, group
+        self.rows = [row for pending in group for row in pending.rows]
+        self.key = prediction_log.new_key()
+        self.decided = pd.DataFrame()
+
+    @property
+    def positive(self) -> np.ndarray:
+        return (self.decided["label"] == self.model.model.rules.positive).to_numpy()
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.decided["score"].to_numpy(dtype=np.float64)
+
+    @property
+    def review(self) -> np.ndarray:
+        return self.decided["review"].to_numpy(dtype=bool)
+
+    def answers(self) -> dict[int, tuple[str, dict[str, str], list[dict[str, Any]]]]:
+        """Each request's answer, by the request's identity."""
+        out, i = {}, 0
+        scores, review = self.scores, self.review
+        for pending in self.group:
             answers = []
-            for _ in pending.rows:
-                probability = decided["type_probability"].iat[i]
+            for row in pending.rows:
+                probability = self.decided["type_probability"].iat[i]
                 answers.append(
                     {
-                        "prediction_id": f"{key}{i:08x}",
-                        "label": decided["label"].iat[i],
+                        "prediction_id": f"{self.key}{i:08x}",
+                        "label": self.decided["label"].iat[i],
                         "score": float(scores[i]),
-                        "type": decided["type"].iat[i],
+                        "type": self.decided["type"].iat[i],
                         "type_probability": None if np.isnan(probability) else float(probability),
                         "review": bool(review[i]),
-                        "image_sha256": shas[i],
+                        "image_sha256": row["sha256"],
                     }
                 )
                 i += 1
-            out.append((champion.version, champion.models, answers))
+            out[id(pending)] = (self.model.version, self.model.models, answers)
         return out

@@ -17,7 +17,7 @@ import pandas as pd
 from copml import registry
 from copml.apps.xray import image_archive, image_sets
 from copml.apps.xray.vision import CASCADE_METRICS
-from copml.kinds import DecisionRule, Holdout, PredictApi
+from copml.kinds import DecisionRule, Decisions, Holdout, PredictApi
 from copml.kinds.binary import BinaryKind, log_binary_confusion
 
 if TYPE_CHECKING:
@@ -157,8 +157,23 @@ class CascadeKind(BinaryKind):
             f"probability within {rules.type_margin:g} of 0.5, go to a person",
         )
 
+    def decide_rows(self, project: Project, model: Any, columns: dict[str, list[Any]]) -> Decisions:
+        decided = model.predict(np.stack(columns["array"]))
+        positive = (decided["label"] == model.rules.positive).to_numpy()
+        return Decisions(
+            positive.astype(np.int8),
+            decided["score"].to_numpy(dtype=np.float64),
+            decided["review"].to_numpy(dtype=bool),
+        )
+
     def predict_api(
-        self, project: Project, engine: Engine, slot: Any, clock: Callable[[], datetime] | None
+        self,
+        project: Project,
+        engine: Engine,
+        slot: Any,
+        clock: Callable[[], datetime] | None,
+        arms: Any = None,
+        shadow: Any = None,
     ) -> PredictApi | None:
         from copml.apps.xray import api
 
@@ -169,7 +184,7 @@ class CascadeKind(BinaryKind):
             return {"model_version": version, "models": models, "predictions": answers}
 
         return PredictApi(
-            scorer=api.ImageScorer(project, engine, slot, clock),
+            scorer=api.ImageScorer(project, engine, slot, clock, arms, shadow),
             read=functools.partial(api.read_uploads, max_bytes=limit),
             prepare=lambda uploads, model: api.prepare(uploads, model.rules.input_size, limit),
             respond=respond,
