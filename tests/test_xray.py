@@ -200,7 +200,11 @@ def server(xray: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 
 def _images(server: Server, kind: str, n: int) -> list[Path]:
-    return sorted((server.project.root / "data/images" / kind).iterdir())[:n]
+    return _images_of(server.project, kind, n)
+
+
+def _images_of(project: Project, kind: str, n: int) -> list[Path]:
+    return sorted((project.root / "data/images" / kind).iterdir())[:n]
 
 
 def test_cascade_answers_json_and_multipart_alike(server: Server) -> None:
@@ -336,6 +340,21 @@ def test_the_cascade_runs_a_canary_and_a_shadow(project: Project) -> None:
             assert score == pytest.approx(prediction["score"], abs=1e-6)  # v2 = v1 reproduced
     finally:
         server.kill()
+    # A batch is scored by the shadow too: its own batch over the same images.
+    from copml.apps.xray.scoring import score_folder
+
+    folder = project.root / "incoming"
+    for image in _images_of(project, "NORMAL", 5):
+        folder.mkdir(exist_ok=True)
+        shutil.copy(image, folder / image.name)
+    done = score_folder(project, folder, project.root / "scored.csv", actor="user:lead")
+    with engine.connect() as conn:
+        rows = conn.execute(select(batches).where(batches.c.shadows == done.prediction_batch))
+        mirrors = [prediction_log._batch(r) for r in rows]
+    assert [(m.model_version, m.n_rows, m.arm) for m in mirrors] == [(v2, 5, rollout.SHADOW)]
+    answered = pd.read_csv(project.root / "scored.csv")
+    mirrored = prediction_log.read(engine, mirrors[0])["score"].to_numpy()
+    assert np.allclose(mirrored, answered["score"].to_numpy(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(

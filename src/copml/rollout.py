@@ -16,12 +16,15 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, select
 
 from copml import events
 from copml.store import events as events_table
+
+if TYPE_CHECKING:
+    from copml.project import Project
 
 CHAMPION, CANARY, SHADOW = "champion", "canary", "shadow"
 ARMS = (CHAMPION, CANARY, SHADOW)
@@ -122,3 +125,26 @@ def in_canary(entity: str | None, share: float, draw: Callable[[], float] = rand
         return draw() < share
     digest = hashlib.blake2b(entity.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def load_arm(
+    project: Project, engine: Engine, actor: str, version: str | None, arm: str
+) -> tuple[str, Any] | None:
+    """A rollout arm's version and model for a batch, when one runs (design §9b); one that
+    fails to load is refused on record and the champion scores without it."""
+    from copml import registry  # the registry talks to MLflow: only a batch pays the import
+
+    if version is None:
+        return None
+    try:
+        return version, registry.load(project, registry.get(project, version))
+    except Exception as exc:
+        with engine.begin() as conn:
+            events.record(
+                conn,
+                events.Kind.SERVE_REFUSED,
+                actor=actor,
+                subject=events.model_subject(project.spec.project, version),
+                reason=f"{arm} not loaded: {type(exc).__name__}: {exc}"[:500],
+            )
+        return None

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 
 from copml import costs, events, lineage, prediction_log, registry, rollout, snapshots, times
 from copml.kinds import Decisions, kind_for
@@ -156,27 +156,6 @@ def _kept(decisions: Decisions) -> prediction_log.Chunk:
     )
 
 
-def _challenger(
-    project: Project, engine: Engine, actor: str, version: str | None, arm: str
-) -> tuple[str, Any] | None:
-    """A rollout arm's version and model, when one runs (design §9b); one that fails to
-    load is refused on record and the champion scores without it."""
-    if version is None:
-        return None
-    try:
-        return version, registry.load(project, registry.get(project, version))
-    except Exception as exc:
-        with engine.begin() as conn:
-            events.record(
-                conn,
-                events.Kind.SERVE_REFUSED,
-                actor=actor,
-                subject=events.model_subject(project.spec.project, version),
-                reason=f"{arm} not loaded: {type(exc).__name__}: {exc}"[:500],
-            )
-        return None
-
-
 @dataclass
 class _CanaryRows:
     """Which rows of a chunk the canary answers (by each entity's keyed hash, as a server
@@ -267,8 +246,8 @@ def score(
     columns = [c for c in data.columns if c != data.target]
     model = registry.load(project, champion)  # after the input passed: a refusal loads nothing
     running = rollout.current(engine, spec.project)
-    shadow = _challenger(project, engine, actor, running.shadow, rollout.SHADOW)
-    canary = _challenger(
+    shadow = rollout.load_arm(project, engine, actor, running.shadow, rollout.SHADOW)
+    canary = rollout.load_arm(
         project, engine, actor, running.canary if running.share > 0 else None, rollout.CANARY
     )
 

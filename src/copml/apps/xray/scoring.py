@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, insert, select
 
-from copml import costs, prediction_log, registry, snapshots
+from copml import costs, prediction_log, registry, rollout, snapshots
 from copml.apps.xray import image_archive, image_sets
 from copml.apps.xray.answers import cascade_answers
 from copml.errors import DataValidationError, NotFoundError
+from copml.kinds import kind_for
 from copml.project import Project
 from copml.score import emit_scored_lineage, record_scored
 from copml.store import open_store, reviews
@@ -108,9 +109,18 @@ def score_folder(
     folder = Path(folder).resolve()
     found = vision.validate(vision.listing(folder), allow_duplicates=True)
     when = at or datetime.now(UTC)
+    running = rollout.current(engine, spec.project)
+    shadow = rollout.load_arm(project, engine, actor, running.shadow, rollout.SHADOW)
     with costs.metered(engine, "score", at=when, detail=str(folder)):
         table = image_sets.image_table(found)
-        decided = cascade.predict(cascade.arrays([str(f) for f in found.files()]))
+        arrays = cascade.arrays([str(f) for f in found.files()])
+        decided = cascade.predict(arrays)
+        # The shadow scores the same images (a batch has no ids: no canary splits it).
+        mirrored = (
+            None
+            if shadow is None
+            else kind_for(spec).decide_rows(project, shadow[1], {"array": list(arrays)})
+        )
     if image_sets.settings(spec.data).keep:
         archive = image_archive.directory(project.home)
         for file, digest in zip(found.files(), table["sha256"], strict=True):
@@ -160,8 +170,21 @@ def score_folder(
             out.to_csv(staged, index=False)
 
     header = prediction_log.Header(key, when, spec.project, champion.version, snap.id, "batch")
+    parts = [(header, [(positive, scores, review, None)])]
+    if shadow is not None and mirrored is not None:  # its own batch over the same rows
+        mirror = prediction_log.Header(
+            prediction_log.new_key(),
+            when,
+            spec.project,
+            shadow[0],
+            snap.id,
+            "batch",
+            arm=rollout.SHADOW,
+            shadows=key,
+        )
+        parts.append((mirror, [(mirrored.label, mirrored.score, mirrored.review, None)]))
     try:
-        prediction_log.write(engine, header, positive, scores, review, finish)
+        prediction_log.write_many(engine, parts, lambda conn, firsts: finish(conn, firsts[0]))
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
