@@ -13,6 +13,13 @@ truth lands, the estimate on the same rows is reconciled with the realised value
 realised value outside the band, by more than a tolerance, means the relation between
 inputs and outcome has changed since training (a concept shift), not only the inputs.
 
+A multiclass model's probabilities are calibrated the same way one class against the rest
+(rows renormalised), and the expected confusion counts of each class give accuracy,
+balanced accuracy and macro F1. A regression has no probability to calibrate: its
+holdout's error is kept by decile of the prediction, and a window's MAE and RMSE are
+expected from the bins its predictions fall in (a lookup table in place of NannyML's model
+of the loss, small enough for the version's JSON).
+
 The functions are pure, over arrays; NaN is *unknown* (a version without a calibration, an
 empty window), never 0.
 """
