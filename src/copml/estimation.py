@@ -304,9 +304,11 @@ def fit_multiclass_calibration(
     proba = np.asarray(probabilities, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
     predicted = np.asarray(predicted)
+    if proba.ndim != 2:
+        return None
     keep = np.isfinite(proba).all(axis=1) & np.isfinite(actual)
     proba, actual, predicted = proba[keep], actual[keep].astype(np.int64), predicted[keep]
-    if proba.ndim != 2 or len(np.unique(actual)) < 2:
+    if len(np.unique(actual)) < 2:
         return None
     k = proba.shape[1]
     hits = [(actual == c).astype(np.float64) for c in range(k)]
