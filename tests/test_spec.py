@@ -538,9 +538,25 @@ def test_a_policy_may_act_on_estimated_performance_before_the_truth_lands() -> N
     assert "estimation_tolerance" not in tolerant.effectiveness.thresholds
 
 
-@pytest.mark.parametrize("spec", ["wine", "diabetes"])
-def test_tasks_that_estimate_nothing_refuse_an_estimate_in_a_policy(spec: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "estimated", "refused"),
+    [
+        ("wine", "estimated_balanced_accuracy.lower < 0.6", "estimated_roc_auc"),
+        ("wine", "estimation_error.f1_macro < -0.05", "estimated_recall"),
+        ("diabetes", "estimated_rmse > 60 for 2 windows", "estimated_accuracy"),
+        ("diabetes", "estimated_mae.upper > 50", "estimated_r2"),
+    ],
+)
+def test_each_task_accepts_the_estimates_it_makes_and_refuses_others(
+    spec: str, estimated: str, refused: str
+) -> None:
+    """Multiclass estimates accuracy, balanced accuracy and macro F1, regression MAE and
+    RMSE: a policy may read those (and their bands and errors); another estimate is
+    refused at the policy's line."""
     base = {"wine": wine_spec(), "diabetes": diabetes_spec()}[spec]
     when = next(line for line in base.splitlines() if line.strip().startswith("when:"))
-    text = _replaced(base, when, "    when: estimated_accuracy < 0.6")
-    assert "unknown metric 'estimated_accuracy'" in _error(text)
+    parse_spec(_replaced(base, when, f"    when: {estimated}"))
+    text = _replaced(base, when, f"    when: {refused} < 0.6")
+    error = _error(text)
+    assert f"unknown metric {refused!r}" in error
+    assert f"policies[0].when (line {_line_of(text, refused)})" in error

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from copml.estimation import BINARY_ESTIMATED
+from copml.estimation import BINARY_ESTIMATED, MULTICLASS_ESTIMATED, REGRESSION_ESTIMATED
 
 Direction = Literal["higher", "lower", "band"]
 """Which way a metric is better: ``higher`` takes a ``min``, ``lower`` a ``max``; ``band``
@@ -104,12 +104,14 @@ MULTICLASS = MetricTable(
     },
     promotion="accuracy",
     per_class={"recall": "higher", "precision": "higher"},
+    estimated=MULTICLASS_ESTIMATED,
 )
 REGRESSION = MetricTable(
     "regression",
     {"rmse": "lower", "mae": "lower", "mape": "lower", "r2": "higher", "bias": "band"},
     promotion="rmse",
     drift=("prediction", "residual"),
+    estimated=REGRESSION_ESTIMATED,
 )
 TABLES: Mapping[str, MetricTable] = {t.task: t for t in (BINARY, MULTICLASS, REGRESSION)}
 

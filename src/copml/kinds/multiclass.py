@@ -5,12 +5,13 @@ person when the top two classes are within ``model.review_margin``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from copml import batch_independence
+from copml import batch_independence, estimation
 from copml.errors import UserCodeError
 from copml.kinds import DecisionRule, Decisions, Holdout
 from copml.kinds.table import TableKind, log_confusion
@@ -80,6 +81,33 @@ class MulticlassKind(TableKind):
             list(target.classes),
             decisions.probabilities,
         )
+
+    def calibration(self, project: Project, holdout: Holdout) -> dict[str, Any] | None:
+        """Each declared class's probability calibrated one against the rest on the
+        holdout (:func:`copml.estimation.fit_multiclass_calibration`)."""
+        proba = holdout.decisions.probabilities
+        if proba is None:
+            return None
+        return estimation.fit_multiclass_calibration(proba, holdout.actual, holdout.decisions.label)
+
+    def estimate(
+        self,
+        project: Project,
+        decided: pd.DataFrame,
+        calibrations: Mapping[str, dict[str, Any] | None],
+    ) -> dict[str, float]:
+        """From the logged per-class probabilities, calibrated by each row's version; {}
+        (unknown) where a row's probabilities were not logged."""
+        logged = decided.get("probabilities")
+        if logged is None or not len(logged) or logged.isna().any():
+            return {}
+        proba = np.vstack(logged.to_list()).astype(np.float64)
+        found = estimation.calibrated_by_version(proba, decided["model_version"], calibrations)
+        if found is None:
+            return {}
+        probability, se = found
+        label = decided["label"].to_numpy(dtype=np.int64)
+        return estimation.multiclass_estimates(probability, label, se)
 
     def log_evaluation(self, holdout: Holdout, run: TrainingRun) -> None:
         classes = list(holdout.classes)

@@ -10,14 +10,15 @@ deviation too, and ``model.review_interval`` sends a prediction whose 95 % inter
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from copml import batch_independence
+from copml import batch_independence, estimation
 from copml.errors import UserCodeError
-from copml.kinds import DecisionRule, Decisions
+from copml.kinds import DecisionRule, Decisions, Holdout
 from copml.kinds.table import TableKind
 from copml.labels import Target
 from copml.metrics import REGRESSION, regression_metrics
@@ -83,6 +84,24 @@ class RegressionKind(TableKind):
         self, project: Project, decisions: Decisions, actual: np.ndarray
     ) -> dict[str, float]:
         return regression_metrics(np.asarray(actual, dtype=np.float64), decisions.score)
+
+    def calibration(self, project: Project, holdout: Holdout) -> dict[str, Any] | None:
+        """The holdout's error by decile of the prediction
+        (:func:`copml.estimation.fit_error_bins`)."""
+        return estimation.fit_error_bins(holdout.decisions.score, holdout.actual)
+
+    def estimate(
+        self,
+        project: Project,
+        decided: pd.DataFrame,
+        calibrations: Mapping[str, dict[str, Any] | None],
+    ) -> dict[str, float]:
+        """Each logged prediction's error expected from its version's bin of it."""
+        score = decided["score"].to_numpy(dtype=np.float64)
+        found = estimation.binned_by_version(score, decided["model_version"], calibrations)
+        if found is None:
+            return {}
+        return estimation.regression_estimates(*found)
 
     def decision_rule(self, project: Project, mv: ModelVersion) -> DecisionRule:
         widest = project.spec.model.review_interval
