@@ -2,12 +2,13 @@
 
 import io
 import math
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from copml import events, registry
+from copml import aliases, events, registry
 from copml.apps.churn.demo import run_churn_demo
 from copml.monitor.window import history
 from copml.project import load_project
@@ -51,7 +52,7 @@ def test_a_retrained_challenger_goes_shadow_then_canary_then_champion(tmp_path: 
     shadow, then answers a fifth of customers, and the live comparison promotes it."""
     from copml import rollout
 
-    report, text = _run(tmp_path / "demo", months=9, shift_month=4, scenario="canary")
+    report, _ = _run(tmp_path / "demo", months=9, shift_month=4, scenario="canary")
     project = load_project(tmp_path / "demo")
     engine = open_store(project.db_url)
     windows = history(project)
@@ -73,8 +74,20 @@ def test_a_retrained_challenger_goes_shadow_then_canary_then_champion(tmp_path: 
     champion = registry.champion(project)
     assert champion is not None and champion.version == version
     assert windows[-1].model_version == version and windows[-1].metrics["accuracy"] >= 0.74
-    assert "shadow" in text and "canary" in text
     assert report.read_text().count("<img") >= 5
+    # Which version served when: the champion's and the canary's moves, replayable.
+    moves = aliases.changes(project)
+    champion_moves = [(c.version, c.previous) for c in moves if c.alias == "champion"]
+    assert champion_moves == [("1", None), (version, "1")]
+    promotion = [c for c in moves if c.alias == "champion"][-1]
+    assert promotion.gate is not None and promotion.gate["live"] == "canary"
+    assert promotion.actor == "policy:promote-on-live"
+    canary = [c for c in moves if c.alias == "canary"]
+    assert (canary[0].version, canary[0].share, canary[-1].version) == (version, 0.2, None)
+    assert aliases.serving_at(project, promotion.at - timedelta(seconds=1)).champion == "1"
+    assert aliases.serving_at(project, canary[0].at).canary == version
+    now = aliases.serving_at(project)
+    assert now.champion == version and now.canary is None and now.consistent
 
 
 def test_a_challenger_worse_on_live_traffic_is_aborted_from_shadow(tmp_path: Path) -> None:

@@ -342,3 +342,42 @@ def test_batch_scoring_lets_a_canary_answer_its_customers(churn: Project, tmp_pa
     assert window.n_predictions == window.n_labelled == 1200
     assert window.metrics["canary.labelled"] == routed.sum()
     assert window.metrics["champion.labelled"] == (~routed).sum()
+
+
+def test_which_version_served_when_over_the_api(served: tuple[Server, str]) -> None:
+    """``GET /v1/models/history``: every move of the champion and the arms, and which
+    versions served at a given time; a bad time is a 422 naming ``at``, and changes nothing."""
+    server, version = served
+    project = server.project
+    lifecycle.canary(project, version, 0.3, actor="user:ops", reason="a third")
+    lifecycle.abort(project, actor="user:ops", reason="enough for now")
+    engine = open_store(project.db_url)
+    auditor = {"Authorization": f"Bearer {keys.create(engine, 'auditor')}"}
+    url = f"{server.url}/v1/models/history"
+    found = httpx.get(url, headers=auditor, timeout=60).json()
+    canary = [c for c in found["changes"] if c["alias"] == "canary"]
+    began, ended = canary[-2], canary[-1]
+    assert (began["version"], began["share"], began["actor"]) == (version, 0.3, "user:ops")
+    assert began["gate"]["passed"] and (ended["version"], ended["previous"]) == (None, version)
+    assert found["serving"]["champion"] == "1" and found["serving"]["consistent"] is True
+    then = httpx.get(url, params={"at": began["at"]}, headers=auditor, timeout=60).json()
+    assert then["serving"]["canary"] == version and then["serving"]["share"] == 0.3
+    assert then["changes"][-1] == began  # nothing after the time asked about
+    before = capture(project)
+    refused = httpx.get(url, params={"at": "last tuesday"}, headers=auditor, timeout=60)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "at"]
+    service = httpx.get(url, headers=server.headers("service"), timeout=60)
+    assert service.status_code == 403
+    assert_unchanged(before, project)
+
+
+def test_an_alias_moved_outside_copml_is_reported(churn: Project) -> None:
+    """MLflow's UI can move the champion alias without copml: the recorded history and the
+    registry then disagree, and the present's answer says so."""
+    from copml import aliases
+
+    assert aliases.serving_at(churn).consistent is True
+    v2 = _challenger(churn, gate=False)
+    registry.client(churn).set_registered_model_alias(churn.spec.project, "champion", v2)
+    now = aliases.serving_at(churn)
+    assert now.champion == "1" and now.registry == {"champion": v2} and now.consistent is False

@@ -486,6 +486,64 @@ def models_abort(
     _console().print(f"the {arm} has ended")
 
 
+@models_app.command("history")
+@_fails_cleanly
+def models_history(
+    at: Annotated[
+        str | None,
+        typer.Option(help=f"Which versions served at this time ({times.HELP}); default now."),
+    ] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Every change of the champion and of the shadow and canary, with time, actor, reason
+    and gate evidence, and which versions served at --at (from the events; the present is
+    cross-checked with the registry)."""
+    from copml import aliases
+
+    p = _project(project)
+    when = times.parse_optional(at, "--at")
+    found = aliases.changes(p, end=when)
+    serving = aliases.serving_at(p, when)
+    if as_json:
+        _print_json({"changes": [c.as_dict() for c in found], "serving": serving.as_dict()})
+        return
+    from rich.table import Table
+
+    table = Table("at", "alias", "version", "was", "by", "reason", "gate")
+    for c in found:
+        gate = c.gate or {}
+        passed = (
+            ""
+            if not gate
+            else ("live" if gate.get("live") else "holdout")
+            + (" passed" if gate.get("passed") else " refused")
+        )
+        share = f" ({c.share:.0%})" if c.share else ""
+        table.add_row(
+            f"{c.at:%Y-%m-%d %H:%M}",
+            c.alias,
+            (c.version or "-") + share,
+            c.previous or "-",
+            c.actor,
+            c.reason,
+            passed,
+        )
+    console = _console()
+    console.print(table)
+    line = f"at {serving.at:%Y-%m-%d %H:%M} UTC: champion v{serving.champion or '-'}"
+    if serving.shadow:
+        line += f", shadow v{serving.shadow}"
+    if serving.canary:
+        line += f", canary v{serving.canary} ({serving.share:.0%})"
+    console.print(line)
+    if serving.consistent is False:
+        console.print(
+            f"[bold red]the registry's champion alias names v{serving.registry['champion']}"
+            ", not the recorded one[/] (moved outside copml?)"
+        )
+
+
 @models_app.command("retire")
 @_fails_cleanly
 def models_retire(

@@ -138,7 +138,7 @@ def run_churn_demo(
         engine, project.spec.data, root=project.root, directory=project.snapshots_dir, actor=ACTOR
     )
     console.print(f"snapshot {snap.id[:12]}… of {snap.n_rows} labelled customers")
-    result = train(project, actor=ACTOR)
+    result = train(project, actor=ACTOR, at=START - timedelta(days=1))  # on simulated time
     console.print(
         f"trained version {result.version}: holdout accuracy {result.metrics['accuracy']:.3f}, "
         f"recall {result.metrics['recall']:.3f}, ROC AUC {result.metrics['roc_auc']:.3f}"

@@ -1,19 +1,22 @@
 """An operator's hand on the server: load the registry's champion now, not at the next
-poll; and what the server runs (champion, shadow, canary), for anyone with a key."""
+poll; what the server runs (champion, shadow, canary), for anyone with a key; and which
+versions served when, for the people who oversee and audit it."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 
-from copml.serve.access import AnyKey, OperatorKey, actor
+from copml import aliases, keys, times
+from copml.serve.access import AnyKey, OperatorKey, actor, require
 from copml.serve.requests import JsonRoute
 from copml.serve.responses import AUTH, BEARER, errors
 from copml.serve.state import Served
 
 router = APIRouter(route_class=JsonRoute)
+OverseerKey = Annotated[keys.Key | None, require("operator", "auditor")]
 
 
 @router.post("/v1/admin/reload", responses=errors(*AUTH), dependencies=[BEARER])
@@ -37,3 +40,18 @@ async def models(server: Served, _key: AnyKey) -> dict[str, Any]:
         "canary": arms.canary.version if arms.canary else None,
         "canary_share": arms.share,
     }
+
+
+@router.get("/v1/models/history", responses=errors(*AUTH, 422), dependencies=[BEARER])
+async def history(server: Served, _key: OverseerKey, at: str | None = None) -> dict[str, Any]:
+    """Every change of the champion and of the arms (time, actor, reason, gate evidence)
+    up to ``at`` (ISO 8601; default now), and which versions served then."""
+    try:
+        when = times.parse_optional(at, "at")
+    except times.TimeError as exc:
+        raise HTTPException(
+            422, [{"loc": ["query", "at"], "msg": str(exc), "type": "value_error"}]
+        ) from None
+    found = await asyncio.to_thread(aliases.changes, server.project, end=when)
+    serving = await asyncio.to_thread(aliases.serving_at, server.project, when)
+    return {"changes": [c.as_dict() for c in found], "serving": serving.as_dict()}
