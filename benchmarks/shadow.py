@@ -7,8 +7,8 @@ requests at concurrency 1. The rollout alternates off, on, off, on, ... (``ROUND
 ``copml models shadow`` / ``abort`` and a reload between them), so that a drift of the
 machine hits both sides alike; each on round is compared with the off round just before
 it, and the median of those differences is the shadow's cost (this 2-vCPU machine drifts
-by more than a millisecond between rounds, so many short rounds beat a few long ones). The shadow's rows
-written and its drops (when it falls behind) come from the store and ``/metrics``.
+by more than a millisecond between rounds, so many short rounds beat a few long ones). The
+shadow's rows written and its drops (when it falls behind) come from the store and ``/metrics``.
 
 Target: the client's p50 grows by at most 1 ms with the shadow on.
 

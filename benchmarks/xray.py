@@ -92,9 +92,10 @@ def trained(
     """Train a CNN, printing each epoch's loss; return it with its wall time in seconds."""
     start, cpu = time.perf_counter(), time.process_time()
 
-    def report(epoch: int, loss: float) -> None:
+    def report(epoch: int, figures: dict[str, float]) -> None:
         load = os.getloadavg()[0]
         wall = time.perf_counter() - start
+        loss = figures["loss"]
         print(f"  epoch {epoch:2d} loss {loss:.4f}  {wall:6.1f} s  (load average {load:.1f})")
 
     model = models.train_cnn(images, labels, seed=seed, progress=report, **kwargs)  # type: ignore[arg-type]

@@ -120,6 +120,23 @@ def test_the_cascade_is_one_version_with_both_networks_registered(xray: Path) ->
     assert cascade.decision_threshold == threshold
 
 
+def test_training_logs_each_epochs_learning_curve(xray: Path) -> None:
+    """Both networks' epochs are step metrics of the version's run (mlflow ui draws them):
+    model 1 with its validation figures, model 2 with its loss."""
+    project = load_project(xray)
+    mv = registry.champion(project)
+    assert mv is not None
+    client = registry.client(project)
+
+    def steps(name: str) -> list[int]:
+        return sorted(m.step for m in client.get_metric_history(mv.run_id, name))
+
+    for name in ("detector.loss", "detector.val_roc_auc", "detector.val_recall", "typer.loss"):
+        assert steps(name) == [1, 2, 3, 4], name  # QUICK trains 4 epochs of each
+    recall = [m.value for m in client.get_metric_history(mv.run_id, "detector.val_recall")]
+    assert all(0.0 <= r <= 1.0 for r in recall)
+
+
 def test_spec_refuses_columns_for_images() -> None:
     text = (Path(__file__).parents[1] / "src/copml/apps/xray/example/copml.yaml").read_text()
     bad = text.replace("  kind: images\n", "  kind: images\n  columns: {x: {type: string}}\n")

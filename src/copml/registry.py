@@ -355,11 +355,11 @@ class TrainingRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        found = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        found = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=found)
 
     def log_dict(self, value: Any, artifact_file: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from copml import costs, events, lineage, profiles, registry, snapshots
+from copml import costs, epochs, events, lineage, profiles, registry, snapshots
 from copml.errors import CopmlError, UserCodeError
 from copml.evaluation import minimum_failures, split_holdout
 from copml.kinds import Holdout, ModelKind, kind_for
@@ -176,7 +176,10 @@ def train(
         seed_everything(seed)
         fit_part = frame.loc[~holdout].reset_index(drop=True)
         try:
-            with costs.metered(engine, "train", at=at, detail=f"run {run.run_id}"):
+            with (
+                costs.metered(engine, "train", at=at, detail=f"run {run.run_id}"),
+                epochs.reporting(run),
+            ):
                 model = train_fn(fit_part, dict(params), seed)
         except Exception as exc:
             raise UserCodeError(f"train() failed: {type(exc).__name__}: {exc}") from exc

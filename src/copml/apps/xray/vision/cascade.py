@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from copml import log_epoch
 from copml.apps.xray.vision import models
 from copml.apps.xray.vision.images import ImageSet, load_arrays
 
@@ -168,6 +169,9 @@ def train_detector(
     keeps ``recall_target`` on a patient-disjoint calibration part, never on evaluation data.
     ``threads``: torch's CPU threads for the training (see ``models.train_cnn``)."""
     calibration = _split_by_patient(frame, calibration_share, seed)
+    # The learning curve's validation: at most 256 of the calibration images (seeded).
+    held = np.flatnonzero(calibration)
+    held = np.random.default_rng(seed).permutation(held)[:256]
     model = models.train_cnn(
         arrays[~calibration],
         is_positive[~calibration].astype(np.int64),
@@ -175,6 +179,8 @@ def train_detector(
         epochs=epochs,
         init_weights=init_weights,
         threads=threads,
+        validation=(arrays[held], is_positive[held].astype(np.int64)),
+        progress=lambda epoch, figures: log_epoch("detector", epoch, epochs, figures),
     )
     scores = models.predict_proba(model, arrays[calibration])
     threshold, recall, specificity = models.threshold_for_recall(
@@ -220,7 +226,12 @@ def train(
     typed = is_positive & frame["subtype"].isin(subtypes).to_numpy()
     is_virus = (frame.loc[typed, "subtype"] == subtypes[1]).to_numpy().astype(np.int64)
     typer = models.train_cnn(
-        arrays[typed], is_virus, seed=seed, epochs=type_epochs, threads=threads
+        arrays[typed],
+        is_virus,
+        seed=seed,
+        epochs=type_epochs,
+        threads=threads,
+        progress=lambda epoch, figures: log_epoch("typer", epoch, type_epochs, figures),
     )
     rules = Rules(
         threshold=detector.threshold,
