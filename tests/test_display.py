@@ -62,3 +62,18 @@ def test_the_model_card_writes_figures_by_the_same_rule_with_four_places() -> No
     for value in (None, math.nan, 0.61234567, 1 / 3, 12, True, "v3"):
         assert fmt(value) == display.figure(value, places=4)
     assert fmt(0.61234567) == "0.6123"
+
+
+def test_long_work_counts_its_rows_on_a_terminal_only() -> None:
+    import io
+
+    from rich.console import Console
+
+    chunks = [list(range(10)), list(range(15)), list(range(5))]
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=120)
+    assert list(display.counted(chunks, "scoring", 30, console=terminal)) == chunks
+    assert "30/30" in screen.getvalue() and "rows/s" in screen.getvalue()
+    quiet = io.StringIO()
+    assert list(display.counted(chunks, "scoring", 30, console=Console(file=quiet))) == chunks
+    assert quiet.getvalue() == ""

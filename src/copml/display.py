@@ -9,11 +9,13 @@ and plain numbers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator, Sized
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from copml.times import utc
 
+T = TypeVar("T", bound=Sized)
 MISSING = "—"
 # A document read on its own names the zone; a table cell keeps a date and its time on one
 # line (a no-break space) under a page that says its times are UTC.
@@ -46,3 +48,41 @@ def when_ms(value: int | None, layout: str = CELL) -> str:
     """A time given in milliseconds since the epoch (MLflow's), as :func:`when` shows it;
     a dash for none (0 is MLflow's "not recorded")."""
     return when(datetime.fromtimestamp(value / 1000, UTC), layout) if value else MISSING
+
+
+def counted(
+    items: Iterable[T],
+    description: str,
+    total: int,
+    unit: str = "rows",
+    size: Callable[[T], int] = len,
+    console: Any = None,
+) -> Iterator[T]:
+    """``items`` (chunks of ``size`` units each) with a bar of units done, their rate per
+    second and the time left, on a terminal only: elsewhere (CI, a scheduler's log) quiet."""
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    if not console.is_terminal:
+        yield from items
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    rate = TextColumn(f"{{task.fields[rate]}} {unit}/s")
+    with Progress(
+        TextColumn(description), BarColumn(), MofNCompleteColumn(), rate, TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(description, total=total, rate="…")
+        for item in items:
+            yield item
+            bar.advance(task, size(item))
+            speed = bar.tasks[task].speed
+            bar.update(task, rate=f"{speed:,.0f}" if speed else "…")

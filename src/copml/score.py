@@ -21,7 +21,17 @@ import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection
 
-from copml import costs, events, lineage, prediction_log, registry, rollout, snapshots, times
+from copml import (
+    costs,
+    display,
+    events,
+    lineage,
+    prediction_log,
+    registry,
+    rollout,
+    snapshots,
+    times,
+)
 from copml.kinds import Decisions, kind_for
 from copml.labels import Target
 from copml.project import Project
@@ -202,11 +212,7 @@ def _merge(mask: np.ndarray, champion: Decisions, canary: Decisions) -> Decision
 
 def _chunks(paths: list[Path], total: int, progress: bool) -> Iterator[pd.DataFrame]:
     chunks = snapshots.read_chunks(paths, _CHUNK_ROWS)
-    if not progress:
-        return chunks
-    from rich.progress import track
-
-    return iter(track(chunks, "scoring", total=-(-total // _CHUNK_ROWS), transient=True))
+    return display.counted(chunks, "scoring", total) if progress else chunks
 
 
 def score(
