@@ -915,6 +915,36 @@ def acknowledge(
     _console().print("acknowledged: automated retraining may resume")
 
 
+@app.command()
+@_fails_cleanly
+def halt(
+    reason: Annotated[str, typer.Option(help="Why: recorded with the halt.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Stop the project into the safe state its spec declares (oversight.safe_state):
+    review_all (every decision queued for a person) or refuse (503); servers obey within
+    a second, batch scoring and policies at once, until copml resume."""
+    from copml import oversight
+    from copml.events import user_actor
+
+    found = oversight.halt(_project(project), actor=user_actor(), reason=reason)
+    _console().print(f"halted into {found.safe_state} by {found.actor}: {found.reason}")
+
+
+@app.command()
+@_fails_cleanly
+def resume(
+    reason: Annotated[str, typer.Option(help="Why it may run again: recorded.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """End the halt: servers answer as before, automation runs again."""
+    from copml import oversight
+    from copml.events import user_actor
+
+    ended = oversight.resume(_project(project), actor=user_actor(), reason=reason)
+    _console().print(f"resumed (halted since {ended.at} by {ended.actor})")
+
+
 export_app = typer.Typer(help="Export the pipeline to an orchestrator.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 

@@ -38,6 +38,8 @@ class Kind(StrEnum):
     PROJECT_REEVALUATE = "project.reevaluate"
     PROJECT_ACKNOWLEDGED = "project.acknowledged"
     PROJECT_RETIRED = "project.retired"
+    PROJECT_HALTED = "project.halted"  # a person stopped it into its safe state (Art. 14)
+    PROJECT_RESUMED = "project.resumed"
     POLICY_FIRED = "policy.fired"
     ACTION_RECOVERED = "action.recovered"
     ALERT_OPENED = "alert.opened"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,19 +19,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from copml import (
     costs,
     display,
     events,
     lineage,
+    oversight,
     prediction_log,
     registry,
     rollout,
     snapshots,
     times,
 )
+from copml.errors import CopmlError
 from copml.kinds import Decisions, kind_for
 from copml.labels import Target
 from copml.project import Project
@@ -215,6 +217,27 @@ def _chunks(paths: list[Path], total: int, progress: bool) -> Iterator[pd.DataFr
     return display.counted(chunks, "scoring", total) if progress else chunks
 
 
+def refuse_if_halted(project: Project, engine: Engine) -> oversight.Halt | None:
+    """The halt in force (scoring then flags every decision for a person), or an error when
+    the project is halted into ``refuse``."""
+    halted = oversight.current(engine, project)
+    if halted is not None and halted.refuses:
+        raise CopmlError(
+            f"{project.spec.project} is halted by {halted.actor} ({halted.reason}): "
+            "nothing is scored until copml resume"
+        )
+    return halted
+
+
+def _decide(
+    project: Project, kind: Any, model: Any, features: pd.DataFrame, halted: Any
+) -> Decisions:
+    decided = kind.decide(project, model, kind.scores(model, features))
+    if halted is None:
+        return decided
+    return replace(decided, review=np.ones(len(decided), dtype=bool))  # all to a person
+
+
 def score(
     project: Project,
     source: str | Path,
@@ -236,10 +259,11 @@ def score(
     """
     spec = project.spec
     kind = kind_for(spec)
+    engine = open_store(project.db_url)
+    halted = refuse_if_halted(project, engine)
     if (own := kind.batch_scorer()) is not None:  # input that is not a table file
         return own(project, source, output, at=at, actor=actor)
     data = spec.data
-    engine = open_store(project.db_url)
     champion = registry.required_champion(project)
     source = str(source)
     files = snapshots.source_files(source, project.root)
@@ -311,12 +335,12 @@ def score(
                     features = frame.loc[~mask, data.features]
                     split = _CanaryRows(mask, canary[0], canary_key, canary_rows)
                 behind = [pool.submit(freezer.add, mine)] if len(mine) else []
-                decisions = kind.decide(project, model, kind.scores(model, features))
+                decisions = _decide(project, kind, model, features, halted)
                 answered = decisions
                 if split is not None:
                     assert canary is not None and canary_freezer is not None
                     theirs = frame.loc[split.mask, data.features]
-                    challenged = kind.decide(project, canary[1], kind.scores(canary[1], theirs))
+                    challenged = _decide(project, kind, canary[1], theirs, halted)
                     behind.append(
                         pool.submit(canary_freezer.add, redacted[split.mask].reset_index(drop=True))
                     )

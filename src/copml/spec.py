@@ -450,6 +450,18 @@ class Alerts(_Model):
     backoff_seconds: float = Field(1.0, ge=0, description="first retry delay; doubles each time")
 
 
+class Oversight(_Model):
+    """What the people overseeing the system can do to it (EU AI Act Art. 14): ``copml
+    halt`` puts it in ``safe_state`` until ``copml resume``."""
+
+    safe_state: Literal["review_all", "refuse"] = Field(
+        "review_all",
+        description="review_all: keep answering, every decision queued for a person and "
+        "flagged for review; refuse: answer 503 with Retry-After, score nothing",
+    )
+    retry_after_seconds: int = Field(60, ge=1, le=86400)
+
+
 class Retention(_Model):
     predictions: Duration = Duration(amount=400, unit="day")
 
@@ -473,6 +485,7 @@ class Spec(_Model):
     costs: Costs = Costs()
     alerts: Alerts = Alerts()
     retention: Retention = Retention()
+    oversight: Oversight | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -259,10 +259,12 @@ class ModelKind(Protocol):
         clock: Callable[[], datetime] | None,
         arms: Any = None,
         shadow: Any = None,
+        halt: Any = None,
     ) -> PredictApi | None:
         """The kind's own ``/v1/predict``; None: instances of the training columns. ``arms``
         (:class:`copml.serve.arms.ArmsSlot`) and ``shadow`` (its scorer) are the challengers
-        it answers and shadows with."""
+        it answers and shadows with; ``halt`` (:class:`copml.serve.oversight.HaltSlot`)
+        says when every decision goes to a person."""
         ...
 
     def batch_scorer(self) -> Callable[..., Any] | None:

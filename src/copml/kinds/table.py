@@ -310,6 +310,7 @@ class TableKind:
         clock: Callable[[], datetime] | None,
         arms: Any = None,
         shadow: Any = None,
+        halt: Any = None,
     ) -> PredictApi | None:
         return None
 

@@ -13,7 +13,7 @@ from datetime import datetime
 import pandas as pd
 from sqlalchemy import Engine, insert, select
 
-from copml import policies, times
+from copml import oversight, policies, times
 from copml.monitor.window import Window
 from copml.operate.reevaluation import suspended
 from copml.project import Project
@@ -57,7 +57,12 @@ def _last_acted(engine: Engine, policy: str) -> datetime | None:
 
 
 def _held_back(
-    engine: Engine, project: Project, policy: Policy, end: datetime, flagged: bool
+    engine: Engine,
+    project: Project,
+    policy: Policy,
+    end: datetime,
+    flagged: bool,
+    halted: oversight.Halt | None,
 ) -> str:
     """Why a policy that holds does not act on the window ending at ``end`` ("" if it acts)."""
     if policy.cooldown is not None:
@@ -68,6 +73,8 @@ def _held_back(
             return f"cooling down until {until}"
     if flagged and "retrain" in policy.do:
         return "automated retraining suspended: project under re-evaluation"
+    if halted is not None and not set(policy.do) <= oversight.ALLOWED_WHILE_HALTED:
+        return f"automation suspended: halted by {halted.actor} ({halted.reason})"
     return ""
 
 
@@ -79,12 +86,13 @@ def evaluate(project: Project, windows: list[Window], at: datetime) -> list[Eval
     figures = [w.metrics for w in windows]
     end = windows[-1].end
     flagged = suspended(engine, project) is not None
+    halted = oversight.current(engine, project)
     out = []
     for policy in project.spec.policies:
         verdict = policies.evaluate(policy.condition, figures)
         note = ""
         if verdict.outcome is True:
-            note = _held_back(engine, project, policy, end, flagged)
+            note = _held_back(engine, project, policy, end, flagged, halted)
         acted = verdict.outcome is True and not note
         with engine.begin() as conn:
             conn.execute(

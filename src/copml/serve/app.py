@@ -64,7 +64,11 @@ def create_app(
         server.batcher.start()
         tasks = [
             asyncio.create_task(_every(seconds, job))
-            for seconds, job in ((poll_seconds, server.refresh), (heartbeat_seconds, server.beat))
+            for seconds, job in (
+                (poll_seconds, server.refresh),
+                (heartbeat_seconds, server.beat),
+                (min(poll_seconds, 1.0), server.halt.refresh),  # a halt is obeyed at once
+            )
             if seconds > 0
         ]
         await asyncio.to_thread(server.beat)

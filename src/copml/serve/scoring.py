@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from copml.serve import idempotency
 from copml.serve.arms import Arms, ArmsSlot, ShadowScorer
 from copml.serve.batcher import Pending, report_scored
 from copml.serve.champion import ChampionSlot
+from copml.serve.oversight import HaltSlot
 from copml.store import bind_value, bulk_insert, prediction_inputs, reviews
 
 
@@ -51,10 +52,12 @@ class GroupScorer:
         clock: Callable[[], datetime] | None = None,
         arms: ArmsSlot | None = None,
         shadow: ShadowScorer | None = None,
+        halt: HaltSlot | None = None,
     ) -> None:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._arms = arms
         self._shadow = shadow
+        self._halt = halt
         self._spec = project.spec
         self._key = project.pii_key
         self._engine = engine
@@ -125,6 +128,8 @@ class GroupScorer:
             # Column by column: a third of the cost of a frame from records, the same scores.
             columns = {c: [row.features[c] for row in rows] for c in model.features}
             decided = self._kind.decide_rows(self._project, model.model, columns)
+            if self._halt is not None and self._halt.reviews_all():  # every one to a person
+                decided = replace(decided, review=np.ones(len(decided), dtype=bool))
             parts.append((arm, model, at, columns, decided, prediction_log.new_key()))
         done = time.perf_counter()
         answered: list[tuple[str, list[dict[str, Any]]]] = [("", [])] * len(group)

@@ -27,6 +27,7 @@ from copml.serve.batcher import MicroBatcher
 from copml.serve.champion import ChampionSlot, Refresh
 from copml.serve.limits import RateLimiter, SharedBuckets
 from copml.serve.metrics import ServerMetrics
+from copml.serve.oversight import HaltSlot
 from copml.serve.scoring import GroupScorer
 from copml.store import UNAVAILABLE, heartbeats, open_store
 
@@ -47,6 +48,7 @@ class Server:
     slot: ChampionSlot
     arms: ArmsSlot  # the shadow and canary beside the champion
     shadow: ShadowScorer
+    halt: HaltSlot  # the stop button's record, obeyed within a second
     own_api: PredictApi | None
     scorer: Any  # a GroupScorer, or the kind's own: ``__call__(group)`` and ``on_scored``
     batcher: MicroBatcher
@@ -82,9 +84,11 @@ class Server:
         shadow = ShadowScorer(project, metrics.shadow_dropped.inc, metrics.by_arm)
         if (first_arms := arms.refresh()).shadow is not None:
             shadow.prepare(first_arms.shadow.version)
-        own_api = kind.predict_api(project, engine, slot, clock, arms, shadow)
+        halt = HaltSlot(project, engine)
+        halt.refresh()
+        own_api = kind.predict_api(project, engine, slot, clock, arms, shadow, halt)
         if own_api is None:
-            scorer: Any = GroupScorer(project, engine, slot, clock, arms, shadow)
+            scorer: Any = GroupScorer(project, engine, slot, clock, arms, shadow, halt)
         else:
             scorer = own_api.scorer
         scorer.on_arm.append(metrics.by_arm)
@@ -97,6 +101,7 @@ class Server:
             slot=slot,
             arms=arms,
             shadow=shadow,
+            halt=halt,
             own_api=own_api,
             scorer=scorer,
             batcher=MicroBatcher(scorer, shared_failure=UNAVAILABLE),

@@ -32,6 +32,7 @@ from copml.project import Project
 from copml.serve.arms import Arms, ArmsSlot, ShadowScorer
 from copml.serve.batcher import Pending, report_scored
 from copml.serve.champion import Champion, ChampionSlot
+from copml.serve.oversight import HaltSlot
 from copml.serve.requests import parse_json
 from copml.store import bulk_insert, prediction_inputs
 
@@ -152,8 +153,10 @@ class ImageScorer:
         clock: Callable[[], datetime] | None = None,
         arms: ArmsSlot | None = None,
         shadow: ShadowScorer | None = None,
+        halt: HaltSlot | None = None,
     ) -> None:
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._halt = halt
         self._spec = project.spec
         self._engine = engine
         self._slot = slot
@@ -185,6 +188,8 @@ class ImageScorer:
         ]
         for part in parts:
             part.decided = part.model.model.predict(np.stack([r["array"] for r in part.rows]))
+            if self._halt is not None and self._halt.reviews_all():  # every one to a person
+                part.decided["review"] = True
         if self._archive is not None:  # stored before its prediction is, after it scored
             for part in parts:
                 for row in part.rows:

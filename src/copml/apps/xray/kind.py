@@ -174,6 +174,7 @@ class CascadeKind(BinaryKind):
         clock: Callable[[], datetime] | None,
         arms: Any = None,
         shadow: Any = None,
+        halt: Any = None,
     ) -> PredictApi | None:
         from copml.apps.xray import api
 
@@ -184,7 +185,7 @@ class CascadeKind(BinaryKind):
             return {"model_version": version, "models": models, "predictions": answers}
 
         return PredictApi(
-            scorer=api.ImageScorer(project, engine, slot, clock, arms, shadow),
+            scorer=api.ImageScorer(project, engine, slot, clock, arms, shadow, halt),
             read=functools.partial(api.read_uploads, max_bytes=limit),
             prepare=lambda uploads, model: api.prepare(uploads, model.rules.input_size, limit),
             respond=respond,

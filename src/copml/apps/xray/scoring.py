@@ -25,7 +25,7 @@ from copml.apps.xray.answers import cascade_answers
 from copml.errors import DataValidationError, NotFoundError
 from copml.kinds import kind_for
 from copml.project import Project
-from copml.score import emit_scored_lineage, record_scored
+from copml.score import emit_scored_lineage, record_scored, refuse_if_halted
 from copml.store import open_store, reviews
 
 OUTPUT_COLUMNS = [
@@ -102,6 +102,7 @@ def score_folder(
 
     spec = project.spec
     engine = open_store(project.db_url)
+    halted = refuse_if_halted(project, engine)
     champion = registry.champion(project)
     if champion is None:
         raise NotFoundError("no champion cascade yet: train one and promote it")
@@ -115,6 +116,8 @@ def score_folder(
         table = image_sets.image_table(found)
         arrays = cascade.arrays([str(f) for f in found.files()])
         decided = cascade.predict(arrays)
+        if halted is not None:  # halted into review_all: every image to a radiologist
+            decided["review"] = True
         # The shadow scores the same images (a batch has no ids: no canary splits it).
         mirrored = (
             None

@@ -8,8 +8,10 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
 
-from copml import aliases, keys, times
+from copml import aliases, keys, oversight, times
+from copml.errors import CopmlError
 from copml.serve.access import AnyKey, OperatorKey, actor, require
 from copml.serve.requests import JsonRoute
 from copml.serve.responses import AUTH, BEARER, errors
@@ -55,3 +57,35 @@ async def history(server: Served, _key: OverseerKey, at: str | None = None) -> d
     found = await asyncio.to_thread(aliases.changes, server.project, end=when)
     serving = await asyncio.to_thread(aliases.serving_at, server.project, when)
     return {"changes": [c.as_dict() for c in found], "serving": serving.as_dict()}
+
+
+class _Why(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(..., min_length=1, max_length=2000, description="kept on record")
+
+
+@router.post("/v1/admin/halt", responses=errors(*AUTH, 409, 422), dependencies=[BEARER])
+async def halt(server: Served, key: OperatorKey, body: _Why) -> dict[str, Any]:
+    """Stop the project into its declared safe state (``review_all`` or ``refuse``): this
+    server at once, every other within a second; automation is suspended until resumed."""
+    try:
+        found = await asyncio.to_thread(
+            oversight.halt, server.project, actor=actor(key), reason=body.reason
+        )
+    except CopmlError as exc:
+        raise HTTPException(409, str(exc)) from None
+    server.halt.set(found)
+    return {"halted": True, "safe_state": found.safe_state, "actor": found.actor}
+
+
+@router.post("/v1/admin/resume", responses=errors(*AUTH, 409, 422), dependencies=[BEARER])
+async def resume(server: Served, key: OperatorKey, body: _Why) -> dict[str, Any]:
+    """End the halt: this server answers as before at once, every other within a second."""
+    try:
+        await asyncio.to_thread(
+            oversight.resume, server.project, actor=actor(key), reason=body.reason
+        )
+    except CopmlError as exc:
+        raise HTTPException(409, str(exc)) from None
+    server.halt.set(None)
+    return {"halted": False}

@@ -57,6 +57,7 @@ def _instances(PredictRequest: type[BaseModel]) -> APIRouter:
         server = served(request)
         if server.slot.current is None:
             raise HTTPException(503, "no champion model is loaded")
+        server.halt.refuse_if_halted()
         instances = [instance.model_dump() for instance in body.instances]
         claim = idempotency.claim(request, idempotency_key, key, instances, server.project.pii_key)
         # Checked and redacted per request, before grouping: a bad one fails alone.
@@ -104,6 +105,7 @@ def _uploads(api: PredictApi) -> APIRouter:
         champion = server.slot.current
         if champion is None:
             raise HTTPException(503, "no champion model is loaded")
+        server.halt.refuse_if_halted()
         items = await api.read(request)
         charge(server.limiter, key, len(items), PATH)  # before preparing: that is the work
         rows = await asyncio.to_thread(api.prepare, items, champion.model)
