@@ -135,7 +135,9 @@ policies:
     when: accuracy < 0.75
     do: [retrain, validate, approve, promote]
 """,
-        impact="high",
+        impact="high",  # which needs oversight and approval declared
+        oversight="{safe_state: review_all}",
+        promotion="{metric: recall, min_gain: 0.0, require_approval: true}",
     )
     _window(project, JAN, accuracy=0.6)
     operate_once(project, at=JAN)

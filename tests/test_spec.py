@@ -560,3 +560,21 @@ def test_each_task_accepts_the_estimates_it_makes_and_refuses_others(
     error = _error(text)
     assert f"unknown metric {refused!r}" in error
     assert f"policies[0].when (line {_line_of(text, refused)})" in error
+
+
+def test_high_impact_needs_oversight_long_logs_and_approval() -> None:
+    """``impact: high`` without oversight, with 3 months of logs and no approval: each
+    missing piece is named with its field and line."""
+    impact = next(line for line in EXAMPLE.splitlines() if line.startswith("impact:"))
+    text = _edited(impact, "impact: high").replace(
+        "retention: {predictions: 400 days}", "retention: {predictions: 3 month}"
+    )
+    message = _error(text)
+    assert f"impact (line {_line_of(text, 'impact: high')}): impact: high needs" in message
+    assert f"retention.predictions (line {_line_of(text, 'retention:')})" in message
+    line = _line_of(text, "promotion:")
+    assert f"promotion.require_approval (line {line}): impact: high needs a person" in message
+    fixed = text.replace("{predictions: 3 month}", "{predictions: 6 month}")
+    fixed = fixed.replace("require_approval: false", "require_approval: true")
+    fixed += "\noversight: {safe_state: refuse}\n"
+    assert parse_spec(fixed).oversight.safe_state == "refuse"  # type: ignore[union-attr]

@@ -509,6 +509,7 @@ class Spec(_Model):
             *self._threshold_problems(),
             *self._promotion_problems(),
             *self._policy_problems(),
+            *self._impact_problems(),
         ]
         if problems:
             raise _SpecProblems(problems)
@@ -559,6 +560,38 @@ class Spec(_Model):
         return (
             task | output | set(OPERATIONAL_METRICS) | set(self.kpis) | fairness | estimated | arms
         )
+
+    def _impact_problems(self) -> list[tuple[_Loc, str]]:
+        """What a high-impact system must declare (EU AI Act Art. 14, 19 and 26(6)): people
+        able to halt it, six months of logs at least, a person's approval before promotion."""
+        if self.impact != "high":
+            return []
+        problems: list[tuple[_Loc, str]] = []
+        if self.oversight is None:
+            problems.append(
+                (
+                    ("impact",),
+                    "impact: high needs an 'oversight' section (safe_state: review_all or "
+                    "refuse): the people overseeing it must be able to halt it",
+                )
+            )
+        kept = self.retention.predictions
+        days = {"day": 1, "week": 7, "month": 30.44, "year": 365.25}.get(kept.unit, 0)
+        if kept.amount * days < 182:
+            problems.append(
+                (
+                    ("retention", "predictions"),
+                    f"impact: high keeps its logs at least 6 months; {kept} is less",
+                )
+            )
+        if not self.promotion.require_approval:
+            problems.append(
+                (
+                    ("promotion", "require_approval"),
+                    "impact: high needs a person's approval before promotion (true)",
+                )
+            )
+        return problems
 
     def _target_problems(self) -> list[tuple[_Loc, str]]:
         task, data = self.model.task, self.data
