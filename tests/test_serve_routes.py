@@ -58,6 +58,24 @@ _TABLE_API = [
         ("200", "401", "403", "429"),
     ),
     ("/v1/models", "get", "models_v1_models_get", ("200", "401", "403", "429")),
+    (
+        "/v1/models/history",
+        "get",
+        "history_v1_models_history_get",
+        ("200", "401", "403", "422", "429"),
+    ),
+    (
+        "/v1/admin/halt",
+        "post",
+        "halt_v1_admin_halt_post",
+        ("200", "401", "403", "409", "422", "429"),
+    ),
+    (
+        "/v1/admin/resume",
+        "post",
+        "resume_v1_admin_resume_post",
+        ("200", "401", "403", "409", "422", "429"),
+    ),
 ]
 
 

@@ -65,16 +65,19 @@ def test_same_seed_same_predictions(
 
 def test_progress_reports_each_epoch(data: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = data
-    seen: list[tuple[int, float]] = []
+    seen: list[tuple[int, dict[str, float]]] = []
     models.train_cnn(
         images[:64],
         labels[:64],
         seed=1,
-        progress=lambda e, loss: seen.append((e, loss)),
+        progress=lambda e, figures: seen.append((e, figures)),
+        validation=(images[64:96], labels[64:96]),
         **{**FAST, "epochs": 2},
     )
     assert [e for e, _ in seen] == [1, 2]
-    assert all(np.isfinite(loss) for _, loss in seen)
+    for _, figures in seen:
+        assert set(figures) == {"loss", "val_recall", "val_specificity", "val_roc_auc"}
+        assert np.isfinite(figures["loss"]) and 0 <= figures["val_roc_auc"] <= 1
 
 
 def test_training_restores_torch_settings(data: tuple[np.ndarray, np.ndarray]) -> None:
