@@ -201,3 +201,59 @@ def test_halted_into_refuse_answers_503_and_scores_nothing(
         assert _ask(server, instance).status_code == 200
     finally:
         server.kill()
+
+
+def test_a_reviewer_overriding_the_model_is_recorded_and_counted(
+    trained_churn: Path, tmp_path: Path
+) -> None:
+    """A person's label that differs from the model's decision is an override: kept with
+    who, when and why beside the decision, in its audit record, and as the window's
+    ``override_rate``; a reason too long is refused naming the field, changing nothing."""
+    from copml import audit
+    from copml.monitor.window import monitor
+
+    project = _copy(trained_churn, tmp_path, REALTIME)
+    server = start(project)
+    try:
+        operator = {
+            "Authorization": f"Bearer {keys.create(open_store(project.db_url), 'operator')}"
+        }
+        r = httpx.post(
+            f"{server.url}/v1/predict",
+            json={"instances": _instances(project, 60)},
+            headers=server.headers("service"),
+        )
+        assert r.status_code == 200, r.text
+        flagged = [a for a in r.json()["predictions"] if a["review"]]
+        assert len(flagged) >= 2
+        agree, overrule = flagged[0], flagged[1]
+        url = f"{server.url}/v1/reviews"
+        state = capture(project)
+        long = httpx.post(
+            f"{url}/{agree['prediction_id']}",
+            json={"label": agree["label"], "reason": "x" * 2001},
+            headers=operator,
+        )
+        assert long.status_code == 422 and long.json()["detail"][0]["loc"][-1] == "reason"
+        assert_unchanged(state, project)
+        same = httpx.post(f"{url}/{agree['prediction_id']}", json={"label": agree["label"]},
+                          headers=operator)  # fmt: skip
+        other = "No" if overrule["label"] == "Yes" else "Yes"
+        why = "the contract was renewed yesterday"
+        differ = httpx.post(f"{url}/{overrule['prediction_id']}",
+                            json={"label": other, "reason": why}, headers=operator)  # fmt: skip
+        assert same.status_code == differ.status_code == 200
+    finally:
+        server.kill()
+    kept = audit.record(project, overrule["prediction_id"], explanation=False)["human_review"]
+    assert kept["overridden"] is True and kept["reason"] == why
+    assert kept["resolved_by"].startswith("key:") and kept["resolved_at"]
+    not_overridden = audit.record(project, agree["prediction_id"], explanation=False)
+    assert not_overridden["human_review"]["overridden"] is False
+    assert audit.record(project, _unreviewed(r.json()), explanation=False)["human_review"] is None
+    window = monitor(project)
+    assert window.metrics["override_rate"] == 0.5  # one of the two reviewed was overridden
+
+
+def _unreviewed(answer: dict[str, Any]) -> str:
+    return next(a["prediction_id"] for a in answer["predictions"] if not a["review"])
