@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -13,8 +14,10 @@ import httpx
 import pandas as pd
 import pytest
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 from copml import events, keys, oversight
+from copml.cli import app
 from copml.errors import CopmlError
 from copml.operate.runner import operate_once
 from copml.project import Project, load_project
@@ -52,13 +55,23 @@ def test_halt_and_resume_are_recorded_and_refused_twice(churn: Project) -> None:
     assert (found.safe_state, found.actor) == ("review_all", "user:ops")  # the default
     with pytest.raises(CopmlError, match="already halted by user:ops"):
         oversight.halt(churn, actor="user:lead", reason="again")
+    shown = CliRunner().invoke(app, ["status", "--project", str(churn.root), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["halted"]["reason"] == "scanner recall alarm"
     oversight.resume(churn, actor="user:lead", reason="v2 promoted")
+    by_cli = CliRunner().invoke(app, ["halt", "--project", str(churn.root), "--reason", "drill"])
+    assert by_cli.exit_code == 0 and "halted into review_all" in by_cli.output
+    again = CliRunner().invoke(app, ["halt", "--project", str(churn.root), "--reason", "drill"])
+    assert again.exit_code == 1 and "already halted" in again.output
+    done = CliRunner().invoke(app, ["resume", "--project", str(churn.root), "--reason", "over"])
+    assert done.exit_code == 0 and "resumed" in done.output
     engine = open_store(churn.db_url)
     assert oversight.current(engine, churn) is None
     halted = events.history(engine, kind=events.Kind.PROJECT_HALTED)
     resumed = events.history(engine, kind=events.Kind.PROJECT_RESUMED)
-    assert [(e["actor"], e["reason"]) for e in halted] == [("user:ops", "scanner recall alarm")]
-    assert [(e["actor"], e["reason"]) for e in resumed] == [("user:lead", "v2 promoted")]
+    assert [e["reason"] for e in halted] == ["drill", "scanner recall alarm"]  # newest first
+    assert halted[1]["actor"] == "user:ops"
+    assert [(e["actor"], e["reason"]) for e in resumed][1] == ("user:lead", "v2 promoted")
 
 
 def test_policies_only_alert_while_halted(churn: Project) -> None:
