@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -13,8 +14,10 @@ import httpx
 import pandas as pd
 import pytest
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 from copml import events, keys, oversight
+from copml.cli import app
 from copml.errors import CopmlError
 from copml.operate.runner import operate_once
 from copml.project import Project, load_project
@@ -52,13 +55,23 @@ def test_halt_and_resume_are_recorded_and_refused_twice(churn: Project) -> None:
     assert (found.safe_state, found.actor) == ("review_all", "user:ops")  # the default
     with pytest.raises(CopmlError, match="already halted by user:ops"):
         oversight.halt(churn, actor="user:lead", reason="again")
+    shown = CliRunner().invoke(app, ["status", "--project", str(churn.root), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["halted"]["reason"] == "scanner recall alarm"
     oversight.resume(churn, actor="user:lead", reason="v2 promoted")
+    by_cli = CliRunner().invoke(app, ["halt", "--project", str(churn.root), "--reason", "drill"])
+    assert by_cli.exit_code == 0 and "halted into review_all" in by_cli.output
+    again = CliRunner().invoke(app, ["halt", "--project", str(churn.root), "--reason", "drill"])
+    assert again.exit_code == 1 and "already halted" in again.output
+    done = CliRunner().invoke(app, ["resume", "--project", str(churn.root), "--reason", "over"])
+    assert done.exit_code == 0 and "resumed" in done.output
     engine = open_store(churn.db_url)
     assert oversight.current(engine, churn) is None
     halted = events.history(engine, kind=events.Kind.PROJECT_HALTED)
     resumed = events.history(engine, kind=events.Kind.PROJECT_RESUMED)
-    assert [(e["actor"], e["reason"]) for e in halted] == [("user:ops", "scanner recall alarm")]
-    assert [(e["actor"], e["reason"]) for e in resumed] == [("user:lead", "v2 promoted")]
+    assert [e["reason"] for e in halted] == ["drill", "scanner recall alarm"]  # newest first
+    assert halted[1]["actor"] == "user:ops"
+    assert [(e["actor"], e["reason"]) for e in resumed][1] == ("user:lead", "v2 promoted")
 
 
 def test_policies_only_alert_while_halted(churn: Project) -> None:
@@ -201,3 +214,59 @@ def test_halted_into_refuse_answers_503_and_scores_nothing(
         assert _ask(server, instance).status_code == 200
     finally:
         server.kill()
+
+
+def test_a_reviewer_overriding_the_model_is_recorded_and_counted(
+    trained_churn: Path, tmp_path: Path
+) -> None:
+    """A person's label that differs from the model's decision is an override: kept with
+    who, when and why beside the decision, in its audit record, and as the window's
+    ``override_rate``; a reason too long is refused naming the field, changing nothing."""
+    from copml import audit
+    from copml.monitor.window import monitor
+
+    project = _copy(trained_churn, tmp_path, REALTIME)
+    server = start(project)
+    try:
+        operator = {
+            "Authorization": f"Bearer {keys.create(open_store(project.db_url), 'operator')}"
+        }
+        r = httpx.post(
+            f"{server.url}/v1/predict",
+            json={"instances": _instances(project, 60)},
+            headers=server.headers("service"),
+        )
+        assert r.status_code == 200, r.text
+        flagged = [a for a in r.json()["predictions"] if a["review"]]
+        assert len(flagged) >= 2
+        agree, overrule = flagged[0], flagged[1]
+        url = f"{server.url}/v1/reviews"
+        state = capture(project)
+        long = httpx.post(
+            f"{url}/{agree['prediction_id']}",
+            json={"label": agree["label"], "reason": "x" * 2001},
+            headers=operator,
+        )
+        assert long.status_code == 422 and long.json()["detail"][0]["loc"][-1] == "reason"
+        assert_unchanged(state, project)
+        same = httpx.post(f"{url}/{agree['prediction_id']}", json={"label": agree["label"]},
+                          headers=operator)  # fmt: skip
+        other = "No" if overrule["label"] == "Yes" else "Yes"
+        why = "the contract was renewed yesterday"
+        differ = httpx.post(f"{url}/{overrule['prediction_id']}",
+                            json={"label": other, "reason": why}, headers=operator)  # fmt: skip
+        assert same.status_code == differ.status_code == 200
+    finally:
+        server.kill()
+    kept = audit.record(project, overrule["prediction_id"], explanation=False)["human_review"]
+    assert kept["overridden"] is True and kept["reason"] == why
+    assert kept["resolved_by"].startswith("key:") and kept["resolved_at"]
+    not_overridden = audit.record(project, agree["prediction_id"], explanation=False)
+    assert not_overridden["human_review"]["overridden"] is False
+    assert audit.record(project, _unreviewed(r.json()), explanation=False)["human_review"] is None
+    window = monitor(project)
+    assert window.metrics["override_rate"] == 0.5  # one of the two reviewed was overridden
+
+
+def _unreviewed(answer: dict[str, Any]) -> str:
+    return next(a["prediction_id"] for a in answer["predictions"] if not a["review"])

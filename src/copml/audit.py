@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import or_, select
 
-from copml import events, prediction_log, registry, snapshots
+from copml import events, prediction_log, registry, reviews, snapshots
 from copml.errors import UnknownPrediction
 from copml.kinds import kind_for
 from copml.project import Project
@@ -95,6 +95,8 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
     out: dict[str, Any] = {
         **found,
         "champion_at_the_time": _champion_at(project, created),
+        # A person's review of it: who, when, their label, whether it overrode the model, why.
+        "human_review": reviews.of_prediction(engine, found["seq"]),
         "lineage": lineage,
         "events": [
             {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in ev.items()}

@@ -733,7 +733,7 @@ def monitor(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt 
 @_fails_cleanly
 def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Each declared requirement: met / not met / unknown, with its figure."""
-    from copml import registry, rollout
+    from copml import oversight, registry, rollout
     from copml.monitor.replicas import replicas
     from copml.monitor.status import requirements
     from copml.monitor.window import history
@@ -747,6 +747,7 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     engine = open_store(p.db_url)
     serving = replicas(engine)
     running = rollout.current(engine, p.spec.project)
+    halted = oversight.current(engine, p)
     # The latest window's figures per arm, for the declared metrics and their estimates.
     names = [*p.spec.effectiveness.thresholds, "predictions", "labelled"]
     names += [f"estimated_{n}" for n in p.spec.effectiveness.thresholds]
@@ -766,6 +767,9 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
                 "replicas": [r.__dict__ for r in serving],
                 "rollout": running.evidence(),
                 "arms": arms,
+                "halted": None
+                if halted is None
+                else {**halted.__dict__, "at": halted.at.isoformat()},
             }
         )
         return
@@ -782,6 +786,11 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
         )
     console = _console()
     console.print(table)
+    if halted is not None:
+        console.print(
+            f"[bold red]halted[/] into {halted.safe_state} by {halted.actor} at "
+            f"{halted.at:%Y-%m-%d %H:%M} UTC: {halted.reason} (copml resume --reason ...)"
+        )
     if serving:
         seen = Table("replica", "pid", "version", "last heartbeat", "state", title="serving")
         for r in serving:

@@ -8,17 +8,18 @@ the person.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, case, func, select, update
 
 from copml import events, feedback, prediction_log
 from copml.errors import CopmlError, NotFoundError, UnknownPrediction
 from copml.kinds import kind_for
 from copml.spec import Spec
-from copml.store import lock_for_writing, reviews
+from copml.store import lock_for_writing, predictions, reviews
 
 
 def count_open(engine: Engine) -> int:
@@ -45,9 +46,20 @@ def open_items(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
     return out
 
 
-def resolve(engine: Engine, spec: Spec, prediction_id: str, label: object, *, actor: str) -> float:
+def resolve(
+    engine: Engine,
+    spec: Spec,
+    prediction_id: str,
+    label: object,
+    *,
+    actor: str,
+    reason: str | None = None,
+) -> float:
     """Close the open review of ``prediction_id`` with the person's ``label`` (stored as
-    feedback); returns it coded (:mod:`copml.labels`: 1 = a binary's positive class)."""
+    feedback); returns it coded (:mod:`copml.labels`: 1 = a binary's positive class).
+
+    A label other than the model's decision is an override (EU AI Act Art. 14: a person
+    may disregard the output), kept with who, when and ``reason`` beside the review."""
     seq = prediction_log.resolve(engine, [prediction_id]).iloc[0]
     if pd.isna(seq):
         raise UnknownPrediction(prediction_id)
@@ -58,22 +70,56 @@ def resolve(engine: Engine, spec: Spec, prediction_id: str, label: object, *, ac
     now = datetime.now(UTC)
     with engine.begin() as conn:
         lock_for_writing(conn)
+        decided = conn.execute(
+            select(predictions.c.label, predictions.c.score).where(predictions.c.seq == int(seq))
+        ).one()
+        # A class is compared by its code; a value (regression) by the value decided.
+        model = float(decided.label) if target.classes else float(decided.score)
+        overridden = not math.isclose(float(actual), model, rel_tol=0.0, abs_tol=1e-9)
         done = conn.execute(
             update(reviews)
             .where(reviews.c.seq == int(seq), reviews.c.resolved_at.is_(None))
-            .values(resolved_at=now, resolved_by=actor)
+            .values(
+                resolved_at=now,
+                resolved_by=actor,
+                actual=float(actual),
+                overridden=overridden,
+                reason=reason or None,
+            )
         ).rowcount
         if not done:
             raise NotFoundError("no open review for this prediction")
         outcome = pd.DataFrame({"seq": [int(seq)], "actual": [actual], "observed_at": [now]})
         feedback.apply(conn, outcome, source=f"review:{actor}", at=now)
+        said = f"labelled {label!r} by a person" + (", overriding the model" if overridden else "")
         events.record(
             conn,
             events.Kind.REVIEW_RESOLVED,
             actor=actor,
             subject=f"prediction:{prediction_id}",
-            reason=f"labelled {label!r} by a person",
-            evidence={"actual": actual},
+            reason=f"{said}: {reason}" if reason else said,
+            evidence={"actual": actual, "model": model, "overridden": overridden},
             at=now,
         )
     return actual
+
+
+def overrides(engine: Engine, first_seq: int, last_seq: int) -> tuple[int, int]:
+    """(reviews resolved, of them overridden) among the decisions ``first_seq..last_seq``."""
+    r = reviews.c
+    query = select(func.count(), func.coalesce(func.sum(case((r.overridden, 1), else_=0)), 0))
+    query = query.where(r.seq.between(first_seq, last_seq), r.resolved_at.is_not(None))
+    with engine.connect() as conn:
+        resolved, overridden = conn.execute(query).one()
+    return int(resolved), int(overridden)
+
+
+def of_prediction(engine: Engine, seq: int) -> dict[str, Any] | None:
+    """The review of one decision, for its audit record (None: it was never queued)."""
+    with engine.connect() as conn:
+        row = conn.execute(select(reviews).where(reviews.c.seq == seq)).first()
+    if row is None:
+        return None
+    found = dict(row._mapping)
+    found.pop("seq")
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in found.items()}

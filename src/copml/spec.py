@@ -32,7 +32,14 @@ from copml.metrics import MetricTable
 
 SPEC_FILE = "copml.yaml"
 
-OPERATIONAL_METRICS = ("drift", "availability", "latency_p99_ms", "cost", "reviews")
+OPERATIONAL_METRICS = (
+    "drift",
+    "availability",
+    "latency_p99_ms",
+    "cost",
+    "reviews",
+    "override_rate",
+)
 ACTIONS = (
     "retrain",
     "validate",

@@ -25,7 +25,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select
 
-from copml import costs, estimation, prediction_log, registry, snapshots, times
+from copml import costs, estimation, prediction_log, registry, reviews, snapshots, times
 from copml.errors import UserCodeError
 from copml.kinds import kind_for
 from copml.monitor.arms import arm_metrics, shadow_frame
@@ -274,6 +274,15 @@ def _estimated(
     return found
 
 
+def _override_rate(engine: Engine, frame: pd.DataFrame) -> float:
+    """The share of the window's reviewed decisions a person overrode (NaN: none reviewed)."""
+    if not len(frame):
+        return math.nan
+    seq = frame["seq"]
+    resolved, overridden = reviews.overrides(engine, int(seq.min()), int(seq.max()))
+    return overridden / resolved if resolved else math.nan
+
+
 def _calibration_of(
     project: Project, version: str | None, lineage: registry.Lineage | None
 ) -> Callable[[str], dict[str, Any] | None]:
@@ -310,6 +319,7 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     metrics["predictions"] = float(len(frame))
     metrics["labelled"] = float(len(labelled))
     metrics["reviews"] = float(frame["review"].astype(bool).sum()) if len(frame) else 0.0
+    metrics["override_rate"] = _override_rate(engine, frame)
     latency = frame["latency_ms"].dropna()
     metrics["latency_p99_ms"] = float(np.percentile(latency, 99)) if len(latency) else math.nan
     metrics["availability"] = availability(engine, start, end)

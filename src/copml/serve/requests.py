@@ -156,6 +156,7 @@ def review_resolution_model(target: Target) -> type[BaseModel]:
         "ReviewResolution",
         __config__=ConfigDict(extra="forbid"),
         label=(target.annotation(), ...),
+        reason=(str | None, Field(None, max_length=2000, description="why, when it overrides")),
     )
 
 

@@ -229,6 +229,9 @@ reviews = Table(
     Column("opened_at", UTCDateTime(), nullable=False),
     Column("resolved_at", UTCDateTime(), nullable=True),
     Column("resolved_by", String(128), nullable=True),
+    Column("actual", Float, nullable=True),  # the person's label, coded
+    Column("overridden", Boolean, nullable=True),  # it differs from the model's decision
+    Column("reason", Text, nullable=True),  # why, in the person's words
     Index("ix_reviews_open", "resolved_at"),
 )
 

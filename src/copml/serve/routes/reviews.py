@@ -45,6 +45,7 @@ def router(ReviewResolution: type[BaseModel]) -> APIRouter:
                 prediction_id,
                 body.label,
                 actor=actor(key),
+                reason=body.reason,
             )
         return {"status": "resolved", "label": body.label}
 

@@ -31,10 +31,14 @@ async def reviews_page(request: Request, board: Board, slug: str) -> Response:
 @router.post("/p/{slug}/reviews/{prediction_id}")
 async def resolve_review(request: Request, board: Board, slug: str, prediction_id: str) -> Response:
     access = board.access(request, slug, "reviews")
-    label = (await forms.read(request, access.session)).get("label", "").strip()
+    form = await forms.read(request, access.session)
+    label = form.get("label", "").strip()
     if not label:
         raise HTTPException(422, "label: choose the label a person decided")
+    why = form.get("reason", "").strip()[:2000] or None
     engine, spec, who = access.here.engine, access.here.project.spec, actor(access.key)
-    await board.work(lambda: reviews.resolve(engine, spec, prediction_id, label, actor=who))
+    await board.work(
+        lambda: reviews.resolve(engine, spec, prediction_id, label, actor=who, reason=why)
+    )
     access.session.flashes.append(f"{prediction_id} labelled {label!r}; stored as feedback")
     return forms.back(f"/p/{slug}/reviews")
