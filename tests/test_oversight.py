@@ -143,6 +143,7 @@ class _Load:
         return self.answers
 
 
+@pytest.mark.cluster  # two copml serve processes on one store
 def test_halt_under_load_flags_every_answer_and_resume_restores(
     trained_churn: Path, tmp_path: Path
 ) -> None:
