@@ -116,16 +116,19 @@ def changes(project: Project, *, end: datetime | None = None) -> list[Change]:
     return found
 
 
-def serving_at(project: Project, at: datetime | None = None) -> Serving:
-    """What served at ``at`` (default: now), replayed from the changes; for the present,
-    cross-checked with the registry's aliases."""
+def serving_at(
+    project: Project, at: datetime | None = None, moves: list[Change] | None = None
+) -> Serving:
+    """What served at ``at`` (default: now), replayed from the changes (``moves``: those
+    up to ``at``, when the caller has read them already); for the present, cross-checked
+    with the registry's aliases."""
     from copml import registry  # MLflow: only the present's cross-check pays the import
 
     now = datetime.now(UTC)
     when = times.utc(at) if at is not None else now
     state: dict[str, Any] = {CHAMPION: None, rollout.SHADOW: None, rollout.CANARY: None}
     share = 0.0
-    for change in changes(project, end=when):
+    for change in changes(project, end=when) if moves is None else moves:
         state[change.alias] = change.version
         if change.alias == rollout.CANARY:
             share = change.share or 0.0

@@ -504,7 +504,7 @@ def models_history(
     p = _project(project)
     when = times.parse_optional(at, "--at")
     found = aliases.changes(p, end=when)
-    serving = aliases.serving_at(p, when)
+    serving = aliases.serving_at(p, when, found)
     if as_json:
         _print_json({"changes": [c.as_dict() for c in found], "serving": serving.as_dict()})
         return

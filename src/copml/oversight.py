@@ -10,17 +10,19 @@ and alerting, but take no automated action while halted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from copml import events
 from copml.errors import CopmlError
 from copml.project import Project
 from copml.spec import Oversight
 from copml.store import events as events_table
-from copml.store import open_store
+from copml.store import lock_for_writing, open_store
 
 REVIEW_ALL, REFUSE = "review_all", "refuse"
 # What a policy may still do while halted: tell people, never change the system.
@@ -46,6 +48,11 @@ def declared(project: Project) -> Oversight:
 
 def current(engine: Engine, project: Project) -> Halt | None:
     """The halt in force, or None: the newest halt or resume decides."""
+    with engine.connect() as conn:
+        return _in_force(conn, project)
+
+
+def _in_force(conn: Connection, project: Project) -> Halt | None:
     e = events_table.c
     query = (
         select(e.kind, e.at, e.actor, e.reason, e.evidence)
@@ -56,8 +63,7 @@ def current(engine: Engine, project: Project) -> Halt | None:
         .order_by(e.id.desc())
         .limit(1)
     )
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
+    row = conn.execute(query).first()
     if row is None or row.kind != events.Kind.PROJECT_HALTED:
         return None
     found = row.evidence or {}
@@ -72,45 +78,58 @@ def current(engine: Engine, project: Project) -> Halt | None:
 
 def halt(project: Project, *, actor: str, reason: str, at: datetime | None = None) -> Halt:
     """Put the project in its declared safe state (already halted: an error naming who)."""
-    if not reason.strip():
-        raise CopmlError("--reason: say why the project is halted (it is kept on record)")
-    engine = open_store(project.db_url)
-    if (now := current(engine, project)) is not None:
-        raise CopmlError(f"already halted by {now.actor} at {now.at}: {now.reason}")
     state = declared(project)
-    with engine.begin() as conn:
-        events.record(
-            conn,
-            events.Kind.PROJECT_HALTED,
-            actor=actor,
-            subject=events.project_subject(project.spec.project),
-            reason=reason,
-            evidence={
-                "safe_state": state.safe_state,
-                "retry_after_seconds": state.retry_after_seconds,
-            },
-            at=at,
-        )
-    found = current(engine, project)
+    evidence = {"safe_state": state.safe_state, "retry_after_seconds": state.retry_after_seconds}
+
+    def refusal(now: Halt | None) -> str | None:
+        return None if now is None else f"already halted by {now.actor} at {now.at}: {now.reason}"
+
+    _change(project, events.Kind.PROJECT_HALTED, actor, reason, at, refusal, lambda _: evidence)
+    found = current(open_store(project.db_url), project)
     assert found is not None
     return found
 
 
 def resume(project: Project, *, actor: str, reason: str, at: datetime | None = None) -> Halt:
     """End the halt in force (not halted: an error); returns the halt that ended."""
+
+    def refusal(now: Halt | None) -> str | None:
+        return f"{project.spec.project} is not halted" if now is None else None
+
+    def evidence(now: Halt | None) -> dict[str, Any]:
+        assert now is not None
+        return {"halted_at": str(now.at), "halted_by": now.actor}
+
+    ended = _change(project, events.Kind.PROJECT_RESUMED, actor, reason, at, refusal, evidence)
+    assert ended is not None
+    return ended
+
+
+def _change(
+    project: Project,
+    kind: events.Kind,
+    actor: str,
+    reason: str,
+    at: datetime | None,
+    refusal: Callable[[Halt | None], str | None],
+    evidence: Callable[[Halt | None], dict[str, Any]],
+) -> Halt | None:
+    """Record a halt or a resume, checked against the halt in force in the same
+    transaction (two operators at once: the second is refused); returns that halt."""
     if not reason.strip():
-        raise CopmlError("--reason: say why the project may run again (it is kept on record)")
-    engine = open_store(project.db_url)
-    if (now := current(engine, project)) is None:
-        raise CopmlError(f"{project.spec.project} is not halted")
-    with engine.begin() as conn:
+        raise CopmlError("--reason: say why (it is kept on record)")
+    with open_store(project.db_url).begin() as conn:
+        lock_for_writing(conn)
+        now = _in_force(conn, project)
+        if (why := refusal(now)) is not None:
+            raise CopmlError(why)
         events.record(
             conn,
-            events.Kind.PROJECT_RESUMED,
+            kind,
             actor=actor,
             subject=events.project_subject(project.spec.project),
             reason=reason,
-            evidence={"halted_at": str(now.at), "halted_by": now.actor},
+            evidence=evidence(now),
             at=at,
         )
     return now

@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -112,6 +112,11 @@ class Header:
     origin: str
     arm: str = "champion"  # champion | canary | shadow
     shadows: str | None = None  # a shadow batch: the key of the batch it mirrors
+
+    def mirrored_by(self, version: str) -> Header:
+        """The header of the shadow batch in which ``version`` scores this batch's rows
+        again: its own key, this batch's time, snapshot and origin."""
+        return replace(self, key=new_key(), model_version=version, arm="shadow", shadows=self.key)
 
 
 # One chunk of a batch's decisions: label codes, scores, review flags, class probabilities.

@@ -230,7 +230,7 @@ def refuse_if_halted(project: Project, engine: Engine) -> oversight.Halt | None:
 
 
 def _decide(
-    project: Project, kind: Any, model: Any, features: pd.DataFrame, halted: Any
+    project: Project, kind: Any, model: Any, features: pd.DataFrame, halted: oversight.Halt | None
 ) -> Decisions:
     decided = kind.decide(project, model, kind.scores(model, features))
     if halted is None:
@@ -411,17 +411,7 @@ def score(
             )
             parts.append((canary_header, canaried))
         if shadow is not None and snap is not None:  # its own batch over the same rows
-            mirror = prediction_log.Header(
-                prediction_log.new_key(),
-                when,
-                spec.project,
-                shadow[0],
-                snap.id,
-                "batch",
-                arm=rollout.SHADOW,
-                shadows=key,
-            )
-            parts.append((mirror, shadowed))
+            parts.append((header.mirrored_by(shadow[0]), shadowed))
         prediction_log.write_many(engine, parts, finish)
     except BaseException:
         staged.close()

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, Engine
@@ -186,10 +185,9 @@ class ImageScorer:
             for arm, model in ((rollout.CHAMPION, champion), (rollout.CANARY, arms.canary))
             if model is not None and arm in arm_of
         ]
+        every = self._halt is not None and self._halt.reviews_all()  # halted: all to a person
         for part in parts:
-            part.decided = part.model.model.predict(np.stack([r["array"] for r in part.rows]))
-            if self._halt is not None and self._halt.reviews_all():  # every one to a person
-                part.decided["review"] = True
+            part.decide(every)
         if self._archive is not None:  # stored before its prediction is, after it scored
             for part in parts:
                 for row in part.rows:
@@ -255,24 +253,20 @@ class _Part:
         self.arm, self.model, self.group = arm, model, group
         self.rows = [row for pending in group for row in pending.rows]
         self.key = prediction_log.new_key()
-        self.decided = pd.DataFrame()
 
-    @property
-    def positive(self) -> np.ndarray:
-        return (self.decided["label"] == self.model.model.rules.positive).to_numpy()
-
-    @property
-    def scores(self) -> np.ndarray:
-        return self.decided["score"].to_numpy(dtype=np.float64)
-
-    @property
-    def review(self) -> np.ndarray:
-        return self.decided["review"].to_numpy(dtype=bool)
+    def decide(self, review_all: bool) -> None:
+        """Score the rows; ``review_all`` (a halt) sends every one to a person."""
+        cascade = self.model.model
+        self.decided = cascade.predict(np.stack([r["array"] for r in self.rows]))
+        if review_all:
+            self.decided["review"] = True
+        self.positive = (self.decided["label"] == cascade.rules.positive).to_numpy()
+        self.scores = self.decided["score"].to_numpy(dtype=np.float64)
+        self.review = self.decided["review"].to_numpy(dtype=bool)
 
     def answers(self) -> dict[int, tuple[str, dict[str, str], list[dict[str, Any]]]]:
         """Each request's answer, by the request's identity."""
         out, i = {}, 0
-        scores, review = self.scores, self.review
         for pending in self.group:
             answers = []
             for row in pending.rows:
@@ -281,10 +275,10 @@ class _Part:
                     {
                         "prediction_id": f"{self.key}{i:08x}",
                         "label": self.decided["label"].iat[i],
-                        "score": float(scores[i]),
+                        "score": float(self.scores[i]),
                         "type": self.decided["type"].iat[i],
                         "type_probability": None if np.isnan(probability) else float(probability),
-                        "review": bool(review[i]),
+                        "review": bool(self.review[i]),
                         "image_sha256": row["sha256"],
                     }
                 )

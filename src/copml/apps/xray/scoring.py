@@ -175,17 +175,8 @@ def score_folder(
     header = prediction_log.Header(key, when, spec.project, champion.version, snap.id, "batch")
     parts = [(header, [(positive, scores, review, None)])]
     if shadow is not None and mirrored is not None:  # its own batch over the same rows
-        mirror = prediction_log.Header(
-            prediction_log.new_key(),
-            when,
-            spec.project,
-            shadow[0],
-            snap.id,
-            "batch",
-            arm=rollout.SHADOW,
-            shadows=key,
-        )
-        parts.append((mirror, [(mirrored.label, mirrored.score, mirrored.review, None)]))
+        chunk = (mirrored.label, mirrored.score, mirrored.review, None)
+        parts.append((header.mirrored_by(shadow[0]), [chunk]))
     try:
         prediction_log.write_many(engine, parts, lambda conn, firsts: finish(conn, firsts[0]))
     except BaseException:

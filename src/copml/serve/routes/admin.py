@@ -55,7 +55,7 @@ async def history(server: Served, _key: OverseerKey, at: str | None = None) -> d
             422, [{"loc": ["query", "at"], "msg": str(exc), "type": "value_error"}]
         ) from None
     found = await asyncio.to_thread(aliases.changes, server.project, end=when)
-    serving = await asyncio.to_thread(aliases.serving_at, server.project, when)
+    serving = await asyncio.to_thread(aliases.serving_at, server.project, when, found)
     return {"changes": [c.as_dict() for c in found], "serving": serving.as_dict()}
 
 
