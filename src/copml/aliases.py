@@ -47,6 +47,25 @@ class Change:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "at": self.at.isoformat()}
 
+    @property
+    def gate_summary(self) -> str:
+        """The gate in a few words: where it measured (holdout or live traffic), whether it
+        passed, and the deciding metric against the champion's where both are known."""
+        if not self.gate:
+            return ""
+        gate = self.gate
+        found = ("live" if gate.get("live") else "holdout") + (
+            " passed" if gate.get("passed") else " refused"
+        )
+        metric = gate.get("metric")
+        mine = (gate.get("candidate_metrics") or {}).get(metric)
+        theirs = (gate.get("champion_metrics") or {}).get(metric)
+        if isinstance(mine, float):
+            found += f": {metric} {mine:.3f}"
+            if isinstance(theirs, float):
+                found += f" vs champion {theirs:.3f}"
+        return found
+
 
 @dataclass(frozen=True)
 class Serving:

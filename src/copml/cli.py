@@ -512,13 +512,6 @@ def models_history(
 
     table = Table("at", "alias", "version", "was", "by", "reason", "gate")
     for c in found:
-        gate = c.gate or {}
-        passed = (
-            ""
-            if not gate
-            else ("live" if gate.get("live") else "holdout")
-            + (" passed" if gate.get("passed") else " refused")
-        )
         share = f" ({c.share:.0%})" if c.share else ""
         table.add_row(
             f"{c.at:%Y-%m-%d %H:%M}",
@@ -527,7 +520,7 @@ def models_history(
             c.previous or "-",
             c.actor,
             c.reason,
-            passed,
+            c.gate_summary,
         )
     console = _console()
     console.print(table)

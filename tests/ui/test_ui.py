@@ -213,3 +213,74 @@ def test_bad_input_gets_a_page_that_names_the_problem(page: Page, site: Site) ->
     assert answer.status == 422 and "reason: say why" in answer.text()
     answer = page.request.post(f"{p}/reviews/zzz", form={"csrf": token, "label": "Maybe"})
     assert answer.status == 404
+
+
+def test_an_operator_halts_and_resumes_and_a_viewer_cannot(page: Page, site: Site) -> None:
+    from copml import oversight
+
+    project = load_project(site.root)
+    engine = open_store(project.db_url)
+    p = f"{site.base}/p/{site.slug}"
+    login(page, site, "viewer")
+    page.goto(p)
+    expect(page.locator("form[action$='/halt']")).to_have_count(0)
+    answer = page.request.post(f"{p}/halt", form={"csrf": csrf(page), "reason": "try"})
+    assert answer.status == 403 and "may not halt" in answer.text()
+    assert oversight.current(engine, project) is None
+
+    login(page, site, "operator")
+    page.goto(p)
+    expect(page.locator("form[action$='/resume']")).to_have_count(0)
+    page.fill("#halt-reason", "new scanner: answers unlike training")
+    page.get_by_role("button", name="Halt").click()
+    expect(page.locator("p.flash")).to_contain_text("safe state (review all)")
+    expect(page.locator("p.halted")).to_contain_text("halted by user:olivia")
+    halted = oversight.current(engine, project)
+    assert halted is not None and halted.actor == "user:olivia"
+    assert halted.reason == "new scanner: answers unlike training"
+    page.goto(site.base)  # the overview says so too
+    expect(page.locator(f"#project-{site.slug} p.halted")).to_contain_text("review all")
+
+    page.goto(p)
+    token = csrf(page)
+    again = page.request.post(f"{p}/halt", form={"csrf": token, "reason": "twice"})
+    assert again.status == 409 and "already halted by user:olivia" in again.text()
+    page.fill("#resume-reason", "scanner calibrated")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("p.flash")).to_contain_text("resumed")
+    expect(page.locator("p.halted")).to_have_count(0)
+    assert oversight.current(engine, project) is None
+    resumed = events.history(engine, kind="project.resumed", limit=1)
+    assert resumed[0]["actor"] == "user:olivia" and resumed[0]["reason"] == "scanner calibrated"
+
+
+def test_the_history_page_names_the_version_serving_at_any_time(page: Page, site: Site) -> None:
+    from copml import aliases
+
+    project = load_project(site.root)
+    moves = aliases.changes(project)
+    champions = [m for m in moves if m.alias == "champion"]
+    assert len(champions) >= 2  # the demo promotes more than once
+    first, second = champions[0], champions[1]
+    p = f"{site.base}/p/{site.slug}"
+    login(page, site, "viewer")
+    page.goto(p)
+    expect(page.locator("nav.tabs")).not_to_contain_text("History")
+    assert page.goto(f"{p}/history").status == 403
+
+    login(page, site, "auditor")
+    page.goto(p)
+    page.click("nav.tabs >> text=History")
+    expect(page.locator("table.history tbody tr")).to_have_count(len(moves))
+    now = registry.champion(project)
+    assert now is not None
+    expect(page.locator("p.serving")).to_contain_text(f"champion v{now.version}")
+    expect(page.locator("p.serving")).to_contain_text("The registry's alias agrees")
+    between = first.at + (second.at - first.at) / 2
+    page.fill("#at", between.isoformat())
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("p.serving")).to_contain_text(f"champion v{first.version}")
+    expect(page.locator("p.serving")).not_to_contain_text("registry")  # a past moment
+    answer = page.goto(f"{p}/history?at=yesterday")
+    assert answer is not None and answer.status == 422
+    expect(page.locator("p.problem")).to_contain_text("at")

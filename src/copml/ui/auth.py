@@ -35,6 +35,14 @@ PERMISSIONS: dict[str, tuple[str, frozenset[str]]] = {
         frozenset({"operator"}),
     ),
     "reviews": ("see and resolve the human-review queue", frozenset({"operator"})),
+    "halt": (
+        "halt the project into its declared safe state, or resume it",
+        frozenset({"operator"}),
+    ),
+    "history": (
+        "read which version served when: every move of the champion, shadow and canary",
+        frozenset({"operator", "auditor"}),
+    ),
     "predictions": ("search predictions and read their audit record", frozenset({"auditor"})),
     "replay": ("replay a prediction with its archived model", frozenset({"auditor"})),
 }

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from copml.ui.routes import events, login, models, overview, predictions, reviews
+from copml.ui.routes import (
+    events,
+    history,
+    login,
+    models,
+    oversight,
+    overview,
+    predictions,
+    reviews,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     login.router,
     overview.router,
     models.router,
+    history.router,
+    oversight.router,
     predictions.router,
     reviews.router,
     events.router,

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from copml import registry, reviews
+from copml import oversight, registry, reviews
 from copml.monitor.status import Requirement, requirements
 from copml.monitor.window import history
 from copml.operate import reevaluation
@@ -36,6 +36,7 @@ class _Summary:
     flagged: dict[str, Any] | None
     chart: charts.Chart | None
     counts: dict[str, int] = field(default_factory=dict)
+    halted: oversight.Halt | None = None
 
 
 def _summary(here: Shown, role: str) -> _Summary:
@@ -58,6 +59,7 @@ def _summary(here: Shown, role: str) -> _Summary:
         flagged=reevaluation.suspended(engine, project),
         chart=charts.kpi_chart(project, windows, charts.markers(engine, windows)),
         counts=counts,
+        halted=oversight.current(engine, project),
     )
 
 
@@ -76,6 +78,7 @@ def _project(here: Shown) -> dict[str, Any]:
         "marks": marks,
         "windows": windows,
         "policies": [(p, evaluations.get(p.name)) for p in project.spec.policies],
+        "oversight": oversight.declared(project),
     }
 
 
