@@ -371,6 +371,35 @@ def test_which_version_served_when_over_the_api(served: tuple[Server, str]) -> N
     assert_unchanged(before, project)
 
 
+def test_which_version_served_when_from_the_cli(churn: Project) -> None:
+    """``copml models history``: the moves with their gate in words, ``--at`` replays a
+    past moment, and a time that is not one is refused naming ``--at``."""
+    import json
+    from datetime import timedelta
+
+    from copml import aliases
+    from test_cli import run
+
+    v2 = _challenger(churn)
+    lifecycle.canary(churn, v2, 0.25, actor="user:ops", reason="a quarter")
+    began = aliases.changes(churn)[-1]
+    assert (began.alias, began.version) == ("canary", v2)
+    shown = run("models", "history", "--project", str(churn.root), cwd=churn.root).stdout
+    assert "holdout passed" in shown and began.gate_summary.startswith("holdout passed")
+    assert f"canary v{v2} (25%)" in shown.splitlines()[-1]
+    earlier = (began.at - timedelta(seconds=1)).isoformat()
+    args = ("models", "history", "--project", str(churn.root), "--json", "--at", earlier)
+    then = json.loads(run(*args, cwd=churn.root).stdout)
+    assert then["serving"]["champion"] == "1" and then["serving"]["canary"] is None
+    assert all(c["at"] <= began.at.isoformat() for c in then["changes"])
+    before = capture(churn)
+    bad = run("models", "history", "--project", str(churn.root), "--at", "last tuesday",
+              cwd=churn.root, check_exit=None)  # fmt: skip
+    assert bad.returncode != 0 and "--at" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
+    assert_unchanged(before, churn)
+
+
 def test_an_alias_moved_outside_copml_is_reported(churn: Project) -> None:
     """MLflow's UI can move the champion alias without copml: the recorded history and the
     registry then disagree, and the present's answer says so."""
