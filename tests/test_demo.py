@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from copml import aliases, events, registry
+from copml import aliases, events, registry, times
 from copml.apps.churn.demo import run_churn_demo
 from copml.monitor.window import history
 from copml.project import load_project
@@ -139,7 +139,7 @@ def test_xray_demo_alerts_on_missed_pneumonia_and_an_approved_retrain_recovers(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("torch", reason="the x-ray demo needs the vision extra (torch)")
-    from copml.apps.xray.demo import ACTOR, run_xray_demo
+    from copml.apps.xray.demo import ACTOR, OPERATOR, SCIENTIST, run_xray_demo
 
     out = io.StringIO()
     run_xray_demo(tmp_path / "xray", weeks=5, shift_week=2, console=Console(file=out, width=160))
@@ -156,8 +156,23 @@ def test_xray_demo_alerts_on_missed_pneumonia_and_an_approved_retrain_recovers(
     assert any("missed-pneumonia" in a["reason"] for a in alerts)
     delivered = [d for a in alerts for d in a["evidence"]["deliveries"]]
     assert delivered and all(d["ok"] for d in delivered if d["channel"] == "webhook")
+    # The scanner week's alert, with drifted images, leads the operator to halt: the next
+    # week every image goes to a radiologist, and no policy acts; the data scientist
+    # retrains by hand, and the operator resumes once v2 is promoted.
+    halted = events.history(engine, kind="project.halted")
+    resumed = events.history(engine, kind="project.resumed")
+    assert len(halted) == len(resumed) == 1 and halted[0]["actor"] == OPERATOR
+    assert times.utc(halted[0]["at"]) == windows[2].end
+    assert times.utc(resumed[0]["at"]) == windows[3].end
+    assert windows[3].metrics["review_rate"] == 1.0  # none cleared by the model
+    assert all(w.metrics["review_rate"] < 1.0 for w in windows[:3] + windows[4:])
     retrained = [e for e in events.history(engine, kind="model.registered") if e["actor"] != ACTOR]
-    assert retrained and retrained[0]["actor"] == "policy:retrain-on-recall-decay"
+    assert [e["actor"] for e in retrained] == [SCIENTIST]
+    promoted = times.utc(events.history(engine, kind="model.promoted", limit=1)[0]["at"])
+    minute = timedelta(minutes=1)
+    assert aliases.serving_at(project, promoted - minute).champion == "1"
+    assert aliases.serving_at(project, promoted + minute).champion == "2"
+    assert "champion v1; --at" in out.getvalue() and "champion v2" in out.getvalue()
     new = registry.champion(project)
     assert new is not None and new.version == "2"
     approvals = events.history(engine, kind="model.approved")

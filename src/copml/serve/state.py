@@ -58,6 +58,7 @@ class Server:
     insecure: bool  # no keys asked for, nothing rate limited
     heartbeat_seconds: float
     replica: str = ""  # the address it serves, host:port ("" when not served by copml serve)
+    clock: Callable[[], datetime] | None = None  # None: the wall clock
     _cpu_seen: float = field(default_factory=time.process_time)
 
     @classmethod
@@ -111,7 +112,13 @@ class Server:
             insecure=insecure,
             heartbeat_seconds=heartbeat_seconds,
             replica=replica,
+            clock=clock,
         )
+
+    def now(self) -> datetime | None:
+        """The time its records carry: the injected clock's (a simulation), else None for
+        the store's writers to take the wall clock."""
+        return self.clock() if self.clock is not None else None
 
     def refresh(self, actor: str = "system") -> Refresh:
         """Load the registry's champion if it changed, counting loads and refusals."""

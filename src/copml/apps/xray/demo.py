@@ -8,6 +8,13 @@ the ground truth follows, the week's window is computed and the spec's policies 
 ``--shift-week`` on, a new scanner makes images darker: missed pneumonia alerts the team,
 decayed recall retrains on the labelled production images, and the radiology lead approves
 the validated challenger, which the server swaps in without a restart.
+
+Human oversight (EU AI Act Art. 14): when the missed-pneumonia alert fires, an operator
+halts the project into its declared safe state (``review_all``: every image then goes to a
+radiologist, none is cleared by the model). Automation is suspended while halted, so the
+data scientist retrains by hand on the radiologists' labels; the gate validates the
+challenger, the radiology lead approves and promotes it, and the operator resumes.
+Afterwards the alias history names the version that served before and after.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from http.server import ThreadingHTTPServer
@@ -25,12 +33,13 @@ from typing import Any
 
 import httpx
 
-from copml import keys, registry, snapshots
+from copml import aliases, keys, registry, snapshots
 from copml.apps.narration import Hook, describe, summarise
 from copml.errors import CopmlError
 from copml.monitor.window import monitor
 from copml.operate import lifecycle
-from copml.operate.runner import operate_once
+from copml.operate.retrain import retrain
+from copml.operate.runner import Pass, operate_once
 from copml.project import Project, load_project
 from copml.report import Marker, write_report
 from copml.scaffold import init
@@ -39,6 +48,8 @@ from copml.train import train
 
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 ACTOR = "user:demo-radiology-lead"
+OPERATOR = "user:demo-operator"  # who halts and resumes (the operator key's name)
+SCIENTIST = "user:demo-data-scientist"  # who retrains by hand while automation is halted
 WEEKLY = {"normal": 48, "bacteria": 30, "virus": 18}
 PER_REQUEST = 8
 
@@ -160,7 +171,10 @@ def run_xray_demo(
         project, result.version, actor=ACTOR, reason="first cascade", at=START, gate_first=True
     )
     console.print(f"v{result.version} approved by {ACTOR} and promoted (impact: high)")
-    issued = {role: keys.create(engine, role) for role in ("service", "operator")}
+    issued = {
+        "service": keys.create(engine, "service", name="demo-scanner-gateway"),
+        "operator": keys.create(engine, "operator", name=OPERATOR.removeprefix("user:")),
+    }
     clock = _Clock(START)
     server, thread, url = _serve(project, clock)
     headers = {role: {"Authorization": f"Bearer {key}"} for role, key in issued.items()}
@@ -178,6 +192,8 @@ def run_xray_demo(
             if held is None or held.iat[i]
         ]
     rows: list[dict[str, Any]] = []
+    halted: datetime | None = None
+    promoted_at: datetime | None = None
     try:
         for week in range(weeks):
             begins = START + timedelta(weeks=week)
@@ -191,18 +207,38 @@ def run_xray_demo(
                 )
                 answered, version = _send_week(url, headers, clock, begins, arriving)
             # Radiologists read the flagged images; the rest is confirmed at follow-up.
-            truth = dict(answered)
+            truth = {a.prediction_id: a.truth for a in answered}
             reviewed = _resolve_reviews(url, headers, truth)
             _follow_up(url, headers, truth, skip=reviewed)
             window = monitor(project, end=ends)
-            acted, happened = describe(operate_once(project, at=ends))
+            passed = operate_once(project, at=ends)
+            acted, happened = describe(passed)
             markers += happened
-            promoted = _approve_waiting(project, ends)
-            if promoted:
-                _http().post(f"{url}/v1/admin/reload", headers=headers["operator"], timeout=120)
-                acted += f"{', ' if acted else ''}approved + promoted v{promoted}"
-                markers.append(Marker(ends, f"v{promoted} promoted"))
-            rows.append(_row(begins, window, version, shifted, reviewed, acted))
+            done: list[str] = [acted] if acted else []
+            if halted is not None:  # a week under review_all: the team recovers by hand
+                done += _recover_by_hand(project, url, headers, ends, console)
+                promoted_at = ends if any("promoted" in d for d in done) else promoted_at
+                if promoted_at is not None:
+                    _post(url, "/v1/admin/resume", headers, {"reason": "v2 validated, approved "
+                          "and promoted; radiologists confirm it on the new scanner"})  # fmt: skip
+                    done.append("resumed")
+                    markers.append(Marker(ends, "resumed"))
+                    halted = None
+            elif _halts(project, passed, window):
+                missed = [a for a in answered if a.missed]
+                _post(url, "/v1/admin/halt", headers, {"reason": f"{len(missed)} missed "
+                      "pneumonia this week after the scanner change: every image to a "
+                      "radiologist until the cascade is fixed"})  # fmt: skip
+                halted = ends
+                done.append("halted → review all")
+                markers.append(Marker(ends, "halted"))
+            else:
+                promoted = _approve_waiting(project, ends)
+                if promoted:
+                    _http().post(f"{url}/v1/admin/reload", headers=headers["operator"], timeout=120)
+                    done.append(f"approved + promoted v{promoted}")
+                    markers.append(Marker(ends, f"v{promoted} promoted"))
+            rows.append(_row(begins, window, version, shifted, reviewed, ", ".join(done)))
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -217,6 +253,8 @@ def run_xray_demo(
     )
     if shift_week is not None and shift_week < weeks and data is None:
         markers.append(Marker(START + timedelta(weeks=shift_week), "new scanner"))
+    if promoted_at is not None:
+        _served_when(console, project, promoted_at)
     report = write_report(
         project,
         windows,
@@ -238,15 +276,30 @@ def run_xray_demo(
     return report
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """One image's answer from the endpoint, beside the truth the demo knows."""
+
+    prediction_id: str
+    truth: int
+    label: str
+    review: bool
+
+    @property
+    def missed(self) -> bool:
+        """A pneumonia the cascade called normal and sent to no one."""
+        return bool(self.truth) and self.label != "PNEUMONIA" and not self.review
+
+
 def _send_week(
     url: str,
     headers: dict[str, dict[str, str]],
     clock: _Clock,
     begins: datetime,
     arriving: list[tuple[Path, int]],
-) -> tuple[list[tuple[str, int]], str]:
-    """Post the week's x-rays, a few per request, through the week; (prediction id, truth)."""
-    answered: list[tuple[str, int]] = []
+) -> tuple[list[_Answer], str]:
+    """Post the week's x-rays, a few per request, through the week."""
+    answered: list[_Answer] = []
     version = "?"
     step = timedelta(weeks=1) / max(1, math.ceil(len(arriving) / PER_REQUEST) + 1)
     for n, start in enumerate(range(0, len(arriving), PER_REQUEST)):
@@ -261,10 +314,59 @@ def _send_week(
         body = reply.json()
         version = body["model_version"]
         answered += [
-            (p["prediction_id"], truth)
+            _Answer(p["prediction_id"], truth, p["label"], bool(p["review"]))
             for p, (_, truth) in zip(body["predictions"], part, strict=True)
         ]
     return answered, version
+
+
+def _halts(project: Project, passed: Pass, window: Any) -> bool:
+    """The operator's call: missed pneumonia (the policy's alert) in a week whose images
+    drifted from the training set means the inputs changed under the model, so every
+    image goes to a radiologist until it is fixed. A miss alone, on images like the
+    training set's, is the cascade's known error rate and is left to the policies."""
+    alerted = any(e.policy == "missed-pneumonia" and e.outcome for e in passed.evaluations)
+    drifted = window.metrics.get("drift", 0.0) > 0
+    return alerted and drifted and project.spec.oversight is not None
+
+
+def _post(
+    url: str, path: str, headers: dict[str, dict[str, str]], body: dict[str, Any]
+) -> dict[str, Any]:
+    """An operator's call to the server's admin API."""
+    reply = _http().post(f"{url}{path}", json=body, headers=headers["operator"], timeout=120)
+    return dict(_ok(reply).json())
+
+
+def _recover_by_hand(
+    project: Project, url: str, headers: dict[str, dict[str, str]], at: datetime, console: Any
+) -> list[str]:
+    """While halted no policy acts: the data scientist retrains on the images radiologists
+    labelled, the gate validates the challenger, the radiology lead approves and promotes
+    it, and the server loads it. Returns what happened, for the week's row."""
+    done = retrain(project, actor=SCIENTIST, at=at)
+    version = done.result.version
+    found = [f"retrained by hand → v{version}"]
+    report = lifecycle.gate(project, version, actor=SCIENTIST, at=at)
+    if not report.passed:
+        console.print(f"v{version} refused by the gate: " + "; ".join(report.reasons))
+        return [*found, "gate ✗"]
+    promoted = _approve_waiting(project, at)
+    if promoted is None:
+        return found
+    _post(url, "/v1/admin/reload", headers, {})
+    return [*found, f"approved + promoted v{promoted}"]
+
+
+def _served_when(console: Any, project: Project, promoted_at: datetime) -> None:
+    """``copml models history --at`` just before and just after the promotion."""
+    moment = timedelta(minutes=1)
+    before = aliases.serving_at(project, promoted_at - moment)
+    after = aliases.serving_at(project, promoted_at + moment)
+    console.print(
+        f"copml models history --at {before.at:%Y-%m-%dT%H:%M}Z: champion v{before.champion}; "
+        f"--at {after.at:%Y-%m-%dT%H:%M}Z: champion v{after.champion}"
+    )
 
 
 @cache

@@ -70,7 +70,7 @@ async def halt(server: Served, key: OperatorKey, body: _Why) -> dict[str, Any]:
     server at once, every other within a second; automation is suspended until resumed."""
     try:
         found = await asyncio.to_thread(
-            oversight.halt, server.project, actor=actor(key), reason=body.reason
+            oversight.halt, server.project, actor=actor(key), reason=body.reason, at=server.now()
         )
     except CopmlError as exc:
         raise HTTPException(409, str(exc)) from None
@@ -83,7 +83,11 @@ async def resume(server: Served, key: OperatorKey, body: _Why) -> dict[str, Any]
     """End the halt: this server answers as before at once, every other within a second."""
     try:
         await asyncio.to_thread(
-            oversight.resume, server.project, actor=actor(key), reason=body.reason
+            oversight.resume,
+            server.project,
+            actor=actor(key),
+            reason=body.reason,
+            at=server.now(),
         )
     except CopmlError as exc:
         raise HTTPException(409, str(exc)) from None
