@@ -23,11 +23,13 @@ from copml.cli import app
 from copml.feedback import load
 from copml.monitor.window import monitor
 from copml.operate import lifecycle
+from copml.operate.runner import operate_once
 from copml.project import Project, load_project
 from copml.score import score
 from copml.store import open_store
 from copml.train import train
 from store_state import assert_unchanged, capture
+from test_operate import _spec
 from test_serve import REALTIME, _copy, _instances, start
 
 HALTED = datetime(2026, 5, 2, tzinfo=UTC)
@@ -340,18 +342,57 @@ def test_an_export_never_writes_over_files(lived: Project, tmp_path: Path) -> No
     assert [p.name for p in folder.iterdir()] == ["mine.txt"]
 
 
-def test_a_new_export_includes_a_new_event(lived: Project, pack: Path, tmp_path: Path) -> None:
+def test_a_new_export_includes_new_records(lived: Project, pack: Path, tmp_path: Path) -> None:
+    """Exported again after a person halts it and a policy fires, the pack shows both."""
     root = tmp_path / "churn"
     shutil.copytree(lived.root, root)
-    project = load_project(root)
     halted = _cli("halt", "--project", str(root), "--reason", "second look at the May batch")
     assert halted.exit_code == 0, halted.output
+    policy = "policies:\n  - name: tell-people\n    when: recall < 0.99\n    do: [alert]\n"
+    project = _spec(load_project(root), policy)
+    operate_once(project, at=datetime(2026, 6, 1, tzinfo=UTC))
     _export(project, tmp_path / "again")
     again = _json(tmp_path / "again", "evidence.json")
     assert again["oversight"]["halts"][-1]["reason"] == "second look at the May batch"
     assert again["oversight"]["halted_at_export"]["reason"] == "second look at the May batch"
-    assert "second look at the May batch" in (tmp_path / "again" / "index.html").read_text()
+    html = (tmp_path / "again" / "index.html").read_text()
+    assert "second look at the May batch" in html
+    (fired,) = again["policies_fired"]
+    assert (fired["policy"], fired["condition"], fired["do"]) == (
+        "tell-people",
+        "recall < 0.99",
+        ["alert"],
+    )
+    assert fired["values"]["recall"] == [pytest.approx(0.8140, abs=5e-5)]  # May's, as stored
+    assert [(a["kind"], a["policy"], a["state"]) for a in again["actions"]] == [
+        ("alert", "tell-people", "succeeded")
+    ]
+    assert (
+        len(again["alerts"]) == 1
+        and "tell-people: when recall is below 0.99 → alert the owners." in html
+    )
     before = _json(pack, "evidence.json")
     assert (
         "second look" not in json.dumps(before) and before["oversight"]["halted_at_export"] is None
     )
+    assert before["policies_fired"] == [] and before["actions"] == []
+
+
+def test_a_project_on_postgresql_with_nothing_yet(
+    fresh_churn: Project, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new project whose store is PostgreSQL: an empty but complete pack, and the store's
+    password never in it."""
+    monkeypatch.setenv("COPML_DB_URL", pg_url)
+    folder = tmp_path / "pack"
+    _export(fresh_churn, folder)
+    found = _json(folder, "evidence.json")
+    assert found["versions"] == [] and found["windows"] == [] and found["alias_moves"] == []
+    assert found["logging"]["store_url"].startswith("postgresql+psycopg://copml:***@127.0.0.1")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "events.json", "evidence.json", "index.html", "lineage.json", "manifest.json"
+    ]  # fmt: skip
+    for page in folder.iterdir():
+        assert "copml:copml@" not in page.read_text(encoding="utf-8"), page
+    assert "No monitoring window overlaps the period." in (folder / "index.html").read_text()
+    assert evidence.verify(folder).ok

@@ -790,12 +790,12 @@ def export(project: Project, folder: Path, span: Period, *, now: datetime | None
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        (work / CARDS).mkdir()
         (work / INDEX).write_text(render_html(found), encoding="utf-8")
         (work / EVIDENCE_JSON).write_text(_dump(as_json(found)), encoding="utf-8")
         (work / EVENTS_JSON).write_text(_dump(found.events), encoding="utf-8")
         (work / LINEAGE_JSON).write_text(_dump(found.lineage), encoding="utf-8")
         for card in found.cards:
+            (work / CARDS).mkdir(exist_ok=True)
             name = work / CARDS / f"model-card-v{card.version}"
             name.with_suffix(".html").write_text(model_card.render_html(card), encoding="utf-8")
             name.with_suffix(".md").write_text(model_card.render_markdown(card), encoding="utf-8")
