@@ -115,14 +115,13 @@ class Period:
         return (self.start is None or times.utc(end) > self.start) and times.utc(start) < self.end
 
     def words(self) -> str:
-        first = "the first record" if self.start is None else display.when(self.start, _DOC)
-        return f"from {first} to {display.when(self.end, _DOC)}"
+        first = (
+            "the first record" if self.start is None else display.when(self.start, display.DOCUMENT)
+        )
+        return f"from {first} to {display.when(self.end, display.DOCUMENT)}"
 
     def as_dict(self) -> dict[str, str | None]:
         return {"from": self.start.isoformat() if self.start else None, "to": self.end.isoformat()}
-
-
-_DOC = display.DOCUMENT
 
 
 def period(
@@ -698,7 +697,7 @@ def gather(project: Project, span: Period, *, now: datetime | None = None) -> Ev
 
 
 def _when(value: Any) -> str:
-    return display.when(value, _DOC) if value is not None else display.MISSING
+    return display.when(value, display.DOCUMENT) if value is not None else display.MISSING
 
 
 def render_html(found: Evidence) -> str:
