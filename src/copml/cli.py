@@ -991,7 +991,8 @@ def evidence_export(
         ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--to", help=f"End of the period ({times.HELP}); default now.")
+        str | None,
+        typer.Option("--to", help=f"End of the period, excluded ({times.HELP}); default now."),
     ] = None,
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,

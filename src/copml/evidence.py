@@ -786,8 +786,11 @@ def export(project: Project, folder: Path, span: Period, *, now: datetime | None
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise CopmlError(f"{folder} exists and is not an empty folder; export into a new one")
     found = gather(project, span, now=now)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as exc:
+        raise CopmlError(f"cannot write into {folder.parent}: {exc.strerror or exc}") from None
     try:
         (work / INDEX).write_text(render_html(found), encoding="utf-8")
         (work / EVIDENCE_JSON).write_text(_dump(as_json(found)), encoding="utf-8")
