@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from copml.ui.routes import events, login, models, overview, predictions, reviews
+from copml.ui.routes import events, incidents, login, models, overview, predictions, reviews
 
 ROUTERS: tuple[APIRouter, ...] = (
     login.router,
@@ -12,5 +12,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     models.router,
     predictions.router,
     reviews.router,
+    incidents.router,
     events.router,
 )

@@ -36,9 +36,7 @@ def upgrade() -> None:
         sa.Column("position", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("prediction_id", sa.String(24), nullable=False),
     )
-    op.create_index(
-        "ix_incident_predictions_prediction", "incident_predictions", ["prediction_id"]
-    )
+    op.create_index("ix_incident_predictions_prediction", "incident_predictions", ["prediction_id"])
 
 
 def downgrade() -> None:
