@@ -231,6 +231,13 @@ def test_refusals_name_the_field_and_change_nothing(churn: Project, tmp_path: Pa
         with pytest.raises(incidents.Refused, match=f"^{field_name}: ") as refused:
             incidents.open_incident(churn, actor="user:ops", **{**kwargs, **given})
         assert refused.value.field == field_name
+    with pytest.raises(incidents.Refused) as refused:
+        incidents.open_incident(churn, severity="serious", predictions=[ids[0], "<x>", never],
+                                reason="r", actor="user:ops")  # fmt: skip
+    assert str(refused.value) == (
+        f"predictions: no prediction {never}; item 1 is not a prediction id (24 lower-case "
+        "hexadecimal characters)"
+    )  # the text a client sent is never echoed, only its position
     run = CliRunner().invoke
     root = ["--project", str(churn.root)]
     for args, says in [

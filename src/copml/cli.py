@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from copml import times
-from copml.display import figure
+from copml.display import figure, time_left
 
 if TYPE_CHECKING:
     from copml.project import Project
@@ -973,13 +973,11 @@ def resume(
 
 
 def _time_left(incident: Any, now: Any) -> str:
-    """``3 d 4 h`` to the deadline, ``overdue by …`` past it; ``reported`` once it is."""
+    """The time left to the deadline (overdue in red); when it was reported, once it was."""
     if not incident.awaits_report:
         return f"reported {incident.reported_at:%Y-%m-%d}" if incident.reported_at else "—"
-    seconds = int(incident.time_left(now).total_seconds())
-    days, rest = divmod(abs(seconds), 86400)
-    span = f"{days} d {rest // 3600} h" if days else f"{rest // 3600} h {rest % 3600 // 60} min"
-    return span if seconds >= 0 else f"[bold red]overdue by {span}[/]"
+    left = time_left(incident.time_left(now))
+    return f"[bold red]{left}[/]" if left.startswith("overdue") else left
 
 
 def _incident_table(found: list[Any], now: Any, title: str) -> Any:

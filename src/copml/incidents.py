@@ -149,7 +149,7 @@ def deadline_for(severity: str, opened_at: datetime) -> datetime:
 
 
 def open_incident(
-    target: Engine | Project,
+    engine_or_project: Engine | Project,
     *,
     severity: str,
     predictions: Sequence[str],
@@ -165,10 +165,9 @@ def open_incident(
     cited = _predictions(predictions)
     opened = times.utc(at or datetime.now(UTC))
     deadline = deadline_for(severity, opened)
-    with _engine(target).begin() as conn:
+    with _engine(engine_or_project).begin() as conn:
         if unknown := _unknown(conn, cited):
-            shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
-            raise Refused("predictions", f"no prediction {shown}")
+            raise Refused("predictions", _unknown_message(cited, unknown))
         incident_id = int(
             conn.execute(
                 insert(incidents).values(
@@ -202,11 +201,11 @@ def open_incident(
             },
             at=opened,
         )
-    return get(target, incident_id)
+    return get(engine_or_project, incident_id)
 
 
 def update(
-    target: Engine | Project,
+    engine_or_project: Engine | Project,
     incident_id: int,
     *,
     note: str,
@@ -221,12 +220,12 @@ def update(
             raise Conflict(f"incident {incident_id} is closed: it takes no more notes")
 
     return _change(
-        target, incident_id, events.Kind.INCIDENT_UPDATED, actor, text, at, check, {}, {}
+        engine_or_project, incident_id, events.Kind.INCIDENT_UPDATED, actor, text, at, check, {}, {}
     )
 
 
 def report(
-    target: Engine | Project,
+    engine_or_project: Engine | Project,
     incident_id: int,
     *,
     reference: str,
@@ -255,11 +254,11 @@ def report(
         return {"reference": ref, "deadline": row.deadline.isoformat(), "late": when > row.deadline}
 
     kind = events.Kind.INCIDENT_REPORTED
-    return _change(target, incident_id, kind, actor, why, when, check, values, evidence)
+    return _change(engine_or_project, incident_id, kind, actor, why, when, check, values, evidence)
 
 
 def close(
-    target: Engine | Project,
+    engine_or_project: Engine | Project,
     incident_id: int,
     *,
     reason: str,
@@ -281,19 +280,21 @@ def close(
         return {"reported": row.state == REPORTED, "reference": row.reference}
 
     kind = events.Kind.INCIDENT_CLOSED
-    return _change(target, incident_id, kind, actor, why, when, check, values, evidence_of)
+    return _change(
+        engine_or_project, incident_id, kind, actor, why, when, check, values, evidence_of
+    )
 
 
-def get(target: Engine | Project, incident_id: int) -> Incident:
+def get(engine_or_project: Engine | Project, incident_id: int) -> Incident:
     """One incident with its history; :class:`UnknownIncident` if there is none."""
-    found = _read(_engine(target), [incidents.c.id == incident_id])
+    found = _read(_engine(engine_or_project), [incidents.c.id == incident_id])
     if not found:
         raise UnknownIncident(incident_id)
     return found[0]
 
 
 def listed(
-    target: Engine | Project,
+    engine_or_project: Engine | Project,
     *,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -308,20 +309,20 @@ def listed(
         where.append(c.opened_at < times.utc(until))
     if since is not None:
         where.append(or_(c.closed_at.is_(None), c.closed_at >= times.utc(since)))
-    return _read(_engine(target), where)
+    return _read(_engine(engine_or_project), where)
 
 
-def in_force(target: Engine | Project) -> list[Incident]:
+def in_force(engine_or_project: Engine | Project) -> list[Incident]:
     """The incidents not closed yet (open or reported), oldest first."""
-    return _read(_engine(target), [incidents.c.state != CLOSED])
+    return _read(_engine(engine_or_project), [incidents.c.state != CLOSED])
 
 
-def citing(target: Engine | Project, prediction_id: str) -> list[Incident]:
+def citing(engine_or_project: Engine | Project, prediction_id: str) -> list[Incident]:
     """The incidents that cite ``prediction_id``, oldest first (for its audit record)."""
     cited = select(incident_predictions.c.incident_id).where(
         incident_predictions.c.prediction_id == prediction_id
     )
-    return _read(_engine(target), [incidents.c.id.in_(cited)])
+    return _read(_engine(engine_or_project), [incidents.c.id.in_(cited)])
 
 
 def alert_key(incident_id: int, percent: int) -> str:
@@ -391,8 +392,10 @@ def remind(project: Project, at: datetime) -> list[dict[str, Any]]:
 # -- internals ------------------------------------------------------------------------------
 
 
-def _engine(target: Engine | Project) -> Engine:
-    return open_store(target.db_url) if isinstance(target, Project) else target
+def _engine(engine_or_project: Engine | Project) -> Engine:
+    if isinstance(engine_or_project, Project):
+        return open_store(engine_or_project.db_url)
+    return engine_or_project
 
 
 def _severity(severity: str) -> str:
@@ -430,14 +433,30 @@ def _unknown(conn: Connection, cited: Sequence[str]) -> list[str]:
         )
         sizes.update((row.key, row.n_rows) for row in conn.execute(query))
     return [
-        str(p)
-        for p, part in parts.items()
-        if part is None or not 0 <= part[1] < sizes.get(part[0], 0)
+        p for p, part in parts.items() if part is None or not 0 <= part[1] < sizes.get(part[0], 0)
     ]
 
 
+def _unknown_message(cited: Sequence[str], unknown: list[str]) -> str:
+    """Which ids name no prediction: a well-formed one by its id, anything else by its
+    position only (it may be any text a client sent)."""
+    from copml.prediction_log import split_id
+
+    named = [p for p in unknown if split_id(p) is not None]
+    malformed = [str(cited.index(p)) for p in unknown if split_id(p) is None]
+    parts = []
+    if named:
+        parts.append("no prediction " + ", ".join(named[:5]) + (" …" if len(named) > 5 else ""))
+    if malformed:
+        parts.append(
+            f"item {', '.join(malformed[:5])} is not a prediction id (24 lower-case "
+            "hexadecimal characters)"
+        )
+    return "; ".join(parts)
+
+
 def _change(
-    target: Engine | Project,
+    engine_or_project: Engine | Project,
     incident_id: int,
     kind: events.Kind,
     actor: str,
@@ -450,7 +469,7 @@ def _change(
     """Check the incident's state and change it in one locked transaction (two people at
     once: the second sees the first's change); the event commits with the change."""
     when = times.utc(at or datetime.now(UTC))
-    with _engine(target).begin() as conn:
+    with _engine(engine_or_project).begin() as conn:
         lock_for_writing(conn)
         query = select(incidents).where(incidents.c.id == incident_id)
         if conn.dialect.name == "postgresql":
@@ -477,7 +496,7 @@ def _change(
             evidence=found or None,
             at=when,
         )
-    return get(target, incident_id)
+    return get(engine_or_project, incident_id)
 
 
 def _read(engine: Engine, where: list[Any]) -> list[Incident]:

@@ -10,19 +10,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from copml import incidents
+from copml.display import time_left
 from copml.ui.state import Board
 
 router = APIRouter()
 
 
 def _left(incident: incidents.Incident, now: datetime) -> str:
-    """``3 d 4 h`` left, or ``overdue by …``; a dash once reported or closed."""
-    if not incident.awaits_report:
-        return "—"
-    seconds = int(incident.time_left(now).total_seconds())
-    days, rest = divmod(abs(seconds), 86400)
-    span = f"{days} d {rest // 3600} h" if days else f"{rest // 3600} h {rest % 3600 // 60} min"
-    return span if seconds >= 0 else f"overdue by {span}"
+    """The time left to the deadline while the report is awaited; a dash after it."""
+    return time_left(incident.time_left(now)) if incident.awaits_report else "—"
 
 
 @router.get("/p/{slug}/incidents")
