@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from batches import month, month_with_truth
-from copml import aliases, evidence, keys, oversight, registry
+from copml import aliases, evidence, incidents, keys, oversight, registry
 from copml.cli import app
 from copml.feedback import load
 from copml.monitor.window import monitor
@@ -35,6 +36,8 @@ from test_serve import REALTIME, _copy, _instances, start
 HALTED = datetime(2026, 5, 2, tzinfo=UTC)
 MAY = datetime(2026, 5, 3, 6, tzinfo=UTC)
 RESUMED = datetime(2026, 5, 4, tzinfo=UTC)
+AWARE = datetime(2026, 5, 3, 12, tzinfo=UTC)  # a serious incident: May's first decision
+REPORTED = datetime(2026, 5, 10, tzinfo=UTC)
 FOREVER = "2100-01-01"  # the period's end for "everything so far", whatever the clock says
 OVERRIDE_WHY = "the contract was renewed yesterday"
 # Anything the browser would fetch: src/href to a scheme or a protocol-relative address,
@@ -81,6 +84,12 @@ def history(trained_churn: Path, tmp_path_factory: pytest.TempPathFactory) -> Li
     oversight.halt(project, actor="user:ops", reason="recall alarm drill", at=HALTED)
     batch, outcome = month(work / "may", seed=12, size=200)
     assert score(project, batch, work / "may.csv", at=MAY).reviews == 200  # a person sees all
+    cited = str(pd.read_csv(work / "may.csv")["prediction_id"].iat[0])
+    opened = incidents.open_incident(
+        project, severity="serious", predictions=[cited], reason="a harmful decision",
+        actor="user:ops", at=AWARE,
+    )  # fmt: skip
+    incidents.report(project, opened.id, reference="MSA-2026-0042", actor="user:ops", at=REPORTED)
     truth = work / "may-truth.csv"
     outcome.to_csv(truth, index=False)
     load(project, truth, at=datetime(2026, 5, 31, tzinfo=UTC))
@@ -211,7 +220,14 @@ def test_the_pack_holds_the_live_records(history: Lived, pack: Path) -> None:
     # Logging and retention; incidents (none recorded); lineage of every version.
     assert found["logging"]["predictions_retention"] == "400 days"
     assert found["logging"]["meets_six_months"] is True
-    assert found["incidents"] == []
+    (incident,) = found["incidents"]
+    assert (incident["severity"], incident["state"]) == ("serious", "reported")
+    assert incident["opened_at"] == AWARE.isoformat() and incident["reference"] == "MSA-2026-0042"
+    assert incident["deadline"] == datetime(2026, 5, 18, 12, tzinfo=UTC).isoformat()  # 15 days
+    assert len(incident["predictions"]) == 1 and incident["reported_at"] == REPORTED.isoformat()
+    assert [n["kind"] for n in incident["history"]] == ["incident.opened", "incident.reported"]
+    page = _text((pack / "index.html").read_text(encoding="utf-8"))
+    assert "MSA-2026-0042" in page and incident["predictions"][0] in page
     lineage = _json(pack, "lineage.json")
     for v in ("1", "2"):
         jobs = {e["job"]["name"] for e in lineage["by_version"][v]}
@@ -254,6 +270,10 @@ def test_a_period_holds_only_its_windows_and_events(lived: Project, tmp_path: Pa
     logged = _json(folder, "events.json")
     assert logged and all(start <= datetime.fromisoformat(e["at"]) < end for e in logged)
     assert [h["kind"] for h in found["oversight"]["halts"]] == ["halt", "resume"]
+    assert [i["reference"] for i in found["incidents"]] == ["MSA-2026-0042"]
+    before = tmp_path / "march"
+    _export(lived, before, "--from", "2026-03-01", "--to", "2026-04-01")
+    assert _json(before, "evidence.json")["incidents"] == []  # opened in May
     inside = [c.as_dict()["at"] for c in aliases.changes(lived) if start <= c.at < end]
     assert [m["at"] for m in found["alias_moves"]] == inside
     assert found["serving"]["start"]["at"] == start.isoformat()

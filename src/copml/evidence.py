@@ -541,18 +541,15 @@ def _alias_moves(project: Project, span: Period) -> tuple[list[dict[str, Any]], 
     return inside, serving
 
 
-def _incidents(project: Project, span: Period) -> list[Any]:
-    """The serious incidents (Art. 73) recorded in the period, from
-    :func:`copml.incidents.listed`. That register ships separately from this module; a
-    copml without it has no incidents to list, so its absence (and only its absence)
-    yields an empty list, while any other failure inside it is raised as usual."""
-    try:
-        import copml.incidents as incidents
-    except ModuleNotFoundError as exc:
-        if exc.name != "copml.incidents":
-            raise
-        return []
-    return list(incidents.listed(project, since=span.start, until=span.end))
+def _incidents(project: Project, span: Period) -> list[dict[str, Any]]:
+    """The serious incidents (Art. 73) open at some time in the period, each with its legal
+    deadline, the report to the authority and its history of notes."""
+    from copml import incidents
+
+    return [
+        {**_incident(found), "history": [dataclasses.asdict(n) for n in found.history]}
+        for found in incidents.listed(project, since=span.start, until=span.end)
+    ]
 
 
 def _incident(found: Any) -> dict[str, Any]:
@@ -685,7 +682,7 @@ def gather(project: Project, span: Period, *, now: datetime | None = None) -> Ev
         oversight=_oversight(project, engine, span, period_events, cards),
         alias_moves=moves,
         serving=serving,
-        incidents=[_incident(i) for i in _incidents(project, span)],
+        incidents=_incidents(project, span),
         logging=_logging(project, engine, period_events),
         events=period_events,
         cards=cards,
