@@ -67,7 +67,7 @@ def _free_port() -> int:
     """A free port from a range of this xdist worker's own, so that parallel tests never
     pick the same one between choosing it and their server binding it."""
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    start = 30000 + 2000 * worker + random.randrange(1000)
+    start = 30000 + 2000 * worker + random.SystemRandom().randrange(1000)  # not the seeded one
     for port in range(start, start + 1000):
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:

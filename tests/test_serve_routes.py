@@ -76,6 +76,37 @@ _TABLE_API = [
         "resume_v1_admin_resume_post",
         ("200", "401", "403", "409", "422", "429"),
     ),
+    # Serious incidents (issue 17.3).
+    (
+        "/v1/incidents",
+        "get",
+        "list_incidents_v1_incidents_get",
+        ("200", "401", "403", "422", "429"),
+    ),
+    (
+        "/v1/incidents",
+        "post",
+        "open_incident_v1_incidents_post",
+        ("201", "401", "403", "408", "413", "422", "429", "503"),
+    ),
+    (
+        "/v1/incidents/{incident_id}/update",
+        "post",
+        "update_incident_v1_incidents__incident_id__update_post",
+        ("200", "401", "403", "404", "408", "409", "413", "422", "429", "503"),
+    ),
+    (
+        "/v1/incidents/{incident_id}/report",
+        "post",
+        "report_incident_v1_incidents__incident_id__report_post",
+        ("200", "401", "403", "404", "408", "409", "413", "422", "429", "503"),
+    ),
+    (
+        "/v1/incidents/{incident_id}/close",
+        "post",
+        "close_incident_v1_incidents__incident_id__close_post",
+        ("200", "401", "403", "404", "408", "409", "413", "422", "429", "503"),
+    ),
 ]
 
 

@@ -2,8 +2,9 @@
 
 What was decided, on which input (PII redacted), by which version, which version was
 champion at that moment, the MLflow run, the training snapshot, code commit, params and
-seed, the explanation, and every event that touched that version. ``replay`` loads the
-archived version (its artifact sha256 checked) and re-scores the stored input.
+seed, the explanation, every event that touched that version, and the serious incidents
+that cite the decision. ``replay`` loads the archived version (its artifact sha256
+checked) and re-scores the stored input.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import or_, select
 
-from copml import events, prediction_log, registry, reviews, snapshots
+from copml import events, incidents, prediction_log, registry, reviews, snapshots
 from copml.errors import UnknownPrediction
 from copml.kinds import kind_for
 from copml.project import Project
@@ -97,6 +98,8 @@ def record(project: Project, prediction_id: str, *, explanation: bool = True) ->
         "champion_at_the_time": _champion_at(project, created),
         # A person's review of it: who, when, their label, whether it overrode the model, why.
         "human_review": reviews.of_prediction(engine, found["seq"]),
+        # The serious incidents that cite it (Art. 73), with their state and history.
+        "incidents": [i.as_dict() for i in incidents.citing(engine, prediction_id)],
         "lineage": lineage,
         "events": [
             {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in ev.items()}

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from copml import times
-from copml.display import figure
+from copml.display import figure, time_left
 
 if TYPE_CHECKING:
     from copml.project import Project
@@ -38,6 +38,12 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 keys_app = typer.Typer(help="API keys for copml serve (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+incident_app = typer.Typer(
+    help="Serious incidents (EU AI Act Art. 73): open, note, report to the authority by the "
+    "legal deadline, close.",
+    no_args_is_help=True,
+)
+app.add_typer(incident_app, name="incident")
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -726,7 +732,9 @@ def monitor(project: ProjectOpt = Path("."), at: AtOpt = None, as_json: JsonOpt 
 @_fails_cleanly
 def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Each declared requirement: met / not met / unknown, with its figure."""
-    from copml import oversight, registry, rollout
+    from datetime import UTC, datetime
+
+    from copml import incidents, oversight, registry, rollout
     from copml.monitor.replicas import replicas
     from copml.monitor.status import requirements
     from copml.monitor.window import history
@@ -741,6 +749,8 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     serving = replicas(engine)
     running = rollout.current(engine, p.spec.project)
     halted = oversight.current(engine, p)
+    now = datetime.now(UTC)
+    pending = incidents.in_force(engine)
     # The latest window's figures per arm, for the declared metrics and their estimates.
     names = [*p.spec.effectiveness.thresholds, "predictions", "labelled"]
     names += [f"estimated_{n}" for n in p.spec.effectiveness.thresholds]
@@ -763,6 +773,7 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
                 "halted": None
                 if halted is None
                 else {**halted.__dict__, "at": halted.at.isoformat()},
+                "incidents": [i.as_dict(now) for i in pending],
             }
         )
         return
@@ -784,6 +795,8 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
             f"[bold red]halted[/] into {halted.safe_state} by {halted.actor} at "
             f"{halted.at:%Y-%m-%d %H:%M} UTC: {halted.reason} (copml resume --reason ...)"
         )
+    if pending:
+        console.print(_incident_table(pending, now, "incidents not closed"))
     if serving:
         seen = Table("replica", "pid", "version", "last heartbeat", "state", title="serving")
         for r in serving:
@@ -889,6 +902,11 @@ def operate(
         console.print(f"step {step}")
     for action_id in result.recovered:
         console.print(f"[yellow]recovered[/] interrupted action {action_id}")
+    for sent in result.incident_alerts:
+        console.print(
+            f"[red]incident {sent['incident']}[/]: {sent['threshold_percent']} % of the time to "
+            "its reporting deadline is gone; alerted"
+        )
     for e in result.evaluations:
         outcome = {True: "[red]holds[/]", False: "[green]does not hold[/]", None: "unknown"}
         console.print(
@@ -947,6 +965,185 @@ def resume(
     _console().print(f"resumed (halted since {ended.at} by {ended.actor})")
 
 
+def _time_left(incident: Any, now: Any) -> str:
+    """The time left to the deadline (overdue in red); when it was reported, once it was."""
+    if not incident.awaits_report:
+        return f"reported {incident.reported_at:%Y-%m-%d}" if incident.reported_at else "—"
+    left = time_left(incident.time_left(now))
+    return f"[bold red]{left}[/]" if left.startswith("overdue") else left
+
+
+def _incident_table(found: list[Any], now: Any, title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        "id", "severity", "state", "opened", "deadline", "time left", "predictions", "reason",
+        title=title,
+    )  # fmt: skip
+    for i in found:
+        cited = ", ".join(i.predictions[:3]) + (" …" if len(i.predictions) > 3 else "")
+        table.add_row(
+            str(i.id),
+            i.severity,
+            i.state + (f" ({i.reference})" if i.reference else ""),
+            f"{i.opened_at:%Y-%m-%d %H:%M}",
+            f"{i.deadline:%Y-%m-%d %H:%M}",
+            _time_left(i, now) if i.state != "closed" else "—",
+            cited,
+            i.reason,
+        )
+    return table
+
+
+def _shown_incident(found: Any, what: str) -> None:
+    _console().print(
+        f"incident {found.id} {what}: {found.severity}, {found.state}, report due by "
+        f"{found.deadline:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+@incident_app.command("open")
+@_fails_cleanly
+def incident_open(
+    severity: Annotated[
+        str, typer.Option(help="serious (15 days to report), death (10 days), widespread (2 days).")
+    ],
+    reason: Annotated[str, typer.Option(help="What happened: recorded.")],
+    prediction: Annotated[
+        list[str] | None,
+        typer.Option("--prediction", help="A prediction id it concerns (repeat for several)."),
+    ] = None,
+    project: ProjectOpt = Path("."),
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at", help=f"When you became aware (default now; {times.HELP}).", show_default=False
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Open a serious incident; its reporting deadline runs from --at (default now)."""
+    from copml import incidents
+    from copml.events import user_actor
+
+    found = incidents.open_incident(
+        _project(project),
+        severity=severity,
+        predictions=prediction or [],
+        reason=reason,
+        actor=user_actor(),
+        at=times.parse_optional(at, "--at"),
+    )
+    if as_json:
+        _print_json(found.as_dict())
+        return
+    _shown_incident(found, "opened")
+
+
+@incident_app.command("update")
+@_fails_cleanly
+def incident_update(
+    incident_id: Annotated[int, typer.Argument(metavar="ID", help="The incident's id.")],
+    note: Annotated[str, typer.Option(help="What was learned or done: recorded.")],
+    project: ProjectOpt = Path("."),
+    at: AtOpt = None,
+) -> None:
+    """Add a note to an incident that is not closed."""
+    from copml import incidents
+    from copml.events import user_actor
+
+    found = incidents.update(
+        _project(project),
+        incident_id,
+        note=note,
+        actor=user_actor(),
+        at=times.parse_optional(at, "--at"),
+    )
+    _shown_incident(found, "noted")
+
+
+@incident_app.command("report")
+@_fails_cleanly
+def incident_report(
+    incident_id: Annotated[int, typer.Argument(metavar="ID", help="The incident's id.")],
+    reference: Annotated[str, typer.Option(help="The authority's reference for the report.")],
+    reason: Annotated[
+        str | None, typer.Option(help="A word on the report (default: its reference).")
+    ] = None,
+    project: ProjectOpt = Path("."),
+    at: AtOpt = None,
+) -> None:
+    """Record that the incident was reported to the market surveillance authority."""
+    from copml import incidents
+    from copml.events import user_actor
+
+    found = incidents.report(
+        _project(project),
+        incident_id,
+        reference=reference,
+        reason=reason,
+        actor=user_actor(),
+        at=times.parse_optional(at, "--at"),
+    )
+    late = found.reported_at is not None and found.reported_at > found.deadline
+    _console().print(
+        f"incident {found.id} reported under {found.reference}"
+        + (" [bold red]after its deadline[/]" if late else ", within its deadline")
+    )
+
+
+@incident_app.command("close")
+@_fails_cleanly
+def incident_close(
+    incident_id: Annotated[int, typer.Argument(metavar="ID", help="The incident's id.")],
+    reason: Annotated[str, typer.Option(help="Why it is closed: recorded.")],
+    project: ProjectOpt = Path("."),
+    at: AtOpt = None,
+) -> None:
+    """Close an incident (reported, or found not to be a serious incident)."""
+    from copml import incidents
+    from copml.events import user_actor
+
+    found = incidents.close(
+        _project(project),
+        incident_id,
+        reason=reason,
+        actor=user_actor(),
+        at=times.parse_optional(at, "--at"),
+    )
+    _shown_incident(found, "closed")
+
+
+@incident_app.command("list")
+@_fails_cleanly
+def incident_list(
+    project: ProjectOpt = Path("."),
+    since: Annotated[
+        str | None, typer.Option(help=f"Open at some time from ({times.HELP}).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="… until (exclusive).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every incident (open at some time in [--since, --until) when given), oldest first."""
+    from datetime import UTC, datetime
+
+    from copml import incidents
+
+    found = incidents.listed(
+        _project(project),
+        since=times.parse_optional(since, "--since"),
+        until=times.parse_optional(until, "--until"),
+    )
+    now = datetime.now(UTC)
+    if as_json:
+        _print_json({"incidents": [i.as_dict(now) for i in found]})
+        return
+    if not found:
+        _console().print("no incidents")
+        return
+    _console().print(_incident_table(found, now, "incidents"))
+
+
 export_app = typer.Typer(help="Export the pipeline to an orchestrator.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
@@ -962,6 +1159,104 @@ def export_airflow(
 
     path = airflow.export(_project(project), output)
     _console().print(f"wrote {path}")
+
+
+evidence_app = typer.Typer(
+    help="The evidence pack for an auditor (EU AI Act): export it, verify it.",
+    no_args_is_help=True,
+)
+app.add_typer(evidence_app, name="evidence")
+
+
+@evidence_app.command("export")
+@_fails_cleanly
+def evidence_export(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="A new (or empty) folder for the pack.")
+    ],
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help=f"Start of the period ({times.HELP}); default the first record."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--to", help=f"End of the period, excluded ({times.HELP}); default now."),
+    ] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the evidence pack (HTML and JSON, self-contained, with a sha256 manifest):
+    purpose, model cards, monitoring plan and windows, oversight, alias history,
+    incidents, logging and retention, lineage, all read from the live records."""
+    from copml import evidence
+    from copml.errors import CopmlError
+
+    span = evidence.period(since, until)  # before any work: a bad option refuses at once
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise CopmlError(f"--output: {output} exists and is not an empty folder; name a new one")
+    p = _project(project)
+    console = _console(stderr=True)
+    with console.status(f"gathering the evidence of {p.spec.project}…"):
+        bundle = evidence.export(p, output, span)
+    if as_json:
+        _print_json({**bundle.manifest, "manifest_sha256": bundle.manifest_sha256})
+        return
+    from rich.table import Table
+
+    found = bundle.evidence
+    table = Table("section", "records", title=f"evidence pack {bundle.folder}")
+    for name, count in (
+        ("model versions (cards)", len(found.versions)),
+        ("monitoring windows", len(found.windows)),
+        ("policies fired", len(found.policies_fired)),
+        ("actions", len(found.actions)),
+        ("halts and resumes", len(found.oversight["halts"])),
+        ("alias moves", len(found.alias_moves)),
+        ("incidents", len(found.incidents)),
+        ("events", len(found.events)),
+        ("files", len(bundle.manifest["files"])),
+    ):
+        table.add_row(name, str(count))
+    out = _console()
+    out.print(table)
+    out.print(f"period {found.period.words()}")
+    out.print(
+        f"manifest.json sha256 {bundle.manifest_sha256} (note it where the pack cannot change it)"
+    )
+
+
+@evidence_app.command("verify")
+@_fails_cleanly
+def evidence_verify(
+    folder: Annotated[Path, typer.Argument(help="The pack's folder.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every file of a pack against its manifest: each missing, extra or altered
+    file is named; exit 1 on any."""
+    from copml import evidence
+
+    found = evidence.verify(folder)
+    if as_json:
+        _print_json(
+            {
+                "ok": found.ok,
+                "checked": found.checked,
+                "findings": [dataclasses.asdict(f) for f in found.findings],
+            }
+        )
+    elif found.ok:
+        _console().print(f"[green]ok[/]: {found.checked} files match {folder / 'manifest.json'}")
+    else:
+        from rich.table import Table
+
+        table = Table("file", "problem", "detail", title=f"{folder}: does not match its manifest")
+        for f in found.findings:
+            table.add_row(f.path, f.problem, f.detail)
+        _console().print(table)
+    if not found.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -1013,6 +1308,11 @@ def audit(
             )
         for ev in found["events"]:
             console.print(f"  {ev['at']} {ev['kind']} by {ev['actor']}: {ev['reason'] or ''}")
+        for inc in found["incidents"]:
+            console.print(
+                f"[bold red]incident {inc['id']}[/] ({inc['severity']}, {inc['state']}) opened "
+                f"{inc['opened_at']} by {inc['actor']}: {inc['reason']}"
+            )
         if replayed:
             verdict = "[green]identical[/]" if replayed.identical else "[red]DIFFERENT[/]"
             console.print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sized
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from copml.times import utc
@@ -42,6 +42,15 @@ def when(value: datetime | str | None, layout: str = CELL) -> str:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return utc(value).strftime(layout)
+
+
+def time_left(left: timedelta) -> str:
+    """A time to a deadline: ``3 d 4 h``, ``5 h 12 min`` under a day, ``overdue by …`` once
+    it is negative (whole minutes, rounded down)."""
+    seconds = int(left.total_seconds())
+    days, rest = divmod(abs(seconds), 86400)
+    span = f"{days} d {rest // 3600} h" if days else f"{rest // 3600} h {rest % 3600 // 60} min"
+    return span if seconds >= 0 else f"overdue by {span}"
 
 
 def when_ms(value: int | None, layout: str = CELL) -> str:

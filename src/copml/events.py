@@ -55,6 +55,12 @@ class Kind(StrEnum):
     SERVE_DEPLOYED = "serve.deployed"
     SERVE_REFUSED = "serve.refused"
     SERVE_STOPPED = "serve.stopped"
+    # Serious incidents (Art. 73): subject ``incident:<id>``.
+    INCIDENT_OPENED = "incident.opened"
+    INCIDENT_UPDATED = "incident.updated"  # a note added
+    INCIDENT_REPORTED = "incident.reported"  # to the authority, with its reference
+    INCIDENT_CLOSED = "incident.closed"
+    INCIDENT_ALERTED = "incident.alerted"  # 50 % or 90 % of the deadline gone, not reported
 
 
 _MODEL = "model:"
@@ -68,6 +74,11 @@ def model_subject(project: str, version: str) -> str:
 def project_subject(project: str) -> str:
     """``project:<project>``: the subject of events about the project as a whole."""
     return f"project:{project}"
+
+
+def incident_subject(incident_id: int) -> str:
+    """``incident:<id>``: the subject of every event about one serious incident."""
+    return f"incident:{incident_id}"
 
 
 def subject_version(subject: str) -> str:

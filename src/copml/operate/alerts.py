@@ -13,7 +13,7 @@ import os
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from copml import events
 from copml.operate import delivery
@@ -84,20 +84,23 @@ def open_alert(
 
 def close_alerts(project: Project, key: str, at: datetime, reason: str) -> int:
     """Close the open alerts with ``key``, so that the next occurrence is sent again."""
-    engine = open_store(project.db_url)
-    with engine.begin() as conn:
-        closed = conn.execute(
-            update(alerts)
-            .where(alerts.c.key == key, alerts.c.closed_at.is_(None))
-            .values(closed_at=at)
-        ).rowcount
-        if closed:
-            events.record(
-                conn,
-                events.Kind.ALERT_CLOSED,
-                actor="system",
-                subject=f"alert-key:{key}",
-                reason=reason,
-                at=at,
-            )
+    with open_store(project.db_url).begin() as conn:
+        return close_in(conn, key, at, reason)
+
+
+def close_in(conn: Connection, key: str, at: datetime, reason: str) -> int:
+    """:func:`close_alerts` inside the caller's transaction, so the alerts close with the
+    change that ended their cause (an incident reported closes its deadline alerts)."""
+    closed = conn.execute(
+        update(alerts).where(alerts.c.key == key, alerts.c.closed_at.is_(None)).values(closed_at=at)
+    ).rowcount
+    if closed:
+        events.record(
+            conn,
+            events.Kind.ALERT_CLOSED,
+            actor="system",
+            subject=f"alert-key:{key}",
+            reason=reason,
+            at=at,
+        )
     return closed

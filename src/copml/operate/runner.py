@@ -1,7 +1,8 @@
 """One ``operate`` pass: policies watch the metric windows and act (design §4, §8).
 
 A pass runs only in the process that leads the store (:mod:`~copml.operate.leadership`),
-so two operators on one store act once per window and policy. It recovers actions a dead
+so two operators on one store act once per window and policy. It sends the deadline alerts
+of unreported serious incidents (:func:`copml.incidents.remind`), recovers actions a dead
 process left running, evaluates every policy on the stored windows
 (:mod:`~copml.operate.evaluation`), plans the actions of the policies that hold and closes
 the alerts of those that no longer do (:mod:`~copml.operate.alerts`), then runs the pending
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from copml import policies, times
+from copml import incidents, policies, times
 from copml.monitor.window import consecutive
 from copml.operate import actions, alerts, leadership, lifecycle
 from copml.operate.evaluation import Evaluation, evaluate
@@ -32,6 +33,8 @@ class Pass:
     actions: list[dict[str, Any]] = field(default_factory=list)
     # False when another process led the store's pass: this one did nothing.
     led: bool = True
+    # Deadline alerts of unreported serious incidents sent by this pass (copml.incidents).
+    incident_alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def operate_once(project: Project, *, at: datetime | None = None) -> Pass:
@@ -47,6 +50,8 @@ def operate(project: Project, at: datetime, lead: leadership.Lead) -> Pass:
     """Recover interrupted actions, evaluate the policies on the stored windows, act; the
     caller leads the store's pass (``lead``)."""
     result = Pass(at)
+    # A legal deadline runs whatever the model's state: first, even for a retired model.
+    result.incident_alerts = incidents.remind(project, at)
     if lifecycle.is_retired(project):
         return result
     result.recovered = actions.recover(project, at, sole=lead.sole)
@@ -74,6 +79,10 @@ def summary(result: Pass) -> dict[str, Any]:
                 "led": result.led,
                 "steps": getattr(result, "steps", []),
                 "recovered": result.recovered,
+                "incident_alerts": [
+                    {k: a.get(k) for k in ("incident", "threshold_percent", "alert_id")}
+                    for a in result.incident_alerts
+                ],
                 "evaluations": [
                     {
                         "policy": e.policy,

@@ -62,7 +62,15 @@ def _led(project: Project, at: datetime, lead: leadership.Lead, *, batch: bool) 
             f"window ending {window.end:%Y-%m-%d %H:%M}: {window.n_predictions} predictions"
         )
         result = runner.operate(project, at, lead)
-    return Run(result.at, result.recovered, result.evaluations, result.actions, result.led, steps)
+    return Run(
+        at=result.at,
+        recovered=result.recovered,
+        evaluations=result.evaluations,
+        actions=result.actions,
+        led=result.led,
+        incident_alerts=result.incident_alerts,
+        steps=steps,
+    )
 
 
 def _next(expression: str, after: datetime) -> datetime:

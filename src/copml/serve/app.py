@@ -22,7 +22,7 @@ from copml.serve.batcher import Occupancy
 from copml.serve.limits import BODY_TIMEOUT, MAX_PENDING_BODIES, BodyLimit, SharedBuckets
 from copml.serve.metrics import MetricsMiddleware
 from copml.serve.requests import feedback_request_model, review_resolution_model
-from copml.serve.routes import admin, feedback, health, predict, predictions, reviews
+from copml.serve.routes import admin, feedback, health, incidents, predict, predictions, reviews
 from copml.serve.state import Server
 from copml.store import UNAVAILABLE
 
@@ -96,6 +96,7 @@ def create_app(
         predictions.router,
         reviews.router(review_resolution_model(server.target)),
         admin.router,
+        incidents.router,
     ):
         _mount(app, router)
     app.exception_handler(RequestValidationError)(_invalid)

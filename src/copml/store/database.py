@@ -15,7 +15,7 @@ from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Applications that keep tables of their own in the store register a :class:`Migrations`.
 MIGRATIONS_GROUP = "copml.migrations"

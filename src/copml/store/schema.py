@@ -315,3 +315,32 @@ usage = Table(
     Column("detail", Text, nullable=True),
     Index("ix_usage_at", "at"),
 )
+
+# Serious incidents (EU AI Act Art. 73): open -> reported -> closed, with the legal deadline
+# for the report; what happened to each is in the event log (subject ``incident:<id>``).
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("severity", String(16), nullable=False),  # serious | death | widespread
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("deadline", UTCDateTime(), nullable=False),
+    Column("state", String(12), nullable=False),  # open | reported | closed
+    Column("reason", Text, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("reported_at", UTCDateTime(), nullable=True),
+    Column("reference", String(200), nullable=True),  # the authority's reference
+    Column("closed_at", UTCDateTime(), nullable=True),
+    Index("ix_incidents_state", "state"),
+)
+
+# The predictions an incident cites, in the order given. Ids, not sequence numbers: the
+# incident is a legal record that outlives the predictions' retention.
+incident_predictions = Table(
+    "incident_predictions",
+    metadata,
+    Column("incident_id", Integer, ForeignKey("incidents.id"), primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("prediction_id", String(24), nullable=False),
+    Index("ix_incident_predictions_prediction", "prediction_id"),
+)

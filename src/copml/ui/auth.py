@@ -24,7 +24,7 @@ from copml import keys
 # roles on purpose: where a spec requires approval, two people are involved.
 PERMISSIONS: dict[str, tuple[str, frozenset[str]]] = {
     "read": (
-        "read the overview, projects, models, model cards and events",
+        "read the overview, projects, models, model cards, incidents and events",
         frozenset({"viewer", "scientist", "operator", "auditor"}),
     ),
     "approve": ("approve a model version for promotion", frozenset({"scientist"})),

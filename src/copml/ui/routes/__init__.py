@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from copml.ui.routes import (
     events,
     history,
+    incidents,
     login,
     models,
     oversight,
@@ -23,5 +24,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     oversight.router,
     predictions.router,
     reviews.router,
+    incidents.router,
     events.router,
 )
