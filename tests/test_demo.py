@@ -1,6 +1,7 @@
 """The churn reference application end to end on simulated months."""
 
 import io
+import json
 import math
 from datetime import timedelta
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from copml import aliases, events, registry, times
+from copml import aliases, events, evidence, incidents, registry, times
 from copml.apps.churn.demo import run_churn_demo
 from copml.monitor.window import history
 from copml.project import load_project
@@ -173,6 +174,19 @@ def test_xray_demo_alerts_on_missed_pneumonia_and_an_approved_retrain_recovers(
     assert aliases.serving_at(project, promoted - minute).champion == "1"
     assert aliases.serving_at(project, promoted + minute).champion == "2"
     assert "champion v1; --at" in out.getvalue() and "champion v2" in out.getvalue()
+    # The missed pneumonia is a serious incident, reported within its 15 days; the evidence
+    # pack of the demo's weeks shows the halt, the incident and the alias moves.
+    (incident,) = incidents.listed(project)
+    assert (incident.severity, incident.state) == ("serious", "reported")
+    assert incident.opened_at == windows[2].end and len(incident.predictions) == 1
+    assert incident.deadline == incident.opened_at + timedelta(days=15)
+    assert incident.reported_at is not None and incident.reported_at <= incident.deadline
+    pack = tmp_path / "xray" / "evidence"
+    assert evidence.verify(pack).ok and "copml evidence verify: ok" in out.getvalue()
+    found = json.loads((pack / "evidence.json").read_text(encoding="utf-8"))
+    assert [h["kind"] for h in found["oversight"]["halts"]] == ["halt", "resume"]
+    assert [i["id"] for i in found["incidents"]] == [incident.id]
+    assert [m["version"] for m in found["alias_moves"] if m["alias"] == "champion"] == ["1", "2"]
     new = registry.champion(project)
     assert new is not None and new.version == "2"
     approvals = events.history(engine, kind="model.approved")

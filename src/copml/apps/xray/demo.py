@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from copml import aliases, keys, registry, snapshots
+from copml import aliases, evidence, keys, registry, snapshots
 from copml.apps.narration import Hook, describe, summarise
 from copml.errors import CopmlError
 from copml.monitor.window import monitor
@@ -194,6 +194,7 @@ def run_xray_demo(
     rows: list[dict[str, Any]] = []
     halted: datetime | None = None
     promoted_at: datetime | None = None
+    incident: dict[str, Any] | None = None
     try:
         for week in range(weeks):
             begins = START + timedelta(weeks=week)
@@ -219,12 +220,16 @@ def run_xray_demo(
                 done += _recover_by_hand(project, url, headers, ends, console)
                 promoted_at = ends if any("promoted" in d for d in done) else promoted_at
                 if promoted_at is not None:
+                    if incident is not None:  # reported within its legal deadline
+                        _post(url, f"/v1/incidents/{incident['id']}/report", headers,
+                              {"reference": "MSA-DEMO-2026-0001"})  # fmt: skip
+                        done.append(f"incident {incident['id']} reported")
                     _post(url, "/v1/admin/resume", headers, {"reason": "v2 validated, approved "
                           "and promoted; radiologists confirm it on the new scanner"})  # fmt: skip
                     done.append("resumed")
                     markers.append(Marker(ends, "resumed"))
                     halted = None
-            elif _halts(project, passed, window):
+            elif promoted_at is None and _halts(project, passed, window):
                 missed = [a for a in answered if a.missed]
                 _post(url, "/v1/admin/halt", headers, {"reason": f"{len(missed)} missed "
                       "pneumonia this week after the scanner change: every image to a "
@@ -232,6 +237,8 @@ def run_xray_demo(
                 halted = ends
                 done.append("halted → review all")
                 markers.append(Marker(ends, "halted"))
+                incident = _open_incident(url, headers, missed, console)
+                done.append(f"incident {incident['id']} opened")
             else:
                 promoted = _approve_waiting(project, ends)
                 if promoted:
@@ -255,6 +262,7 @@ def run_xray_demo(
         markers.append(Marker(START + timedelta(weeks=shift_week), "new scanner"))
     if promoted_at is not None:
         _served_when(console, project, promoted_at)
+    _evidence(project, directory / "evidence", START, START + timedelta(weeks=weeks), console)
     report = write_report(
         project,
         windows,
@@ -356,6 +364,35 @@ def _recover_by_hand(
         return found
     _post(url, "/v1/admin/reload", headers, {})
     return [*found, f"approved + promoted v{promoted}"]
+
+
+def _open_incident(
+    url: str, headers: dict[str, dict[str, str]], missed: list[_Answer], console: Any
+) -> dict[str, Any]:
+    """A pneumonia the cascade cleared is a serious incident (Art. 73): it must be reported
+    to the market surveillance authority within 15 days of the provider's awareness."""
+    body = {
+        "severity": "serious",
+        "predictions": [a.prediction_id for a in missed[:1]],
+        "reason": "a pneumonia on the new scanner was answered NORMAL and sent to no one",
+    }
+    found = _post(url, "/v1/incidents", headers, body)
+    console.print(
+        f"incident {found['id']} (serious) opened: report due by {found['deadline'][:16]} UTC"
+    )
+    return found
+
+
+def _evidence(project: Project, folder: Path, start: datetime, end: datetime, console: Any) -> None:
+    """The evidence pack an auditor asks for, from the live records of the demo's weeks."""
+    bundle = evidence.export(project, folder, evidence.Period(start, end))
+    checked = evidence.verify(folder)
+    if not checked.ok:  # the pack was just written: a mismatch is a bug, not a demo step
+        raise CopmlError(f"the evidence pack in {folder} does not verify: {checked.findings}")
+    console.print(
+        f"evidence pack: {folder} ({len(bundle.manifest['files'])} files, manifest sha256 "
+        f"{bundle.manifest_sha256[:12]}…; copml evidence verify: ok)"
+    )
 
 
 def _served_when(console: Any, project: Project, promoted_at: datetime) -> None:

@@ -16,7 +16,7 @@ from copml import incidents, keys, times
 from copml.serve.access import OperatorKey, actor, require
 from copml.serve.requests import JsonRoute
 from copml.serve.responses import AUTH, BEARER, BODY, errors
-from copml.serve.state import Served
+from copml.serve.state import Served, Server
 
 router = APIRouter(route_class=JsonRoute)
 OverseerKey = Annotated[keys.Key | None, require("operator", "auditor")]
@@ -55,7 +55,7 @@ class _Note(BaseModel):
     note: str = _Text
 
 
-async def _call(change: Callable[[], incidents.Incident]) -> dict[str, Any]:
+async def _call(server: Server, change: Callable[[], incidents.Incident]) -> dict[str, Any]:
     """Run ``change`` off the event loop; a bad field is a 422 naming it, an unknown
     incident a 404, a state that forbids the change a 409."""
     try:
@@ -67,7 +67,7 @@ async def _call(change: Callable[[], incidents.Incident]) -> dict[str, Any]:
         raise HTTPException(404, str(exc)) from None
     except incidents.Conflict as exc:
         raise HTTPException(409, str(exc)) from None
-    return found.as_dict(datetime.now(UTC))
+    return found.as_dict(server.now() or datetime.now(UTC))
 
 
 @router.get("/v1/incidents", responses=errors(*AUTH, 422), dependencies=[BEARER])
@@ -85,7 +85,7 @@ async def list_incidents(
                 422, [{"loc": ["query", name], "msg": str(exc), "type": "value_error"}]
             ) from None
     found = await asyncio.to_thread(incidents.listed, server.engine, **bounds)
-    now = datetime.now(UTC)
+    now = server.now() or datetime.now(UTC)
     return {"incidents": [i.as_dict(now) for i in found]}
 
 
@@ -98,13 +98,15 @@ async def list_incidents(
 async def open_incident(server: Served, key: OperatorKey, body: _Opening) -> dict[str, Any]:
     """Open a serious incident now; its reporting deadline runs from now."""
     return await _call(
+        server,
         lambda: incidents.open_incident(
             server.engine,
             severity=body.severity,
             predictions=body.predictions,
             reason=body.reason,
             actor=actor(key),
-        )
+            at=server.now(),
+        ),
     )
 
 
@@ -118,7 +120,10 @@ async def update_incident(
 ) -> dict[str, Any]:
     """Add a note to an incident that is not closed."""
     return await _call(
-        lambda: incidents.update(server.engine, incident_id, note=body.note, actor=actor(key))
+        server,
+        lambda: incidents.update(
+            server.engine, incident_id, note=body.note, actor=actor(key), at=server.now()
+        ),
     )
 
 
@@ -133,13 +138,15 @@ async def report_incident(
     """Record the report to the authority, under its reference (409 once closed or
     already reported); the deadline alerts stop."""
     return await _call(
+        server,
         lambda: incidents.report(
             server.engine,
             incident_id,
             reference=body.reference,
             reason=body.reason,
             actor=actor(key),
-        )
+            at=server.now(),
+        ),
     )
 
 
@@ -153,5 +160,8 @@ async def close_incident(
 ) -> dict[str, Any]:
     """Close the incident (409 when it is closed already)."""
     return await _call(
-        lambda: incidents.close(server.engine, incident_id, reason=body.reason, actor=actor(key))
+        server,
+        lambda: incidents.close(
+            server.engine, incident_id, reason=body.reason, actor=actor(key), at=server.now()
+        ),
     )
