@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from sqlalchemy import Engine
 
-from copml import aliases, events, evidence, incidents, registry, times
+from copml import aliases, events, evidence, incidents, keys, registry, times
 from copml.apps.churn.demo import run_churn_demo
 from copml.monitor.window import history
 from copml.project import load_project
@@ -136,6 +137,12 @@ def test_a_persistent_shift_escalates_to_a_webhook_and_flags_the_project(tmp_pat
     assert events.history(engine, kind="project.reevaluate")
 
 
+def _key_actor(engine: Engine, user: str) -> str:
+    """How the server's events name a request made with ``user``'s key."""
+    (key,) = [k for k in keys.listing(engine) if k.name == user.removeprefix("user:")]
+    return f"key:{key.prefix}"
+
+
 def test_xray_demo_alerts_on_missed_pneumonia_and_an_approved_retrain_recovers(
     tmp_path: Path,
 ) -> None:
@@ -162,7 +169,8 @@ def test_xray_demo_alerts_on_missed_pneumonia_and_an_approved_retrain_recovers(
     # retrains by hand, and the operator resumes once v2 is promoted.
     halted = events.history(engine, kind="project.halted")
     resumed = events.history(engine, kind="project.resumed")
-    assert len(halted) == len(resumed) == 1 and halted[0]["actor"] == OPERATOR
+    assert len(halted) == len(resumed) == 1
+    assert halted[0]["actor"] == resumed[0]["actor"] == _key_actor(engine, OPERATOR)
     assert times.utc(halted[0]["at"]) == windows[2].end
     assert times.utc(resumed[0]["at"]) == windows[3].end
     assert windows[3].metrics["review_rate"] == 1.0  # none cleared by the model
