@@ -201,4 +201,4 @@ def test_xray_demo_alerts_on_missed_pneumonia_and_an_approved_retrain_recovers(
     assert {e["subject"].rsplit("/", 1)[1] for e in approvals} == {"1", "2"}
     assert all(e["actor"] == ACTOR for e in approvals)  # a person approved, not a policy
     assert windows[-1].model_version == "2"
-    assert "approved + promoted v2" in out.getvalue()
+    assert "promoted v2" in out.getvalue()  # the week's cell (the table may wrap it)
