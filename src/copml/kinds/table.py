@@ -211,7 +211,9 @@ class TableKind:
             values = pd.to_numeric(pd.Series(given, dtype=object), errors="coerce").to_numpy()
             outside = (values < low - pad) | (values > high + pad)
             for i in np.flatnonzero(outside):
-                failed[i].append(f"{name} {given[i]!r} outside the trained range [{low:g}, {high:g}]")
+                failed[i].append(
+                    f"{name} {given[i]!r} outside the trained range [{low:g}, {high:g}]"
+                )
         return [tuple(f) for f in failed]
 
     def save(
