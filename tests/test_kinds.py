@@ -174,12 +174,11 @@ def test_rows_unlike_the_training_table_go_to_a_person(churn: Project, tmp_path:
     in the window's ood_rate; rows like the training data are not flagged."""
     import httpx
 
-    from copml import audit, feedback, keys, reviews
-    from copml.monitor.window import monitor
-    from copml.store import open_store
-    from copml import registry
+    from copml import audit, feedback, keys, registry, reviews
     from copml.kinds import kind_for
+    from copml.monitor.window import monitor
     from copml.serve.champion import load_model
+    from copml.store import open_store
     from test_serve import _instances, start
 
     # A category outside the declared ones is refused at the edge (422); one declared but

@@ -70,6 +70,12 @@ class PredictApi:
     description: str = ""
 
 
+def review_reason(unlike: tuple[str, ...]) -> str | None:
+    """The cause a review is opened with for an input that failed the checks ``unlike``
+    (None: it passed them), as the queue, the audit record and ``ood_rate`` read it."""
+    return f"{OUT_OF_DISTRIBUTION}: {'; '.join(unlike)}" if unlike else None
+
+
 @dataclass(frozen=True)
 class Decisions:
     """What a kind decides for each row, as the log stores it and the answers say it:
@@ -106,9 +112,7 @@ class Decisions:
 
     def reason(self, row: int) -> str | None:
         """Why row ``row`` was sent to a person beyond its score, as a review records it."""
-        if not self.unlike or not self.unlike[row]:
-            return None
-        return f"{OUT_OF_DISTRIBUTION}: {'; '.join(self.unlike[row])}"
+        return review_reason(self.unlike[row]) if self.unlike else None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from copml.apps.xray.scoring import record_answers
 from copml.apps.xray.vision import distribution
 from copml.apps.xray.vision.images import decode, read_upload, statistics
 from copml.errors import DataValidationError
-from copml.kinds import OUT_OF_DISTRIBUTION, kind_for
+from copml.kinds import OUT_OF_DISTRIBUTION, kind_for, review_reason
 from copml.project import Project
 from copml.serve.arms import Arms, ArmsSlot, ShadowScorer
 from copml.serve.batcher import Pending, report_scored
@@ -290,9 +290,7 @@ class _Part:
             self.decided["review"] = self.decided["review"].to_numpy() | [
                 bool(u) for u in self.unlike
             ]
-        self.reasons = [
-            f"{OUT_OF_DISTRIBUTION}: {'; '.join(u)}" if u else None for u in self.unlike
-        ]
+        self.reasons = [review_reason(u) for u in self.unlike]
         if review_all:
             self.decided["review"] = True
         self.positive = (self.decided["label"] == cascade.rules.positive).to_numpy()
