@@ -117,8 +117,10 @@ def test_at_most_2_percent_of_real_val_xrays_are_out_of_distribution() -> None:
         return load_arrays(listed, models.SIZE)
 
     held = detector.calibration
-    profile = distribution.profile(
-        detector.model, arrays_of, facts[~held], facts[held], false_alarm_rate=0.01, seed=42
+    profile = distribution.prepared(
+        distribution.profile(
+            detector.model, arrays_of, facts[~held], facts[held], false_alarm_rate=0.01, seed=42
+        )
     )
 
     def failed(content: bytes) -> tuple[str, ...]:

@@ -88,11 +88,12 @@ class CascadeKind(BinaryKind):
         }
 
     def load(self, path: Path) -> Any:
+        from copml.apps.xray.vision import distribution
         from copml.apps.xray.vision.cascade import Cascade
         from copml.serve.champion import input_profile
 
         cascade = Cascade.load(path / "artifacts" / ARTIFACT)
-        cascade.profile = input_profile(path)
+        cascade.profile = distribution.prepared(input_profile(path))
         return cascade
 
     def input_profile(self, project: Project, model: Any, holdout: Holdout) -> dict[str, Any]:

@@ -83,6 +83,16 @@ def profile(
     }
 
 
+def prepared(profile: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``profile`` as read from JSON, its embedding's centre and precision as arrays once
+    (a 192 x 192 list of lists converted per request would cost milliseconds)."""
+    if profile is None:
+        return None
+    space = profile["embedding"]
+    arrays = {k: np.asarray(space[k], dtype=np.float64) for k in ("centre", "precision")}
+    return {**profile, "embedding": {**space, **arrays}}
+
+
 def max_pixels(profile: dict[str, Any]) -> int:
     """Above this many pixels an image is far too large to be like the training set:
     it is decoded at a reduced scale only."""
