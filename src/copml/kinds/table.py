@@ -174,11 +174,12 @@ class TableKind:
         return self.evaluate(project, decisions, labelled["actual"].to_numpy())
 
     def input_profile(self, project: Project, model: Any, holdout: Holdout) -> dict[str, Any]:
-        """Each input's trained range (numbers) or set of values (categories), from the rows
-        the model was fitted on."""
+        """Each input's range (numbers) or set of values (categories) in the training
+        snapshot: the rows the model was fitted on and its holdout."""
+        snapshot = pd.concat([holdout.fit[holdout.inputs], holdout.features], ignore_index=True)
         found: dict[str, Any] = {}
         for name in holdout.inputs:
-            values = holdout.fit[name].dropna()
+            values = snapshot[name].dropna()
             numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(
                 values
             )
