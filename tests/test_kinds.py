@@ -165,3 +165,67 @@ def test_a_third_party_kind_is_served_without_touching_copml(
         server.kill()
     # The same project served by copml's own binary kind reviews none of these (no band).
     assert churn.spec.serving.review_band is None
+
+
+def test_rows_unlike_the_training_table_go_to_a_person(churn: Project, tmp_path: Path) -> None:
+    """Issue 17 item 6 for tables: a value outside its trained range and a category never
+    seen in training are answered review: true with reason out_of_distribution, queued with
+    that cause (kept when a person resolves it; ground truth never clears it), and counted
+    in the window's ood_rate; rows like the training data are not flagged."""
+    import httpx
+
+    from copml import audit, feedback, keys, registry, reviews
+    from copml.kinds import kind_for
+    from copml.monitor.window import monitor
+    from copml.serve.champion import load_model
+    from copml.store import open_store
+    from test_serve import _instances, start
+
+    # A category outside the declared ones is refused at the edge (422); one declared but
+    # absent from the training rows reaches the model, and the kind's screen names it.
+    champion = load_model(churn, registry.required_champion(churn))
+    assert champion.profile is not None
+    rows = _instances(churn, 6)
+    columns = {c: [r[c] for r in rows] for c in champion.features}
+    columns["Contract"][1] = "Ten year"
+    screened = kind_for(churn.spec).screen(churn, champion.model, champion.profile, columns)
+    assert screened[1] == ("Contract 'Ten year' never seen in training",)
+    rows[0]["MonthlyCharges"] = 10_000.0  # trained on 18.25 … 118.75
+    rows[1]["tenure"] = 119  # declared up to 120, trained up to 72
+    server = start(churn)
+    try:
+        answer = httpx.post(
+            f"{server.url}/v1/predict",
+            json={"instances": rows},
+            headers=server.headers("service"),
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        found = answer.json()["predictions"]
+        operator = {"Authorization": f"Bearer {keys.create(open_store(churn.db_url), 'operator')}"}
+        queue = httpx.get(f"{server.url}/v1/reviews", headers=operator).json()["reviews"]
+    finally:
+        server.kill()
+    high, unseen, *alike = found
+    for said in (high, unseen):
+        assert said["review"] is True and said["reason"] == "out_of_distribution", said
+    assert "MonthlyCharges 10000.0 outside the trained range" in high["unlike_training"][0]
+    assert unseen["unlike_training"] == ["tenure 119 outside the trained range [0, 72]"]
+    assert all("reason" not in said and not said["review"] for said in alike)  # no band
+    causes = {item["prediction_id"]: item["reason"] for item in queue}
+    assert causes[high["prediction_id"]].startswith("out_of_distribution: MonthlyCharges")
+    # Ground truth landing does not clear the review; a person's resolution keeps the cause.
+    truth = tmp_path / "truth.csv"
+    truth.write_text(f"prediction_id,actual\n{high['prediction_id']},Yes\n")
+    feedback.load(churn, truth)
+    engine = open_store(churn.db_url)
+    still = {item["prediction_id"] for item in reviews.open_items(engine)}
+    assert {high["prediction_id"], unseen["prediction_id"]} <= still
+    reviews.resolve(engine, churn.spec, unseen["prediction_id"], "No", actor="user:ana",
+                    reason="a long customer")  # fmt: skip
+    kept = audit.record(churn, unseen["prediction_id"], explanation=False)["human_review"]
+    assert kept["reason"] == (
+        "out_of_distribution: tenure 119 outside the trained range [0, 72]\na long customer"
+    )
+    window = monitor(churn)
+    assert window.metrics["ood_rate"] == pytest.approx(2 / 6)

@@ -3,6 +3,7 @@ Telco file, the x-ray model 1 on the Kermany chest x-rays at the declared figure
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import shared_file
@@ -62,3 +63,85 @@ def test_real_xrays_model_1_keeps_recall_095_at_specificity_070() -> None:
     scores = models.predict_proba(detector.model, arrays[val])
     figures = models.metrics(pneumonia[val], scores, detector.threshold)
     assert figures["recall"] >= 0.95 and figures["specificity"] >= 0.70, figures
+
+
+@pytest.mark.realdata
+def test_at_most_2_percent_of_real_val_xrays_are_out_of_distribution() -> None:
+    """Issue 17 item 6 on the real images: model 1 trained as above (2 epochs), the profile
+    fitted on its fit part and thresholded on its calibration part at 1 % false alarms, as
+    ``copml train`` does; then every val/ image through what the server does per upload
+    (header first, then the checks): at most 2 % flagged, and a green PNG, a flat grey
+    12,000-pixel JPEG and an x-ray on its side all flagged. benchmarks/ood.py measures the
+    same with its cost per image."""
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    from copml.apps.xray.vision import distribution, models
+    from copml.apps.xray.vision.cascade import train_detector
+    from copml.apps.xray.vision.images import (
+        ImageSet,
+        load_arrays,
+        read_folder,
+        read_upload,
+        statistics,
+    )
+
+    found = read_folder(shared_file("chest-xray", "manifest.csv").parent)
+    frame = found.frame
+    train = (frame["split"] == "train").to_numpy()
+    arrays = load_arrays(found, models.SIZE)
+    fit_frame = frame[train].reset_index(drop=True)
+    detector = train_detector(
+        fit_frame,
+        arrays[train],
+        (frame["label"] == "PNEUMONIA").to_numpy()[train],
+        seed=42,
+        epochs=2,
+        threads=1,
+    )
+    mean, std = statistics(arrays[train])
+    facts = pd.DataFrame(
+        {
+            "file": [str(found.root / p) for p in fit_frame["path"]],
+            "width": fit_frame["width"],
+            "height": fit_frame["height"],
+            "intensity_mean": mean,
+            "intensity_std": std,
+        }
+    )
+
+    def arrays_of(files: list[str]) -> np.ndarray:
+        listed = ImageSet(pd.DataFrame({"path": [Path(f) for f in files]}), Path("/"))
+        return load_arrays(listed, models.SIZE)
+
+    held = detector.calibration
+    profile = distribution.prepared(
+        distribution.profile(
+            detector.model, arrays_of, facts[~held], facts[held], false_alarm_rate=0.01, seed=42
+        )
+    )
+
+    def failed(content: bytes) -> tuple[str, ...]:
+        upload = read_upload(content, models.SIZE, distribution.max_pixels(profile))
+        m, s = statistics(upload.grey[None])
+        columns = {"array": [upload.grey], "mode": [upload.mode], "colour": [upload.colour],
+                   "width": [upload.width], "height": [upload.height],
+                   "intensity_mean": [float(m[0])], "intensity_std": [float(s[0])]}  # fmt: skip
+        return distribution.unlike(profile, columns, detector.model)[0]
+
+    val = [found.root / p for p in frame.loc[~train, "path"]]
+    flagged = [p.name for p in val if failed(p.read_bytes())]
+    assert len(flagged) <= 0.02 * len(val), (len(flagged), flagged[:20])
+
+    def encoded(image: Image.Image, fmt: str) -> bytes:
+        out = io.BytesIO()
+        image.save(out, fmt)
+        return out.getvalue()
+
+    with Image.open(val[0]) as xray:
+        rotated = encoded(xray.rotate(90, expand=True), "JPEG")
+    assert failed(encoded(Image.new("RGB", (256, 256), (0, 200, 0)), "PNG"))
+    assert failed(encoded(Image.new("RGB", (12_000, 12_000), (128,) * 3), "JPEG"))
+    assert failed(rotated)

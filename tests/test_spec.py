@@ -578,3 +578,23 @@ def test_high_impact_needs_oversight_long_logs_and_approval() -> None:
     fixed = fixed.replace("require_approval: false", "require_approval: true")
     fixed += "\noversight: {safe_state: refuse}\n"
     assert parse_spec(fixed).oversight.safe_state == "refuse"  # type: ignore[union-attr]
+
+
+def test_out_of_distribution_settings_are_checked_and_ood_rate_is_a_policy_metric() -> None:
+    """``serving.out_of_distribution`` (issue 17 item 6): a false-alarm rate outside (0, 0.5)
+    is refused naming the field and its line; ``ood_rate`` is a metric policies may use."""
+    spec = parse_spec(EXAMPLE)
+    assert spec.serving.out_of_distribution.check
+    assert spec.serving.out_of_distribution.false_alarm_rate == 0.01
+    serving = 'serving: {mode: batch, schedule: "0 6 1 * *"}\n'
+    text = _edited(
+        serving,
+        'serving:\n  mode: batch\n  schedule: "0 6 1 * *"\n'
+        "  out_of_distribution: {false_alarm_rate: 0.9}\n",
+    )
+    message = _error(text)
+    line = _line_of(text, "out_of_distribution:")
+    assert f"serving.out_of_distribution.false_alarm_rate (line {line})" in message
+    assert "0.5" in message
+    policy = _edited("when: accuracy < 0.75\n", "when: ood_rate > 0.05\n")
+    assert parse_spec(policy).policies[0].name

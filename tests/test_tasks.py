@@ -386,7 +386,11 @@ def test_wine_multiclass_end_to_end(trained_wine: Path, tmp_path: Path) -> None:
                 c: by_id.loc[row["id"], f"{PROBABILITY}{c}"] for c in classes
             }
             top, second = sorted(p["probabilities"].values(), reverse=True)[:2]
-            assert p["review"] is (top - second < 0.1), p
+            # The margin rule, or a measurement outside the range wine was trained on
+            # (133 rows: a new one may fall outside), which a person sees as well.
+            unlike = p.get("reason") == "out_of_distribution"
+            assert p["review"] is (top - second < 0.1 or unlike), p
+            assert not unlike or all("outside the trained range" in c for c in p["unlike_training"])
         refused_instance(server, rows[0], "alcohol", "strong")
         first, second = predictions[0], predictions[1]
         actual = str(WINE.truth(pd.Series([rows[0]["id"]])).iloc[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 pytest.importorskip("torch", reason="the x-ray application needs the vision extra (torch)")
@@ -497,3 +499,56 @@ def test_a_cascade_version_reproduces_exactly(project: Project) -> None:
     done = reproduce(project, mv.version)
     assert done.reproduced, done.metric_differences
     assert done.rows == 600 and done.max_prediction_difference == 0.0
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, quality=90) if fmt == "JPEG" else image.save(out, fmt)
+    return out.getvalue()
+
+
+def _unlike_xrays(server: Server) -> dict[str, bytes]:
+    """Pictures that are not chest x-rays, and an x-ray turned on its side; no downloads."""
+    rng = np.random.default_rng(7)
+    smooth = rng.random((6, 6, 3)) * 255  # a blurry colour picture, photograph-like
+    photo = Image.fromarray(smooth.astype(np.uint8)).resize((320, 240), Image.Resampling.BICUBIC)
+    xray = Image.open(_images(server, "NORMAL", 1)[0])
+    return {
+        "grey": _encoded(Image.new("RGB", (12_000, 12_000), (128, 128, 128)), "JPEG"),
+        "green": _encoded(Image.new("RGB", (256, 256), (0, 200, 0)), "PNG"),
+        "photo": _encoded(photo, "JPEG"),
+        "rotated": _encoded(xray.rotate(90, expand=True), "JPEG"),
+    }
+
+
+def test_images_unlike_the_training_xrays_go_to_a_person(server: Server) -> None:
+    """Issue 17 item 6: a flat grey 12,000-pixel JPEG, a green PNG, a colour picture and a
+    rotated x-ray are each answered with review: true and reason out_of_distribution,
+    queued with that cause, and counted in the window's ood_rate; real x-rays mostly pass."""
+    unlike = _unlike_xrays(server)
+    files = [("file", (f"{name}.img", content, "image/jpeg")) for name, content in unlike.items()]
+    answer = httpx.post(
+        f"{server.url}/v1/predict", files=files, headers=server.headers("service"), timeout=120
+    )
+    assert answer.status_code == 200, answer.text
+    found = dict(zip(unlike, answer.json()["predictions"], strict=True))
+    for name, said in found.items():
+        assert said["review"] is True, name
+        assert said["reason"] == "out_of_distribution", (name, said)
+        assert said["unlike_training"], name
+    assert any("size 12000 x 12000" in c for c in found["grey"]["unlike_training"])
+    assert any("colour" in c for c in found["green"]["unlike_training"])
+    queue = httpx.get(
+        f"{server.url}/v1/reviews", params={"limit": 1000}, headers=server.headers("operator")
+    ).json()["reviews"]
+    causes = {r["prediction_id"]: r["reason"] for r in queue}
+    for said in found.values():
+        assert causes[said["prediction_id"]].startswith("out_of_distribution: ")
+    # The generated x-rays it was trained on: at most a few flagged.
+    xrays = _images(server, "NORMAL", 10) + _images(server, "PNEUMONIA", 10)
+    files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in xrays[:16]]
+    normal = httpx.post(
+        f"{server.url}/v1/predict", files=files, headers=server.headers("service"), timeout=120
+    ).json()["predictions"]
+    flagged = [p for p in normal if p.get("reason") == "out_of_distribution"]
+    assert len(flagged) <= 2, flagged

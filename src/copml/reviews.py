@@ -17,7 +17,7 @@ from sqlalchemy import Engine, case, func, select, update
 
 from copml import events, feedback, prediction_log
 from copml.errors import CopmlError, NotFoundError, UnknownPrediction
-from copml.kinds import kind_for
+from copml.kinds import OUT_OF_DISTRIBUTION, kind_for
 from copml.spec import Spec
 from copml.store import lock_for_writing, predictions, reviews
 
@@ -29,9 +29,10 @@ def count_open(engine: Engine) -> int:
 
 
 def open_items(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
-    """Open items, oldest first, each as its prediction's record plus when it was opened."""
+    """Open items, oldest first, each as its prediction's record plus when it was opened and
+    why, beyond its score (``out_of_distribution: …``; None: its score was unsure)."""
     query = (
-        select(reviews.c.seq, reviews.c.opened_at)
+        select(reviews.c.seq, reviews.c.opened_at, reviews.c.reason)
         .where(reviews.c.resolved_at.is_(None))
         .order_by(reviews.c.seq)
         .limit(max(1, min(limit, 1000)))
@@ -39,10 +40,10 @@ def open_items(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     out = []
-    for seq, opened in rows:
+    for seq, opened, why in rows:
         found = prediction_log.record_by_seq(engine, seq)
         if found is not None:
-            out.append({**found, "opened_at": opened})
+            out.append({**found, "opened_at": opened, "reason": why})
     return out
 
 
@@ -59,7 +60,8 @@ def resolve(
     feedback); returns it coded (:mod:`copml.labels`: 1 = a binary's positive class).
 
     A label other than the model's decision is an override (EU AI Act Art. 14: a person
-    may disregard the output), kept with who, when and ``reason`` beside the review."""
+    may disregard the output), kept with who, when and ``reason`` beside the review, after
+    the reason it was opened for (an input unlike the training data), which stays."""
     seq = prediction_log.resolve(engine, [prediction_id]).iloc[0]
     if pd.isna(seq):
         raise UnknownPrediction(prediction_id)
@@ -73,6 +75,8 @@ def resolve(
         decided = conn.execute(
             select(predictions.c.label, predictions.c.score).where(predictions.c.seq == int(seq))
         ).one()
+        opened_for = conn.execute(select(reviews.c.reason).where(reviews.c.seq == int(seq)))
+        cause = opened_for.scalar_one_or_none()
         # A class is compared by its code; a value (regression) by the value decided.
         model = float(decided.label) if target.classes else float(decided.score)
         overridden = not math.isclose(float(actual), model, rel_tol=0.0, abs_tol=1e-9)
@@ -84,7 +88,7 @@ def resolve(
                 resolved_by=actor,
                 actual=float(actual),
                 overridden=overridden,
-                reason=reason or None,
+                reason="\n".join(filter(None, [cause, reason])) or None,
             )
         ).rowcount
         if not done:
@@ -112,6 +116,17 @@ def overrides(engine: Engine, first_seq: int, last_seq: int) -> tuple[int, int]:
     with engine.connect() as conn:
         resolved, overridden = conn.execute(query).one()
     return int(resolved), int(overridden)
+
+
+def out_of_distribution(engine: Engine, first_seq: int, last_seq: int) -> int:
+    """How many of the decisions ``first_seq..last_seq`` went to a person because their
+    input was unlike the training data (open or resolved: the cause stays)."""
+    r = reviews.c
+    query = select(func.count()).where(
+        r.seq.between(first_seq, last_seq), r.reason.like(f"{OUT_OF_DISTRIBUTION}%")
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def of_prediction(engine: Engine, seq: int) -> dict[str, Any] | None:

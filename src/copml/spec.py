@@ -39,6 +39,7 @@ OPERATIONAL_METRICS = (
     "cost",
     "reviews",
     "override_rate",
+    "ood_rate",
 )
 ACTIONS = (
     "retrain",
@@ -267,6 +268,22 @@ def _valid_cron(value: str) -> str:
     return value
 
 
+class OutOfDistribution(_Model):
+    """How requests unlike the training data are found (``serving.out_of_distribution``):
+    such a request is answered with ``review: true`` and queued for a person."""
+
+    check: bool = Field(True, description="check every request against the training profile")
+    false_alarm_rate: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="share of the holdout a distance check may flag (its threshold's quantile)",
+    )
+    range_margin: float = Field(
+        0.0, ge=0, description="a numeric range widened by this share of its span each side"
+    )
+
+
 class Serving(_Model):
     mode: Literal["batch", "realtime"] = "batch"
     schedule: str | None = Field(None, description="cron expression for batch scoring")
@@ -279,6 +296,7 @@ class Serving(_Model):
         None, ge=1, le=12, description="decimals of returned scores (against model extraction)"
     )
     rate_limit: RateLimit = RateLimit()
+    out_of_distribution: OutOfDistribution = OutOfDistribution()
     engine: Literal["local", "spark", "ray"] = Field(
         "local", description="where `copml score` runs by default (`--engine` overrides)"
     )

@@ -24,7 +24,7 @@ import pandas as pd
 from copml import costs, epochs, events, lineage, profiles, registry, snapshots
 from copml.errors import CopmlError, UserCodeError
 from copml.evaluation import minimum_failures, split_holdout
-from copml.kinds import Holdout, ModelKind, kind_for
+from copml.kinds import INPUT_PROFILE, Holdout, ModelKind, kind_for
 from copml.project import Project
 from copml.store import open_store
 from copml.usercode import load_function
@@ -201,6 +201,9 @@ def train(
                 fit_part, features, actual, score, metrics, inputs, seed, decided, classes
             )
             kind.save(model, folder, measured, run, requirements=requirements)
+            # Inside the model folder: covered by its sha256, loaded with it, replayed with it.
+            profile = kind.input_profile(project, model, measured)
+            (folder / INPUT_PROFILE).write_text(json.dumps(profile, sort_keys=True))
             calibration = kind.calibration(project, measured)
             sha = registry.directory_sha256(folder)
             run.log_artifacts(folder, MODEL_ARTIFACT)

@@ -39,8 +39,8 @@ else:
 
 
 def _open_reviews(root: Path, n: int = 60) -> None:
-    """A review band and a few customers through ``POST /v1/predict``: the churn demo
-    scores in batch, which opens no human reviews."""
+    """A review band and a few customers through ``POST /v1/predict`` (the last one unlike
+    the training data): the churn demo scores in batch, which opens no human reviews."""
     import pandas as pd
     from fastapi.testclient import TestClient
 
@@ -58,6 +58,7 @@ def _open_reviews(root: Path, n: int = 60) -> None:
     rows = pd.read_csv(sorted((root / "batches").glob("*.csv"))[-1]).head(n)
     rows["TotalCharges"] = pd.to_numeric(rows["TotalCharges"], errors="coerce")
     instances = json.loads(rows.drop(columns=["Churn"], errors="ignore").to_json(orient="records"))
+    instances[-1]["MonthlyCharges"] = 10_000.0  # unlike any trained on: out of distribution
     with TestClient(create_app(project, poll_seconds=0, heartbeat_seconds=0)) as client:
         answer = client.post(
             "/v1/predict", json={"instances": instances}, headers={"Authorization": f"Bearer {key}"}

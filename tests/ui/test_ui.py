@@ -127,6 +127,9 @@ def test_an_auditor_reads_a_decision_and_replays_it(page: Page, site: Site) -> N
 def test_resolving_a_review_stores_the_label_as_feedback(page: Page, site: Site) -> None:
     login(page, site, "operator")
     page.goto(f"{site.base}/p/{site.slug}/reviews")
+    # Why each waits: an unsure score, or an input unlike the training data (issue 17).
+    unlike = page.locator("table.reviews td.why", has_text="out of distribution").last
+    expect(unlike).to_contain_text("MonthlyCharges 10000.0 outside the trained range")
     row = page.locator("table.reviews tbody tr").first
     prediction_id = row.locator("td").first.inner_text().strip()
     before = page.locator("table.reviews tbody tr").count()

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from copml.spec import Data, Spec
 
 GROUP = "copml.kinds"
+OUT_OF_DISTRIBUTION = "out_of_distribution"  # why a row unlike the training data is reviewed
+INPUT_PROFILE = "input_profile.json"  # a version's input profile, inside its model folder
 Direction = Literal["higher", "lower"]
 
 # copml's own kinds, for when the package's entry points are not installed.
@@ -68,17 +70,26 @@ class PredictApi:
     description: str = ""
 
 
+def review_reason(unlike: tuple[str, ...]) -> str | None:
+    """The cause a review is opened with for an input that failed the checks ``unlike``
+    (None: it passed them), as the queue, the audit record and ``ood_rate`` read it."""
+    return f"{OUT_OF_DISTRIBUTION}: {'; '.join(unlike)}" if unlike else None
+
+
 @dataclass(frozen=True)
 class Decisions:
     """What a kind decides for each row, as the log stores it and the answers say it:
     ``label`` a class code (a binary's positive is 1; 0 for a value), ``score`` the
     positive's or the chosen class's probability or the predicted value, ``review`` whether
-    a person must look, and ``probabilities`` one column per class where there are classes."""
+    a person must look, ``probabilities`` one column per class where there are classes, and
+    ``unlike`` per row the checks of :meth:`ModelKind.screen` it failed (empty: in
+    distribution; None: not screened)."""
 
     label: np.ndarray
     score: np.ndarray
     review: np.ndarray
     probabilities: np.ndarray | None = None
+    unlike: list[tuple[str, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -86,7 +97,22 @@ class Decisions:
     def part(self, rows: slice) -> Decisions:
         """The decisions of ``rows`` only."""
         probabilities = None if self.probabilities is None else self.probabilities[rows]
-        return Decisions(self.label[rows], self.score[rows], self.review[rows], probabilities)
+        unlike = None if self.unlike is None else self.unlike[rows]
+        return Decisions(
+            self.label[rows], self.score[rows], self.review[rows], probabilities, unlike
+        )
+
+    def screened(self, unlike: list[tuple[str, ...]]) -> Decisions:
+        """These decisions with each row's failed input checks: a row unlike the training
+        data goes to a person whatever its score."""
+        import numpy
+
+        review = self.review | numpy.array([bool(u) for u in unlike], dtype=bool)
+        return Decisions(self.label, self.score, review, self.probabilities, list(unlike))
+
+    def reason(self, row: int) -> str | None:
+        """Why row ``row`` was sent to a person beyond its score, as a review records it."""
+        return review_reason(self.unlike[row]) if self.unlike else None
 
 
 @dataclass(frozen=True)
@@ -178,6 +204,21 @@ class ModelKind(Protocol):
         needed (the columns of :meth:`window_metrics` and ``model_version``), each row by
         the calibration of its version, with their bands (:func:`copml.estimation.names`);
         NaN where a version has no calibration."""
+        ...
+
+    def input_profile(self, project: Project, model: Any, holdout: Holdout) -> dict[str, Any]:
+        """What the training inputs looked like (ranges, categories, an image's size and
+        intensity, a distance in the model's own embedding thresholded on the holdout at
+        ``serving.out_of_distribution.false_alarm_rate``), as JSON: saved in the version's
+        model folder (:data:`INPUT_PROFILE`) and checked against every request."""
+        ...
+
+    def screen(
+        self, project: Project, model: Any, profile: dict[str, Any], columns: dict[str, list[Any]]
+    ) -> list[tuple[str, ...]]:
+        """Per row (one list per input, as a server holds them), the checks against
+        ``profile`` (:meth:`input_profile`) it fails, each a short phrase; () when it is
+        like the training data."""
         ...
 
     def save(

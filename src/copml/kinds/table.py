@@ -20,6 +20,8 @@ import pandas as pd
 from copml.errors import CopmlError
 from copml.kinds import DecisionRule, Decisions, Holdout, PredictApi
 
+_MAX_CATEGORIES = 1000  # more distinct values than this: an identifier, not a category
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -170,6 +172,50 @@ class TableKind:
             probabilities,
         )
         return self.evaluate(project, decisions, labelled["actual"].to_numpy())
+
+    def input_profile(self, project: Project, model: Any, holdout: Holdout) -> dict[str, Any]:
+        """Each input's range (numbers) or set of values (categories) in the training
+        snapshot: the rows the model was fitted on and its holdout."""
+        snapshot = pd.concat([holdout.fit[holdout.inputs], holdout.features], ignore_index=True)
+        found: dict[str, Any] = {}
+        for name in holdout.inputs:
+            values = snapshot[name].dropna()
+            numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(
+                values
+            )
+            if numeric and len(values):
+                found[name] = {"min": float(values.min()), "max": float(values.max())}
+            elif not numeric and values.nunique() <= _MAX_CATEGORIES:
+                found[name] = {"values": sorted(map(str, values.unique()))}
+        return {"columns": found}
+
+    def screen(
+        self, project: Project, model: Any, profile: dict[str, Any], columns: dict[str, list[Any]]
+    ) -> list[tuple[str, ...]]:
+        """A number outside its trained range (widened by ``range_margin``) or a category
+        never seen in training; a missing value is the model's to handle."""
+        margin = project.spec.serving.out_of_distribution.range_margin
+        n = len(next(iter(columns.values()), []))
+        failed: list[list[str]] = [[] for _ in range(n)]
+        for name, trained in profile.get("columns", {}).items():
+            given = columns.get(name)
+            if given is None:
+                continue
+            if "values" in trained:
+                known = set(trained["values"])
+                for i, value in enumerate(given):
+                    if value is not None and value == value and str(value) not in known:
+                        failed[i].append(f"{name} {value!r} never seen in training")
+                continue
+            low, high = trained["min"], trained["max"]
+            pad = margin * (high - low)
+            values = pd.to_numeric(pd.Series(given, dtype=object), errors="coerce").to_numpy()
+            outside = (values < low - pad) | (values > high + pad)
+            for i in np.flatnonzero(outside):
+                failed[i].append(
+                    f"{name} {given[i]!r} outside the trained range [{low:g}, {high:g}]"
+                )
+        return [tuple(f) for f in failed]
 
     def save(
         self,

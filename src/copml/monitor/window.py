@@ -283,6 +283,14 @@ def _override_rate(engine: Engine, frame: pd.DataFrame) -> float:
     return overridden / resolved if resolved else math.nan
 
 
+def _ood_rate(engine: Engine, frame: pd.DataFrame) -> float:
+    """The share of the window's decisions whose input was unlike the training data."""
+    if not len(frame):
+        return math.nan
+    seq = frame["seq"]
+    return reviews.out_of_distribution(engine, int(seq.min()), int(seq.max())) / len(frame)
+
+
 def _calibration_of(
     project: Project, version: str | None, lineage: registry.Lineage | None
 ) -> Callable[[str], dict[str, Any] | None]:
@@ -320,6 +328,7 @@ def compute(project: Project, *, end: datetime | None = None) -> Window:
     metrics["labelled"] = float(len(labelled))
     metrics["reviews"] = float(frame["review"].astype(bool).sum()) if len(frame) else 0.0
     metrics["override_rate"] = _override_rate(engine, frame)
+    metrics["ood_rate"] = _ood_rate(engine, frame)
     latency = frame["latency_ms"].dropna()
     metrics["latency_p99_ms"] = float(np.percentile(latency, 99)) if len(latency) else math.nan
     metrics["availability"] = availability(engine, start, end)

@@ -8,14 +8,16 @@ version that fails any step is refused and the current one keeps serving.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
 from copml import events, registry
-from copml.kinds import kind_for
+from copml.kinds import INPUT_PROFILE, kind_for
 from copml.project import Project
 
 
@@ -25,6 +27,7 @@ class Champion:
     model: Any
     features: list[str]
     models: dict[str, str] = field(default_factory=dict)  # a composite model's parts
+    profile: dict[str, Any] | None = None  # its training inputs' profile (None: not recorded)
 
 
 def load_model(project: Project, mv: registry.ModelVersion) -> Champion:
@@ -35,7 +38,14 @@ def load_model(project: Project, mv: registry.ModelVersion) -> Champion:
     features = project.spec.data.features
     kind.warm(model, path, features)  # the first request pays nothing
     models = kind.served_models(mv.version, registry.parts(mv))
-    return Champion(mv.version, model, features, models)
+    return Champion(mv.version, model, features, models, input_profile(path))
+
+
+def input_profile(path: Path) -> dict[str, Any] | None:
+    """The input profile saved in a (verified) model folder; None for a version trained
+    before profiles were recorded, or imported: its requests cannot be screened."""
+    found = path / INPUT_PROFILE
+    return json.loads(found.read_text()) if found.exists() else None
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,16 @@ from pydantic import BaseModel
 class Prediction(BaseModel):
     """One decision: ``label`` the class (or a regression's value), ``score`` the positive
     class's or the chosen class's probability (or the value); a multiclass model answers
-    every class's probability too."""
+    every class's probability too. An input unlike the training data is reviewed with
+    ``reason`` ``out_of_distribution`` and the checks it failed (``unlike_training``)."""
 
     prediction_id: str
     label: Any
     score: float
     review: bool
     probabilities: dict[str, float] | None = None
+    reason: str | None = None
+    unlike_training: list[str] | None = None
 
 
 class PredictResponse(BaseModel):

@@ -22,7 +22,7 @@ from fastapi import HTTPException
 from sqlalchemy import Connection, Engine
 
 from copml import prediction_log, rollout
-from copml.kinds import Decisions, kind_for
+from copml.kinds import OUT_OF_DISTRIBUTION, Decisions, kind_for
 from copml.project import Project
 from copml.redaction import keyed_hash
 from copml.serve import idempotency
@@ -128,6 +128,9 @@ class GroupScorer:
             # Column by column: a third of the cost of a frame from records, the same scores.
             columns = {c: [row.features[c] for row in rows] for c in model.features}
             decided = self._kind.decide_rows(self._project, model.model, columns)
+            if model.profile is not None and spec.serving.out_of_distribution.check:
+                unlike = self._kind.screen(self._project, model.model, model.profile, columns)
+                decided = decided.screened(unlike)
             if self._halt is not None and self._halt.reviews_all():  # every one to a person
                 decided = replace(decided, review=np.ones(len(decided), dtype=bool))
             parts.append((arm, model, at, columns, decided, prediction_log.new_key()))
@@ -152,12 +155,13 @@ class GroupScorer:
                         for i, (row, latency) in enumerate(zip(rows, latencies, strict=True))
                     ],
                 )
+                opened = bind_value(conn, reviews.c.opened_at, now)
                 flagged = [
-                    (first + int(i), bind_value(conn, reviews.c.opened_at, now))
+                    (first + int(i), opened, decided.reason(int(i)))
                     for i in np.flatnonzero(decided.review)
                 ]
                 if flagged:
-                    bulk_insert(conn, reviews, ("seq", "opened_at"), flagged)
+                    bulk_insert(conn, reviews, ("seq", "opened_at", "reason"), flagged)
                 idempotency.record(conn, self._claimed(mine, first, [answered[i] for i in at]), now)
 
         written = [
@@ -206,6 +210,10 @@ class GroupScorer:
             names = [str(c) for c in self._target.classes]
             for answer, row in zip(answers, decided.probabilities.tolist(), strict=True):
                 answer["probabilities"] = dict(zip(names, row, strict=True))
+        for answer, unlike in zip(answers, decided.unlike or [], strict=False):
+            if unlike:  # why a person must look, beyond the score
+                answer["reason"] = OUT_OF_DISTRIBUTION
+                answer["unlike_training"] = list(unlike)
         out, start = [], 0
         for pending in group:
             out.append((version, answers[start : start + len(pending.rows)]))

@@ -231,7 +231,9 @@ reviews = Table(
     Column("resolved_by", String(128), nullable=True),
     Column("actual", Float, nullable=True),  # the person's label, coded
     Column("overridden", Boolean, nullable=True),  # it differs from the model's decision
-    Column("reason", Text, nullable=True),  # why, in the person's words
+    # Why: the cause it was opened for beyond its score ("out_of_distribution: …"), then,
+    # on its own line, the person's words at resolution.
+    Column("reason", Text, nullable=True),
     Index("ix_reviews_open", "resolved_at"),
 )
 

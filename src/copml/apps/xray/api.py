@@ -25,8 +25,10 @@ from sqlalchemy import Connection, Engine
 from copml import prediction_log, rollout
 from copml.apps.xray import image_archive, image_sets
 from copml.apps.xray.scoring import record_answers
-from copml.apps.xray.vision.images import decode, statistics
+from copml.apps.xray.vision import distribution
+from copml.apps.xray.vision.images import decode, read_upload, statistics
 from copml.errors import DataValidationError
+from copml.kinds import OUT_OF_DISTRIBUTION, kind_for, review_reason
 from copml.project import Project
 from copml.serve.arms import Arms, ArmsSlot, ShadowScorer
 from copml.serve.batcher import Pending, report_scored
@@ -109,18 +111,32 @@ async def read_uploads(request: Request, max_bytes: int) -> list[tuple[list[str 
     return out
 
 
+def screening(project: Project, cascade: Any) -> dict[str, Any] | None:
+    """The profile requests are checked against; None: not checked (switched off in the
+    spec, or a version trained before profiles were recorded)."""
+    if not project.spec.serving.out_of_distribution.check:
+        return None
+    return cascade.profile
+
+
 def prepare(
-    uploads: list[tuple[list[str | int], bytes]], size: int, max_bytes: int
+    uploads: list[tuple[list[str | int], bytes]],
+    size: int,
+    max_bytes: int,
+    profile: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Decode and check every upload (in a worker thread: decoding is CPU work)."""
+    """Decode and check every upload (in a worker thread: decoding is CPU work). With a
+    ``profile``, an image far larger than any trained on is decoded at a reduced scale."""
+    limit = distribution.max_pixels(profile) if profile is not None else None
     rows = []
     for loc, content in uploads:
         if len(content) > max_bytes:
             raise _refuse(413, loc, f"image of {len(content)} bytes exceeds {max_bytes}")
         try:
-            grey, width, height = decode(content, size)
+            upload = read_upload(content, size, limit)
         except DataValidationError as exc:
             raise _refuse(422, loc, str(exc)) from None
+        grey = upload.grey
         # The monitored statistics at the size the training snapshot measured them.
         monitored = grey if size == STATISTICS_SIZE else decode(content, STATISTICS_SIZE)[0]
         mean, std = statistics(monitored[None])
@@ -129,8 +145,10 @@ def prepare(
                 "array": grey,
                 "content": content,
                 "sha256": hashlib.sha256(content).hexdigest(),
-                "width": width,
-                "height": height,
+                "width": upload.width,
+                "height": upload.height,
+                "mode": upload.mode,
+                "colour": upload.colour,
                 "intensity_mean": float(mean[0]),
                 "intensity_std": float(std[0]),
             }
@@ -156,6 +174,7 @@ class ImageScorer:
     ) -> None:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._halt = halt
+        self._project = project
         self._spec = project.spec
         self._engine = engine
         self._slot = slot
@@ -187,7 +206,7 @@ class ImageScorer:
         ]
         every = self._halt is not None and self._halt.reviews_all()  # halted: all to a person
         for part in parts:
-            part.decide(every)
+            part.decide(every, self._project)
         if self._archive is not None:  # stored before its prediction is, after it scored
             for part in parts:
                 for row in part.rows:
@@ -208,7 +227,9 @@ class ImageScorer:
                     ],
                 )
                 shas = [row["sha256"] for row in part.rows]
-                record_answers(conn, first, part.decided, shas, part.model.models, now)
+                record_answers(
+                    conn, first, part.decided, shas, part.model.models, now, part.reasons
+                )
 
         written = [
             (
@@ -246,6 +267,9 @@ def _stored(row: dict[str, Any], kept: bool) -> str:
     )
 
 
+_SCREENED = ("array", "mode", "colour", "width", "height", "intensity_mean", "intensity_std")
+
+
 class _Part:
     """One arm's requests of a group: their rows, the cascade's decisions, their batch key."""
 
@@ -254,10 +278,19 @@ class _Part:
         self.rows = [row for pending in group for row in pending.rows]
         self.key = prediction_log.new_key()
 
-    def decide(self, review_all: bool) -> None:
-        """Score the rows; ``review_all`` (a halt) sends every one to a person."""
+    def decide(self, review_all: bool, project: Project) -> None:
+        """Score the rows; an image unlike the training images, or every one when
+        ``review_all`` (a halt), goes to a person."""
         cascade = self.model.model
         self.decided = cascade.predict(np.stack([r["array"] for r in self.rows]))
+        self.unlike: list[tuple[str, ...]] = [()] * len(self.rows)
+        if (profile := screening(project, cascade)) is not None:
+            columns = {name: [r[name] for r in self.rows] for name in _SCREENED}
+            self.unlike = kind_for(project.spec).screen(project, cascade, profile, columns)
+            self.decided["review"] = self.decided["review"].to_numpy() | [
+                bool(u) for u in self.unlike
+            ]
+        self.reasons = [review_reason(u) for u in self.unlike]
         if review_all:
             self.decided["review"] = True
         self.positive = (self.decided["label"] == cascade.rules.positive).to_numpy()
@@ -282,6 +315,9 @@ class _Part:
                         "image_sha256": row["sha256"],
                     }
                 )
+                if self.unlike[i]:  # why a person must look, beyond the scores
+                    answers[-1]["reason"] = OUT_OF_DISTRIBUTION
+                    answers[-1]["unlike_training"] = list(self.unlike[i])
                 i += 1
             out[id(pending)] = (self.model.version, self.model.models, answers)
         return out

@@ -88,9 +88,34 @@ class CascadeKind(BinaryKind):
         }
 
     def load(self, path: Path) -> Any:
+        from copml.apps.xray.vision import distribution
         from copml.apps.xray.vision.cascade import Cascade
+        from copml.serve.champion import input_profile
 
-        return Cascade.load(path / "artifacts" / ARTIFACT)
+        cascade = Cascade.load(path / "artifacts" / ARTIFACT)
+        cascade.profile = distribution.prepared(input_profile(path))
+        return cascade
+
+    def input_profile(self, project: Project, model: Any, holdout: Holdout) -> dict[str, Any]:
+        """Mode and colours, size and aspect, grey-level statistics of the training images,
+        and model 1's embedding of them, thresholded on the holdout images."""
+        from copml.apps.xray.vision import distribution
+
+        return distribution.profile(
+            model.detector,
+            model.arrays,
+            holdout.fit,
+            holdout.features,
+            false_alarm_rate=project.spec.serving.out_of_distribution.false_alarm_rate,
+            seed=holdout.seed,
+        )
+
+    def screen(
+        self, project: Project, model: Any, profile: dict[str, Any], columns: dict[str, list[Any]]
+    ) -> list[tuple[str, ...]]:
+        from copml.apps.xray.vision import distribution
+
+        return distribution.unlike(profile, columns, model.detector)
 
     def warm(self, model: Any, path: Path, features: list[str]) -> None:
         side = model.rules.input_size  # a blank image of its input size
@@ -187,7 +212,9 @@ class CascadeKind(BinaryKind):
         return PredictApi(
             scorer=api.ImageScorer(project, engine, slot, clock, arms, shadow, halt),
             read=functools.partial(api.read_uploads, max_bytes=limit),
-            prepare=lambda uploads, model: api.prepare(uploads, model.rules.input_size, limit),
+            prepare=lambda uploads, model: api.prepare(
+                uploads, model.rules.input_size, limit, api.screening(project, model)
+            ),
             respond=respond,
             # One image at its limit, base64 in JSON, must pass; anything larger is refused.
             max_body_bytes=limit * 2,

@@ -58,8 +58,10 @@ def record_answers(
     sha256: list[str],
     models: dict[str, str],
     at: datetime,
+    reasons: list[str | None] | None = None,
 ) -> None:
-    """Model 2's answers and the review queue entries of one logged group, in its transaction."""
+    """Model 2's answers and the review queue entries of one logged group, in its
+    transaction; ``reasons``: why each went to a person beyond its scores (None: unsure)."""
     types = decided["type"].tolist()
     probabilities = decided["type_probability"].tolist()
     conn.execute(
@@ -77,7 +79,11 @@ def record_answers(
     )
     flagged = np.flatnonzero(decided["review"].to_numpy())
     if len(flagged):
-        conn.execute(insert(reviews), [{"seq": first + int(i), "opened_at": at} for i in flagged])
+        why = reasons or [None] * len(decided)
+        conn.execute(
+            insert(reviews),
+            [{"seq": first + int(i), "opened_at": at, "reason": why[int(i)]} for i in flagged],
+        )
 
 
 def versions_of(mv: registry.ModelVersion) -> dict[str, str]:

@@ -61,6 +61,9 @@ class Cascade:
     detector: Any
     typer: Any
     rules: Rules
+    # What its training images looked like (vision.distribution), read from the version's
+    # model folder on load: requests unlike them go to a person. Not part of ``save``.
+    profile: dict[str, Any] | None = None
 
     # The estimator face copml's training, gate and batch scoring use: a frame with a ``file``
     # column in, P(pneumonia) out, decided at the cascade's own threshold.

@@ -323,6 +323,22 @@ def predict_proba(model: CompactCNN, images: np.ndarray) -> np.ndarray:
     return batch_independence.scores(alone, x, rows=1)
 
 
+@torch.no_grad()
+def embed(model: CompactCNN, images: np.ndarray) -> np.ndarray:
+    """The penultimate layer (globally pooled features, before dropout and the logit) of
+    each image, one per call like :func:`predict_proba`: where an input lies in the space
+    the model decides in."""
+    model.eval()
+    dev = next(model.parameters()).device
+    x = _as_images(images)
+    out = [
+        model.pool(model.features(torch.from_numpy(x[i : i + 1]).to(dev))).flatten(1).cpu().numpy()
+        for i in range(len(x))
+    ]
+    width = model.channels[-1]
+    return np.concatenate(out).astype(np.float64) if out else np.empty((0, width))
+
+
 def threshold_for_recall(
     scores: np.ndarray, labels: np.ndarray, target: float
 ) -> tuple[float, float, float]:
