@@ -38,6 +38,7 @@ from copml import (
     oversight,
     registry,
     retention,
+    snapshots,
     times,
 )
 from copml.errors import CopmlError
@@ -53,7 +54,6 @@ from copml.store import events as events_table
 from copml.store import open_store
 from copml.store import reviews as reviews_table
 
-_TEMPLATES = Path(__file__).parent / "templates"
 HTML_TEMPLATE = "evidence.html.j2"
 FORMAT = "copml-evidence/1"
 MANIFEST = "manifest.json"
@@ -699,16 +699,7 @@ def _when(value: Any) -> str:
 
 def render_html(found: Evidence) -> str:
     """The pack's first page: inline CSS, no script, nothing fetched, autoescaped."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    # Always on for HTML: select_autoescape() would leave a ``.html.j2`` name unescaped.
-    env = Environment(
-        loader=FileSystemLoader(_TEMPLATES),
-        autoescape=True,
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    env.filters["fmt"] = model_card.fmt
+    env = model_card.environment(True)
     env.filters["when"] = _when
     return env.get_template(HTML_TEMPLATE).render(e=found, missing=display.MISSING)
 
@@ -738,14 +729,6 @@ def _dump(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ manifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def files_digest(files: list[dict[str, Any]]) -> str:
@@ -800,7 +783,11 @@ def export(project: Project, folder: Path, span: Period, *, now: datetime | None
             name.with_suffix(".md").write_text(model_card.render_markdown(card), encoding="utf-8")
             name.with_suffix(".json").write_text(_dump(_card_json(card)), encoding="utf-8")
         files = [
-            {"path": p, "sha256": _sha256(work / p), "size": (work / p).stat().st_size}
+            {
+                "path": p,
+                "sha256": snapshots.file_sha256(work / p),
+                "size": (work / p).stat().st_size,
+            }
             for p in _listing(work)
         ]
         manifest = {
@@ -819,7 +806,7 @@ def export(project: Project, folder: Path, span: Period, *, now: datetime | None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return Bundle(folder, manifest, _sha256(folder / MANIFEST), found)
+    return Bundle(folder, manifest, snapshots.file_sha256(folder / MANIFEST), found)
 
 
 # ------------------------------------------------------------------------------ verify
@@ -895,7 +882,7 @@ def verify(folder: Path) -> Verification:
             findings.append(
                 Finding(name, "altered", f"{size} bytes, manifest says {entry['size']}")
             )
-        elif _sha256(target) != entry["sha256"]:
+        elif snapshots.file_sha256(target) != entry["sha256"]:
             findings.append(Finding(name, "altered", "sha256 differs from the manifest"))
     for name in _listing(folder):
         if name not in listed:

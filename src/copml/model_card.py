@@ -598,7 +598,9 @@ def _md(value: Any) -> str:
     return text.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
-def _environment(autoescape: bool) -> Any:
+def environment(autoescape: bool) -> Any:
+    """The Jinja environment of copml's documents (the card, the evidence pack): strict,
+    autoescaped for HTML, with the card's figure formats."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     # Always on for HTML: select_autoescape() would leave a ``.html.j2`` name unescaped.
@@ -615,14 +617,14 @@ def _environment(autoescape: bool) -> Any:
 
 def render_markdown(card: ModelCard) -> str:
     """The card as Markdown (raw HTML in any recorded text is escaped)."""
-    template = _environment(False).get_template(MARKDOWN_TEMPLATE)
+    template = environment(False).get_template(MARKDOWN_TEMPLATE)
     text = template.render(c=card, not_measured=NOT_MEASURED)
     return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"  # optional blocks leave blanks
 
 
 def render_html(card: ModelCard) -> str:
     """The card as one HTML file: inline CSS, the plot as a ``data:`` URI, autoescaped."""
-    return _environment(True).get_template(HTML_TEMPLATE).render(c=card, not_measured=NOT_MEASURED)
+    return environment(True).get_template(HTML_TEMPLATE).render(c=card, not_measured=NOT_MEASURED)
 
 
 def write_card(project: Project, version: str, folder: Path) -> tuple[Path, Path]:

@@ -222,21 +222,8 @@ def _decode_problem(path: Path) -> str | None:
 def decode(content: bytes, size: int) -> tuple[np.ndarray, int, int]:
     """An uploaded image as the networks' input (grey, ``size``², 0-1) with its width and
     height; ``DataValidationError`` saying why when it is not a complete image."""
-    import io
-
-    try:
-        with Image.open(io.BytesIO(content)) as im:
-            im.load()
-            width, height = im.size
-            jpeg = im.format == "JPEG"
-            grey = grey_array(im, size)
-    except UnidentifiedImageError:
-        raise DataValidationError("not an image file (expected JPEG or PNG)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataValidationError(f"not a readable image ({exc})") from None
-    if jpeg and not content[-64:].rstrip(b"\x00\r\n ").endswith(_JPEG_EOI):
-        raise DataValidationError("a truncated JPEG (no end-of-image marker)")
-    return grey, width, height
+    found = read_upload(content, size)
+    return found.grey, found.width, found.height
 
 
 @dataclass(frozen=True)
