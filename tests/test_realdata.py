@@ -1,7 +1,9 @@
 """The examples on the real files from ../shared/data (skip when absent): churn on the IBM
 Telco file, the x-ray model 1 on the Kermany chest x-rays at the declared figures."""
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,13 +35,18 @@ def test_real_telco_data_trains_to_auc_080(tmp_path: Path) -> None:
     assert result.metrics["roc_auc"] >= 0.80, result.metrics
 
 
-@pytest.mark.realdata
-def test_real_xrays_model_1_keeps_recall_095_at_specificity_070() -> None:
-    """The x-ray tests train on generated images with loosened minimums (recall 0.5); this
-    holds model 1 to the example's declared figures on the real images: trained on train/ for
-    2 epochs, its threshold chosen for recall 0.98 on a patient-disjoint calibration part of
-    train/, judged on val/ (other patients). About 90 s of CPU on one thread (decoding 4,871
-    images 12 s, an epoch 33 s); it saw recall 0.979 at specificity 0.789."""
+@dataclass(frozen=True)
+class _RealXrays:
+    found: Any  # the image set of ../shared/data/chest-xray
+    arrays: np.ndarray
+    detector: Any  # model 1 trained on train/ for 2 epochs
+
+
+@pytest.fixture(scope="module")
+def real_xrays() -> _RealXrays:
+    """Model 1 trained once on the real train/ images for the tests below: 2 epochs, its
+    threshold chosen for recall 0.98 on a patient-disjoint calibration part of train/.
+    About 90 s of CPU on one thread (decoding 4,871 images 12 s, an epoch 33 s)."""
     from copml.apps.xray.vision import models
     from copml.apps.xray.vision.cascade import train_detector
     from copml.apps.xray.vision.images import load_arrays, read_folder
@@ -47,26 +54,40 @@ def test_real_xrays_model_1_keeps_recall_095_at_specificity_070() -> None:
     found = read_folder(shared_file("chest-xray", "manifest.csv").parent)
     arrays = load_arrays(found, models.SIZE)
     frame = found.frame
-    train, val = (frame["split"] == "train").to_numpy(), (frame["split"] == "val").to_numpy()
-    pneumonia = (frame["label"] == "PNEUMONIA").to_numpy()
-    assert (train.sum(), val.sum()) == (4067, 804)
-    assert not set(frame.loc[train, "group"]) & set(frame.loc[val, "group"])
+    train = (frame["split"] == "train").to_numpy()
     detector = train_detector(
         frame[train].reset_index(drop=True),
         arrays[train],
-        pneumonia[train],
+        (frame["label"] == "PNEUMONIA").to_numpy()[train],
         seed=42,
         recall_target=0.98,
         epochs=2,
         threads=1,  # one core of two: a second thread only spins while the other test runs
     )
-    scores = models.predict_proba(detector.model, arrays[val])
+    return _RealXrays(found, arrays, detector)
+
+
+@pytest.mark.realdata
+def test_real_xrays_model_1_keeps_recall_095_at_specificity_070(real_xrays: _RealXrays) -> None:
+    """The x-ray tests train on generated images with loosened minimums (recall 0.5); this
+    holds model 1 to the example's declared figures on the real images, judged on val/
+    (other patients than train/); it saw recall 0.979 at specificity 0.789."""
+    from copml.apps.xray.vision import models
+
+    frame, detector = real_xrays.found.frame, real_xrays.detector
+    train, val = (frame["split"] == "train").to_numpy(), (frame["split"] == "val").to_numpy()
+    pneumonia = (frame["label"] == "PNEUMONIA").to_numpy()
+    assert (train.sum(), val.sum()) == (4067, 804)
+    assert not set(frame.loc[train, "group"]) & set(frame.loc[val, "group"])
+    scores = models.predict_proba(detector.model, real_xrays.arrays[val])
     figures = models.metrics(pneumonia[val], scores, detector.threshold)
     assert figures["recall"] >= 0.95 and figures["specificity"] >= 0.70, figures
 
 
 @pytest.mark.realdata
-def test_at_most_2_percent_of_real_val_xrays_are_out_of_distribution() -> None:
+def test_at_most_2_percent_of_real_val_xrays_are_out_of_distribution(
+    real_xrays: _RealXrays,
+) -> None:
     """Issue 17 item 6 on the real images: model 1 trained as above (2 epochs), the profile
     fitted on its fit part and thresholded on its calibration part at 1 % false alarms, as
     ``copml train`` does; then every val/ image through what the server does per upload
@@ -79,28 +100,12 @@ def test_at_most_2_percent_of_real_val_xrays_are_out_of_distribution() -> None:
     from PIL import Image
 
     from copml.apps.xray.vision import distribution, models
-    from copml.apps.xray.vision.cascade import train_detector
-    from copml.apps.xray.vision.images import (
-        ImageSet,
-        load_arrays,
-        read_folder,
-        read_upload,
-        statistics,
-    )
+    from copml.apps.xray.vision.images import ImageSet, load_arrays, read_upload, statistics
 
-    found = read_folder(shared_file("chest-xray", "manifest.csv").parent)
+    found, arrays, detector = real_xrays.found, real_xrays.arrays, real_xrays.detector
     frame = found.frame
     train = (frame["split"] == "train").to_numpy()
-    arrays = load_arrays(found, models.SIZE)
     fit_frame = frame[train].reset_index(drop=True)
-    detector = train_detector(
-        fit_frame,
-        arrays[train],
-        (frame["label"] == "PNEUMONIA").to_numpy()[train],
-        seed=42,
-        epochs=2,
-        threads=1,
-    )
     mean, std = statistics(arrays[train])
     facts = pd.DataFrame(
         {

@@ -14,8 +14,11 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from copml.project import Project
 from copml.serve.batcher import Occupancy
@@ -100,6 +103,7 @@ def create_app(
     ):
         _mount(app, router)
     app.exception_handler(RequestValidationError)(_invalid)
+    app.exception_handler(StarletteHTTPException)(_http_error)
     for error in UNAVAILABLE:
         app.exception_handler(error)(_unavailable)
     app.add_middleware(Occupancy, batcher=server.batcher, path=predict.PATH)
@@ -137,6 +141,26 @@ async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
         {"detail": "the store is unavailable; retry shortly"},
         503,
         headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's answer, except that a 405's ``Allow`` lists the methods of every route on
+    the path: Starlette names only the first route's (``/v1/incidents`` has a GET and a
+    POST)."""
+    if exc.status_code != 405:
+        return await http_exception_handler(request, exc)
+    path = request.url.path
+    methods = sorted(
+        {
+            method
+            for route in request.app.router.routes
+            if isinstance(route, Route) and route.path_regex.match(path)
+            for method in route.methods or ()
+        }
+    )
+    return JSONResponse(
+        {"detail": "Method Not Allowed"}, 405, headers={"Allow": ", ".join(methods)}
     )
 
 

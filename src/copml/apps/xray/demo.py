@@ -231,14 +231,14 @@ def run_xray_demo(
                     markers.append(Marker(ends, "resumed"))
                     halted = None
             elif promoted_at is None and _halts(project, passed, window):
-                missed = [a for a in answered if a.missed]
-                _post(url, "/v1/admin/halt", headers, {"reason": f"{len(missed)} missed "
-                      "pneumonia this week after the scanner change: every image to a "
+                wrong = sum(a.false_negative for a in answered)
+                _post(url, "/v1/admin/halt", headers, {"reason": f"{wrong} pneumonia answered "
+                      "NORMAL this week after the scanner change: every image to a "
                       "radiologist until the cascade is fixed"})  # fmt: skip
                 halted = ends
                 done.append("halted → review all")
                 markers.append(Marker(ends, "halted"))
-                incident = _open_incident(url, headers, missed, console)
+                incident = _open_incident(url, headers, answered, console)
                 done.append(f"incident {incident['id']} opened")
             else:
                 promoted = _approve_waiting(project, ends)
@@ -295,9 +295,14 @@ class _Answer:
     review: bool
 
     @property
+    def false_negative(self) -> bool:
+        """A pneumonia the cascade called normal."""
+        return bool(self.truth) and self.label != "PNEUMONIA"
+
+    @property
     def missed(self) -> bool:
-        """A pneumonia the cascade called normal and sent to no one."""
-        return bool(self.truth) and self.label != "PNEUMONIA" and not self.review
+        """A false negative sent to no one: only the follow-up finds it."""
+        return self.false_negative and not self.review
 
 
 def _send_week(
@@ -368,14 +373,17 @@ def _recover_by_hand(
 
 
 def _open_incident(
-    url: str, headers: dict[str, dict[str, str]], missed: list[_Answer], console: Any
+    url: str, headers: dict[str, dict[str, str]], answered: list[_Answer], console: Any
 ) -> dict[str, Any]:
     """A pneumonia the cascade cleared is a serious incident (Art. 73): it must be reported
     to the market surveillance authority within 15 days of the provider's awareness."""
+    missed = [a for a in answered if a.missed]
+    cited = missed[:1] or [a for a in answered if a.false_negative][:1]
     body = {
         "severity": "serious",
-        "predictions": [a.prediction_id for a in missed[:1]],
-        "reason": "a pneumonia on the new scanner was answered NORMAL and sent to no one",
+        "predictions": [a.prediction_id for a in cited],
+        "reason": "a pneumonia on the new scanner was answered NORMAL"
+        + ("" if missed else " (a radiologist's review caught it)"),
     }
     found = _post(url, "/v1/incidents", headers, body)
     console.print(
