@@ -143,6 +143,7 @@ def _key_actor(engine: Engine, user: str) -> str:
     return f"key:{key.prefix}"
 
 
+@pytest.mark.slow  # 6 to 9 minutes on 2 cores: make test-cluster (CI) runs it
 def test_xray_demo_alerts_on_missed_pneumonia_and_an_approved_retrain_recovers(
     tmp_path: Path,
 ) -> None:
