@@ -338,14 +338,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _events(engine: Engine, span: Period) -> list[dict[str, Any]]:
     """The period's events, in the order recorded."""
     e = events_table.c
@@ -430,19 +422,21 @@ def _windows(project: Project, span: Period) -> list[dict[str, Any]]:
                 "model_version": w.model_version,
                 "n_predictions": w.n_predictions,
                 "n_labelled": w.n_labelled,
-                "reviews": None if (n := _finite(w.metrics.get("reviews"))) is None else int(n),
-                "override_rate": _finite(w.metrics.get("override_rate")),
+                "reviews": None
+                if (n := model_card.finite(w.metrics.get("reviews"))) is None
+                else int(n),
+                "override_rate": model_card.finite(w.metrics.get("override_rate")),
                 "requirements": [
                     {
                         "name": r.name,
                         "kind": r.kind,
                         "expected": r.expected,
-                        "value": _finite(r.value),
+                        "value": model_card.finite(r.value),
                         "state": r.state,
                     }
                     for r in requirements_module.requirements(project.spec, w)
                 ],
-                "metrics": {k: _finite(v) for k, v in w.metrics.items()},
+                "metrics": {k: model_card.finite(v) for k, v in w.metrics.items()},
             }
         )
     return out

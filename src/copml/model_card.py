@@ -56,7 +56,8 @@ def _bound(threshold: Threshold) -> str:
     return " and ".join(parts)
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, NaN, infinite, not a number)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -65,7 +66,7 @@ def _finite(value: Any) -> float | None:
 
 
 def _state(threshold: Threshold, value: Any) -> str:
-    number = _finite(value)
+    number = finite(value)
     if number is None:
         return "unknown"
     return "met" if threshold.met(number) else "not met"
@@ -244,7 +245,7 @@ def _gate(spec: Spec, history: list[dict[str, Any]]) -> Gate | None:
         better=spec.metrics.direction(metric, spec.classes),
         champion=evidence.get("champion"),
         rows=evidence.get("rows"),
-        metrics=[(m, _finite(mine.get(m)), _finite(theirs.get(m))) for m in names],
+        metrics=[(m, finite(mine.get(m)), finite(theirs.get(m))) for m in names],
     )
 
 
@@ -286,7 +287,7 @@ def _live(spec: Spec, history: list[dict[str, Any]]) -> LiveComparison | None:
         live.arm, live.at = str(evidence["live"]), _when(found["at"])
         live.condition, live.rows = evidence.get("condition"), evidence.get("rows")
         live.champion = evidence.get("champion")
-        live.metrics = [(m, _finite(mine.get(m)), _finite(theirs.get(m))) for m in names]
+        live.metrics = [(m, finite(mine.get(m)), finite(theirs.get(m))) for m in names]
     return live
 
 
@@ -324,13 +325,13 @@ def _fairness(project: Project, latest: windows_module.Window | None) -> list[Fa
             Fairness(
                 column,
                 measured=True,
-                dp=_finite(m.get(dp_key)),
-                eo=_finite(m.get(eo_key)),
+                dp=finite(m.get(dp_key)),
+                eo=finite(m.get(eo_key)),
                 groups=[
                     (
                         g,
-                        _finite(m.get(f"selection_rate.{column}={g}")),
-                        _finite(m.get(f"recall.{column}={g}")),
+                        finite(m.get(f"selection_rate.{column}={g}")),
+                        finite(m.get(f"recall.{column}={g}")),
                     )
                     for g in groups
                 ],
@@ -407,7 +408,7 @@ def _limitations(
             if result.drifted:
                 out.append(
                     f"Feature {feature} has drifted in the window ending {_when(latest.end)} "
-                    f"(PSI {fmt(_finite(result.psi))}, above the declared "
+                    f"(PSI {fmt(finite(result.psi))}, above the declared "
                     f"{spec.effectiveness.drift_psi:g})."
                 )
     for item in card.fairness:
@@ -498,7 +499,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
             _when(w.end),
             w.n_predictions,
             w.n_labelled,
-            {k: _finite(w.metrics.get(k)) for k in key},
+            {k: finite(w.metrics.get(k)) for k in key},
         )
         for w in served[-PRODUCTION_WINDOWS:]
     ]
@@ -555,7 +556,7 @@ def build_card(project: Project, version: str, *, now: datetime | None = None) -
         snapshot_found=snap is not None,
         source=_safe_source(snap.source) if snap else display.MISSING,
         n_rows=snap.n_rows if snap else None,
-        positive_rate=_finite(target_profile.get("positive_rate")),
+        positive_rate=finite(target_profile.get("positive_rate")),
         snapshot_created=_when(snap.created_at) if snap else display.MISSING,
         features=spec.data.features,
         pii=list(spec.data.pii),
