@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from typing import Any
@@ -61,6 +61,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from threadpoolctl import ThreadpoolController
+
+from copml import compiled
 
 ROWS = 1536  # 2**9 * 3: a whole number of micro-tiles for every common GEMM kernel
 
@@ -114,10 +116,28 @@ def _taker(inputs: Any) -> Callable[[np.ndarray | slice], Any]:
     return take
 
 
-def scores(predict: Callable[[Any], Any], inputs: Any, rows: int = ROWS) -> np.ndarray:
+def model_scores(model: Any, predict: Callable[[Any, Any], Any], inputs: Any) -> np.ndarray:
+    """``predict(model, chunk)`` over ``inputs`` under the rule, with the model's compiled
+    stand-in where it has one (:mod:`copml.compiled`), in chunks of the model's own
+    ``score_rows`` if it says so, unpadded for a row-exact model, else of :data:`ROWS`.
+    ``inputs`` may be columns of plain values (the server's), which a compiled row-exact
+    model takes as they are and anything else as a frame."""
+    stand_in, exact = compiled.plan(model)
+    declared = getattr(model, "score_rows", None)
+    rows = int(declared) if declared is not None else (None if exact else ROWS)
+    if isinstance(inputs, Mapping) and (rows is not None or stand_in is model):
+        inputs = pd.DataFrame(inputs)
+    return scores(lambda part: predict(stand_in, part), inputs, rows)
+
+
+def scores(predict: Callable[[Any], Any], inputs: Any, rows: int | None = ROWS) -> np.ndarray:
     """``predict`` (one score per input, or one row of scores per input: 1-D or 2-D) over
     ``inputs`` (a frame or an array, by row), called only on chunks of exactly ``rows``
-    inputs, one thread each: every input gets the scores it would get alone."""
+    inputs, one thread each: every input gets the scores it would get alone. ``rows=None``
+    is for a row-exact model: one call on ``inputs`` as they are."""
+    if rows is None:
+        with _LOCK, _one_thread():
+            return np.asarray(predict(inputs), dtype=np.float64)
     n = len(inputs)
     out = np.empty(0, dtype=np.float64)
     _take = _taker(inputs)

@@ -52,9 +52,8 @@ def positive_scores(model: Any, features: pd.DataFrame) -> np.ndarray:
             f"its classes are {classes}; a binary model predicts 0/1 with 1 = the positive class"
         )
     column = classes.index(1)
-    rows = int(getattr(model, "score_rows", batch_independence.ROWS))
-    return batch_independence.scores(
-        lambda part: model.predict_proba(part)[:, column], features, rows
+    return batch_independence.model_scores(
+        model, lambda scorer, part: scorer.predict_proba(part)[:, column], features
     )
 
 

@@ -37,8 +37,9 @@ class MulticlassKind(TableKind):
         """``predict_proba``, one column per class the model knows (``model.classes_``)."""
         if not hasattr(model, "predict_proba"):
             raise UserCodeError("train() must return a classifier with predict_proba()")
-        rows = int(getattr(model, "score_rows", batch_independence.ROWS))
-        return batch_independence.scores(model.predict_proba, features, rows)
+        return batch_independence.model_scores(
+            model, lambda scorer, part: scorer.predict_proba(part), features
+        )
 
     def _columns(self, project: Project, model: Any, width: int) -> np.ndarray:
         """The class code of each of the model's probability columns. ``train()`` gets the

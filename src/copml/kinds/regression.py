@@ -55,16 +55,17 @@ class RegressionKind(TableKind):
         """The value per row; (value, σ) rows for a model that gives its uncertainty."""
         if not hasattr(model, "predict"):
             raise UserCodeError("train() must return a regressor with predict()")
-        rows = int(getattr(model, "score_rows", batch_independence.ROWS))
         if _gives_std(model):
 
-            def predict(part: pd.DataFrame) -> np.ndarray:
-                value, std = model.predict(part, return_std=True)
+            def predict(scorer: Any, part: pd.DataFrame) -> np.ndarray:
+                value, std = scorer.predict(part, return_std=True)
                 return np.column_stack([np.ravel(value), np.ravel(std)])
 
-            return batch_independence.scores(predict, features, rows)
-        return batch_independence.scores(
-            lambda part: np.asarray(model.predict(part), dtype=np.float64).ravel(), features, rows
+            return batch_independence.model_scores(model, predict, features)
+        return batch_independence.model_scores(
+            model,
+            lambda scorer, part: np.asarray(scorer.predict(part), dtype=np.float64).ravel(),
+            features,
         )
 
     def decide(self, project: Project, model: Any, scores: np.ndarray) -> Decisions:

@@ -345,8 +345,9 @@ class TableKind:
         return DecisionRule(np.nan)
 
     def decide_rows(self, project: Project, model: Any, columns: dict[str, list[Any]]) -> Decisions:
-        # Column by column, as the server builds its frame: the same scores.
-        return self.decide(project, model, self.scores(model, pd.DataFrame(columns)))
+        # The columns as they are: a compiled model takes them without a frame
+        # (copml.compiled), anything else gets the frame built from them.
+        return self.decide(project, model, self.scores(model, columns))  # type: ignore[arg-type]
 
     def predict_api(
         self,
