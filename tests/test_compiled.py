@@ -156,3 +156,32 @@ def test_a_compiled_step_that_differs_is_never_used(fitted, monkeypatch, caplog)
     assert "differs" in caplog.text
     assert stand_in._blocks is None  # off for good
     assert np.array_equal(stand_in.predict_proba(rows), model.predict_proba(rows))
+
+
+def test_the_tree_walk_gives_scikit_learns_raw_scores_for_every_task(fitted) -> None:
+    """Multiclass (a tree per class and iteration), regression (the identity link) and
+    missing numbers, walked for small batches and left to scikit-learn for large ones."""
+    frame, _ = fitted
+    rows = _customers(3000, seed=15)
+    three = pd.Series(np.asarray(frame["Contract"].factorize()[0]))
+    prepare = ColumnTransformer(
+        [("categorical", OrdinalEncoder(), ["gender", "Partner", "InternetService"])],
+        remainder="passthrough",
+    )
+    keep = ["gender", "Partner", "InternetService", *NUMERIC]
+    models = {
+        "multiclass": Pipeline(
+            [("p", prepare), ("m", HistGradientBoostingClassifier(max_iter=30, random_state=0))]
+        ).fit(frame[keep], three),
+        "regression": Pipeline(
+            [("p", prepare), ("m", HistGradientBoostingRegressor(max_iter=30, random_state=0))]
+        ).fit(frame[keep], frame["MonthlyCharges"] * 2.5),
+    }
+    for name, model in models.items():
+        stand_in, exact = compiled.plan(model)
+        assert exact and isinstance(stand_in._final, compiled._Trees), name
+        method = "predict_proba" if name == "multiclass" else "predict"
+        for size in (1, 5, compiled._WALK_ROWS, compiled._WALK_ROWS + 1, 3000):
+            part = rows[keep].iloc[:size]
+            ours = getattr(stand_in, method)(part)
+            assert np.array_equal(ours, getattr(model, method)(part)), (name, size)

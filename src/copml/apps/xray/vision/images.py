@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from copml import display
 from copml.errors import DataValidationError, NotFoundError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -60,14 +61,18 @@ class ImageSet:
         return [self.root / p for p in self.frame["path"]]
 
 
-def _map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+def _map(fn: Callable[[T], R], items: Iterable[T], description: str | None = None) -> list[R]:
     """Run ``fn`` over ``items`` on a small thread pool, keeping the order; one item inline
-    (scoring loads one image per call, and a pool would cost more than the image)."""
+    (scoring loads one image per call, and a pool would cost more than the image). With a
+    ``description``, a terminal shows images per second and the time left."""
     listed = list(items)
     if len(listed) <= 1:
         return [fn(item) for item in listed]
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        return list(pool.map(fn, listed))
+        done = pool.map(fn, listed)
+        if description is not None:
+            done = display.counted(done, description, len(listed), "images", lambda _: 1)
+        return list(done)
 
 
 def subtype_from_name(name: str) -> str | None:
@@ -294,7 +299,7 @@ def validate(
     """
     frame = images.frame
     paths = list(frame["path"])
-    decode = _map(_decode_problem, images.files())
+    decode = _map(_decode_problem, images.files(), "checking images")
     problems: list[str] = []
     for i, path in enumerate(paths):
         if decode[i] is not None:
@@ -435,5 +440,5 @@ def load_arrays(images: ImageSet, size: int = 64) -> np.ndarray:
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataValidationError(f"cannot load {files[i]}", [str(exc)]) from exc
 
-    _map(load, range(len(files)))
+    _map(load, range(len(files)), "decoding images")
     return out
