@@ -17,9 +17,9 @@ spin against the load generator on 2 cores) and every load uses the same ``wrk``
 (``WRK_TIMEOUT``, long enough that a slow server still gets a figure). The table reports
 wrk's errors for each server: timeouts, non-2xx answers and other socket errors.
 
-Targets (issue 3) at concurrency 16, one worker: copml >= 1.5x BentoML, >= 2x the floor and
->= 2x MLflow in throughput; copml p99 <= the floor's p99; at concurrency 1 copml's p50
-within 2 ms of the floor's.
+Targets (issue 16) at concurrency 16, one worker: copml >= 2.5x BentoML in throughput
+(stretch 3x), p99 <= 60 ms; at concurrency 1 copml's p50 at most 1 ms above the floor's.
+(Issue 3's: >= 2x the floor and >= 2x MLflow, p99 <= the floor's, are still printed.)
 
 Run: .venv/bin/python benchmarks/serve.py [SECONDS=10]
 """
@@ -387,7 +387,7 @@ def _targets(results: list[Result]) -> None:
     for label, other, factor in (
         ("floor", floor16, 2.0),
         ("MLflow", mlflow16, 2.0),
-        ("BentoML", bento16, 1.5),
+        ("BentoML", bento16, 2.5),
     ):
         if other is None:
             continue
@@ -398,10 +398,16 @@ def _targets(results: list[Result]) -> None:
             print(f"  throughput vs {label}: {ratio:.2f}x (target >= {factor}x: {state})")
         else:  # a ratio against failed requests would flatter copml: no verdict
             print(f"  throughput vs {label}: no verdict, {label} had errors ({_errors(other)})")
-    print(f"  p99: copml {copml16.p99_ms:.1f} ms vs floor {floor16.p99_ms:.1f} ms (target <=)")
+    state = "met" if copml16.p99_ms <= 60 else "not met"
     print(
-        f"  concurrency 1 p50: copml {copml1.p50_ms:.2f} ms vs floor {floor1.p50_ms:.2f} ms "
-        "(target within 2 ms)"
+        f"  p99: copml {copml16.p99_ms:.1f} ms (target <= 60 ms: {state}); "
+        f"floor {floor16.p99_ms:.1f} ms"
+    )
+    gap = copml1.p50_ms - floor1.p50_ms
+    state = "met" if gap <= 1.0 else "not met"
+    print(
+        f"  concurrency 1 p50: copml {copml1.p50_ms:.2f} ms vs floor {floor1.p50_ms:.2f} ms, "
+        f"{gap:+.2f} ms (target at most +1 ms: {state})"
     )
 
 

@@ -126,6 +126,14 @@ def test_what_the_compiled_steps_cannot_take_goes_to_scikit_learn(fitted) -> Non
     missing.loc[5, "Contract"] = None  # a missing category: scikit-learn decides
     assert compiled.plan(lenient)[0]._prepared(compiled._Rows(missing)) is None
     assert np.array_equal(positive_scores(lenient, missing), lenient.predict_proba(missing)[:, 1])
+    # The same in a frame large enough to be looked up in Arrow, with an unseen category too.
+    big = _customers(2000, seed=16)
+    big.loc[7, "Contract"] = "lifetime"
+    assert np.array_equal(positive_scores(lenient, big), lenient.predict_proba(big)[:, 1])
+    assert compiled.plan(lenient)[0]._prepared(compiled._Rows(big)) is not None
+    big.loc[9, "PaymentMethod"] = None
+    assert compiled.plan(lenient)[0]._prepared(compiled._Rows(big)) is None
+    assert np.array_equal(positive_scores(lenient, big), lenient.predict_proba(big)[:, 1])
     texts = {c: rows[c].tolist() for c in rows}
     texts["tenure"] = [str(v) for v in texts["tenure"]]  # numbers sent as text
     assert stand_in._prepared(compiled._Rows(texts)) is None

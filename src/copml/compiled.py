@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _log = logging.getLogger(__name__)
 
@@ -95,7 +97,12 @@ class _Rows:
         if self.is_frame:
             series = self.data[name]  # type: ignore[index]
             kind = _kind_of_dtype(series.dtype)
-            return kind, series.tolist() if self.n <= _SMALL else series.to_numpy()
+            if self.n <= _SMALL:
+                return kind, series.tolist()
+            arrow = isinstance(series.dtype, pd.StringDtype) and series.dtype.storage == "pyarrow"
+            if arrow:  # looked up in Arrow, without a Python object per value
+                return kind, pa.array(series)
+            return kind, series.to_numpy()
         values = self.data[name]  # type: ignore[index]
         return _kind_of_values(values), values
 
@@ -155,6 +162,13 @@ def _codes(
             if isinstance(values, list):
                 get = lookups[j].get
                 out[:, j] = [get(v, -1) for v in values]
+            elif isinstance(values, pa.Array | pa.ChunkedArray):
+                known = pa.array(categories[j].tolist(), type=values.type)
+                found = pc.index_in(values, value_set=known)
+                out[:, j] = np.asarray(found.fill_null(-1))
+                if values.null_count:  # a missing text: scikit-learn decides
+                    missing = True
+                continue
             else:
                 out[:, j] = indexes[j].get_indexer(values)
             unseen = np.flatnonzero(out[:, j] < 0)
