@@ -1,7 +1,8 @@
 """Batch scoring of 1,000,000 rows, every prediction logged to SQLite, against bare
 pandas + ``predict_proba`` in chunks on the same rows and the same fitted pipeline.
 
-Target (issue 2): copml's wall time at most 1.5x the bare baseline. Both sides read the
+Target (issue 16): copml's wall time at most 1.25x the bare baseline (stretch 1.15x;
+issue 2 set 1.5x). Both sides read the
 Parquet input and write a Parquet output; copml also validates the rows against the spec,
 freezes them as a redacted snapshot and logs every prediction. The two are run in turn,
 ``REPEAT`` times, and the medians compared (this machine's timings vary by ~10 %). Each
@@ -67,7 +68,8 @@ def main(rows: int, repeat: int) -> dict[str, float]:
         "copml_median_s": statistics.median(copml_s),
     }
     figures["ratio"] = figures["copml_median_s"] / figures["bare_median_s"]
-    print(f"  median ratio copml / bare: {figures['ratio']:.2f} (target <= 1.5)")
+    state = "met" if figures["ratio"] <= 1.25 else "not met"
+    print(f"  median ratio copml / bare: {figures['ratio']:.2f} (target <= 1.25: {state})")
     return figures
 
 

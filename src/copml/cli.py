@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -162,16 +163,20 @@ def snapshot(
 
     p = _project(project)
     p.ensure_home()
-    snap = snapshots.create(
-        open_store(p.db_url),
-        p.spec.data,
-        root=p.root,
-        directory=p.snapshots_dir,
-        source=source,
-        query=query,
-        by_reference=by_reference,
-        actor=user_actor(),
-    )
+    began = time.perf_counter()
+    # A spinner on a terminal (a table is read whole; images show their own bar).
+    with _console(stderr=True).status("reading, validating and freezing…"):
+        snap = snapshots.create(
+            open_store(p.db_url),
+            p.spec.data,
+            root=p.root,
+            directory=p.snapshots_dir,
+            source=source,
+            query=query,
+            by_reference=by_reference,
+            actor=user_actor(),
+        )
+    took = time.perf_counter() - began
     from copml import lineage
 
     lineage.emit(
@@ -185,7 +190,10 @@ def snapshot(
         _print_json({"id": snap.id, "rows": snap.n_rows, "new": snap.created, "path": snap.path})
         return
     state = "frozen" if snap.created else "unchanged (same content as before)"
-    _console().print(f"snapshot [bold]{snap.id}[/] — {snap.n_rows} rows, {state}")
+    rate = f"{snap.n_rows / took:,.0f} rows/s" if took > 0 else "—"
+    _console().print(
+        f"snapshot [bold]{snap.id}[/] — {snap.n_rows:,} rows, {state} in {took:.1f} s ({rate})"
+    )
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from copml import feedback, snapshots
+from copml import display, feedback, snapshots
 from copml.apps.churn.simulation import SCENARIOS, Population, as_source_csv
 from copml.apps.narration import Hook, describe, summarise
 from copml.errors import CopmlError
@@ -109,8 +109,6 @@ def run_churn_demo(
     console: Any,
 ) -> Path:
     """Run the demo in ``directory`` (default ``./demo-churn``); returns the report path."""
-    from rich.progress import Progress
-
     directory = (directory or Path("demo-churn")).resolve()
     if directory.exists() and any(directory.iterdir()):
         raise CopmlError(f"{directory} is not empty; remove it or choose another --dir")
@@ -158,33 +156,34 @@ def run_churn_demo(
     batches, outcomes, outputs = (directory / d for d in ("batches", "outcomes", "outputs"))
     for folder in (batches, outcomes, outputs):
         folder.mkdir(exist_ok=True)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("simulating months", total=months)
-        for month in range(months):
-            begins, ends = _month(month), _month(month + 1)
-            label = f"{begins:%Y-%m}"
-            batch = batches / f"{label}.csv"
-            as_source_csv(population.customers).to_csv(batch, index=False)
-            scored = score(
-                project,
-                batch,
-                outputs / f"{label}.csv",
-                at=begins + timedelta(hours=6),
-                actor=ACTOR,
-            )
-            flagged = pd.read_csv(outputs / f"{label}.csv")["label"].eq("Yes").to_numpy()
-            shifted = shift_month is not None and shift_month <= month < (revert or months)
-            outcome = population.close_month(flagged)
-            outcome["observed_at"] = ends - timedelta(days=1)
-            outcome.to_csv(outcomes / f"{label}.csv", index=False)
-            feedback.load(
-                project, outcomes / f"{label}.csv", at=ends - timedelta(days=1), actor=ACTOR
-            )
-            window = monitor(project, end=ends)
-            acted, happened = describe(operate_once(project, at=ends))
-            markers += happened
-            rows.append(_row(month, begins, window, scored.model_version, shifted, acted))
-            progress.advance(task)
+    scored_rows = [0]  # the month's customers, for the bar's rate and time left
+    each = len(population.customers)
+    for month in display.counted(
+        range(months), "simulating months", months * each, "customers",
+        lambda _: scored_rows[0], console,
+    ):  # fmt: skip
+        begins, ends = _month(month), _month(month + 1)
+        label = f"{begins:%Y-%m}"
+        batch = batches / f"{label}.csv"
+        as_source_csv(population.customers).to_csv(batch, index=False)
+        scored = score(
+            project,
+            batch,
+            outputs / f"{label}.csv",
+            at=begins + timedelta(hours=6),
+            actor=ACTOR,
+        )
+        flagged = pd.read_csv(outputs / f"{label}.csv")["label"].eq("Yes").to_numpy()
+        shifted = shift_month is not None and shift_month <= month < (revert or months)
+        outcome = population.close_month(flagged)
+        outcome["observed_at"] = ends - timedelta(days=1)
+        outcome.to_csv(outcomes / f"{label}.csv", index=False)
+        feedback.load(project, outcomes / f"{label}.csv", at=ends - timedelta(days=1), actor=ACTOR)
+        window = monitor(project, end=ends)
+        acted, happened = describe(operate_once(project, at=ends))
+        markers += happened
+        rows.append(_row(month, begins, window, scored.model_version, shifted, acted))
+        scored_rows[0] = scored.rows
     hook.shutdown()
     hook.server_close()
     windows = summarise(

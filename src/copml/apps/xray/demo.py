@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from copml import aliases, evidence, keys, registry, snapshots
+from copml import aliases, display, evidence, keys, registry, snapshots
 from copml.apps.narration import Hook, describe, summarise
 from copml.errors import CopmlError
 from copml.monitor.window import monitor
@@ -196,7 +196,11 @@ def run_xray_demo(
     promoted_at: datetime | None = None
     incident: dict[str, Any] | None = None
     try:
-        for week in range(weeks):
+        sent = [0]  # the week's images, for the bar's rate and time left
+        total = len(real) if data is not None else weeks * WEEKLY
+        for week in display.counted(
+            range(weeks), "simulating weeks", total, "images", lambda _: sent[0], console
+        ):
             begins = START + timedelta(weeks=week)
             ends = begins + timedelta(weeks=1)
             shifted = shift_week is not None and week >= shift_week and data is None
@@ -207,6 +211,7 @@ def run_xray_demo(
                     else _week_images(Path(tmp), week, seed, shifted)
                 )
                 answered, version = _send_week(url, headers, clock, begins, arriving)
+                sent[0] = len(arriving)
             # Radiologists read the flagged images; the rest is confirmed at follow-up.
             truth = {a.prediction_id: a.truth for a in answered}
             reviewed = _resolve_reviews(url, headers, truth)
