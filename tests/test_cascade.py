@@ -61,3 +61,17 @@ def test_cascade_trains_routes_and_round_trips(trained, tmp_path: Path) -> None:
 def test_patients_never_straddle_the_calibration_split() -> None:
     assert cascade.patient("person12_bacteria_3.jpeg") == "person12"
     assert cascade.patient("IM-0117-0001.jpeg") == "IM-0117"
+
+
+def test_a_large_set_trains_fewer_passes_and_a_small_one_all_its_epochs() -> None:
+    """Issue 16: the step budgets cap the real set's passes (model 1: 3,250 fit images, 51
+    steps an epoch; model 2: 2,938, 46), never the example's generated images (384: 6
+    steps an epoch, 25 epochs)."""
+    from copml.apps.xray.vision import models
+
+    assert models.capped_epochs(25, 3250, models.STEP_BUDGET) == 10
+    assert models.capped_epochs(30, 2938, models.TYPE_STEP_BUDGET) == 8
+    assert models.capped_epochs(25, 384, models.STEP_BUDGET) == 25
+    assert models.capped_epochs(30, 288, models.TYPE_STEP_BUDGET) == 30
+    assert models.capped_epochs(25, 3250, None) == 25  # max_steps: 0 in params
+    assert models.capped_epochs(3, 10**6, 1) == 1  # always at least one pass

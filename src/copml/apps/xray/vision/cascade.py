@@ -167,6 +167,7 @@ def train_detector(
     epochs: int = 8,
     init_weights: Path | None = None,
     threads: int | None = None,
+    max_steps: int | None = models.STEP_BUDGET,
 ) -> Detector:
     """Model 1 (normal vs pneumonia) on the images of ``frame``, its threshold the highest that
     keeps ``recall_target`` on a patient-disjoint calibration part, never on evaluation data.
@@ -175,6 +176,7 @@ def train_detector(
     # The learning curve's validation: at most 256 of the calibration images (seeded).
     held = np.flatnonzero(calibration)
     held = np.random.default_rng(seed).permutation(held)[:256]
+    epochs = models.capped_epochs(epochs, int((~calibration).sum()), max_steps)
     model = models.train_cnn(
         arrays[~calibration],
         is_positive[~calibration].astype(np.int64),
@@ -207,6 +209,8 @@ def train(
     review_margin: float = 1.0,
     type_margin: float = 0.15,
     threads: int | None = None,
+    max_steps: int | None = models.STEP_BUDGET,
+    type_max_steps: int | None = models.TYPE_STEP_BUDGET,
 ) -> tuple[Cascade, dict[str, Any]]:
     """Train both models on ``images``; model 1's threshold comes from a calibration part of
     the training set (by patient), never from the data it is evaluated on. ``threads``:
@@ -224,10 +228,12 @@ def train(
         epochs=epochs,
         init_weights=init_weights,
         threads=threads,
+        max_steps=max_steps,
     )
     subtypes = ("bacteria", "virus")
     typed = is_positive & frame["subtype"].isin(subtypes).to_numpy()
     is_virus = (frame.loc[typed, "subtype"] == subtypes[1]).to_numpy().astype(np.int64)
+    type_epochs = models.capped_epochs(type_epochs, int(typed.sum()), type_max_steps)
     typer = models.train_cnn(
         arrays[typed],
         is_virus,
@@ -268,7 +274,10 @@ def train_frame(
     ``params``: recall_target, calibration_share, epochs, type_epochs, size, init_weights
     (a local state_dict for transfer learning), review_margin (log-odds around model 1's
     threshold) and type_margin (model 2's probability around 0.5) that send a case to review,
-    threads (torch's CPU threads for training: fixed, a retraining reproduces the weights).
+    threads (torch's CPU threads for training: fixed, a retraining reproduces the weights),
+    max_steps and type_max_steps (model 1's and model 2's epochs at most enough for this many
+    optimiser steps, defaults ``models.STEP_BUDGET`` and ``TYPE_STEP_BUDGET``; 0 for none: a
+    large set needs fewer passes than a small one).
     """
     frame = pd.DataFrame(
         {
@@ -292,6 +301,8 @@ def train_frame(
         review_margin=float(params.get("review_margin", 1.0)),
         type_margin=float(params.get("type_margin", 0.15)),
         threads=int(params["threads"]) if params.get("threads") else None,
+        max_steps=int(params.get("max_steps", models.STEP_BUDGET)) or None,
+        type_max_steps=int(params.get("type_max_steps", models.TYPE_STEP_BUDGET)) or None,
     )
     return cascade
 

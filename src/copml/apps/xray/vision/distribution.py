@@ -22,6 +22,7 @@ from copml.apps.xray.vision.images import colourfulness
 # catch what is far off (a flat grey, a 12,000-pixel side), the embedding the rest.
 _PAD = 0.25
 _MAX_FIT = 2000  # training images the covariance is fitted on (seeded sample)
+_STATISTICS_ROWS = 128  # images per call when embedding for the profile (a statistic)
 _MODE_SAMPLE = 300  # training files whose mode and colours are read
 _GREY_MODES = ("L", "RGB")  # an x-ray stored either way, whatever the training set used
 
@@ -60,10 +61,14 @@ def profile(
             modes.add(im.mode)
             colours.append(colourfulness(im))
     chosen = fit["file"].iloc[np.sort(rng.permutation(len(fit))[:_MAX_FIT])]
-    embedded = models.embed(detector, arrays_of(list(chosen)))
+    embedded = models.embed(detector, arrays_of(list(chosen)), rows=_STATISTICS_ROWS)
     shrunk = LedoitWolf().fit(embedded)
     centre, precision = shrunk.location_, shrunk.precision_
-    held = _distances(models.embed(detector, arrays_of(list(holdout["file"]))), centre, precision)
+    held = _distances(
+        models.embed(detector, arrays_of(list(holdout["file"])), rows=_STATISTICS_ROWS),
+        centre,
+        precision,
+    )
     aspect = both["width"] / both["height"]
     return {
         "modes": sorted(modes),

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -424,19 +425,66 @@ def statistics(arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat.mean(axis=1).astype(np.float64), flat.std(axis=1).astype(np.float64)
 
 
+class _Decoded:
+    """Images decoded and resized, by file and side, for the life of the process.
+
+    A training decodes its images for model 1, its calibration, the holdout, the
+    out-of-distribution profile and model 2; a retraining in the same process (the
+    operations loop, the demo) decodes the same files again. Keyed by the file's path,
+    size and modification time, so a changed file is decoded anew; bounded in bytes,
+    the least recently used dropped first."""
+
+    def __init__(self, limit_bytes: int = 256 << 20) -> None:
+        self._limit = limit_bytes
+        self._held = 0
+        self._arrays: OrderedDict[tuple[str, int, int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(path: Path, side: int) -> tuple[str, int, int, int]:
+        stat = path.stat()
+        return (str(path), side, stat.st_mtime_ns, stat.st_size)
+
+    def get(self, key: tuple[str, int, int, int]) -> np.ndarray | None:
+        with self._lock:
+            found = self._arrays.get(key)
+            if found is not None:
+                self._arrays.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, int, int, int], array: np.ndarray) -> None:
+        with self._lock:
+            if key in self._arrays:
+                return
+            self._arrays[key] = array
+            self._held += array.nbytes
+            while self._held > self._limit and self._arrays:
+                _, dropped = self._arrays.popitem(last=False)
+                self._held -= dropped.nbytes
+
+
+_DECODED = _Decoded()
+
+
 def load_arrays(images: ImageSet, size: int = 64) -> np.ndarray:
     """Grey float32 arrays in [0, 1], shape (n, size, size), in the frame's order.
 
     Each image is converted to grey ("L") and resized with PIL's bilinear filter, the same
-    way at training and scoring time so a model sees the same pixels in both.
+    way at training and scoring time so a model sees the same pixels in both; decoded once
+    per process (:class:`_Decoded`).
     """
     files = images.files()
     out = np.empty((len(files), size, size), dtype=np.float32)
 
     def load(i: int) -> None:
         try:
+            key = _Decoded.key(files[i], size)
+            if (found := _DECODED.get(key)) is not None:
+                out[i] = found
+                return
             with Image.open(files[i]) as im:
                 out[i] = grey_array(im, size)
+            _DECODED.put(key, out[i].copy())
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataValidationError(f"cannot load {files[i]}", [str(exc)]) from exc
 

@@ -157,6 +157,26 @@ def _warmup_cosine(total: int, warmup_share: float = 0.1) -> Callable[[int], flo
     return factor
 
 
+# Optimiser steps per network by default (``max_steps``, ``type_max_steps``): on the real
+# chest x-rays 10 passes of model 1 over its 3,250 fit images and 8 of model 2 over 2,938.
+STEP_BUDGET = 500
+TYPE_STEP_BUDGET = 360
+
+
+def capped_epochs(epochs: int, images: int, max_steps: int | None, batch_size: int = 64) -> int:
+    """``epochs``, but at most enough passes for ``max_steps`` optimiser steps (None: no cap).
+
+    A large set learns in fewer passes than a small one: on the real chest x-rays model 1
+    meets its figures in 10 epochs (val/ recall 0.978, specificity 0.89) and model 2 in 8
+    (accuracy 0.73), where the 480 generated images of the example need 25 and 30. The
+    learning-rate schedule spans the steps that run, so a capped training still ends
+    cooled down (warm-up, then cosine decay to 0)."""
+    if not max_steps:
+        return epochs
+    per_epoch = max(1, math.ceil(images / batch_size))
+    return max(1, min(epochs, math.ceil(max_steps / per_epoch)))
+
+
 def training_threads() -> int:
     """Torch's CPU threads for a training: ``OMP_NUM_THREADS`` when set (the usual knob for
     a machine shared with other work), else 2. Fixed rather than torch's default (every
@@ -324,16 +344,21 @@ def predict_proba(model: CompactCNN, images: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def embed(model: CompactCNN, images: np.ndarray) -> np.ndarray:
+def embed(model: CompactCNN, images: np.ndarray, rows: int = 1) -> np.ndarray:
     """The penultimate layer (globally pooled features, before dropout and the logit) of
-    each image, one per call like :func:`predict_proba`: where an input lies in the space
-    the model decides in."""
+    each image: where an input lies in the space the model decides in. One image per call
+    like :func:`predict_proba` (``rows=1``) for what decides about an image; ``rows`` at a
+    time for a training's statistics of thousands (the profile's covariance and threshold,
+    fixed in the artifact: 4x faster, and no decision's input depends on its batch)."""
     model.eval()
     dev = next(model.parameters()).device
     x = _as_images(images)
     out = [
-        model.pool(model.features(torch.from_numpy(x[i : i + 1]).to(dev))).flatten(1).cpu().numpy()
-        for i in range(len(x))
+        model.pool(model.features(torch.from_numpy(x[i : i + rows]).to(dev)))
+        .flatten(1)
+        .cpu()
+        .numpy()
+        for i in range(0, len(x), rows)
     ]
     width = model.channels[-1]
     return np.concatenate(out).astype(np.float64) if out else np.empty((0, width))
