@@ -396,6 +396,8 @@ def _targets(results: list[Result]) -> None:
             ratio = copml16.rps / other.rps
             state = "met" if ratio >= factor else "not met"
             print(f"  throughput vs {label}: {ratio:.2f}x (target >= {factor}x: {state})")
+        elif other.rps == 0:  # nothing completed within the run: no figure to divide by
+            print(f"  throughput vs {label}: no verdict, {label} completed no request")
         else:  # a ratio against failed requests would flatter copml: no verdict
             print(f"  throughput vs {label}: no verdict, {label} had errors ({_errors(other)})")
     state = "met" if copml16.p99_ms <= 60 else "not met"
