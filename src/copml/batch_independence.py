@@ -37,6 +37,10 @@ Why that holds on any CPU, not just the one it was tested on:
   checks alone = batch = one thread). What breaks them is their input changing form: XGBoost
   reads a sparse matrix's absent entries as missing, not 0, so a ``ColumnTransformer`` that
   turns sparse or dense by a chunk's density (``sparse_threshold``) changes a row's score.
+- So a model known to be row-exact by its structure (scikit-learn's HistGradientBoosting
+  and decision trees, alone or after column preparation that works row by row: see
+  :mod:`copml.compiled`) is scored unpadded, in one call per batch: the fixed shape buys
+  it nothing (``tests/test_compiled.py`` checks 100,000 rows against the padded rule).
 - The rule does not make two different CPUs or library builds agree (AVX2 and AVX-512 kernels
   round differently): a replay on another machine may still differ in the last bits.
 
