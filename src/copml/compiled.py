@@ -187,23 +187,36 @@ def _codes(
     return codes
 
 
-def _ordinal(encoder: Any, columns: list[str]) -> Block | None:
-    if getattr(encoder, "_infrequent_enabled", False):
-        return None
+def _lookup(
+    encoder: Any, columns: list[str], refuse_unknown: bool
+) -> Callable[[_Rows], np.ndarray | None]:
+    """The encoder's category indexes (-1 where unseen), or None where scikit-learn must
+    decide: a value of another type, a missing one, an unknown one the encoder refuses."""
     codes = _codes(columns, list(encoder.categories_))
-    unknown_ok = encoder.handle_unknown == "use_encoded_value"
 
-    def block(rows: _Rows) -> np.ndarray | None:
+    def lookup(rows: _Rows) -> np.ndarray | None:
         found = codes(rows)
         if found is None:
             return None
         index, missing = found
-        unseen = index < 0
-        if missing or (not unknown_ok and unseen.any()):
-            return None  # refused or missing: as scikit-learn does it
+        if missing or (refuse_unknown and (index < 0).any()):
+            return None
+        return index
+
+    return lookup
+
+
+def _ordinal(encoder: Any, columns: list[str]) -> Block | None:
+    if getattr(encoder, "_infrequent_enabled", False):
+        return None
+    lookup = _lookup(encoder, columns, encoder.handle_unknown != "use_encoded_value")
+
+    def block(rows: _Rows) -> np.ndarray | None:
+        index = lookup(rows)
+        if index is None:
+            return None
         out = index.astype(encoder.dtype, copy=False)
-        if unseen.any():
-            out[unseen] = encoder.unknown_value
+        out[index < 0] = encoder.unknown_value  # only reached where the encoder allows it
         return out
 
     return block
@@ -217,18 +230,14 @@ def _one_hot(encoder: Any, columns: list[str]) -> Block | None:
         return None
     sizes = [len(c) for c in encoder.categories_]
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
-    codes = _codes(columns, list(encoder.categories_))
+    lookup = _lookup(encoder, columns, encoder.handle_unknown == "error")
 
     def block(rows: _Rows) -> np.ndarray | None:
-        found = codes(rows)
-        if found is None:
-            return None
-        index, missing = found
-        unseen = index < 0
-        if missing or (encoder.handle_unknown == "error" and unseen.any()):
+        index = lookup(rows)
+        if index is None:
             return None
         out = np.zeros((rows.n, int(sum(sizes))), dtype=encoder.dtype)
-        at, col = np.nonzero(~unseen)
+        at, col = np.nonzero(index >= 0)  # an unseen category ("ignore"): all zeros
         out[at, offsets[col] + index[at, col]] = 1
         return out
 
