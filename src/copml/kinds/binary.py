@@ -35,6 +35,7 @@ class BinaryKind(TableKind):
     """Today's table classifier (see the module's docstring)."""
 
     name = "binary"
+    takes_columns = True  # scored through batch_independence.model_scores
     metrics = METRICS
     space = "log-odds"
 

@@ -28,6 +28,7 @@ class MulticlassKind(TableKind):
     """One label among the declared classes (see the module's docstring)."""
 
     name = "multiclass"
+    takes_columns = True  # scored through batch_independence.model_scores
     metrics = MULTICLASS
 
     def target(self, data: Data) -> Target:

@@ -45,6 +45,7 @@ class RegressionKind(TableKind):
     """A value per row (see the module's docstring)."""
 
     name = "regression"
+    takes_columns = True  # scored through batch_independence.model_scores
     metrics = REGRESSION
     space = "value"
 

@@ -95,6 +95,9 @@ class TableKind:
     data_kind = "table"
     metrics: MetricTable
     space = "model output"  # what an explanation's values add up to
+    # Whether scores() also takes the server's columns of plain values (a dict of lists), as
+    # copml's own kinds do through batch_independence.model_scores; others get a frame.
+    takes_columns = False
 
     # -- what a task defines ------------------------------------------------------------
 
@@ -345,9 +348,10 @@ class TableKind:
         return DecisionRule(np.nan)
 
     def decide_rows(self, project: Project, model: Any, columns: dict[str, list[Any]]) -> Decisions:
-        # The columns as they are: a compiled model takes them without a frame
-        # (copml.compiled), anything else gets the frame built from them.
-        return self.decide(project, model, self.scores(model, columns))  # type: ignore[arg-type]
+        # The columns as they are to a kind that scores through model_scores (a compiled
+        # model takes them without a frame: copml.compiled); a frame to any other.
+        features = columns if self.takes_columns else pd.DataFrame(columns)
+        return self.decide(project, model, self.scores(model, features))  # type: ignore[arg-type]
 
     def predict_api(
         self,
