@@ -197,7 +197,7 @@ def run_xray_demo(
     incident: dict[str, Any] | None = None
     try:
         sent = [0]  # the week's images, for the bar's rate and time left
-        total = len(real) if data is not None else weeks * WEEKLY
+        total = len(real) if data is not None else weeks * sum(WEEKLY.values())
         for week in display.counted(
             range(weeks), "simulating weeks", total, "images", lambda _: sent[0], console
         ):
