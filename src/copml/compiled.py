@@ -20,7 +20,9 @@ itself with the fitted parameters, and hands the final estimator the same ``floa
 
 It also says which models need no padding (:func:`plan`): a tree ensemble sums each
 row's trees in a fixed order and never mixes rows, so the batch-independence rule's fixed
-chunk shape (:mod:`copml.batch_independence`) buys nothing for it but cost.
+chunk shape (:mod:`copml.batch_independence`) buys nothing for it but cost. And for the
+few rows of a served group it walks a HistGradientBoosting model's trees all at once
+(:class:`_Forest`), where scikit-learn calls them one by one.
 """
 
 from __future__ import annotations
