@@ -278,29 +278,24 @@ def _blocks(prepare: Any) -> list[Block] | None:
     names = list(getattr(prepare, "feature_names_in_", []))
     if not names:
         return None  # fitted on an array: columns are positions, not names
+    builders: dict[type, Callable[[Any, list[str]], Block | None]] = {
+        OrdinalEncoder: _ordinal,
+        OneHotEncoder: _one_hot,
+        StandardScaler: _scaler,
+    }
     blocks: list[Block] = []
     for _, transformer, selected in prepare.transformers_:
         columns = [names[c] for c in selected] if _positions(selected) else list(selected)
         if transformer == "drop" or not columns:
             continue
-        if transformer == "passthrough" or _name(transformer).endswith("FunctionTransformer"):
-            if transformer != "passthrough" and not _is_identity(transformer):
-                return None
-            blocks.append(_passthrough(columns))
-        elif type(transformer) is OrdinalEncoder:
-            found = _ordinal(transformer, columns)
-            if found is None:
-                return None
-            blocks.append(found)
-        elif type(transformer) is OneHotEncoder:
-            found = _one_hot(transformer, columns)
-            if found is None:
-                return None
-            blocks.append(found)
-        elif type(transformer) is StandardScaler:
-            blocks.append(_scaler(transformer, columns))
+        if transformer == "passthrough" or _is_identity(transformer):
+            found: Block | None = _passthrough(columns)
         else:
-            return None
+            builder = builders.get(type(transformer))
+            found = builder(transformer, columns) if builder is not None else None
+        if found is None:
+            return None  # a step not compiled: the whole pipeline stays scikit-learn's
+        blocks.append(found)
     return blocks or None
 
 
@@ -312,7 +307,8 @@ def _positions(selected: Any) -> bool:
 def _is_identity(transformer: Any) -> bool:
     """The ColumnTransformer's own passthrough remainder (an identity FunctionTransformer)."""
     return (
-        getattr(transformer, "func", "x") is None
+        _name(transformer).endswith("FunctionTransformer")
+        and getattr(transformer, "func", "x") is None
         and getattr(transformer, "inverse_func", "x") is None
         and getattr(transformer, "validate", True) is False
     )
